@@ -1,0 +1,171 @@
+"""One HTTP/1.1 connection, sans-IO: bytes in, response plans out.
+
+A model feeds whatever recv() returned to ``receive`` and gets back the plans for every
+complete request in it, in order (so pipelining needs nothing from the model). Heads
+are framed here (CRLF CRLF, at most 8 KiB) and parsed by httptools (llhttp), so one
+recv() never has to hold exactly one message. Any request that would need a body to
+be skipped, or that does not parse, is answered and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httptools
+
+from .app import FileApp, Request
+from .limits import MAX_HEAD_BYTES
+from .responses import DateSource, HeadWriter, ResponsePlan
+
+_VERSION_IN_LINE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/(\d+)\.(\d+)\r?$")
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_ALLOW = b"Allow: GET, HEAD\r\n"
+
+
+class HttpConnection:
+    """Parse requests from a byte stream and plan their responses.
+
+    ``has_partial_request`` tells the model which timeout applies: the header timeout
+    while a request head is incomplete, the keep-alive timeout while idle.
+    ``closed`` becomes true once a plan with ``close`` was returned; feed no more.
+    """
+
+    def __init__(self, app: FileApp, server_name: str, date: DateSource, *, max_head: int = MAX_HEAD_BYTES):
+        self._app = app
+        self._writer = HeadWriter(server_name, date)
+        self._max_head = max_head
+        self._parser = httptools.HttpRequestParser(self)
+        self._buf = b""
+        self.closed = False
+        self.draining = False  # set by a model on shutdown: answer what is in flight, then close
+        # per-request parser state
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._complete = False
+        self._dup_host = False
+
+    @property
+    def has_partial_request(self) -> bool:
+        return bool(self._buf)
+
+    # -- feeding -----------------------------------------------------------------------
+    def receive(self, data: bytes) -> list[ResponsePlan]:
+        """Take bytes from the peer (b"" means EOF) and return the plans now due."""
+        if self.closed:
+            return []
+        if not data:
+            self.closed = True
+            self._buf = b""
+            return []
+        buf = self._buf + data if self._buf else data
+        plans: list[ResponsePlan] = []
+        start = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", start)
+            if end < 0:
+                rest = buf[start:] if start else buf
+                if len(rest) > self._max_head:
+                    plans.append(self._fail(431, "request head is larger than %d bytes" % self._max_head))
+                elif b"\n\n" in rest:  # bare LF line endings: let the parser say what is wrong
+                    plans.append(self._parse(rest) or self._fail(400, "malformed request head"))
+                else:
+                    self._buf = rest
+                    return plans
+                break
+            end += 4
+            if end - start > self._max_head:
+                plans.append(self._fail(431, "request head is larger than %d bytes" % self._max_head))
+                break
+            head = buf if start == 0 and end == len(buf) else buf[start:end]
+            plan = self._parse(head) or self._fail(400, "incomplete request head")
+            plans.append(plan)
+            if plan.close:
+                break
+            start = end
+            if start == len(buf):
+                self._buf = b""
+                return plans
+        self._buf = b""
+        self.closed = True
+        return plans
+
+    def error_for_timeout(self) -> ResponsePlan | None:
+        """The 408 to send when the header timeout fires mid-head; None if idle (just close)."""
+        if not self._buf or self.closed:
+            return None
+        return self._fail(408, "request head not received in time")
+
+    # -- parsing one head -------------------------------------------------------------
+    def _parse(self, head: bytes) -> ResponsePlan | None:
+        self._url = b""
+        self._headers = {}
+        self._complete = False
+        self._dup_host = False
+        try:
+            self._parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # no upgrades here; the head is complete and is answered as a plain request
+        except httptools.HttpParserInvalidMethodError:
+            return self._fail(405 if _TOKEN.match(head.split(b" ", 1)[0]) else 400, "method not allowed",
+                              _ALLOW)
+        except httptools.HttpParserError as exc:
+            return self._syntax_error(head, exc)
+        if not self._complete:
+            return None
+        return self._request()
+
+    def _syntax_error(self, head: bytes, exc: Exception) -> ResponsePlan:
+        m = _VERSION_IN_LINE.match(head.split(b"\n", 1)[0])
+        if m and (m.group(1), m.group(2)) not in ((b"1", b"0"), (b"1", b"1")):
+            return self._fail(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+        reason = str(exc) or "malformed request"
+        return self._fail(400, reason[:100])
+
+    def _request(self) -> ResponsePlan:
+        p = self._parser
+        headers = self._headers
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            return self._fail(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+        length = headers.get(b"content-length")
+        has_body = b"transfer-encoding" in headers or (length is not None and length.strip(b" 0") != b"")
+        method = p.get_method()
+        if method != b"GET" and method != b"HEAD":
+            return self._fail(405, "method not allowed", _ALLOW)
+        if has_body:
+            if b"transfer-encoding" in headers:
+                return self._fail(400, "request bodies are not accepted")
+            return self._fail(413, "request bodies are not accepted")
+        if version == "1.1" and (b"host" not in headers or self._dup_host):
+            return self._fail(400, "HTTP/1.1 needs exactly one Host header")
+        target = self._url
+        if not target.startswith(b"/"):
+            return self._fail(400, "only origin-form targets (/path) are supported")
+        close = not p.should_keep_alive() or self.draining
+        if b"#" in target:
+            target = target.partition(b"#")[0]
+        req = Request(method, target, version, headers, not close)
+        plan = self._app.respond(req, self._writer, close)
+        if close:
+            self.closed = True
+        return plan
+
+    def _fail(self, status: int, message: str, extra: bytes = b"") -> ResponsePlan:
+        self.closed = True
+        return self._writer.error(status, message, close=True, extra=extra)
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.lower()
+        if key in self._headers:
+            if key == b"host":
+                self._dup_host = True
+            self._headers[key] += b", " + value
+        else:
+            self._headers[key] = value
+
+    def on_headers_complete(self) -> None:
+        self._complete = True

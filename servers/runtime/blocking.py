@@ -1,0 +1,75 @@
+"""The conversation with one client over a blocking socket.
+
+Shared by every model that gives each connection its own flow of control (iterative,
+threads, processes, greenlets): those models differ only in who runs this function,
+which is what their files show. Timeouts are deadlines, not per-recv timeouts, so a
+client dribbling one byte at a time cannot hold a worker past the header timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Callable
+
+from ...protocol import ResponsePlan, cpu_kernel
+from .context import ServerContext
+from .sendfile import stream_file
+
+RECV_BYTES = 64 * 1024
+
+
+def serve_connection(sock: socket.socket, ctx: ServerContext, sleep: Callable[[float], None] = time.sleep,
+                     use_sendfile: bool = True) -> None:
+    """Answer requests on sock until the client leaves, a timeout fires, or shutdown; then close it."""
+    conn = ctx.new_connection()
+    limits = ctx.limits
+    try:
+        with ctx.connections.track(sock, conn) as state:
+            deadline = time.monotonic() + limits.header_timeout
+            while not conn.closed:
+                if ctx.stopping and not conn.has_partial_request:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    late = conn.error_for_timeout()
+                    if late is not None:
+                        sock.settimeout(limits.write_timeout)
+                        send_plan(sock, late, use_sendfile)
+                    break
+                sock.settimeout(left)
+                state[1] = not conn.has_partial_request  # idle: shutdown may wake us
+                try:
+                    data = sock.recv(RECV_BYTES)
+                except TimeoutError:
+                    continue  # the deadline check above decides between 408 and a quiet close
+                state[1] = False
+                was_partial = conn.has_partial_request
+                plans = conn.receive(data)
+                if plans:
+                    sock.settimeout(limits.write_timeout)
+                    for plan in plans:
+                        if plan.work is not None:
+                            cpu_kernel(plan.work.cpu)
+                            if plan.work.wait_s:
+                                sleep(plan.work.wait_s)
+                        if not send_plan(sock, plan, use_sendfile):
+                            return
+                if conn.has_partial_request:
+                    if not was_partial or plans:  # a new request head started: its clock starts now
+                        deadline = time.monotonic() + limits.header_timeout
+                else:
+                    deadline = time.monotonic() + limits.keepalive_timeout
+    except OSError:
+        pass  # reset by peer, broken pipe, write timeout: this client is gone, the server is not
+    finally:
+        sock.close()
+
+
+def send_plan(sock: socket.socket, plan: ResponsePlan, use_sendfile: bool = True) -> bool:
+    """Send one planned response; False if the file ended early and the connection must drop."""
+    if plan.file is None:
+        sock.sendall(plan.head + plan.body if plan.body else plan.head)
+        return True
+    sock.sendall(plan.head, socket.MSG_MORE)
+    return stream_file(sock, plan.file, use_sendfile) == plan.file.length

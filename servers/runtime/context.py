@@ -1,0 +1,153 @@
+"""What every model is handed: the listener, the core, the limits, and shutdown state."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ...protocol import Docroot, FileApp, HttpConnection, Limits
+from .clock import http_date
+from .listener import tune_connection
+
+# accept() errors that mean "out of a resource for now": back off and try again
+# rather than die (the same list trio's serve_listeners uses)
+_ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# errors about one connection that was gone before we accepted it
+_ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
+
+
+@dataclass
+class ServerConfig:
+    model: str
+    root: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    backlog: int = 1024
+    workers: int = 1  # processes, each running the model on the shared listener
+    limits: Limits = field(default_factory=Limits)
+    options: dict[str, Any] = field(default_factory=dict)  # model-specific, from --option NAME=VALUE
+
+
+class ServerContext:
+    """Shared state of one server process. Models read it; the runtime drives shutdown."""
+
+    def __init__(self, config: ServerConfig, listener: socket.socket, docroot: Docroot | None = None):
+        self.config = config
+        self.listener = listener
+        self.limits = config.limits
+        self.options = config.options
+        self.server_name = f"serverzoo-{config.model}"
+        self.app = FileApp(docroot or Docroot(config.root, small_file_bytes=config.limits.small_file_bytes,
+                                              cache_bytes=config.limits.cache_bytes))
+        self.stopping = False
+        self.connections = ConnectionTracker()
+
+    def new_connection(self) -> HttpConnection:
+        """A fresh sans-IO connection for one accepted socket."""
+        return HttpConnection(self.app, self.server_name, http_date, max_head=self.limits.max_head_bytes)
+
+    # -- shutdown ------------------------------------------------------------------------
+    def request_shutdown(self) -> None:
+        """Stop accepting, and close idle keep-alive connections; safe in a signal handler.
+
+        shutdown() on a listening socket wakes a thread blocked in accept() (EINVAL on
+        Linux), so blocking accept loops need no polling or wake-up pipe.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.connections.drain()
+
+    def accept_loop(self) -> Iterator[socket.socket]:
+        """Yield accepted, tuned, blocking sockets until shutdown is requested."""
+        backoff = 0.0
+        while not self.stopping:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError as exc:
+                if self.stopping:
+                    break
+                if exc.errno in _ACCEPT_BACKOFF:
+                    backoff = min(max(backoff * 2, 0.01), 1.0)
+                    time.sleep(backoff)
+                    continue
+                if exc.errno in _ACCEPT_SKIP:
+                    continue
+                raise
+            backoff = 0.0
+            tune_connection(sock)
+            yield sock
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+
+
+class ConnectionTracker:
+    """Live connections of the blocking models, so shutdown can close the idle ones
+    and wait for the busy ones (thread-safe; one per process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle_changed = threading.Condition(self._lock)
+        self._live: dict[socket.socket, list] = {}  # sock -> [conn, idle]
+        self._draining = False
+
+    @contextmanager
+    def track(self, sock: socket.socket, conn: HttpConnection) -> Iterator[list]:
+        state = [conn, True]
+        with self._lock:
+            self._live[sock] = state
+            if self._draining:
+                conn.draining = True
+        try:
+            yield state
+        finally:
+            with self._lock:
+                self._live.pop(sock, None)
+                self._idle_changed.notify_all()
+
+    def drain(self) -> None:
+        """Mark every connection to close after its response; wake the idle ones now.
+
+        Called from a signal handler, so it must not block on the lock: if the lock is
+        held, the holder will see _draining on its next track() and in-flight requests
+        still end with Connection: close once their model sees stopping.
+        """
+        self._draining = True
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            items = list(self._live.items())
+        finally:
+            self._lock.release()
+        for sock, state in items:
+            state[0].draining = True
+            if state[1]:  # waiting for a request: make recv() return b"" now
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until no connection is live; False if some were still busy at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._live:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle_changed.wait(left)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._live)

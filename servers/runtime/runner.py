@@ -1,0 +1,43 @@
+"""Start a model: listener, READY line, signals, optional worker processes, clean exit."""
+
+from __future__ import annotations
+
+import signal
+
+from .. import get_model
+from .context import ServerConfig, ServerContext
+from .listener import announce_ready, make_listener
+from .workers import Supervisor
+
+
+def install_shutdown_signals(ctx: ServerContext) -> None:
+    """SIGTERM and SIGINT begin a graceful stop. Event-loop models may replace these
+    with their loop's own signal handling, calling ctx.request_shutdown the same way."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _s, _f: ctx.request_shutdown())
+
+
+def serve_in_this_process(config: ServerConfig, listener, on_ready=None) -> None:
+    model = get_model(config.model).load()
+    ctx = ServerContext(config, listener)
+    install_shutdown_signals(ctx)
+    if on_ready is not None:
+        on_ready()
+    model.serve(ctx)
+    # blocking models return once accepting stopped; let responses in flight finish
+    ctx.connections.wait_closed(ctx.limits.grace)
+
+
+def run_server(config: ServerConfig) -> int:
+    """Serve until SIGTERM/SIGINT; return the process exit code."""
+    info = get_model(config.model)
+    listener = make_listener(config.host, config.port, backlog=config.backlog)
+    try:
+        if config.workers > 1 or info.name == "prefork":
+            sup = Supervisor(config.workers, lambda _i: serve_in_this_process(config, listener),
+                             config.limits.grace)
+            return sup.run(on_started=lambda: announce_ready(listener))
+        serve_in_this_process(config, listener, on_ready=lambda: announce_ready(listener))
+        return 0
+    finally:
+        listener.close()

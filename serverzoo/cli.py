@@ -1,0 +1,44 @@
+"""The one command line: `serverzoo COMMAND ...`.
+
+Commands are imported only when run, so `serverzoo serve` starts without loading the
+plotting or load-generation stacks (and gevent never enters another model's process).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> (module, attribute, one-line help shown in `serverzoo --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("serverzoo.servers.runtime.command", "serve_command", "Run a server model on a directory."),
+    "models": ("serverzoo.servers.runtime.command", "models_command", "List the server models."),
+    "get": ("serverzoo.clients.download", "get_command", "Download a file (resumable, verified length)."),
+    "ls": ("serverzoo.clients.download", "ls_command", "Print a directory listing."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="serverzoo")
+def main() -> None:
+    """serverzoo: one file-download server in every Python concurrency model, measured honestly."""
+
+
+if __name__ == "__main__":
+    main()
