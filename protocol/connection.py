@@ -43,6 +43,9 @@ class HttpConnection:
         self._headers: dict[bytes, bytes] = {}
         self._complete = False
         self._dup_host = False
+        self._keep_alive = True
+        self._version = "1.1"
+        self._method = b"GET"
 
     @property
     def has_partial_request(self) -> bool:
@@ -122,14 +125,13 @@ class HttpConnection:
         return self._fail(400, reason[:100])
 
     def _request(self) -> ResponsePlan:
-        p = self._parser
         headers = self._headers
-        version = p.get_http_version()
+        version = self._version
         if version != "1.1" and version != "1.0":
             return self._fail(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         length = headers.get(b"content-length")
         has_body = b"transfer-encoding" in headers or (length is not None and length.strip(b" 0") != b"")
-        method = p.get_method()
+        method = self._method
         if method != b"GET" and method != b"HEAD":
             return self._fail(405, "method not allowed", _ALLOW)
         if has_body:
@@ -141,7 +143,7 @@ class HttpConnection:
         target = self._url
         if not target.startswith(b"/"):
             return self._fail(400, "only origin-form targets (/path) are supported")
-        close = not p.should_keep_alive() or self.draining
+        close = not self._keep_alive or self.draining
         if b"#" in target:
             target = target.partition(b"#")[0]
         req = Request(method, target, version, headers, not close)
@@ -168,4 +170,9 @@ class HttpConnection:
             self._headers[key] = value
 
     def on_headers_complete(self) -> None:
+        # read these now: llhttp resets its flags once the message is complete
+        p = self._parser
+        self._keep_alive = p.should_keep_alive()
+        self._version = p.get_http_version()
+        self._method = p.get_method()
         self._complete = True

@@ -38,10 +38,9 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
         n = min(n, size)
         return size - n, n
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return WHOLE  # syntactically invalid: ignored
     if start >= size:
         raise Unsatisfiable
-    end = min(end, size - 1)
+    end = min(int(last), size - 1) if last else size - 1
     return start, end - start + 1

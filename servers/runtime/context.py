@@ -36,9 +36,13 @@ class ServerConfig:
 class ServerContext:
     """Shared state of one server process. Models read it; the runtime drives shutdown."""
 
-    def __init__(self, config: ServerConfig, listener: socket.socket, docroot: Docroot | None = None):
+    def __init__(self, config: ServerConfig, listener: socket.socket, docroot: Docroot | None = None, *,
+                 shares_listener: bool = False):
         self.config = config
         self.listener = listener
+        # True in a worker process: sibling processes accept on this same socket
+        self.shares_listener = shares_listener
+        self._accepting_in_main_thread = False
         self.limits = config.limits
         self.options = config.options
         self.server_name = f"serverzoo-{config.model}"
@@ -55,20 +59,30 @@ class ServerContext:
     def request_shutdown(self) -> None:
         """Stop accepting, and close idle keep-alive connections; safe in a signal handler.
 
-        shutdown() on a listening socket wakes a thread blocked in accept() (EINVAL on
-        Linux), so blocking accept loops need no polling or wake-up pipe.
+        A process with the listener to itself shuts it down: that wakes a thread blocked
+        in accept() (EINVAL on Linux), so blocking accept loops need no polling or wake-up
+        pipe. A worker sharing it with sibling processes must not: shutdown() acts on the
+        socket, not the descriptor, and would stop every sibling too. There accept_loop's
+        descriptor is closed instead, and a model that accepts in its own event loop stops
+        accepting itself (unregister the listener from its loop, then close it).
         """
         if self.stopping:
             return
         self.stopping = True
         try:
-            self.listener.shutdown(socket.SHUT_RDWR)
+            if not self.shares_listener:
+                self.listener.shutdown(socket.SHUT_RDWR)
+            elif self._accepting_in_main_thread:
+                # this handler runs in the main thread, whose accept() the signal just
+                # interrupted; that accept() retries on a closed descriptor and fails at once
+                self.listener.close()
         except OSError:
             pass
         self.connections.drain()
 
     def accept_loop(self) -> Iterator[socket.socket]:
         """Yield accepted, tuned, blocking sockets until shutdown is requested."""
+        self._accepting_in_main_thread = threading.current_thread() is threading.main_thread()
         backoff = 0.0
         while not self.stopping:
             try:

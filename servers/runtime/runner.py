@@ -17,9 +17,9 @@ def install_shutdown_signals(ctx: ServerContext) -> None:
         signal.signal(sig, lambda _s, _f: ctx.request_shutdown())
 
 
-def serve_in_this_process(config: ServerConfig, listener, on_ready=None) -> None:
+def serve_in_this_process(config: ServerConfig, listener, on_ready=None, *, shares_listener: bool = False) -> None:
     model = get_model(config.model).load()
-    ctx = ServerContext(config, listener)
+    ctx = ServerContext(config, listener, shares_listener=shares_listener)
     install_shutdown_signals(ctx)
     if on_ready is not None:
         on_ready()
@@ -34,8 +34,10 @@ def run_server(config: ServerConfig) -> int:
     listener = make_listener(config.host, config.port, backlog=config.backlog)
     try:
         if config.workers > 1 or info.name == "prefork":
-            sup = Supervisor(config.workers, lambda _i: serve_in_this_process(config, listener),
-                             config.limits.grace)
+            def worker(_index: int) -> None:
+                serve_in_this_process(config, listener, shares_listener=True)
+
+            sup = Supervisor(config.workers, worker, config.limits.grace)
             return sup.run(on_started=lambda: announce_ready(listener))
         serve_in_this_process(config, listener, on_ready=lambda: announce_ready(listener))
         return 0

@@ -1,0 +1,71 @@
+"""Fixtures: one corpus per session, one server process per model variant per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from serverzoo.servers import MODELS
+from serverzoo.servers.launch import ServerProcess
+
+from .support import make_corpus
+
+# Short timeouts so the timeout tests are quick; everything else finishes well within them.
+CONFORMANCE_ARGS = ("--keepalive-timeout", "2", "--header-timeout", "2", "--grace", "5")
+
+
+def _variants() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(id, model, extra args): every model, plus its multi-process shape where it has one."""
+    out = []
+    for m in MODELS.values():
+        if m.name == "prefork":
+            out.append(("prefork", "prefork", ("--workers", "2")))
+            continue
+        out.append((m.name, m.name, ()))
+        if m.multiprocess:
+            out.append((f"{m.name}-w2", m.name, ("--workers", "2")))
+        if m.name == "asyncio":
+            out.append(("asyncio-uvloop", "asyncio", ("--loop", "uvloop")))
+    return out
+
+
+VARIANTS = _variants()
+
+
+@pytest.fixture(scope="session")
+def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_corpus(str(tmp_path_factory.mktemp("corpus")))
+
+
+@pytest.fixture(scope="session", params=VARIANTS, ids=[v[0] for v in VARIANTS])
+def server(request: pytest.FixtureRequest, corpus_root: str):
+    """A running server for one model variant, shared by every test of that variant."""
+    _id, model, args = request.param
+    proc = ServerProcess(model, corpus_root, *CONFORMANCE_ARGS, *args)
+    proc.start()
+    proc.variant = _id
+    yield proc
+    code = proc.stop(timeout=15)
+    err = proc.stderr_text()
+    assert code == 0, f"{_id} exited with {code}; stderr: {err}"
+    assert "Traceback" not in err, f"{_id} wrote a traceback:\n{err}"
+
+
+@pytest.fixture
+def fresh_server(corpus_root: str):
+    """Start a private server for a test that stops or disturbs it (shutdown tests)."""
+    started: list[ServerProcess] = []
+
+    def start(model: str, *args: str) -> ServerProcess:
+        proc = ServerProcess(model, corpus_root, *args)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop(timeout=15)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"serverzoo variants: {', '.join(v[0] for v in VARIANTS)}; cpus={os.cpu_count()}"

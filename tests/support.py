@@ -1,0 +1,180 @@
+"""Test helpers: a corpus with known bytes, and an HTTP client independent of our core.
+
+Responses are parsed with h11, a different HTTP implementation from the servers'
+(httptools/llhttp), so a framing bug in the core cannot hide behind the same bug in
+the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+
+FILES = {  # name -> size; contents are deterministic pseudo-random bytes
+    "empty.bin": 0,
+    "one.bin": 1,
+    "odd.bin": 12_345,
+    "mid.bin": 1_000_003,
+    "big.bin": 5 * 1024 * 1024 + 7,
+    "page.txt": 700,
+    "sub/nested.bin": 4_321,
+    "with space.txt": 11,
+    "ünïcode.txt": 13,
+}
+SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT\n"
+
+
+def content_for(name: str, size: int) -> bytes:
+    seed = hashlib.sha256(name.encode()).digest()
+    out = bytearray()
+    block = seed
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:size])
+
+
+def make_corpus(base: str) -> str:
+    """Build root/ (served) and outside/ (must never be served) under base; return root."""
+    root = os.path.join(base, "root")
+    outside = os.path.join(base, "outside")
+    os.makedirs(os.path.join(root, "sub"), exist_ok=True)
+    os.makedirs(os.path.join(root, "emptydir"), exist_ok=True)
+    os.makedirs(os.path.join(root, "_"), exist_ok=True)  # shadowed by the reserved prefix
+    os.makedirs(outside, exist_ok=True)
+    for name, size in FILES.items():
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(content_for(name, size))
+    with open(os.path.join(root, "_", "work"), "wb") as f:
+        f.write(b"a file that must never shadow the work endpoint\n")
+    with open(os.path.join(outside, "secret.txt"), "wb") as f:
+        f.write(SECRET)
+    os.symlink(os.path.join(outside, "secret.txt"), os.path.join(root, "link_out"))
+    os.symlink(outside, os.path.join(root, "dir_out"))
+    os.symlink("odd.bin", os.path.join(root, "link_in"))
+    os.mkfifo(os.path.join(root, "pipe"))
+    return root
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    version: str
+
+
+class Client:
+    """One TCP connection; send raw bytes or requests, read responses with h11."""
+
+    def __init__(self, url: str, timeout: float = 15.0, rcvbuf: int | None = None) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((self.host, self.port))
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request_bytes(self, target: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None,
+                      version: str = "1.1") -> bytes:
+        hs = headers if headers is not None else [("Host", "test")]
+        lines = [f"{method} {target} HTTP/{version}"] + [f"{k}: {v}" for k, v in hs]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+    def request(self, target: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None,
+                version: str = "1.1") -> Response:
+        self.send(self.request_bytes(target, method, headers, version))
+        return self.read_response(method, version)
+
+    def read_response(self, method: str = "GET", version: str = "1.1") -> Response:
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method=method, target="/", headers=[("Host", "test")]))  # h11 only speaks 1.1; the framing is the same
+        conn.send(h11.EndOfMessage())
+        status, headers, body, resp_version = 0, {}, bytearray(), ""
+        if self.buf:
+            conn.receive_data(self.buf)
+            self.buf = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = self.sock.recv(256 * 1024)
+                conn.receive_data(data)
+                if not data and conn.their_state is h11.SEND_BODY:
+                    raise ConnectionError("connection closed mid-body")
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                resp_version = event.http_version.decode()
+                for k, v in event.headers:
+                    key = k.decode().lower()
+                    headers[key] = headers[key] + ", " + v.decode() if key in headers else v.decode()
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("connection closed before a response")
+        self.buf = bytes(conn.trailing_data[0])
+        return Response(status, headers, bytes(body), resp_version)
+
+    def read_until_close(self, limit: float = 10.0) -> bytes:
+        out = bytearray(self.buf)
+        self.buf = b""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            out += data
+        return bytes(out)
+
+    def closed_by_peer(self, within: float) -> bool:
+        """True if the server closes the connection (EOF or reset) within `within` seconds."""
+        self.sock.settimeout(within)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+        return data == b""
+
+
+def raw_exchange(url: str, data: bytes, timeout: float = 10.0, half_close: bool = False) -> bytes:
+    """Send bytes, then read until the server closes (for requests that end the connection).
+
+    half_close: shut our side for writing after the request, as some clients do; the
+    server must still answer.
+    """
+    with Client(url, timeout=timeout) as c:
+        c.send(data)
+        if half_close:
+            c.sock.shutdown(socket.SHUT_WR)
+        return c.read_until_close(timeout)

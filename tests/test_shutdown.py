@@ -1,0 +1,50 @@
+"""Graceful shutdown for every model: responses in flight finish, idle connections close, exit 0."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import pytest
+
+from .conftest import VARIANTS
+from .support import FILES, Client, content_for, sha
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_sigterm_during_a_download_lets_it_finish(fresh_server, variant):
+    _id, model, args = variant
+    srv = fresh_server(model, "--grace", "10", "--keepalive-timeout", "30", *args)
+    expected = sha(content_for("big.bin", FILES["big.bin"]))
+    with Client(srv.url, rcvbuf=32768, timeout=20) as busy:
+        busy.send(busy.request_bytes("/big.bin"))
+        first = busy.sock.recv(65536)  # the response is under way, most of it still unsent
+        assert first.startswith(b"HTTP/1.1 200")
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        rest = busy.read_until_close(limit=20)
+    raw = first + rest
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert sha(body) == expected, f"{_id}: got {len(body)} of {FILES['big.bin']} bytes after SIGTERM"
+    assert srv.proc.wait(15) == 0
+    assert "Traceback" not in srv.stderr_text()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_sigterm_closes_idle_connections_and_stops_accepting(fresh_server, variant):
+    _id, model, args = variant
+    srv = fresh_server(model, "--grace", "10", "--keepalive-timeout", "30", *args)
+    idle = Client(srv.url, timeout=10)
+    try:
+        assert idle.request("/one.bin").status == 200  # now idle in keep-alive
+        started = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        assert srv.proc.wait(12) == 0
+        # the idle connection was closed by the server, long before its 30 s keep-alive ran out
+        assert idle.closed_by_peer(within=2)
+        assert time.monotonic() - started < 11
+    finally:
+        idle.close()
+    with pytest.raises(OSError):
+        socket.create_connection((srv.host, srv.port), timeout=2).close()
