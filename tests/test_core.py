@@ -1,0 +1,207 @@
+"""The sans-IO core as tables: bytes in, response plans out. No sockets here."""
+
+from __future__ import annotations
+
+import os
+
+import h11
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serverzoo.protocol import Docroot, FileApp, HttpConnection, TargetError, normalise
+from serverzoo.protocol.ranges import Unsatisfiable, parse_range
+
+from .support import FILES, content_for
+
+DATE = b"Sun, 22 Nov 2026 01:02:03 GMT"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from .support import make_corpus
+
+    return FileApp(Docroot(make_corpus(str(tmp_path_factory.mktemp("core")))))
+
+
+def connect(app: FileApp) -> HttpConnection:
+    return HttpConnection(app, "serverzoo-test", lambda: DATE)
+
+
+def statuses(conn: HttpConnection, data: bytes) -> list[int]:
+    return [p.status for p in conn.receive(data)]
+
+
+REQUESTS = [  # (bytes in, statuses out, connection closed afterwards)
+    (b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n", [200], False),
+    (b"HEAD /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n", [200], False),
+    (b"GET /odd.bin HTTP/1.0\r\n\r\n", [200], True),
+    (b"GET /odd.bin HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", [200], False),
+    (b"GET /odd.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", [200], True),
+    (b"GET /missing HTTP/1.1\r\nHost: t\r\n\r\n", [404], False),
+    (b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", [200], False),
+    (b"GET /_/work?cpu=1 HTTP/1.1\r\nHost: t\r\n\r\n", [200], False),
+    (b"GET /_/work?cpu=x HTTP/1.1\r\nHost: t\r\n\r\n", [400], False),
+    (b"POST / HTTP/1.1\r\nHost: t\r\n\r\n", [405], True),
+    (b"BREW / HTTP/1.1\r\nHost: t\r\n\r\n", [405], True),
+    (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", [505], True),
+    (b"GET / HTTP/1.7\r\nHost: t\r\n\r\n", [505], True),
+    (b"GET / HTTP/1.1\r\n\r\n", [400], True),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc", [413], True),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", [200], False),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", [400], True),
+    (b"GET http://t/ HTTP/1.1\r\nHost: t\r\n\r\n", [400], True),
+    (b"GET /../x HTTP/1.1\r\nHost: t\r\n\r\n", [400], False),
+    (b"GET / HTTP/1.1\nHost: t\n\n", [400], True),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 9000 + b"\r\n\r\n", [431], True),
+    (b"\r\n\r\n", [400], True),
+    (b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n", [404, 200], False),
+    (b"GET /odd.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n", [200], True),
+    (b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n", [], False),  # incomplete: waits for more
+]
+
+
+@pytest.mark.parametrize("data,expected,closed", REQUESTS, ids=[repr(r[0][:40]) for r in REQUESTS])
+def test_request_table(app, data, expected, closed):
+    conn = connect(app)
+    assert statuses(conn, data) == expected
+    assert conn.closed == closed
+
+
+@pytest.mark.parametrize("data,expected,closed", REQUESTS[:8] + REQUESTS[-3:-1])
+def test_any_split_of_the_bytes_gives_the_same_plans(app, data, expected, closed):
+    """One recv() never has to hold one message: every two-way split parses the same."""
+    for cut in range(1, len(data)):
+        conn = connect(app)
+        assert statuses(conn, data[:cut]) + statuses(conn, data[cut:]) == expected, cut
+
+
+def test_plans_are_well_formed_http(app):
+    conn = connect(app)
+    for plan in conn.receive(b"GET /odd.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=1-10\r\n\r\n"):
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="GET", target="/", headers=[("Host", "t")]))
+        client.send(h11.EndOfMessage())
+        client.receive_data(plan.head + plan.body)
+        response = client.next_event()
+        assert response.status_code == 206
+        assert client.next_event().data == content_for("odd.bin", FILES["odd.bin"])[1:11]
+
+
+def test_large_files_are_planned_as_slices_not_read(app):
+    plan = connect(app).receive(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=10-\r\n\r\n")[0]
+    assert plan.body == b"" and plan.file is not None
+    assert (plan.file.offset, plan.file.length) == (10, FILES["big.bin"] - 10)
+
+
+def test_head_plans_have_no_body(app):
+    plan = connect(app).receive(b"HEAD /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n")[0]
+    assert plan.body == b"" and plan.file is None
+    assert b"Content-Length: %d\r\n" % FILES["odd.bin"] in plan.head
+
+
+def test_work_order(app):
+    plan = connect(app).receive(b"GET /_/work?cpu=3&wait=250 HTTP/1.1\r\nHost: t\r\n\r\n")[0]
+    assert plan.work.cpu == 3 and plan.work.wait_s == 0.25
+
+
+def test_timeout_answer_only_mid_head(app):
+    conn = connect(app)
+    assert conn.error_for_timeout() is None  # idle: close quietly
+    conn.receive(b"GET / HT")
+    assert conn.error_for_timeout().status == 408
+
+
+def test_draining_connection_says_close(app):
+    conn = connect(app)
+    conn.draining = True
+    plan = conn.receive(b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n")[0]
+    assert plan.close and b"Connection: close\r\n" in plan.head
+
+
+NORMALISE = [
+    (b"/", ()), (b"/a/b", ("a", "b")), (b"//a///b/", ("a", "b")), (b"/a/./b", ("a", "b")),
+    (b"/a/../b", ("b",)), (b"/a%2Fb", ("a", "b")), (b"/%C3%BC", ("ü",)), (b"/%252e%252e", ("%2e%2e",)),
+]
+
+
+@pytest.mark.parametrize("path,segments", NORMALISE)
+def test_normalise(path, segments):
+    assert normalise(path) == segments
+
+
+@pytest.mark.parametrize("path", [b"/..", b"/a/../..", b"/%2e%2e", b"/a%00", b"/a\\b", b"/a%5cb", b"/%ff", b"a"])
+def test_normalise_refuses(path):
+    with pytest.raises(TargetError) as exc:
+        normalise(path)
+    assert exc.value.status == 400
+
+
+RANGES = [  # (header, size, result) with None for the whole file and "416" for unsatisfiable
+    (None, 10, None), (b"bytes=0-0", 10, (0, 1)), (b"bytes=2-", 10, (2, 8)), (b"bytes=-3", 10, (7, 3)),
+    (b"bytes=-30", 10, (0, 10)), (b"bytes=5-100", 10, (5, 5)), (b"bytes=10-", 10, "416"), (b"bytes=-0", 10, "416"),
+    (b"bytes=0-", 0, "416"), (b"bytes=1-2,4-5", 10, None), (b"bytes=x-1", 10, None), (b"bytes=3-1", 10, None),
+    (b"bits=0-1", 10, None), (b"bytes= 1 - 2 ", 10, (1, 2)), (b"bytes=-", 10, None),
+]
+
+
+@pytest.mark.parametrize("header,size,result", RANGES)
+def test_parse_range(header, size, result):
+    if result == "416":
+        with pytest.raises(Unsatisfiable):
+            parse_range(header, size)
+    else:
+        assert parse_range(header, size) == result
+
+
+def test_cache_notices_a_changed_file(tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"old")
+    root = Docroot(str(tmp_path))
+    assert root.lookup(b"/f.txt", "tick-1").content == b"old"
+    os.replace(_write(tmp_path / "new", b"newer"), tmp_path / "f.txt")
+    assert root.lookup(b"/f.txt", "tick-1").content == b"old"  # within one tick: cached
+    assert root.lookup(b"/f.txt", "tick-2").content == b"newer"  # next tick: revalidated
+
+
+def test_cache_notices_a_symlink_swapped_out_of_the_root(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "secret").write_bytes(b"secret")
+    (tmp_path / "root" / "f").write_bytes(b"fine")
+    root = Docroot(str(tmp_path / "root"))
+    assert root.lookup(b"/f", 1).content == b"fine"
+    os.remove(tmp_path / "root" / "f")
+    os.symlink(tmp_path / "secret", tmp_path / "root" / "f")
+    with pytest.raises(TargetError):
+        root.lookup(b"/f", 2)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=6))
+def test_arbitrary_bytes_never_raise(app_for_hypothesis, chunks):
+    """Whatever arrives, receive() answers with plans (or waits); it never raises."""
+    conn = connect(app_for_hypothesis)
+    for chunk in chunks:
+        for plan in conn.receive(chunk):
+            assert 200 <= plan.status < 600
+            assert plan.head.startswith(b"HTTP/1.1 ") and plan.head.endswith(b"\r\n\r\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(codec="latin-1", exclude_characters="\r\n "), max_size=60))
+def test_arbitrary_targets_stay_inside_the_root(app_for_hypothesis, target):
+    conn = connect(app_for_hypothesis)
+    data = b"GET /" + target.encode("latin-1") + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+    for plan in conn.receive(data):
+        assert b"TOP-SECRET" not in plan.body
+        if plan.file is not None:
+            assert plan.file.path.startswith(app_for_hypothesis.docroot.root + os.sep)
+
+
+@pytest.fixture(scope="module")
+def app_for_hypothesis(app):
+    return app
