@@ -58,8 +58,18 @@ class FileApp:
         headers = req.headers
         range_header = headers.get(b"range")
         if range_header is None and b"if-none-match" not in headers and b"if-modified-since" not in headers:
-            # the hot path: a plain GET of a whole file, headers pre-rendered in the entry
-            head = writer.head(200, e.fields, close=close, keep_alive_header=ka)
+            # the hot path: a plain GET of a whole file. Its head only changes with the Date
+            # (once a second), so the entry keeps the last one it rendered.
+            if close or ka:
+                head = writer.head(200, e.fields, close=close, keep_alive_header=ka)
+            else:
+                date = writer.date()
+                hot = e.hot_head
+                if hot is not None and hot[0] == date and hot[1] is writer.server_line:
+                    head = hot[2]
+                else:
+                    head = writer.head(200, e.fields, close=False)
+                    e.hot_head = (date, writer.server_line, head)
             if head_only or e.size == 0:
                 return ResponsePlan(200, head, close=close)
             if e.content is not None:

@@ -7,6 +7,7 @@ sendfile or a bounded read loop. The core never reads a large file into memory.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable
@@ -47,13 +48,19 @@ class ResponsePlan:
         return len(self.body) + (self.file.length if self.file else 0)
 
 
+@functools.lru_cache(maxsize=None)
+def _server_line(server_name: str) -> bytes:
+    """One bytes object per server name, so cached heads can be matched by identity."""
+    return b"Server: " + server_name.encode("ascii") + b"\r\n"
+
+
 class HeadWriter:
     """Builds response heads with the headers every response carries."""
 
-    __slots__ = ("_server", "date")
+    __slots__ = ("server_line", "date")
 
     def __init__(self, server_name: str, date: DateSource) -> None:
-        self._server = b"Server: " + server_name.encode("ascii") + b"\r\n"
+        self.server_line = _server_line(server_name)
         self.date = date
 
     def head(self, status: int, fields: bytes, *, close: bool, keep_alive_header: bool = False) -> bytes:
@@ -65,7 +72,7 @@ class HeadWriter:
         else:
             conn = b""
         return b"".join(
-            (_STATUS_LINES[status], b"Date: ", self.date(), b"\r\n", self._server, fields, conn, b"\r\n")
+            (_STATUS_LINES[status], b"Date: ", self.date(), b"\r\n", self.server_line, fields, conn, b"\r\n")
         )
 
     def simple(
