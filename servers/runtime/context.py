@@ -111,7 +111,9 @@ class ConnectionTracker:
     and wait for the busy ones (thread-safe; one per process)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: drain() runs in a signal handler in the main thread, which in the
+        # iterative and process models may itself be inside track() when the signal lands
+        self._lock = threading.RLock()
         self._idle_changed = threading.Condition(self._lock)
         self._live: dict[socket.socket, list] = {}  # sock -> [conn, idle]
         self._draining = False
@@ -133,17 +135,13 @@ class ConnectionTracker:
     def drain(self) -> None:
         """Mark every connection to close after its response; wake the idle ones now.
 
-        Called from a signal handler, so it must not block on the lock: if the lock is
-        held, the holder will see _draining on its next track() and in-flight requests
-        still end with Connection: close once their model sees stopping.
+        Called from a signal handler. Taking the lock is safe there: it is reentrant for
+        the main thread, and other threads hold it only for a dict update. (Giving up
+        when it was busy would leave idle clients to their keep-alive timeout.)
         """
         self._draining = True
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
+        with self._lock:
             items = list(self._live.items())
-        finally:
-            self._lock.release()
         for sock, state in items:
             state[0].draining = True
             if state[1]:  # waiting for a request: make recv() return b"" now
