@@ -99,6 +99,8 @@ class Docroot:
         real = os.path.realpath(root)
         if not os.path.isdir(real):
             raise NotADirectoryError(f"served root is not a directory: {root}")
+        if not mimetypes.inited:
+            mimetypes.init()  # reads /etc/mime.types once, before fork, not on a first request
         self.root = real
         self._prefix = real.rstrip(os.sep) + os.sep
         self._small = small_file_bytes

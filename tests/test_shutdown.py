@@ -48,3 +48,19 @@ def test_sigterm_closes_idle_connections_and_stops_accepting(fresh_server, varia
         idle.close()
     with pytest.raises(OSError):
         socket.create_connection((srv.host, srv.port), timeout=2).close()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_grace_period_bounds_a_stalled_download(fresh_server, variant):
+    """A client that stops reading cannot keep the server alive past the grace period."""
+    _id, model, args = variant
+    srv = fresh_server(model, "--grace", "1", "--write-timeout", "60", *args)
+    with Client(srv.url, rcvbuf=16384, timeout=20) as stalled:
+        stalled.send(stalled.request_bytes("/big.bin"))
+        assert stalled.sock.recv(1024).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # the server is now blocked on a full socket buffer
+        started = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        code = srv.proc.wait(15)
+        assert time.monotonic() - started < 8, f"{_id} outlived its 1 s grace period"
+    assert code == 0

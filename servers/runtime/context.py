@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -79,6 +81,16 @@ class ServerContext:
         except OSError:
             pass
         self.connections.drain()
+        # the backstop: whatever is still sending when the grace period is over is cut
+        # (a blocking model's main thread may itself be the one sending it)
+        timer = threading.Timer(self.limits.grace + 0.5, self._grace_expired)
+        timer.daemon = True
+        timer.start()
+
+    def _grace_expired(self) -> None:
+        sys.stderr.write(f"serverzoo: grace period over, cutting {len(self.connections)} connection(s)\n")
+        sys.stderr.flush()
+        os._exit(0)
 
     def accept_loop(self) -> Iterator[socket.socket]:
         """Yield accepted, tuned, blocking sockets until shutdown is requested."""
