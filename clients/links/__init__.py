@@ -1,0 +1,22 @@
+"""Emulated network links: two network namespaces joined by a veth pair, shaped by a profile.
+
+    from serverzoo.clients.links import LinkedHosts
+    with LinkedHosts("lossy") as link:                  # LinkUnavailable if it cannot be built
+        server, url = link.start_ready([sys.executable, "-m", "serverzoo", "serve", "threading",
+                                        "--root", root, "--host", link.server_addr])
+        with link.client_namespace():                   # sockets made here live in the client host
+            ...                                         # connect to url
+
+profiles.py    link profiles (bench/links.toml): delay, jitter, rate, loss
+shaping.py     what the kernel offers (netem? tbf? nftables?) and the commands for a profile
+namespaces.py  LinkedHosts, leftover cleanup
+watchdog.py    removes a run's namespaces if the process that made them dies without doing it
+command.py     `serverzoo net` (cleanup, links, check, up)
+"""
+
+from .profiles import LinkProfile, get_profile, load_profiles
+from .shaping import LinkUnavailable
+from .namespaces import LinkedHosts, cleanup_leftovers, require_support
+
+__all__ = ["LinkProfile", "LinkedHosts", "LinkUnavailable", "cleanup_leftovers", "get_profile", "load_profiles",
+           "require_support"]

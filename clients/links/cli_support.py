@@ -1,0 +1,44 @@
+"""What a command needs to offer `--link NAME`: the options, and a context that builds the link
+or stops the command with one line (exit code 3) saying why it cannot."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import click
+
+from .namespaces import LinkedHosts
+from .profiles import ProfileError
+from .shaping import LinkUnavailable
+
+EXIT_NO_LINK = 3
+
+
+class NoLinkError(click.ClickException):
+    exit_code = EXIT_NO_LINK
+
+
+def link_options(command: Callable) -> Callable:
+    """Adds --link NAME and --links-file PATH to a click command (parameters `link`, `links_file`)."""
+    command = click.option("--links-file", type=click.Path(dir_okay=False), default=None,
+                           help="TOML file of link profiles. [bench/links.toml]")(command)
+    return click.option("--link", "link", metavar="NAME", default=None,
+                        help="Run the server and the client on two network namespaces joined by the "
+                             "emulated link NAME (root; see `serverzoo net links`).")(command)
+
+
+@contextmanager
+def linked_hosts_or_exit(name: str | None, links_file: str | None = None) -> Iterator[LinkedHosts | None]:
+    """Yields None without a name; else an up LinkedHosts, removed afterwards whatever happens."""
+    if not name:
+        yield None
+        return
+    try:
+        link = LinkedHosts(name, links_file).__enter__()
+    except (LinkUnavailable, ProfileError) as exc:
+        raise NoLinkError(f"--link {name}: {exc}") from None
+    try:
+        yield link
+    finally:
+        link.close()

@@ -1,0 +1,329 @@
+"""LinkedHosts: a server host and a client host, each a network namespace, joined by a veth pair.
+
+Names carry the owner's pid and start time (szoo-PID-START-N-srv), so parallel runs never
+collide and a leftover can be told from a live run's namespace. The namespaces go away on
+normal exit, on exceptions and Ctrl-C (__exit__), on SIGTERM (turned into SystemExit while
+the link is up), and if the owner is killed outright, a watchdog process removes them.
+`serverzoo net cleanup` removes what is left of dead runs.
+
+The two hosts talk over loopback-range addresses (127.18.0.1 and .2 on the veth; inside the
+namespaces 127/8 is no longer all-local and route_localnet lets it cross the veth). So a
+client that forgets to enter the client namespace reaches this machine's own loopback, never
+a network: traffic cannot leave the machine by mistake, as it could with a routable address
+and the host's default route. The namespaces have no route anywhere else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from . import shaping
+from .profiles import LinkProfile, get_profile
+from .shaping import LinkUnavailable, sh
+
+PREFIX = "szoo"
+NETNS_DIR = "/run/netns"
+SERVER_ADDR, CLIENT_ADDR, PREFIX_LEN = "127.18.0.1", "127.18.0.2", 30
+CLONE_NEWNET = 0x40000000
+_NAME = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-(\d+)-(srv|cli|probe)$")
+_counter = itertools.count(1)
+
+
+def require_support() -> None:
+    """LinkUnavailable (one line) unless we are root and iproute2 is installed."""
+    if os.geteuid() != 0:
+        raise LinkUnavailable(f"emulated links need root (network namespaces); running as uid {os.geteuid()}")
+    for tool, package in (("ip", "iproute2"), ("tc", "iproute2")):
+        if shutil.which(tool) is None:
+            raise LinkUnavailable(f"emulated links need `{tool}` (Debian package {package}), which is not installed")
+
+
+# -- naming and leftovers ------------------------------------------------------------------
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def new_names() -> tuple[str, str]:
+    pid = os.getpid()
+    base = f"{PREFIX}-{pid}-{_start_time(pid)}-{next(_counter)}"
+    return f"{base}-srv", f"{base}-cli"
+
+
+def list_namespaces() -> list[str]:
+    """Our namespaces that exist now (any owner)."""
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if _NAME.match(n))
+    except FileNotFoundError:
+        return []
+
+
+def owner_alive(name: str) -> bool:
+    m = _NAME.match(name)
+    return bool(m) and _start_time(int(m.group(1))) == int(m.group(2))
+
+
+def namespace_pids(name: str) -> list[int]:
+    try:
+        out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
+
+
+def remove_namespace(name: str, grace: float = 2.0) -> None:
+    """End the processes inside one of our namespaces (ours: we started them there), then delete it."""
+    pids = namespace_pids(name)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
+            time.sleep(0.02)
+        if not pids:
+            break
+    if os.path.exists(os.path.join(NETNS_DIR, name)):
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+
+
+def cleanup_leftovers(everything: bool = False) -> list[str]:
+    """Remove namespaces whose owning process is gone (or all of ours, with everything=True)."""
+    removed = []
+    for name in list_namespaces():
+        if everything or not owner_alive(name):
+            remove_namespace(name)
+            removed.append(name)
+    return removed
+
+
+# -- entering a namespace from Python -------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextmanager
+def entered(name: str) -> Iterator[None]:
+    """This thread (and threads it starts) makes its new sockets inside namespace `name`.
+    A socket keeps its namespace for life, so it still works after the block."""
+    with open("/proc/thread-self/ns/net") as home, open(os.path.join(NETNS_DIR, name)) as target:
+        _setns(target.fileno())
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
+
+
+# -- the pair ------------------------------------------------------------------------------
+class LinkedHosts:
+    """Two namespaces ("server", "client") joined by a veth pair shaped by a profile."""
+
+    def __init__(self, profile: LinkProfile | str, links_file: str | None = None) -> None:
+        self.profile = profile if isinstance(profile, LinkProfile) else get_profile(profile, links_file)
+        self.server_ns, self.client_ns = new_names()
+        # each end is created inside its own namespace, so these names never meet another run's
+        self.server_dev, self.client_dev = "veth-srv", "veth-cli"
+        self.server_addr, self.client_addr = SERVER_ADDR, CLIENT_ADDR
+        self.support: shaping.KernelSupport | None = None
+        self.applied: list[str] = []
+        self._procs: list[subprocess.Popen] = []
+        self._watchdog: subprocess.Popen | None = None
+        self._watchdog_pipe: int | None = None
+        self._old_sigterm = None
+        self._up = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "LinkedHosts":
+        require_support()
+        cleanup_leftovers()  # namespaces of earlier runs that died: never a live run's
+        try:
+            self._start_watchdog()
+            self._create()
+            self.support = shaping.probe(self.server_ns)
+            p = shaping.plan(self.profile, self.support,
+                             [(self.server_ns, self.server_dev, self.client_ns, self.client_dev),
+                              (self.client_ns, self.client_dev, self.server_ns, self.server_dev)])
+            if p.missing:
+                raise LinkUnavailable(f"link {self.profile.name!r} cannot be built here: " + "; ".join(p.missing))
+            shaping.apply(p)
+            self.applied = p.applied
+            self._trap_sigterm()
+            self._up = True
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        s, c = self.server_ns, self.client_ns
+        sh(["ip", "netns", "add", s])
+        sh(["ip", "netns", "add", c])
+        # both ends are created directly inside their namespaces: no name ever appears on the host
+        sh(["ip", "link", "add", self.server_dev, "netns", s, "type", "veth", "peer", "name", self.client_dev,
+            "netns", c])
+        for ns, dev, addr in ((s, self.server_dev, SERVER_ADDR), (c, self.client_dev, CLIENT_ADDR)):
+            # lo keeps only 127.0.0.1, so the rest of 127/8 may be routed over the veth
+            sh(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
+            sh(["ip", "-n", ns, "addr", "del", "127.0.0.1/8", "dev", "lo"])
+            sh(["ip", "-n", ns, "addr", "add", "127.0.0.1/32", "dev", "lo"])
+            with entered(ns), open("/proc/sys/net/ipv4/conf/all/route_localnet", "w") as f:
+                f.write("1")  # /proc/sys/net is the opening thread's namespace's
+            sh(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", dev])
+            sh(["ip", "-n", ns, "link", "set", "dev", dev, "up"])
+
+    def close(self) -> None:
+        """Stop our processes, delete both namespaces (and with them the veth, qdiscs and rules)."""
+        for proc in self._procs:
+            _stop(proc)
+        self._procs.clear()
+        for name in (self.server_ns, self.client_ns):
+            remove_namespace(name)
+        self._stop_watchdog()
+        if self._old_sigterm is not None:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+        self._up = False
+
+    def _trap_sigterm(self) -> None:
+        # SIGTERM's default action would skip __exit__ and leave the namespaces behind
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._old_sigterm = signal.SIG_DFL
+            signal.signal(signal.SIGTERM, _raise_exit)
+
+    def _start_watchdog(self) -> None:
+        read_end, write_end = os.pipe()
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-m", "serverzoo.clients.links.watchdog", self.server_ns, self.client_ns],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)  # Ctrl-C in a terminal must not reach it
+        finally:
+            os.close(read_end)
+        self._watchdog_pipe = write_end
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog_pipe is not None:
+            os.close(self._watchdog_pipe)  # EOF: the watchdog finds nothing left and exits
+            self._watchdog_pipe = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait(5)
+            self._watchdog = None
+
+    # -- running things on either host --------------------------------------------------------
+    def _prefix(self, side: str) -> list[str]:
+        if not self._up:
+            raise RuntimeError("the link is not up (use LinkedHosts as a context manager)")
+        if side not in ("server", "client"):
+            raise ValueError("side is 'server' or 'client'")
+        return ["ip", "netns", "exec", self.server_ns if side == "server" else self.client_ns]
+
+    def command(self, side: str, argv: list[str]) -> list[str]:
+        """argv wrapped to run on one host (`ip netns exec NS ...`; it execs, so the pid is argv's)."""
+        return self._prefix(side) + list(argv)
+
+    def run_in_server(self, argv: list[str], **popen_kwargs) -> subprocess.Popen:
+        """Start argv on the server host. The link stops it (SIGTERM, then SIGKILL) when it closes."""
+        proc = subprocess.Popen(self.command("server", argv), **popen_kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def run_in_client(self, argv: list[str], **popen_kwargs) -> subprocess.Popen:
+        """Start argv on the client host. The link stops it when it closes."""
+        proc = subprocess.Popen(self.command("client", argv), **popen_kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def start_ready(self, argv: list[str], side: str = "server", timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
+        """Start a program that prints `READY URL` (serverzoo's servers do) and wait for that line."""
+        err = tempfile.TemporaryFile()
+        proc = subprocess.Popen(self.command(side, argv), stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL)
+        self._procs.append(proc)
+        line = b""
+        deadline = time.monotonic() + timeout
+        fd = proc.stdout.fileno()
+        while not line.endswith(b"\n") and (left := deadline - time.monotonic()) > 0 and proc.poll() is None:
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 1)
+                if not chunk:
+                    break
+                line += chunk
+        if not line.startswith(b"READY "):
+            _stop(proc)
+            err.seek(0)
+            raise LinkUnavailable(f"{' '.join(argv)} on the {side} host did not print READY: "
+                                  f"{err.read().decode(errors='replace').strip()[-300:] or line!r}")
+        return proc, line.split()[1].decode()
+
+    def server_process(self, model: str, root: str, *args: str, cpus=None, start_timeout: float = 20.0):
+        """A servers.launch.ServerProcess (not started) that runs on the server host, on server_addr."""
+        from ...servers.launch import ServerProcess
+        server = ServerProcess(model, root, *args, host=self.server_addr, cpus=cpus, start_timeout=start_timeout)
+        server.argv = self.command("server", server.argv)
+        return server
+
+    def client_namespace(self) -> "contextmanager":
+        """`with link.client_namespace():` sockets this thread creates belong to the client host."""
+        self._prefix("client")
+        return entered(self.client_ns)
+
+    def server_namespace(self) -> "contextmanager":
+        self._prefix("server")
+        return entered(self.server_ns)
+
+    def describe(self) -> dict:
+        """For JSON results: the profile, what was applied, and how."""
+        return {"profile": self.profile.to_dict(), "applied": self.applied,
+                "server_addr": self.server_addr, "client_addr": self.client_addr,
+                "kernel": self.support.to_dict() if self.support else None}
+
+
+def _raise_exit(_sig, _frame) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    for stream in (proc.stdout, proc.stderr, proc.stdin):
+        if stream is not None:
+            stream.close()

@@ -1,0 +1,234 @@
+"""Emulated links on real network namespaces (root and iproute2; skipped without them).
+
+Every namespace here is made by the test itself (names carry this process's pid), all
+traffic stays inside them, and each test checks that nothing of its link is left."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from serverzoo.clients.links import LinkedHosts, LinkProfile, LinkUnavailable
+from serverzoo.clients.links.namespaces import list_namespaces, owner_alive
+from serverzoo.clients.udp.roundtrip import run_roundtrip
+from serverzoo.clients.udp.stream import run_udp_stream
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
+                                reason="emulated links need root and iproute2 (ip, tc)")
+
+PY = [sys.executable, "-m", "serverzoo"]
+ETH_IP_UDP = 14 + 20 + 8  # bytes the rate limiter counts on top of each UDP payload
+
+
+def ours() -> list[str]:
+    return [n for n in list_namespaces() if n.startswith(f"szoo-{os.getpid()}-")]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    before = set(ours())
+    yield
+    assert set(ours()) == before, "a namespace of this test was left behind"
+    host_links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    assert "veth-srv" not in host_links and "veth-cli" not in host_links
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    with LinkedHosts(LinkProfile("probe")) as link:
+        return link.support
+
+
+def start_responder(link: LinkedHosts) -> tuple[str, int]:
+    _, url = link.start_ready([*PY, "udp", "serve", "--host", link.server_addr])
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_namespace_pair_is_created_and_removed():
+    with LinkedHosts("veth") as link:
+        names = (link.server_ns, link.client_ns)
+        assert set(names) <= set(list_namespaces())
+        assert all(owner_alive(n) for n in names)
+        ip = link.run_in_client(["ip", "-o", "-4", "addr", "show"], stdout=subprocess.PIPE, text=True)
+        addrs = ip.communicate(timeout=10)[0]
+        assert "127.18.0.2/30" in addrs and "veth-cli" in addrs and "127.18.0.1" not in addrs
+        host, port = start_responder(link)
+        with link.client_namespace():
+            out = run_udp_stream(host, port, 8e6, 1000, 0.3)
+        assert out["receiver"]["received"] == out["sender"]["sent"] > 0
+    assert not set(names) & set(list_namespaces())
+    assert not os.path.exists(f"/run/netns/{names[0]}")
+
+
+def test_a_client_outside_the_namespace_stays_on_this_machine():
+    with LinkedHosts("veth") as link:
+        # from the host, the server's address is the host's own loopback: no route out, no traffic sent
+        route = subprocess.run(["ip", "route", "get", link.server_addr], capture_output=True, text=True,
+                               timeout=10).stdout
+        assert route.startswith("local ") and " dev lo " in route, route
+    with open("/proc/sys/net/ipv4/conf/all/route_localnet") as f:
+        assert f.read().strip() == "0"  # the host's own setting is untouched
+
+
+def test_rate_limit_is_measured_within_tolerance():
+    profile = LinkProfile("t-rate", rate_mbit=20)
+    with LinkedHosts(profile) as link:
+        host, port = start_responder(link)
+        with link.client_namespace():
+            out = run_udp_stream(host, port, 40e6, 1000, 1.5)  # offer twice the cap
+    expected = 20e6 * 1000 / (1000 + ETH_IP_UDP)
+    measured = out["receiver"]["throughput_bps"]
+    assert abs(measured - expected) / expected < 0.10, (measured, expected)
+
+
+def test_loss_rate_is_measured_within_tolerance():
+    with LinkedHosts(LinkProfile("t-loss", loss_percent=5)) as link:
+        host, port = start_responder(link)
+        with link.client_namespace():
+            out = run_udp_stream(host, port, 40e6, 500, 1.0)  # 10 000 datagrams
+    rx = out["receiver"]
+    assert out["sender"]["sent"] > 8000
+    path_lost = rx["lost"] - (rx["socket_drops"] or 0)  # drops in the responder's own buffer are not the link's
+    rate = 100 * path_lost / out["sender"]["sent"]
+    assert 3.5 < rate < 6.5, rx  # 5% of 10 000: sigma ~0.22 points
+    assert rx["duplicates"] == 0
+
+
+def test_download_crosses_a_lossy_link_byte_exact(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    data = os.urandom(4 * 1024 * 1024 + 3)
+    (root / "blob.bin").write_bytes(data)
+    with LinkedHosts("lossy") as link:
+        assert any("loss 1%" in a for a in link.applied)
+        with link.server_process("threading", str(root)) as server:
+            with link.client_namespace():
+                conn = http.client.HTTPConnection(link.server_addr, server.port, timeout=30)
+                conn.request("GET", "/blob.bin")
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+        # the drops happened: the client side's rule counted data packets it threw away
+        rules = subprocess.run(["ip", "netns", "exec", link.client_ns, "nft", "list", "table", "inet",
+                                "szoo_link"], capture_output=True, text=True, timeout=10).stdout
+    assert resp.status == 200
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
+    dropped = int(rules.split("counter packets ")[1].split()[0])
+    assert dropped > 0, rules
+
+
+def test_delay_needs_netem_and_says_so(kernel):
+    if kernel.netem:
+        pytest.skip("this kernel has sch_netem, so a delay profile is built (see the next test)")
+    with pytest.raises(LinkUnavailable, match="needs sch_netem"):
+        with LinkedHosts(LinkProfile("t-delay", rtt_ms=20, rate_mbit=50)):
+            pass
+
+
+def test_delay_is_measured_where_the_kernel_has_netem(kernel):
+    if not kernel.netem:
+        pytest.skip(f"no sch_netem in this kernel ({kernel.netem_error}): delay cannot be emulated here")
+    with LinkedHosts(LinkProfile("t-delay", rtt_ms=20)) as link:
+        host, port = start_responder(link)
+        with link.client_namespace():
+            out = run_roundtrip(host, port, 64, 20, 10, tcp=False)
+    p50 = out["results"][0]["rtt_ms"]["p50"]
+    assert 19 < p50 < 26, p50
+
+
+def test_cli_link_runs_and_describes_it():
+    done = subprocess.run([*PY, "udp", "test", "--link", "lossy-slow", "--rate", "10M", "--time", "0.5",
+                           "--json", "-"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["link"]["profile"]["name"] == "lossy-slow"
+    assert doc["link"]["server_addr"] == "127.18.0.1"
+    assert any("tbf" in a for a in doc["link"]["applied"])
+    assert doc["results"][0]["sender"]["sent"] > 0
+
+
+def test_cli_profile_this_kernel_cannot_build_fails_in_one_line(kernel, tmp_path):
+    links = tmp_path / "links.toml"
+    links.write_text('[links.far]\nrtt_ms = 30\n')
+    done = subprocess.run([*PY, "udp", "test", "--link", "far", "--links-file", str(links), "--time", "0.2"],
+                          capture_output=True, text=True, timeout=60)
+    if kernel.netem:
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 3
+    assert done.stderr.count("\n") == 1 and "sch_netem" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed to drop root")
+def test_cli_without_root_is_one_line():
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *PY, "udp", "test",
+                           "--link", "veth"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert "need root" in done.stderr and done.stderr.count("\n") == 1
+
+
+HOLDER = """
+import sys, time
+from serverzoo.clients.links import LinkedHosts, LinkProfile
+with LinkedHosts(LinkProfile("t-hold", loss_percent=1)) as link:
+    child = link.run_in_server(["sleep", "30"])
+    print(link.server_ns, link.client_ns, child.pid, flush=True)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "ctrl-c"])
+def test_namespaces_go_away_when_the_owner_dies(sig):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert select.select([proc.stdout], [], [], 20)[0], "the holder never came up"
+        server_ns, client_ns, child = proc.stdout.readline().split()
+        assert {server_ns, client_ns} <= set(list_namespaces())
+        proc.send_signal(sig)
+        proc.wait(10)
+        deadline = time.monotonic() + 10  # SIGKILL: the watchdog does it, a moment later
+        while {server_ns, client_ns} & set(list_namespaces()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not {server_ns, client_ns} & set(list_namespaces())
+        assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+
+
+def test_net_cleanup_removes_dead_runs_only():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = f"szoo-{gone.pid}-1-1-srv"  # a run whose owner is dead
+    try:
+        with LinkedHosts("veth") as link:  # (entering a link sweeps dead runs too: add the leftover after)
+            subprocess.run(["ip", "netns", "add", leftover], check=True, timeout=10)
+            done = subprocess.run([*PY, "net", "cleanup"], capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            assert f"removed {leftover}" in done.stdout
+            assert {link.server_ns, link.client_ns} <= set(list_namespaces())  # a live run is kept
+    finally:
+        if os.path.exists(f"/run/netns/{leftover}"):
+            subprocess.run(["ip", "netns", "delete", leftover], timeout=10)
+    assert leftover not in list_namespaces()
+
+
+def test_cli_net_fetch_checks_the_bytes(tmp_path):
+    (tmp_path / "f.bin").write_bytes(os.urandom(300_000))
+    done = subprocess.run([*PY, "net", "fetch", "lossy", "f.bin", "--root", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HTTP 200, 300000 bytes" in done.stdout and "sha256 matches" in done.stdout
