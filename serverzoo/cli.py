@@ -16,6 +16,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("serverzoo.servers.runtime.command", "models_command", "List the server models."),
     "get": ("serverzoo.clients.download", "get_command", "Download a file (resumable, verified length)."),
     "ls": ("serverzoo.clients.download", "ls_command", "Print a directory listing."),
+    "load": ("serverzoo.clients.loadgen.command", "load_command", "Load a server: throughput, latency, errors."),
+    "corpus": ("serverzoo.clients.loadgen.command", "corpus_command", "Write a reproducible test corpus."),
+    "bench": ("serverzoo.bench.command", "bench_command", "Run the benchmark matrix (quick: about 5 min)."),
+    "report": ("serverzoo.bench.command", "report_command", "Write the HTML and Markdown report of runs."),
+    "compare": ("serverzoo.bench.command", "compare_command", "Compare two runs; exit 1 on a regression."),
+    "udp": ("serverzoo.clients.udp.command", "udp_group", "UDP responder and tester: UDP beside TCP, measured."),
+    "net": ("serverzoo.clients.links.command", "net_group", "Emulated network links: list, check, up, fetch, cleanup (root)."),
 }
 
 

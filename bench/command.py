@@ -1,0 +1,280 @@
+"""`serverzoo bench`, `serverzoo report` and `serverzoo compare`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+from typing import Any
+
+import click
+
+from .plan import REFERENCE, Plan, build_plan, format_duration, parse_cpus, parse_list
+from .scenarios import ConfigError
+from .store import SCHEMA, ResultsError, read_run, write_atomic
+
+EXIT_INTERRUPTED = 130
+MATRIX_OPTIONS = ("preset", "models", "scenarios", "concurrency", "rates", "repeat", "duration", "warmup",
+                  "scenarios_file", "corpus", "reference", "server_cpus", "client_cpus")
+
+
+def _fail(command: str, message: str, code: int = 2) -> None:
+    click.echo(f"serverzoo {command}: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command("bench")
+@click.option("--preset", default="quick", show_default=True, help="quick (every model and scenario, about 5 min "
+              "on 2 cores) or full (wider, longer, 3 repetitions), as the scenarios file defines them.")
+@click.option("--models", help="Comma-separated models or variants (and nginx); default: the preset's.")
+@click.option("--scenarios", help="Comma-separated scenario names; default: all.")
+@click.option("--concurrency", help="Closed-loop levels, e.g. 1,64 (replaces each scenario's).")
+@click.option("--rates", help="Open-loop offered loads in requests/s, e.g. 500,2000.")
+@click.option("--repeat", type=int, help="Repetitions per cell (median and spread). [preset]")
+@click.option("--duration", type=float, help="Measured seconds per cell (replaces each scenario's).")
+@click.option("--warmup", type=float, help="Warm-up seconds per cell, excluded from figures.")
+@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the run's JSON, its reports and the corpus.")
+@click.option("--resume", "resume", type=click.Path(dir_okay=False), help="Complete an interrupted RUN.json.")
+@click.option("--scenarios-file", type=click.Path(dir_okay=False), help="Your copy of bench/scenarios.toml.")
+@click.option("--corpus", type=click.Path(file_okay=False), help="An existing corpus (default: written under --out).")
+@click.option("--reference/--no-reference", default=None, help="nginx as a yardstick row when installed. [on]")
+@click.option("--server-cpus", help="CPUs for the server, e.g. 0. [first half]")
+@click.option("--client-cpus", help="CPUs for the load generator, e.g. 1. [the rest]")
+@click.option("--max-cells", type=click.IntRange(1), help="Stop after N cells; the run stays resumable.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the time estimate, run nothing.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML and Markdown report.")
+@click.pass_context
+def bench_command(ctx: click.Context, **o: Any) -> None:
+    """Run the benchmark matrix: server x scenario x level x repetition.
+
+    Each cell starts a fresh server pinned to the server CPUs, runs `serverzoo load`
+    pinned to the others (warm-up, then the measured run), and stops the server
+    gracefully. Results are saved after every cell in OUT/bench-RUN.json: Ctrl-C
+    keeps them, and --resume completes the run.
+    """
+    try:
+        if o["resume"]:
+            given = [n for n in MATRIX_OPTIONS
+                     if ctx.get_parameter_source(n) not in (click.core.ParameterSource.DEFAULT, None)]
+            if given:
+                raise ConfigError(f"--resume runs the run's own configuration; drop --{given[0].replace('_', '-')}")
+            plan, doc, path, corpus_root = _resume(o["resume"])
+        else:
+            plan, doc, path, corpus_root = _new_run(o)
+    except (ConfigError, ResultsError) as exc:
+        _fail("bench", str(exc))
+        return
+    from .matrix import pending_cells
+
+    todo = pending_cells(plan, doc)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(plan.describe(), err=True)
+    if o["resume"]:
+        click.echo(f"resuming: {len(doc['cells'])} cells kept, {len(todo)} to run, about "
+                   f"{format_duration(plan.estimate_seconds(todo))}", err=True)
+    if o["dry_run"]:
+        for cell in todo:
+            click.echo(cell.id)
+        return
+    click.echo(f"results: {path}", err=True)
+    from .matrix import run_matrix
+
+    status = run_matrix(plan, doc, path, corpus_root, max_cells=o["max_cells"])
+    if status == "interrupted":
+        click.echo(f"interrupted: {len(doc['cells'])} cells kept in {path}\n"
+                   f"resume with: serverzoo bench --resume {path}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if status == "partial":
+        click.echo(f"stopped after --max-cells: {len(doc['cells'])} cells in {path}; "
+                   f"resume with: serverzoo bench --resume {path}", err=True)
+    if o["report"]:
+        from .report import write_reports
+
+        stem = os.path.splitext(path)[0]
+        for written in write_reports([path], stem + ".html", stem + ".md"):
+            click.echo(f"report: {written}", err=True)
+
+
+def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
+    from serverzoo.machine import describe_machine
+
+    from .corpus import check_corpus, default_corpus_dir, ensure_corpus
+    from .nginx import NginxError, NginxServer, check_world_readable, nginx_binary
+    from .scenarios import load_suite
+
+    suite = load_suite(o["scenarios_file"])
+    if o["preset"] not in suite.presets:
+        raise ConfigError(f"unknown preset {o['preset']!r}; choose from: {', '.join(suite.presets)}")
+    plan = build_plan(
+        suite, o["preset"], models=parse_list(o["models"], "models"), scenarios=parse_list(o["scenarios"], "scenarios"),
+        concurrency=parse_list(o["concurrency"], "concurrency", number=True),
+        rates=parse_list(o["rates"], "rates", number=True), repeat=o["repeat"], duration=o["duration"],
+        warmup=o["warmup"], reference=o["reference"], server_cpus=parse_cpus(o["server_cpus"], "server-cpus"),
+        client_cpus=parse_cpus(o["client_cpus"], "client-cpus"), nginx_available=nginx_binary() is not None)
+    out = o["out"]
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"--out {out} is not writable")
+    if o["corpus"]:
+        corpus_root = os.path.abspath(o["corpus"])
+        check_corpus(corpus_root, plan.corpus)
+    elif o["dry_run"]:
+        corpus_root = os.path.abspath(default_corpus_dir(out, plan.corpus))
+    else:
+        corpus_root = ensure_corpus(os.path.abspath(default_corpus_dir(out, plan.corpus)), plan.corpus)
+    reference = None
+    if REFERENCE in plan.servers and not o["dry_run"]:
+        try:
+            check_world_readable(corpus_root)
+            ngx = NginxServer(corpus_root, tuned=True, cpus=plan.server_cpus)
+            ngx.prefix, ngx.port = "$PREFIX", "$PORT"  # one template for every cell; each gets its own
+            reference = {"server": REFERENCE, "binary": ngx.binary, "version": _nginx_version(ngx.binary),
+                         "tuned": True, "config": ngx.config_text()}
+        except (NginxError, OSError) as exc:
+            del plan.servers[REFERENCE]
+            plan.notes.append(f"no nginx yardstick: {exc}")
+    created = _dt.datetime.now(_dt.timezone.utc)
+    run_id = f"{created:%Y%m%dT%H%M%SZ}-{plan.preset}"
+    config = plan.to_config() | {
+        "scenarios_file": suite.path, "scenarios_sha256": suite.sha256, "scenarios_toml": suite.text,
+        "corpus_dir": corpus_root, "corpus_given": bool(o["corpus"]), "reference": reference,
+        "generator": {"how": "a `serverzoo load` process per cell, pinned to the client CPUs"},
+    }
+    doc = {"schema": SCHEMA, "run_id": run_id, "created": created.isoformat(timespec="seconds"), "finished": None,
+           "status": "new", "machine": describe_machine(), "command": ["serverzoo", *sys.argv[1:]],
+           "notes": list(plan.notes), "resumed": [], "config": config, "cells": [],
+           "summary_note": "summary: per server/scenario/level medians, spreads and flags, derived from cells by "
+                           "serverzoo.bench.analysis after every cell (reports recompute it from cells)",
+           "summary": []}
+    path = os.path.join(out, f"bench-{run_id}.json")
+    if not o["dry_run"]:
+        write_atomic(path, doc)
+    return plan, doc, path, corpus_root
+
+
+def _resume(path: str) -> tuple[Plan, dict[str, Any], str, str]:
+    from serverzoo.machine import describe_machine
+
+    from .corpus import check_corpus, ensure_corpus
+
+    doc = read_run(path)
+    plan = Plan.from_config(doc["config"])
+    here, there = describe_machine(), doc["machine"]
+    for key in ("hostname", "cpu_model", "cpus"):
+        if here.get(key) != there.get(key):
+            raise ConfigError(f"{path} was measured on {there.get(key)!r} ({key}); this machine is {here.get(key)!r}: "
+                              "one run must come from one machine")
+    if here.get("git_commit") != there.get("git_commit"):
+        doc["notes"].append(f"resumed at git commit {here.get('git_commit')} (the run began at "
+                            f"{there.get('git_commit')})")
+    corpus_root = doc["config"]["corpus_dir"]
+    if doc["config"].get("corpus_given"):
+        check_corpus(corpus_root, plan.corpus)
+    else:
+        ensure_corpus(corpus_root, plan.corpus)  # the same seed writes the same bytes
+    if REFERENCE in plan.servers and not doc["config"].get("reference"):
+        del plan.servers[REFERENCE]
+    doc["resumed"].append({"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                           "git_commit": here.get("git_commit"), "cells_before": len(doc["cells"])})
+    return plan, doc, path, corpus_root
+
+
+def _nginx_version(binary: str) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ") or None
+
+
+# -- report ----------------------------------------------------------------------------
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False), help="Write the Markdown summary here.")
+@click.option("--baseline", default="iterative", show_default=True, help="The model ratios are taken against.")
+@click.option("--noise-floor", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="With several runs: the smallest change the delta table calls real.")
+def report_command(runs: tuple[str, ...], html_path: str | None, md_path: str | None, baseline: str,
+                   noise_floor: float) -> None:
+    """Turn RUN.json (one or more) into a self-contained HTML report and a Markdown summary.
+
+    With neither --html nor --md, writes both next to the last RUN (RUN.html, RUN.md).
+    With several runs, the last is reported in full and each earlier run gets a delta
+    table against it.
+    """
+    from .report import write_reports
+
+    if html_path is None and md_path is None:
+        stem = os.path.splitext(runs[-1])[0]
+        html_path, md_path = stem + ".html", stem + ".md"
+    try:
+        written = write_reports(list(runs), html_path, md_path, baseline=baseline, noise_floor=noise_floor)
+    except ResultsError as exc:
+        _fail("report", str(exc))
+        return
+    except OSError as exc:
+        _fail("report", f"cannot write the report: {exc.strerror or exc} ({exc.filename})")
+        return
+    for path in written:
+        click.echo(path)
+
+
+# -- compare ---------------------------------------------------------------------------
+
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@click.command("compare")
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+@click.option("--threshold", default=0.05, show_default=True, type=click.FloatRange(0, 10),
+              help="Smallest relative change that can count, on top of the runs' own measured noise.")
+@click.option("--all", "show_all", is_flag=True, help="List every compared cell, not only the changes.")
+def compare_command(before: str, after: str, threshold: float, show_all: bool) -> None:
+    """Compare two runs cell by cell; the exit code is a CI regression gate.
+
+    A change counts only beyond noise: the two cells' ranges (median +- spread over
+    repetitions) must not overlap and the change must exceed --threshold. Exit codes:
+    0 no regression; 1 at least one cell regressed beyond noise or newly fails;
+    2 the runs cannot be read or have no cell in common.
+    """
+    from .analysis import RunView, deltas, newly_failed
+    from .report import format_value
+
+    try:
+        a, b = RunView(read_run(before)), RunView(read_run(after))
+    except ResultsError as exc:
+        _fail("compare", str(exc), EXIT_BAD_INPUT)
+        return
+    rows = deltas(a, b, floor=threshold)
+    broken = newly_failed(a, b)
+    if not rows and not broken:
+        _fail("compare", "the two runs have no successfully measured cell in common", EXIT_BAD_INPUT)
+        return
+    click.echo(f"{a.run['run_id']} -> {b.run['run_id']}: {len(rows)} cells compared "
+               f"(threshold {threshold:.0%} plus measured noise)")
+    ma, mb = a.run.get("machine") or {}, b.run.get("machine") or {}
+    if (ma.get("hostname"), ma.get("cpu_model")) != (mb.get("hostname"), mb.get("cpu_model")):
+        click.echo(f"note: different machines ({ma.get('hostname')}: {ma.get('cpu_model')} / "
+                   f"{mb.get('hostname')}: {mb.get('cpu_model')}); changes may be the machine's")
+    for d in rows:
+        if not (d.beyond_noise or show_all):
+            continue
+        word = "REGRESSION" if d.regression else ("improvement" if d.improvement else "within noise")
+        click.echo(f"  {d.server}/{d.scenario}/{d.level}: {format_value(d.metric, d.before)} -> "
+                   f"{format_value(d.metric, d.after)} ({d.change:+.1%}, noise ±{d.noise:.1%}) {word}")
+    for server, scenario, level in broken:
+        click.echo(f"  {server}/{scenario}/{level}: measured before, FAILS now")
+    regressions = sum(d.regression for d in rows) + len(broken)
+    improvements = sum(d.improvement for d in rows)
+    click.echo(f"{regressions} regression(s), {improvements} improvement(s) beyond noise")
+    sys.exit(EXIT_REGRESSION if regressions else EXIT_OK)

@@ -1,0 +1,342 @@
+"""The report's charts, drawn with matplotlib (Agg, no display) and returned as inline SVG.
+
+Each chart carries its own caption line (run, machine, date) inside the image, so a
+chart copied out of the report still says where its numbers come from. Figures are
+built with matplotlib.figure.Figure, not pyplot: no global state between charts.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+
+from .analysis import RunView, level_label  # noqa: E402
+from .scenarios import METRICS  # noqa: E402
+
+REFERENCE_STYLE = {"color": "0.45", "linestyle": "--", "marker": "s"}
+SPECTRUM = [0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999]
+
+
+def _figure(width: float = 7.5, height: float = 3.8) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0.045, 1, 0.955))  # room for the caption line at the bottom
+    return fig
+
+
+def _svg(fig: Figure, caption: str) -> str:
+    fig.text(0.005, 0.003, caption, fontsize=6.5, color="0.35", ha="left", va="bottom")
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "serverzoo"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # inline in HTML: no XML prolog or doctype
+
+
+def _metric_scale(metric: str) -> tuple[float, str]:
+    """Values are stored in their metric's unit; latency is shown in ms."""
+    if metric == "p99_us":
+        return 1e-3, METRICS[metric][0]
+    return 1.0, METRICS[metric][0]
+
+
+def _color(view: RunView, server: str) -> Any:
+    """One colour per server in every chart of a report; the yardstick is grey."""
+    if server == view.reference:
+        return REFERENCE_STYLE["color"]
+    palette = matplotlib.colormaps["tab10"].colors
+    models = view.models
+    return palette[models.index(server) % len(palette)] if server in models else "black"
+
+
+def _style(view: RunView, server: str) -> dict[str, Any]:
+    if server == view.reference:
+        return dict(REFERENCE_STYLE)
+    return {"marker": "o", "color": _color(view, server)}
+
+
+def _legend(ax: Any, n: int) -> None:
+    """Inside the axes for a few lines; to the right, outside, for many."""
+    if n > 5:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7)
+
+
+def _log2_axis(ax: Any, levels: list[int]) -> None:
+    if len(levels) > 1 and max(levels) / max(min(levels), 1) >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(levels)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def throughput_chart(view: RunView, scenario: str, caption: str) -> str:
+    """Closed loop: the scenario's metric against concurrency, one line per server, range as error bars."""
+    sc = view.scenarios[scenario]
+    scale, label = _metric_scale(sc["metric"])
+    levels = view.levels(scenario)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for server in view.servers_in(scenario):
+        xs, ys, lo, hi, bad = [], [], [], [], []
+        for lv in levels:
+            p = view.point(server, scenario, lv)
+            if p is None or p.median is None:
+                continue
+            xs.append(lv)
+            ys.append(p.median * scale)
+            lo.append((p.median - p.lo) * scale)
+            hi.append((p.hi - p.median) * scale)
+            if p.flags:
+                bad.append((lv, p.median * scale))
+        if not xs:
+            continue
+        ax.errorbar(xs, ys, yerr=[lo, hi], label=server, capsize=3, **_style(view, server))
+        if bad:
+            ax.scatter(*zip(*bad), s=120, facecolors="none", edgecolors="crimson", linewidths=1.2, zorder=5)
+    _log2_axis(ax, levels)
+    ax.set_xlabel("concurrency (connections)")
+    ax.set_ylabel(label)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{sc['title']}: {label} by concurrency (red ring: flagged cell)", fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend(ax, len(view.servers_in(scenario)))
+    return _svg(fig, caption)
+
+
+def open_loop_chart(view: RunView, scenario: str, caption: str) -> str:
+    """Open loop: p99 against offered load; solid = corrected (from scheduled send), dashed = uncorrected."""
+    levels = view.levels(scenario)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for server in view.servers_in(scenario):
+        pts = [view.point(server, scenario, lv) for lv in levels]
+        pts = [p for p in pts if p is not None and p.p99_us]
+        if not pts:
+            continue
+        line = ax.plot([p.level for p in pts], [p.p99_us / 1e3 for p in pts], label=server, **_style(view, server))
+        unc = [p for p in pts if p.p99_uncorrected_us]
+        if unc:
+            ax.plot([p.level for p in unc], [p.p99_uncorrected_us / 1e3 for p in unc], linestyle=":",
+                    color=line[0].get_color(), alpha=0.7)
+    ax.set_yscale("log")
+    _log2_axis(ax, levels)
+    ax.set_xlabel("offered load (requests/s)")
+    ax.set_ylabel("p99 latency (ms), log scale")
+    ax.set_title(f"{view.scenarios[scenario]['title']}: p99 against offered load\n"
+                 "solid: timed from the scheduled send (corrected); dotted: uncorrected", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, len(view.servers_in(scenario)))
+    return _svg(fig, caption)
+
+
+def _spectrum(point: Any) -> tuple[list[float], list[float]]:
+    """Percentile -> latency (us): from the merged histograms when readable, else the saved percentiles."""
+    hist = merged_histogram(point.histograms)
+    if hist is not None and hist.get_total_count():
+        return SPECTRUM, [float(hist.get_value_at_percentile(q)) for q in SPECTRUM]
+    pairs = [(50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p99.9"), (99.99, "p99.99")]
+    got = [(q, point.latency_us[k]) for q, k in pairs if k in point.latency_us]
+    return [q for q, _ in got], [v for _, v in got]
+
+
+def merged_histogram(encoded: list[str]) -> Any:
+    """One HdrHistogram of all repetitions (lossless merge), or None if they cannot be decoded."""
+    if not encoded:
+        return None
+    try:
+        from hdrh.histogram import HdrHistogram
+
+        merged = HdrHistogram.decode(encoded[0])
+        for e in encoded[1:]:
+            merged.add(HdrHistogram.decode(e))
+        return merged
+    except Exception:  # noqa: BLE001 - a histogram in another encoding: fall back to the percentiles
+        return None
+
+
+def spectrum_chart(view: RunView, scenario: str, level: int, caption: str) -> str:
+    """HdrHistogram-style percentile spectrum on a log 1/(1-p) axis, latency on a log axis."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    ticks = [50, 90, 99, 99.9, 99.99, 99.999]
+    for server in view.servers_in(scenario):
+        p = view.point(server, scenario, level)
+        if p is None or p.failed:
+            continue
+        qs, vals = _spectrum(p)
+        xs = [1 / (1 - q / 100) if q < 100 else 1e6 for q in qs]
+        keep = [(x, v / 1e3) for x, v in zip(xs, vals) if v > 0]
+        if keep:
+            ax.plot(*zip(*keep), label=server, **_style(view, server))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([1 / (1 - q / 100) for q in ticks])
+    ax.set_xticklabels([f"{q:g}%" for q in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms), log scale")
+    ax.set_title(f"{view.scenarios[scenario]['title']}: latency spectrum at "
+                 f"{level_label(view.scenarios[scenario], level)}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, len(view.servers_in(scenario)))
+    return _svg(fig, caption)
+
+
+def _grouped_bars(view: RunView, values: dict[str, dict[str, float]], ylabel: str, title: str, caption: str,
+                  log: bool = False) -> str:
+    """values: group (x) -> server -> value; one bar per server in each group."""
+    groups = list(values)
+    servers = [s for s in view.servers if any(s in values[g] for g in groups)]
+    fig = _figure(min(11.0, max(7.5, 0.9 * len(groups) * max(1, len(servers)) / 4)), 4.0)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(servers))
+    for i, server in enumerate(servers):
+        xs = [g + (i - (len(servers) - 1) / 2) * width for g in range(len(groups))]
+        ys = [values[g].get(server, 0.0) for g in groups]
+        kw = {"hatch": "//"} if server == view.reference else {}
+        ax.bar(xs, ys, width=width, label=server, color=_color(view, server), **kw)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, fontsize=7, rotation=15)
+    if log and any(v > 0 for g in groups for v in values[g].values()):
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    _legend(ax, len(servers))
+    return _svg(fig, caption)
+
+
+def efficiency_chart(view: RunView, caption: str) -> str | None:
+    """Requests per CPU-second of the server process tree, at each scenario's top level."""
+    values: dict[str, dict[str, float]] = {}
+    for sc in view.scenarios:
+        levels = view.levels(sc)
+        if not levels:
+            continue
+        row = {}
+        for server in view.servers_in(sc):
+            p = view.point(server, sc, levels[-1])
+            if p and p.requests_per_cpu_s:
+                row[server] = p.requests_per_cpu_s
+        if row:
+            values[sc] = row
+    if not values:
+        return None
+    return _grouped_bars(view, values, "requests per server CPU-second (log)",
+                         "CPU efficiency at each scenario's highest level (higher: less CPU per request)", caption,
+                         log=True)
+
+
+def memory_chart(view: RunView, caption: str) -> tuple[str, str] | None:
+    """Peak RSS growth per open connection in the scenario that holds the most connections."""
+    best = None
+    for sc in view.scenarios:
+        for lv in view.levels(sc):
+            for server in view.servers_in(sc):
+                p = view.point(server, sc, lv)
+                if p and p.rss_per_connection is not None and (best is None or p.open_connections > best[2]):
+                    best = (sc, lv, p.open_connections)
+    if best is None:
+        return None
+    sc, lv, conns = best
+    rows = [(s, p.rss_per_connection / 1024) for s in view.servers_in(sc)
+            if (p := view.point(s, sc, lv)) is not None and p.rss_per_connection is not None]
+    fig = _figure(7.5, 0.35 * len(rows) + 1.6)
+    ax = fig.add_subplot()
+    ax.barh([s for s, _ in rows], [v for _, v in rows], height=0.6, color=[_color(view, s) for s, _ in rows])
+    for i, (_, v) in enumerate(rows):
+        ax.text(v, i, f" {v:,.1f}", va="center", fontsize=7)
+    ax.invert_yaxis()
+    positive = [v for _, v in rows if v > 0]
+    if positive and max(positive) / min(positive) > 100:
+        ax.set_xscale("log")
+    ax.set_xlabel("KiB per open connection" + (" (log)" if ax.get_xscale() == "log" else ""))
+    ax.set_title(f"Memory per open connection in {sc} ({conns} connections): "
+                 "(peak RSS - RSS at start) / connections", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    return _svg(fig, caption), sc
+
+
+def heatmap_chart(view: RunView, baseline: str, caption: str) -> str | None:
+    """Servers x scenarios, colour = log ratio to the baseline (green better), annotated; grey = failed."""
+    scenarios = list(view.scenarios)
+    servers = [s for s in view.servers if any(view.levels(sc) and view.point(s, sc, view.levels(sc)[0])
+                                              for sc in scenarios)]
+    if not servers or not scenarios:
+        return None
+    grid: list[list[float]] = []
+    labels: list[list[str]] = []
+    for server in servers:
+        row, text = [], []
+        for sc in scenarios:
+            present = any(view.point(server, sc, lv) for lv in view.levels(sc))
+            failed = present and view.score(server, sc) is None
+            r = view.ratio(server, sc, baseline)
+            flagged = any(p.flags for lv in view.levels(sc) if (p := view.point(server, sc, lv)))
+            if not present:
+                row.append(math.nan)
+                text.append("")
+            elif failed or r is None:
+                row.append(math.nan)
+                text.append("failed" if failed else f"n/a\n({baseline} failed)")
+            else:
+                row.append(math.log2(r))
+                text.append((f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x") + ("*" if flagged else ""))
+        grid.append(row)
+        labels.append(text)
+    finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
+    span = min(max(finite + [1.0]), 3.0)  # colours saturate at 8x so that 1.3x stays visible
+    fig = _figure(max(7.5, 1.0 * len(scenarios) + 2), 0.42 * len(servers) + 1.8)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.85")
+    im = ax.imshow(grid, cmap=cmap, norm=TwoSlopeNorm(0.0, -span, span), aspect="auto")
+    ax.set_xticks(range(len(scenarios)))
+    ax.set_xticklabels(scenarios, fontsize=7, rotation=20, ha="right")
+    ax.set_yticks(range(len(servers)))
+    ax.set_yticklabels(servers, fontsize=8)
+    for i, row in enumerate(labels):
+        for j, t in enumerate(row):
+            ax.text(j, i, t, ha="center", va="center", fontsize=7)
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_label(f"log2 ratio to {baseline}", fontsize=7)
+    ax.set_title(f"The matrix: times better than {baseline} per scenario (geometric mean over levels; "
+                 "* = a flagged cell)", fontsize=9)
+    return _svg(fig, caption)
+
+
+def errors_chart(view: RunView, caption: str) -> str:
+    """Failed requests by class, per server, summed over scenarios and levels."""
+    totals: dict[str, dict[str, int]] = {}
+    for (server, _sc, _lv), p in view.points.items():
+        for cls, n in p.error_classes.items():
+            totals.setdefault(server, {}).setdefault(cls, 0)
+            totals[server][cls] += n
+    servers = [s for s in view.servers if s in totals]
+    fig = _figure(7.5, 0.35 * max(1, len(servers)) + 1.8)
+    ax = fig.add_subplot()
+    if not servers:
+        ax.text(0.5, 0.5, "no failed requests in this run", ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
+        ax.set_title("Errors by class", fontsize=10)
+        return _svg(fig, caption)
+    classes = sorted({c for t in totals.values() for c in t})
+    left = [0] * len(servers)
+    for cls in classes:
+        counts = [totals[s].get(cls, 0) for s in servers]
+        ax.barh(servers, counts, left=left, label=cls, height=0.6)
+        left = [a + b for a, b in zip(left, counts)]
+    ax.invert_yaxis()
+    ax.set_xlabel("failed requests (all scenarios and levels)")
+    ax.set_title("Errors by class", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    return _svg(fig, caption)

@@ -1,0 +1,207 @@
+"""`serverzoo report`: one or more runs -> a self-contained HTML page and a Markdown summary.
+
+Everything shown is computed from the runs' cells by bench.analysis; the prose around
+the numbers (who won, who failed and why) is assembled from that data, never written
+in advance. With several runs, the last one is reported in full and each earlier one
+is compared with it in a delta table.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from serverzoo.machine import machine_line
+
+from .analysis import BASELINE, Delta, Point, RunView, Verdict, deltas, level_label, ratio_text
+from .cards import ModelCard, model_cards
+from .scenarios import METRICS
+from .store import read_run
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+
+def format_value(metric: str, value: float | None) -> str:
+    """The one formatting of a metric value, shared by tables and tests."""
+    if value is None:
+        return "-"
+    if metric == "p99_us":
+        return f"{value / 1000:,.2f} ms"
+    if metric == "mb_per_s":
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+def format_spread(p: Point) -> str:
+    if not p.values:
+        return "-"
+    if len(p.values) < 2:
+        return "n=1"
+    return f"±{p.spread * 100:.1f}%"
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= f:
+            return f"{n / f:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+@dataclass
+class ScenarioSection:
+    name: str
+    info: dict[str, Any]
+    metric_label: str
+    levels: list[int]
+    level_labels: list[str]
+    rows: list[dict[str, Any]]
+    verdict: Verdict
+    chart: str | None = None
+    spectrum: str | None = None
+    spectrum_level: str = ""
+
+
+@dataclass
+class DeltaTable:
+    before: str
+    after: str
+    rows: list[Delta]
+    regressions: int
+    improvements: int
+    floor: float
+
+
+@dataclass
+class Report:
+    run: dict[str, Any]
+    view: RunView
+    caption: str
+    baseline: str
+    sections: list[ScenarioSection]
+    summary_rows: list[dict[str, Any]]
+    geomean_row: dict[str, str]
+    verdicts: list[Verdict]
+    cards: list[ModelCard]
+    flagged: list[Point]
+    charts: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(("heatmap", "efficiency", "memory", "errors")))
+    delta_tables: list[DeltaTable] = field(default_factory=list)
+    memory_scenario: str | None = None
+
+
+def caption_for(run: dict[str, Any]) -> str:
+    m = run.get("machine") or {}
+    prefix = "FIXTURE (synthetic numbers, not a measurement) | " if run.get("fixture") else ""
+    return f"{prefix}run {run['run_id']} | {m.get('hostname', '?')}: {machine_line(m)}"
+
+
+def build_report(runs: list[dict[str, Any]], baseline: str = BASELINE, plots: bool = True,
+                 noise_floor: float = 0.05) -> Report:
+    run = runs[-1]
+    view = RunView(run)
+    caption = caption_for(run)
+    if baseline not in view.servers:
+        baseline = view.models[0] if view.models else baseline
+    sections = []
+    for name, info in view.scenarios.items():
+        levels = view.levels(name)
+        if not levels:
+            continue
+        rows = []
+        for server in view.servers_in(name):
+            cells = []
+            for lv in levels:
+                p = view.point(server, name, lv)
+                cells.append(None if p is None else {
+                    "value": format_value(info["metric"], p.median), "spread": format_spread(p),
+                    "p99": format_value("p99_us", p.p99_us), "flags": p.flags, "point": p,
+                    "errors": p.errors, "error_rate": f"{p.error_rate:.2%}" if p.errors else "0",
+                })
+            rows.append({"server": server, "cells": cells, "reference": server == view.reference,
+                         "vs_baseline": ratio_text(view.ratio(server, name, baseline)) if server != baseline else "-",
+                         "vs_reference": (ratio_text(view.ratio(server, name, view.reference))
+                                          if view.reference in view.servers_in(name) and server != view.reference
+                                          else "-")})
+        section = ScenarioSection(name, info, METRICS[info["metric"]][0], levels,
+                                  [level_label(info, lv) for lv in levels], rows, view.verdict(name))
+        if plots:
+            from . import plots as charts
+
+            section.chart = (charts.throughput_chart(view, name, caption) if info["mode"] == "closed"
+                             else charts.open_loop_chart(view, name, caption))
+            section.spectrum = charts.spectrum_chart(view, name, levels[-1], caption)
+            section.spectrum_level = level_label(info, levels[-1])
+        sections.append(section)
+
+    summary_rows = []
+    for name in view.scenarios:
+        if not view.levels(name):
+            continue
+        summary_rows.append({"scenario": name, "cells": {
+            s: ratio_text(view.ratio(s, name, baseline)) if any(view.point(s, name, lv) for lv in view.levels(name))
+            else "" for s in view.servers}})
+    geo = {}
+    for s in view.servers:
+        covered = sum(view.ratio(s, sc, baseline) is not None for sc in view.scenarios)
+        most = max(sum(view.ratio(x, sc, baseline) is not None for sc in view.scenarios) for x in view.servers)
+        # a mean over fewer scenarios than the others' is not the same figure: say so
+        geo[s] = ratio_text(view.overall_ratio(s, baseline)) + (f" ({covered} of {most})" if covered < most else "")
+    report = Report(run, view, caption, baseline, sections, summary_rows, geo, [s.verdict for s in sections],
+                    model_cards(view.config["servers"]), sorted(view.flagged_points(),
+                                                                key=lambda p: (p.scenario, p.server, p.level)))
+    if plots:
+        from . import plots as charts
+
+        report.charts["heatmap"] = charts.heatmap_chart(view, baseline, caption)
+        report.charts["efficiency"] = charts.efficiency_chart(view, caption)
+        memory = charts.memory_chart(view, caption)
+        if memory:
+            report.charts["memory"], report.memory_scenario = memory
+        report.charts["errors"] = charts.errors_chart(view, caption)
+    for before in runs[:-1]:
+        rows = deltas(RunView(before), view, floor=noise_floor)
+        report.delta_tables.append(DeltaTable(before["run_id"], run["run_id"], rows,
+                                              sum(d.regression for d in rows), sum(d.improvement for d in rows),
+                                              noise_floor))
+    return report
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]),
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["value"] = lambda value, metric: format_value(metric, value)
+    env.filters["bytes"] = format_bytes
+    env.filters["pct"] = lambda v: f"{v * 100:+.1f}%"
+    env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    env.globals["level_label"] = level_label
+    env.globals["metric_label"] = lambda m: METRICS[m][0]
+    return env
+
+
+def render(report: Report, template: str) -> str:
+    return _environment().get_template(template).render(r=report, esc=html.escape)
+
+
+def write_reports(paths: list[str], html_path: str | None, md_path: str | None, baseline: str = BASELINE,
+                  noise_floor: float = 0.05) -> list[str]:
+    """Read the runs, write the requested files, return their paths."""
+    runs = [read_run(p) for p in paths]
+    report = build_report(runs, baseline=baseline, plots=html_path is not None, noise_floor=noise_floor)
+    written = []
+    for path, template in ((html_path, "report.html.j2"), (md_path, "report.md.j2")):
+        if path is None:
+            continue
+        text = render(report, template)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = path + ".part"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

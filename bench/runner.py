@@ -1,0 +1,247 @@
+"""Runs cells: a fresh server pinned to its CPUs, the generator pinned to the others, a clean stop.
+
+One cell = one server process (started, READY awaited, RSS read), one `serverzoo load`
+process (warm-up, then the measured run, sampling the server's CPU time and RSS by its
+PID), then SIGTERM and a wait for the server's own graceful exit. A cell that fails
+(server does not start, generator crashes or overruns) is recorded as failed with a
+one-line reason and the run goes on. KeyboardInterrupt is the only thing that stops
+the loop; the caller saves what was measured.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import psutil
+
+from serverzoo.servers.launch import ServerProcess, ServerStartError
+
+from .loadargs import load_argv, load_options
+from .nginx import NginxError, NginxServer
+from .plan import REFERENCE, Cell, Plan
+
+class Interrupts:
+    """Ctrl-C and SIGTERM, held back while a server starts or stops.
+
+    A KeyboardInterrupt raised inside Popen or a readiness wait can leave a started
+    server nobody knows the PID of; inside a stop, one nobody waits for. Within
+    critical() the signal is remembered and raised when the section ends, so every
+    server started is also stopped. The measured run itself stays interruptible.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.depth:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+
+
+interrupts = Interrupts()  # run_matrix installs interrupts.handler for SIGINT and SIGTERM
+
+GENERATOR_SLACK_S = 20.0  # beyond warm-up + duration + one request timeout, a generator is stuck
+STDERR_TAIL = 1500
+
+
+def tree_rss(pid: int) -> int | None:
+    """Resident memory of a process and its descendants, in bytes."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.Error:
+        return None
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _tail(text: str) -> str:
+    return text[-STDERR_TAIL:]
+
+
+class CellRunner:
+    def __init__(self, plan: Plan, corpus_root: str) -> None:
+        self.plan = plan
+        self.corpus_root = corpus_root
+
+    def _server(self, cell: Cell) -> ServerProcess | NginxServer:
+        spec = self.plan.servers[cell.server]
+        if spec.model == REFERENCE:
+            return NginxServer(self.corpus_root, tuned=True, cpus=self.plan.server_cpus)
+        sc = self.plan.scenarios[cell.scenario]
+        return ServerProcess(spec.model, self.corpus_root, *self.plan.run.server_args, *sc.server_args, *spec.args,
+                             cpus=self.plan.server_cpus)
+
+    def run(self, cell: Cell) -> dict[str, Any]:
+        """Measure one cell; returns its record (status "ok" or "failed")."""
+        sc = self.plan.scenarios[cell.scenario]
+        record: dict[str, Any] = {
+            "id": cell.id, "server": cell.server, "model": self.plan.servers[cell.server].model,
+            "scenario": cell.scenario, "level": cell.level, "level_key": cell.level_key,
+            "repetition": cell.repetition, "started": _now(), "status": "failed", "error": None,
+        }
+        t0 = time.monotonic()
+        info: dict[str, Any] = {"cpus": self.plan.server_cpus}
+        record["server_process"] = info
+        timing: dict[str, float] = {}
+        record["timing_s"] = timing
+        server = None
+        try:
+            with interrupts.critical():  # a Ctrl-C now is raised once the server is fully up or gone
+                server = self._server(cell)
+                try:
+                    server.start()
+                except BaseException:
+                    server.stop()  # half-started: it must not outlive the run
+                    server = None
+                    raise
+            timing["server_start"] = round(time.monotonic() - t0, 3)
+        except (ServerStartError, NginxError, OSError) as exc:
+            record["error"] = f"server did not start: {str(exc).splitlines()[0][:300]}"
+            info["clean_stop"] = None
+            record["seconds"] = round(time.monotonic() - t0, 3)
+            return record
+        except KeyboardInterrupt:
+            if server is not None:  # it started; the interrupt waited for that
+                self._stop(server, info, timing)
+            raise
+        try:
+            info["pid"] = server.pid
+            info["url"] = server.url
+            info["argv"] = server.argv if isinstance(server, ServerProcess) else [server.binary, "-c", "nginx.conf"]
+            info["rss_at_ready_bytes"] = tree_rss(server.pid)
+            opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid)
+            t1 = time.monotonic()
+            record["load"], record["error"], record["generator"] = self._generate(opts, sc.warmup + sc.duration
+                                                                                + sc.request_timeout)
+            timing["generator"] = round(time.monotonic() - t1, 3)
+        finally:
+            self._stop(server, info, timing)
+        if record["load"] is not None:
+            record["status"] = "ok"
+        record["seconds"] = round(time.monotonic() - t0, 3)
+        return record
+
+    def _generate(self, opts: dict[str, Any], expected_s: float) -> tuple[dict | None, str | None, dict]:
+        """Run `serverzoo load` pinned to the client CPUs; (document, error, generator record)."""
+        fd, json_path = tempfile.mkstemp(prefix="serverzoo-load-", suffix=".json")
+        os.close(fd)
+        argv = load_argv(opts, json_path)
+        gen: dict[str, Any] = {"argv": argv[1:], "cpus": self.plan.client_cpus}
+        cpus = self.plan.client_cpus
+        try:
+            with tempfile.TemporaryFile() as err:
+                # its own session: a terminal's Ctrl-C reaches the runner only, which ends the generator itself
+                # and discards the cell (the generator would report a cut-short window as a result)
+                try:
+                    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+                                            start_new_session=True)
+                except (OSError, subprocess.SubprocessError) as exc:
+                    return None, f"load generator did not start: {exc}", gen
+                try:
+                    code = proc.wait(expected_s + GENERATOR_SLACK_S)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
+                    return None, f"load generator overran its {expected_s + GENERATOR_SLACK_S:.0f} s deadline", gen
+                except BaseException:
+                    _kill_group(proc)
+                    raise
+                err.seek(0)
+                stderr = err.read().decode(errors="replace")
+            gen["exit_code"] = code
+            if stderr.strip():
+                gen["stderr_tail"] = _tail(stderr)
+            try:
+                with open(json_path, encoding="utf-8") as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}"
+                return None, f"load generator wrote no result: {last[:300]}", gen
+            return doc, None, gen
+        finally:
+            try:
+                os.unlink(json_path)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _stop(server: ServerProcess | NginxServer, info: dict[str, Any], timing: dict[str, float]) -> None:
+        """Graceful stop; record whether the server exited cleanly and how long it took."""
+        t0 = time.monotonic()
+        with interrupts.critical():
+            try:
+                CellRunner._stop_and_check(server, info)
+            finally:
+                timing["server_stop"] = round(time.monotonic() - t0, 3)
+
+    @staticmethod
+    def _stop_and_check(server: ServerProcess | NginxServer, info: dict[str, Any]) -> None:
+        if isinstance(server, NginxServer):
+            server.stop()
+            code = server.proc.returncode if server.proc else None
+            info["exit_code"] = code
+            info["clean_stop"] = code == 0
+            if code != 0:
+                info["problem"] = f"nginx exited with {code}"
+            return
+        code = server.stop()
+        stderr = server.stderr_text()
+        info["exit_code"] = code
+        problems = []
+        if code != 0:
+            problems.append(f"exit code {code} after SIGTERM")
+        if "Traceback" in stderr:
+            problems.append("a traceback on stderr")
+        info["clean_stop"] = not problems
+        if problems:
+            info["problem"] = ", ".join(problems)
+            info["stderr_tail"] = _tail(stderr)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the generator and the worker processes it started (in sessions of their own), by PID."""
+    if proc.poll() is None:
+        try:
+            workers = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            workers = []
+        proc.kill()
+        for w in workers:
+            try:
+                w.kill()
+            except psutil.Error:
+                pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass

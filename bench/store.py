@@ -1,0 +1,65 @@
+"""One JSON file per run, rewritten atomically after every cell.
+
+The file is replaced with os.replace from a temporary file in the same folder, so
+Ctrl-C leaves either the previous complete file or the new one, never a torn one (the
+runner also holds Ctrl-C back while it writes). `--resume` reads it back and runs
+only the cells it lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+SCHEMA = "serverzoo.bench/1"
+
+
+class ResultsError(Exception):
+    """A results file that cannot be read or is not a serverzoo bench run (one line)."""
+
+
+def read_run(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ResultsError(f"{path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise ResultsError(f"{path}: not a serverzoo bench run (schema {found!r}, expected {SCHEMA!r})")
+    for key in ("run_id", "machine", "config", "cells"):
+        if key not in doc:
+            raise ResultsError(f"{path}: incomplete run file (no {key!r})")
+    return doc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str, doc: dict[str, Any]) -> None:
+    """Replace path with doc's JSON in one step."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,241 @@
+"""A real, tiny benchmark run: two models, two scenarios, one-second cells, one repetition.
+
+It is interrupted with SIGINT after two cells, resumed for one more cell (--max-cells),
+then resumed to the end, and the reports it writes are checked against its JSON.
+Real servers and the real load generator on loopback; about 30 s.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import pytest
+
+from serverzoo.bench.nginx import nginx_binary
+from serverzoo.bench.report import format_value
+from serverzoo.bench.store import SCHEMA
+
+SCENARIOS = """
+[run]
+unstable_spread = 0.10
+error_rate_limit = 0.01
+
+[corpus]
+seed = 7
+files = ["1KiB"]
+
+[presets.quick]
+servers = "models"
+repeat = 1
+reference = true
+
+[scenarios.small]
+title = "Small files, keep-alive"
+mode = "closed"
+paths = ["/1KiB.bin"]
+quick = { concurrency = [2], duration = 1.0, warmup = 0.2 }
+
+[scenarios.cpu]
+title = "CPU-bound requests"
+mode = "closed"
+paths = ["/_/work?cpu=2"]
+reference = false
+quick = { concurrency = [2], duration = 1.0, warmup = 0.2 }
+"""
+MODELS = ("iterative", "threading")
+
+
+@pytest.fixture
+def out_dir():
+    """A world-readable folder (nginx's workers run as nobody), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="serverzoo-bench-smoke-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bench(out: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "serverzoo", "bench", *args], cwd=out, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def run_file(out: str) -> str:
+    files = glob.glob(os.path.join(out, "results", "bench-*.json"))
+    return files[0] if len(files) == 1 else ""
+
+
+def wait_for_cells(out: str, n: int, proc: subprocess.Popen, limit: float = 40.0) -> dict:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        path = run_file(out)
+        if path:
+            with open(path) as f:
+                doc = json.load(f)  # always whole: the file is replaced atomically
+            if len(doc["cells"]) >= n:
+                return doc
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} cells after {limit} s")
+
+
+def _nginx_serves(cmdline: list[str], marker: str) -> bool:
+    """An nginx master whose config (in its own temporary prefix) serves a root under marker."""
+    if "-c" not in cmdline[:-1]:
+        return False
+    try:
+        with open(cmdline[cmdline.index("-c") + 1]) as f:
+            return marker in f.read()
+    except OSError:
+        return False
+
+
+def leftover_processes(marker: str) -> list[str]:
+    """Live processes of ours: marker on the command line (servers, generators) or nginx serving it."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if marker in " ".join(cmd) or (cmd and "nginx" in cmd[0] and _nginx_serves(cmd, marker)):
+            found.append(f"{p.pid}: {' '.join(cmd)}")
+    return found
+
+
+@pytest.mark.timeout(150)
+def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
+    scenarios = os.path.join(out_dir, "scenarios.toml")
+    with open(scenarios, "w") as f:
+        f.write(SCENARIOS)
+    with_nginx = nginx_binary() is not None
+    expected = [f"{m}/small/c2/r1" for m in MODELS] + (["nginx/small/c2/r1"] if with_nginx else []) + \
+               [f"{m}/cpu/c2/r1" for m in MODELS]
+    common = ["--scenarios-file", scenarios, "--models", ",".join(MODELS) + (",nginx" if with_nginx else "")]
+
+    # 1. interrupted by SIGINT (Ctrl-C) after two cells
+    proc = bench(out_dir, *common, "--no-report")
+    try:
+        wait_for_cells(out_dir, 2, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "resume with: serverzoo bench --resume" in err
+    path = run_file(out_dir)
+    with open(path) as f:
+        doc = json.load(f)
+    kept = len(doc["cells"])
+    assert doc["status"] == "interrupted" and 2 <= kept < len(expected), (doc["status"], kept)
+    assert [c["id"] for c in doc["cells"]] == expected[:kept]
+    assert not glob.glob(os.path.join(out_dir, "results", ".tmp-*")), "a temporary file was left behind"
+    time.sleep(0.5)
+    assert leftover_processes(out_dir) == [], "the interrupted cell's server or generator is still running"
+
+    # 2. resumed for one more cell only
+    proc = bench(out_dir, "--resume", path, "--max-cells", "1", "--no-report")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    with open(path) as f:
+        doc = json.load(f)
+    assert doc["status"] == "partial" and len(doc["cells"]) == kept + 1
+
+    # 3. resumed to the end, with the reports
+    proc = bench(out_dir, "--resume", path)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    with open(path) as f:
+        doc = json.load(f)
+    assert doc["status"] == "complete" and doc["finished"]
+    assert [c["id"] for c in doc["cells"]] == expected
+    assert len(doc["resumed"]) == 2
+
+    # the JSON: schema, machine, exact configuration, and every cell measured for real
+    assert doc["schema"] == SCHEMA
+    for key in ("cpu_model", "cpus", "governor", "kernel", "python", "python_build", "packages", "git_commit",
+                "date"):
+        assert key in doc["machine"]
+    config = doc["config"]
+    assert config["scenarios_toml"] == SCENARIOS and config["repeat"] == 1
+    assert set(config["scenarios"]) == {"small", "cpu"}
+    assert config["cpus"]["server"] and config["cpus"]["client"]
+    if with_nginx:
+        assert "worker_processes 1;" in config["reference"]["config"]
+        assert config["reference"]["version"]
+    for cell in doc["cells"]:
+        assert cell["status"] == "ok", cell["error"]
+        load = cell["load"]
+        assert load["schema"] == "serverzoo.load/1"
+        assert load["requests"] > 0 and load["rps"] > 0
+        assert load["options"]["cpus"] == config["cpus"]["client"]
+        assert load["options"]["warmup_s"] == 0.2 and load["options"]["duration"] == 1.0
+        assert 0.9 < load["elapsed_s"] < 1.5, load["elapsed_s"]
+        assert load["server"]["pid"] == cell["server_process"]["pid"]
+        assert load["server"]["cpu_s"] > 0 and load["server"]["peak_rss_bytes"] > 0
+        assert cell["server_process"]["rss_at_ready_bytes"] > 0
+        assert cell["server_process"]["clean_stop"] is True, cell["server_process"]
+        assert cell["generator"]["argv"][:3] == ["-m", "serverzoo", "load"]
+
+    # medians and flags are stored with the cells
+    assert {(s["server"], s["scenario"]) for s in doc["summary"]} == {tuple(i.split("/")[:2]) for i in expected}
+    assert all(s["n"] == 1 and s["median"] > 0 and isinstance(s["flags"], list) for s in doc["summary"])
+
+    # the reports, next to the JSON; their numbers are the JSON's
+    stem = os.path.splitext(path)[0]
+    with open(stem + ".html") as f:
+        html = f.read()
+    with open(stem + ".md") as f:
+        md = f.read()
+    assert html.count("<svg") >= 4 and "http://cdn" not in html and "<script" not in html
+    assert doc["run_id"] in html and doc["run_id"] in md
+    for cell in doc["cells"]:
+        shown = format_value("rps", cell["load"]["rps"])
+        row = next(line for line in md.splitlines() if line.startswith(f"| {cell['server']} | {shown}"))
+        assert row, (cell["id"], shown)
+        assert shown in html
+
+
+def test_a_cell_that_cannot_start_or_load_is_recorded_as_failed(out_dir):
+    from serverzoo.bench.corpus import ensure_corpus
+    from serverzoo.bench.plan import Plan
+    from serverzoo.bench.runner import CellRunner
+    from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec, ZipfMix
+
+    sc = Scenario("small", "small", "", "closed", (), ZipfMix("nomix", 1.0), "keep-alive", "rps", True, (), (1,), 0,
+                  0.3, 0.0)
+    plan = Plan(preset="t", servers={"bad": ServerSpec("bad", "threading", ("--no-such-option",)),
+                                     "threading": ServerSpec("threading", "threading")},
+                scenarios={"small": sc}, repeat=1, run=RunSettings(0.1, 0.01, ()),
+                corpus=CorpusSpec(seed=1, files=("1KiB",)), server_cpus=[0], client_cpus=[0])
+    root = ensure_corpus(os.path.join(out_dir, "corpus"), plan.corpus)
+    bad, good = plan.cells()
+    record = CellRunner(plan, root).run(bad)
+    assert record["status"] == "failed" and record["error"].startswith("server did not start")
+    # a generator that cannot run (no manifest for its Zipf mix) fails the cell with the generator's own reason
+    record = CellRunner(plan, root).run(good)
+    assert record["status"] == "failed" and "load generator wrote no result" in record["error"], record["error"]
+    assert record["server_process"]["clean_stop"] is True
+    assert leftover_processes(out_dir) == []
+
+
+def test_ctrl_c_waits_while_a_server_starts_or_stops():
+    from serverzoo.bench.runner import Interrupts
+
+    guard = Interrupts()
+    with pytest.raises(KeyboardInterrupt):
+        with guard.critical():
+            guard.handler(signal.SIGINT, None)  # arrives mid-start: remembered, not raised
+            reached = True
+    assert reached and not guard.pending
+    with pytest.raises(KeyboardInterrupt):
+        guard.handler(signal.SIGINT, None)  # outside a critical section it interrupts at once
