@@ -1,0 +1,182 @@
+"""`serverzoo load` and `serverzoo corpus`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .corpus import DEFAULT_SIZES, CorpusError, parse_size
+from .options import ARRIVALS, CONN_MODES, LOOPS, OptionError, parse_cpu_list, parse_duration
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _CpuList(click.ParamType):
+    name = "CPUS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_cpu_list(value)
+        except OptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Size(click.ParamType):
+    name = "BYTES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)  # a plain number of bytes, as the benchmark runner writes it
+        except ValueError:
+            pass
+        try:
+            return float(parse_size(value))
+        except CorpusError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION, CPUS, SIZE = _Duration(), _CpuList(), _Size()
+
+EPILOG = """\b
+Examples:
+  serverzoo load http://127.0.0.1:8000/1KiB.bin -c 64 -d 10s
+  serverzoo load http://127.0.0.1:8000/ --corpus corpus --zipf 1.0 -R 2000 --json run.json
+  serverzoo load http://127.0.0.1:8000/1KiB.bin --conn-mode new -n 10000
+  serverzoo load 'http://127.0.0.1:8000/_/work?cpu=20&wait=5' -c 32 --cpus 1 --server-pid 1234
+\b
+Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad settings.
+"""
+
+
+@click.command("load", epilog=EPILOG)
+@click.argument("urls", nargs=-1, required=True, metavar="URL [URL...]")
+@click.option("-c", "--connections", type=int, default=10, show_default=True, help="Connections (virtual clients).")
+@click.option("-d", "--duration", type=DURATION, help="Measured time, e.g. 10s, 500ms, 2m. [10s]")
+@click.option("-n", "--requests", type=int, help="Measure exactly this many requests instead of a duration.")
+@click.option("-R", "--rate", type=float, help="Open loop: requests per second in total (wrk2's -R).")
+@click.option("--arrivals", type=click.Choice(ARRIVALS), default="constant", show_default=True,
+              help="Open loop: evenly spaced or Poisson arrivals.")
+@click.option("--conn-mode", type=click.Choice(CONN_MODES), default="keepalive", show_default=True,
+              help="keepalive; new: a new connection per request; pipeline: --depth requests per write.")
+@click.option("--depth", "pipeline_depth", type=int, help="Pipeline depth (with --conn-mode pipeline). [8]")
+@click.option("--think", "think_s", type=DURATION, default=0, help="Closed loop: pause between a response and the next request.")
+@click.option("--warmup", "warmup_s", type=DURATION, default=0, help="Run this long first; measured separately, excluded.")
+@click.option("--ramp-up", "ramp_up_s", type=DURATION, default=0, help="Open the connections gradually over this time (not counted).")
+@click.option("-w", "--workers", type=int, help="Generator processes. [one per CPU of --cpus, or per usable CPU]")
+@click.option("--cpus", type=CPUS, help="Pin the generator: worker i on the i-th CPU of this list (e.g. 1 or 2-3).")
+@click.option("--server-pid", type=int, help="Sample this process tree's CPU and RSS during the run.")
+@click.option("--server-cpus", type=CPUS, help="Where the server is pinned (recorded, checked against --cpus).")
+@click.option("--mix", "mix_file", type=click.Path(dir_okay=False), help="Request mix: lines 'WEIGHT PATH'.")
+@click.option("--corpus", type=click.Path(), help="Corpus directory (manifest.json): bodies are verified against it.")
+@click.option("--zipf", type=float, help="Request every corpus file, by Zipf popularity with this exponent.")
+@click.option("--work", help="Add the work endpoint to the mix: cpu=N,wait=MS.")
+@click.option("-H", "--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
+@click.option("--status", "expect_status", type=int, default=200, show_default=True, help="Expected status.")
+@click.option("--verify-every", type=int, default=1, show_default=True,
+              help="Check the body of one response in N (0: never); status and length are always checked.")
+@click.option("--timeout", "timeout_s", type=DURATION, default=10, show_default=True, help="Response timeout.")
+@click.option("--connect-timeout", "connect_timeout_s", type=DURATION, default=5, show_default=True)
+@click.option("--idle", type=int, default=0, help="Adversary: connections held open without a request.")
+@click.option("--slow-readers", type=int, default=0, help="Adversary: connections reading slowly.")
+@click.option("--slow-read-rate", type=SIZE, default="16KiB", show_default=True, help="Bytes/s per slow reader.")
+@click.option("--slow-read-path", help="What slow readers fetch. [the largest target]")
+@click.option("--slow-senders", type=int, default=0, help="Adversary: connections dribbling their request head.")
+@click.option("--slow-send-interval", "slow_send_interval_s", type=DURATION, default=1, show_default=True,
+              help="Slow senders send one byte per interval.")
+@click.option("-p", "--percentile", "percentiles", type=float, multiple=True, help="Report this percentile too.")
+@click.option("--sample-interval", "sample_interval_s", type=DURATION, default=0.5, show_default=True,
+              help="How often the server is sampled.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mix draws and Poisson arrivals.")
+@click.option("--loop", type=click.Choice(LOOPS), default="auto", show_default=True,
+              help="Workers' event loop (auto: uvloop when installed).")
+@click.option("--json", "json_path", metavar="PATH|-", help="Write the result document (- for stdout).")
+@click.option("--live/--quiet", default=None, help="Live status line. [on when stderr is a terminal]")
+def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, **kwargs) -> None:
+    """Load URL's server with HTTP/1.1 requests and report throughput, latency and errors.
+
+    Every response is verified (status, Content-Length, and the body against --corpus's
+    manifest or the work endpoint's known reply). Closed loop by default; -R gives an open
+    loop whose latency is timed from each request's scheduled time (no coordinated
+    omission), reported beside the uncorrected view.
+    """
+    from . import LoadError, LoadOptions, run_load
+    from .report import summary_text
+
+    kwargs["headers"] = list(kwargs["headers"])
+    kwargs["percentiles"] = list(kwargs["percentiles"])
+    if live is None:
+        live = sys.stderr.isatty()
+    opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, **kwargs)
+    try:
+        doc = run_load(opts)
+    except (OptionError, LoadError) as exc:
+        click.echo(f"serverzoo load: {exc}", err=True)
+        sys.exit(2)
+    text = summary_text(doc)
+    if json_path == "-":
+        click.echo(text, err=True)
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        click.echo(text)
+        if json_path:
+            try:
+                with open(json_path, "w") as f:
+                    json.dump(doc, f, indent=1)
+                    f.write("\n")
+            except OSError as exc:
+                click.echo(f"serverzoo load: cannot write {json_path}: {exc.strerror or exc}", err=True)
+                sys.exit(2)
+    sys.exit(1 if doc["errors"]["total"] else 0)
+
+
+@click.command("corpus")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("-s", "--size", "sizes", multiple=True, metavar="SIZE[*COUNT]",
+              help=f"A file size, optionally with a count: 1KiB, 64k, 1MiB*10 (repeatable). "
+                   f"[{' '.join(DEFAULT_SIZES)}]")
+@click.option("--seed", type=int, default=0, show_default=True, help="The same seed writes the same bytes.")
+@click.option("--check", is_flag=True, help="Verify an existing corpus against its manifest instead.")
+def corpus_command(directory: str, sizes: tuple[str, ...], seed: int, check: bool) -> None:
+    """Write a reproducible corpus to DIRECTORY: files of the given sizes and manifest.json.
+
+    File names say their size (1KiB.bin, 64KiB-0001.bin, ...); the manifest lists name,
+    size and sha256 in rank order, which --zipf uses for popularity.
+    """
+    from .corpus import load_manifest, verify_corpus, write_corpus
+
+    try:
+        if check:
+            manifest = load_manifest(directory)
+            bad = verify_corpus(directory, manifest)
+            if bad:
+                click.echo(f"serverzoo corpus: {len(bad)} of {len(manifest)} files differ from the manifest: "
+                           + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""), err=True)
+                sys.exit(1)
+            click.echo(f"{directory}: {len(manifest)} files match the manifest")
+            return
+        manifest = write_corpus(directory, sizes or DEFAULT_SIZES, seed)
+    except CorpusError as exc:
+        click.echo(f"serverzoo corpus: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"serverzoo corpus: cannot write {directory}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    total = sum(f.size for f in manifest)
+    click.echo(f"wrote {len(manifest)} files ({total:,} bytes) and manifest.json to {directory} (seed {seed})")

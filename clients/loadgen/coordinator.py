@@ -1,0 +1,418 @@
+"""run_load: start the worker processes, keep them in step, watch the server, merge the results.
+
+The coordinating process does no load itself. It starts K workers (`python -m
+serverzoo.clients.loadgen.worker`), hands each its share, waits until all are ready,
+gives them one start time on the shared monotonic clock, samples the server's process
+tree meanwhile, shows the live line, and merges what the workers send back: histograms
+are added (exact at their precision), counters summed, timelines aligned by second.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+from time import monotonic_ns
+
+import psutil
+
+from serverzoo.machine import describe_machine
+
+from . import latency
+from .adversaries import merge_stats
+from .options import LoadOptions, OptionError
+from .report import LiveLine
+from .server_sampler import ServerSampler
+from .messages import parse_messages, write_message
+from .state import WorkerShare, split
+from .targets import Plan, build_plan
+
+SCHEMA = "serverzoo.load/1"
+READY_TIMEOUT_S = 30.0
+START_MARGIN_NS = 50_000_000  # from "go" to the common start: enough for every worker to be waiting
+SILENCE_LIMIT_NS = 20_000_000_000
+CPU_BOUND_PERCENT = 90.0
+JUDGE_MIN_S = 0.5  # shorter windows are not judged client-bound or not
+WAIT_BOUND_PERCENT = 10.0  # runnable but not running this share of the window: starved of CPU
+SLIP_BOUND_US = 10_000
+
+
+class LoadError(RuntimeError):
+    """The run could not be carried out (a worker failed); the message is one line, details has more."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class _WorkerProcess:
+    def __init__(self, share: WorkerShare, opts: LoadOptions, plan: Plan) -> None:
+        self.share = share
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "serverzoo.clients.loadgen.worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     start_new_session=True)  # Ctrl-C reaches the coordinator only
+        self.fd = self.proc.stdout.fileno()
+        self.buffer = b""
+        self.ready = False
+        self.result: dict | None = None
+        self.last_tick: dict | None = None
+        self.last_message_ns = monotonic_ns()
+        self.send((opts, plan, share))
+
+    def send(self, message: object) -> None:
+        try:
+            write_message(self.proc.stdin.fileno(), message)
+        except (BrokenPipeError, OSError):
+            pass  # it has died; its exit is noticed when its output ends
+
+    def feed(self) -> list:
+        """Read what is available; return the complete messages."""
+        chunk = os.read(self.fd, 1 << 20)
+        if not chunk:
+            return [("eof",)]
+        out, self.buffer = parse_messages(self.buffer + chunk)
+        return out
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")[-2000:]
+
+    def finish(self, timeout: float = 10.0) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc.stdout.close()
+        self.stderr.close()
+
+
+def make_shares(opts: LoadOptions) -> list[WorkerShare]:
+    k = opts.resolved_workers()
+    conns = split(opts.connections, k)
+    requests = split(opts.requests, k) if opts.requests is not None else [None] * k
+    idle, readers, senders = split(opts.idle, k), split(opts.slow_readers, k), split(opts.slow_senders, k)
+    shares = []
+    first = 0
+    for i in range(k):
+        rate = opts.rate * conns[i] / opts.connections if opts.rate is not None else None
+        cpu = opts.cpus[i % len(opts.cpus)] if opts.cpus else None
+        shares.append(WorkerShare(i, k, conns[i], first, opts.connections, rate, requests[i], idle[i], readers[i],
+                                  senders[i], cpu))
+        first += conns[i]
+    return shares
+
+
+def run_load(opts: LoadOptions) -> dict:
+    """Run a load test and return its result document (schema serverzoo.load/1). Blocks until done.
+
+    Raises OptionError for meaningless settings, LoadError when a worker process fails.
+    Ctrl-C (KeyboardInterrupt) ends the measured window early; the result covers what ran.
+    """
+    opts.validate()
+    plan = build_plan(opts)
+    shares = make_shares(opts)
+    sampler = None
+    if opts.server_pid is not None:
+        try:
+            sampler = ServerSampler(opts.server_pid)
+        except psutil.Error as exc:
+            raise OptionError(f"cannot watch --server-pid {opts.server_pid}: {exc}") from None
+    live = LiveLine(sys.stderr) if opts.live else None
+    workers = [_WorkerProcess(s, opts, plan) for s in shares]
+    try:
+        _wait_ready(workers)
+        start_ns = monotonic_ns() + START_MARGIN_NS
+        if live:
+            live.start_ns = start_ns
+        measure_ns = start_ns + int((opts.ramp_up_s + opts.warmup_s) * 1e9)
+        if sampler:
+            sampler.sample()
+        for w in workers:
+            w.send(("start", start_ns))
+        interrupted = _collect(workers, opts, sampler, live, measure_ns)
+    finally:
+        for w in workers:
+            w.finish()
+        if live:
+            live.clear()
+    return build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
+
+
+def _wait_ready(workers: list[_WorkerProcess]) -> None:
+    deadline = monotonic_ns() + int(READY_TIMEOUT_S * 1e9)
+    with selectors.DefaultSelector() as sel:
+        for w in workers:
+            sel.register(w.fd, selectors.EVENT_READ, w)
+        while not all(w.ready for w in workers):
+            left = (deadline - monotonic_ns()) / 1e9
+            if left <= 0:
+                raise LoadError(f"worker processes not ready within {READY_TIMEOUT_S:g} s")
+            for key, _ in sel.select(left):
+                w = key.data
+                for msg in w.feed():
+                    _handle(w, msg)
+                    if msg[0] == "ready":
+                        w.ready = True
+
+
+def _handle(w: _WorkerProcess, msg: tuple) -> None:
+    kind = msg[0]
+    w.last_message_ns = monotonic_ns()
+    if kind == "failed":
+        raise LoadError(f"load worker {w.share.index} failed: {msg[1].splitlines()[0]}", msg[2])
+    if kind == "eof" and w.result is None:
+        w.proc.wait(5)
+        tail = w.stderr_tail().strip().splitlines()
+        raise LoadError(f"load worker {w.share.index} exited with code {w.proc.returncode}"
+                        + (f": {tail[-1]}" if tail else ""))
+    if kind == "tick":
+        w.last_tick = msg[1]
+    elif kind == "result":
+        w.result = msg[1]
+
+
+def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
+             live, measure_ns: int) -> bool:
+    """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short."""
+    interval_ns = int(opts.sample_interval_s * 1e9)
+    next_sample = measure_ns
+    stopping = False
+    with selectors.DefaultSelector() as sel:
+        for w in workers:
+            sel.register(w.fd, selectors.EVENT_READ, w)
+        while any(w.result is None for w in workers):
+            timeout = max((next_sample - monotonic_ns()) / 1e9, 0) if sampler else 1.0
+            try:
+                events = sel.select(timeout)
+                for key, _ in events:
+                    w = key.data
+                    for msg in w.feed():
+                        if msg[0] == "eof" and w.result is not None:
+                            sel.unregister(w.fd)
+                            break
+                        _handle(w, msg)
+                        if msg[0] == "result":
+                            sel.unregister(w.fd)
+                            break
+                if sampler and monotonic_ns() >= next_sample:
+                    sampler.sample()
+                    next_sample += interval_ns
+                    if next_sample < monotonic_ns():
+                        next_sample = monotonic_ns() + interval_ns
+                if live and events:
+                    live.update([w.last_tick for w in workers], measure_ns)
+                _check_alive(workers)
+            except KeyboardInterrupt:
+                if stopping:
+                    raise
+                stopping = True
+                for w in workers:
+                    w.send(("stop",))
+    if sampler:
+        sampler.sample()
+    return stopping
+
+
+def _check_alive(workers: list[_WorkerProcess]) -> None:
+    """Workers tick every second; one silent for long has hung or died without a word."""
+    now = monotonic_ns()
+    for w in workers:
+        if w.result is None and now - w.last_message_ns > SILENCE_LIMIT_NS:
+            raise LoadError(f"load worker {w.share.index} sent nothing for {SILENCE_LIMIT_NS / 1e9:g} s; "
+                            f"stopped waiting for it")
+
+
+# -- merging ------------------------------------------------------------------------------
+def _merge_phase(results: list[dict], name: str, extra: list[float]) -> dict:
+    parts = [r["phases"][name] for r in results]
+    starts = [p["start_ns"] for p in parts if p["start_ns"]]
+    ends = [p["end_ns"] for p in parts if p["end_ns"]]
+    elapsed = (max(ends) - min(starts)) / 1e9 if starts and ends else 0.0
+    errors: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    raw = latency.RawStats()
+    for p in parts:
+        raw.add(latency.RawStats.from_dict(p["raw"]))
+    hist = latency.merge(p["histogram"] for p in parts)
+    out = {
+        "requests": sum(p["requests"] for p in parts),
+        "errors": {"total": sum(errors.values()), **dict(sorted(errors.items()))},
+        "elapsed_s": round(elapsed, 6),
+        "bytes": sum(p["bytes"] for p in parts),
+        "body_bytes": sum(p["body_bytes"] for p in parts),
+        "start_ns": min(starts) if starts else 0,
+        "latency_us": latency.summary(hist, raw, extra),
+        "histogram": latency.encode(hist),
+    }
+    if parts and parts[0]["histogram_uncorrected"] is not None:
+        raw_u = latency.RawStats()
+        for p in parts:
+            raw_u.add(latency.RawStats.from_dict(p["raw_uncorrected"]))
+        hist_u = latency.merge(p["histogram_uncorrected"] for p in parts)
+        out["latency_uncorrected_us"] = latency.summary(hist_u, raw_u, extra)
+        out["histogram_uncorrected"] = latency.encode(hist_u)
+    return out
+
+
+def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
+    longest = max((len(r["timeline"]) for r in results), default=0)
+    out = []
+    for i in range(longest):
+        slices = [r["timeline"][i] for r in results if i < len(r["timeline"])]
+        hist = latency.merge(s["histogram"] for s in slices)
+        end = max(s["end_ns"] for s in slices)
+        begin = min(s["start_ns"] for s in slices)
+        n = sum(s["requests"] for s in slices)
+        out.append({
+            "t": round((end - start_ns) / 1e9, 3),
+            "dt": round((end - begin) / 1e9, 3),
+            "requests": n,
+            "errors": sum(s["errors"] for s in slices),
+            "bytes": sum(s["bytes"] for s in slices),
+            "p50_us": hist.get_value_at_percentile(50) if n else None,
+            "p99_us": hist.get_value_at_percentile(99) if n else None,
+            "max_us": hist.get_max_value() if n else None,
+        })
+    return out
+
+
+def _judge_client(opts: LoadOptions, results: list[dict], elapsed: float) -> dict:
+    reasons = []
+    per_worker = []
+    for r in results:
+        pct = r["cpu_s"] / elapsed * 100 if elapsed > 0 else 0.0
+        per_worker.append({"worker": r["worker"], "pid": r["pid"], "cpu": r["cpu"], "loop": r["loop"],
+                           "cpu_percent": round(pct, 1),
+                           "runqueue_wait_percent": round(r["runqueue_wait_s"] / elapsed * 100, 1)
+                           if r["runqueue_wait_s"] is not None and elapsed > 0 else None,
+                           "loop_lag_p50_us": r["lag"]["p50_us"],
+                           "loop_lag_p99_us": r["lag"]["p99_us"],
+                           "loop_lag_max_us": r["lag"]["max_us"]})
+        if pct >= CPU_BOUND_PERCENT:
+            reasons.append(f"worker {r['worker']} used {pct:.0f}% of a CPU (>= {CPU_BOUND_PERCENT:.0f}%)")
+        wait = r["runqueue_wait_s"]
+        if wait is not None and elapsed > 0 and wait / elapsed * 100 >= WAIT_BOUND_PERCENT:
+            reasons.append(f"worker {r['worker']} waited for a CPU {wait / elapsed * 100:.0f}% of the time "
+                           f"(its CPU is shared with other work)")
+        ol = r["open_loop"]
+        if ol and ol["slip"]["p99_us"] is not None and ol["slip"]["p99_us"] > SLIP_BOUND_US:
+            reasons.append(f"worker {r['worker']} sent requests late: schedule slip p99 "
+                           f"{ol['slip']['p99_us'] / 1000:.1f} ms")
+    total_cpu = sum(r["cpu_s"] for r in results)
+    if elapsed < JUDGE_MIN_S:
+        reasons = []  # CPU shares of a few milliseconds say nothing; build_document warns instead
+    return {
+        "cpu_percent": round(total_cpu / elapsed * 100, 1) if elapsed > 0 else 0.0,
+        "client_bound": bool(reasons),
+        "reasons": reasons,
+        "workers": per_worker,
+    }
+
+
+def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: ServerSampler | None,
+                   interrupted: bool = False) -> dict:
+    extra = list(opts.percentiles)
+    m = _merge_phase(results, "measure", extra)
+    elapsed = m["elapsed_s"]
+    requests = m["requests"]
+    errors = m["errors"]
+    timeline = _merge_timeline(results, m["start_ns"])
+    client = _judge_client(opts, results, elapsed)
+    warnings: list[str] = []
+    if interrupted:
+        warnings.append("interrupted: the measured window ended early")
+    if elapsed < JUDGE_MIN_S:
+        warnings.append(f"the measured window ({elapsed:.3f} s) is too short to judge whether the generator "
+                        f"was the limit")
+    if errors["total"]:
+        warnings.append(f"{errors['total']} requests failed: " +
+                        ", ".join(f"{k} {v}" for k, v in errors.items() if k != "total"))
+    if opts.cpus and opts.server_cpus and set(opts.cpus) & set(opts.server_cpus):
+        warnings.append(f"generator CPUs {opts.cpus} overlap server CPUs {opts.server_cpus}")
+    achieved = None
+    schedule = None
+    if opts.open_loop:
+        achieved = round((requests + errors["total"]) / elapsed, 3) if elapsed > 0 else 0.0
+        scheduled = sum(r["open_loop"]["scheduled"] for r in results)
+        queued = sum(r["open_loop"]["queued_sends"] for r in results)
+        slip = latency.RawStats()
+        for r in results:
+            slip.add(latency.RawStats.from_dict(r["open_loop"]["slip"]))
+        schedule = {"scheduled": scheduled, "queued_sends": queued,
+                    "slip_mean_us": round(slip.total / slip.count, 1) if slip.count else None,
+                    "slip_p99_us": max((r["open_loop"]["slip"]["p99_us"] or 0 for r in results), default=None),
+                    "slip_max_us": slip.high if slip.count else None}
+        if opts.requests is None and achieved < 0.95 * opts.rate:
+            warnings.append(f"target rate not reached: {achieved:.0f} of {opts.rate:g} req/s "
+                            f"({queued} requests waited for a busy connection)")
+    server = None
+    if sampler is not None:
+        end_ns = m["start_ns"] + int(elapsed * 1e9)
+        server = sampler.report(m["start_ns"], end_ns)
+    warm = _merge_phase(results, "warmup", extra) if opts.warmup_s else None
+    ramp = _merge_phase(results, "ramp_up", extra) if opts.ramp_up_s else None
+    adversaries = None
+    if any(r["adversaries"] for r in results):
+        adversaries = merge_stats([r["adversaries"] for r in results if r["adversaries"]])
+    doc = {
+        "schema": SCHEMA,
+        "tool": "serverzoo load",
+        "machine": describe_machine(),
+        "options": opts.to_dict(),
+        "mode": "open" if opts.open_loop else "closed",
+        "conn_mode": opts.conn_mode,
+        "url": opts.url,
+        "targets": _targets_with_counts(plan, results),
+        "requests": requests,
+        "errors": errors,
+        "elapsed_s": elapsed,
+        "rps": round(requests / elapsed, 3) if elapsed > 0 else 0.0,
+        "bytes": m["bytes"],
+        "body_bytes": m["body_bytes"],
+        "mb_per_s": round(m["bytes"] / elapsed / 1e6, 3) if elapsed > 0 else 0.0,
+        "latency_us": m["latency_us"],
+        "histogram": m["histogram"],
+        "histogram_format": latency.FORMAT,
+        "timeline": timeline,
+        "client": client,
+        "server": server,
+        "target_rate": opts.rate,
+        "achieved_rate": achieved,
+        "schedule": schedule,
+        "warmup": _phase_brief(warm),
+        "ramp_up": _phase_brief(ramp),
+        "adversaries": adversaries,
+        "warnings": warnings,
+        "interrupted": interrupted,
+    }
+    if "latency_uncorrected_us" in m:
+        doc["latency_uncorrected_us"] = m["latency_uncorrected_us"]
+        doc["histogram_uncorrected"] = m["histogram_uncorrected"]
+    return doc
+
+
+def _targets_with_counts(plan: Plan, results: list[dict]) -> list[dict]:
+    """The mix, with the requests sent to each target in the measured window (for a mix)."""
+    targets = plan.describe()
+    counts = [r["sent"] for r in results if r["sent"] is not None]
+    for i, t in enumerate(targets):
+        t["sent"] = sum(c[i] for c in counts) if counts else None
+    return targets
+
+
+def _phase_brief(p: dict | None) -> dict | None:
+    if p is None:
+        return None
+    out = {k: p[k] for k in ("requests", "errors", "elapsed_s", "bytes", "latency_us")}
+    out["rps"] = round(p["requests"] / p["elapsed_s"], 3) if p["elapsed_s"] > 0 else 0.0
+    return out

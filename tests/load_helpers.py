@@ -1,0 +1,77 @@
+"""Helpers for the load generator's tests: a corpus, misbehaving servers, the CLI."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+SERVERS = os.path.join(os.path.dirname(__file__), "loadgen_servers.py")
+
+
+class MisbehavingServer:
+    """tests/loadgen_servers.py BEHAVIOUR FILE N as a subprocess; stop() returns the requests it saw."""
+
+    def __init__(self, behaviour: str, path: str, n: int = 10) -> None:
+        self.argv = [sys.executable, SERVERS, behaviour, path, str(n)]
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.count: int | None = None
+
+    def __enter__(self) -> "MisbehavingServer":
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"{self.argv} did not start: {line!r}")
+        self.url = line.split()[1]
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                out, _ = self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate(timeout=5)
+            for line in out.splitlines():
+                if line.startswith("COUNT "):
+                    self.count = int(line.split()[1])
+        self.proc = None
+        return self.count
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`serverzoo ARGS...` in a subprocess, text output."""
+    return subprocess.run([sys.executable, "-m", "serverzoo", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def refused_port() -> int:
+    """A loopback port nobody listens on (bound, then closed, so it is free but not listening)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

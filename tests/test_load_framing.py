@@ -1,0 +1,172 @@
+"""The client connection's framing and body checks, fed canned bytes in awkward pieces.
+
+The end-to-end tests use real servers; these drive one ClientConnection directly so every
+way a body can arrive (whole, split anywhere, chunked, streamed past the reference budget)
+is checked deterministically, on both the fast path and the general one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+
+import pytest
+
+from serverzoo.clients.loadgen import connection
+from serverzoo.clients.loadgen.connection import ClientConnection
+from serverzoo.clients.loadgen.drivers import ClosedLoopDriver
+from serverzoo.clients.loadgen.options import LoadOptions
+from serverzoo.clients.loadgen.state import Run, WorkerShare
+from serverzoo.clients.loadgen.targets import build_plan
+
+BODY = hashlib.shake_256(b"framing").digest(300_000)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+@pytest.fixture
+def manifest_dir(tmp_path) -> str:
+    """A manifest with no files beside it: bodies can only be checked by hashing."""
+    with open(tmp_path / "manifest.json", "w") as f:
+        json.dump({"schema": "serverzoo.corpus/1", "seed": 0,
+                   "files": [{"name": "b.bin", "size": len(BODY), "sha256": hashlib.sha256(BODY).hexdigest()}]}, f)
+    return str(tmp_path)
+
+
+def make_connection(corpus: str):
+    loop = asyncio.new_event_loop()
+    opts = LoadOptions(url="http://127.0.0.1:1/b.bin", corpus=corpus, connections=1, workers=1, requests=1000)
+    plan = build_plan(opts)
+    run = Run(loop, opts, plan, WorkerShare(0, 1, 1, 0, 1, None, 1000, 0, 0, 0, None), "127.0.0.1", 2)
+    run.enter("measure")
+    run.budget = 1000
+    driver = ClosedLoopDriver(run, 0)
+    driver.connect = lambda: None  # no sockets here: a lost connection is simply not replaced
+    conn = ClientConnection(driver)
+    conn.connection_made(FakeTransport())
+    driver.conn = conn
+    conn.send(run.take(), 0, 0, run.phase)
+    return loop, run, conn
+
+
+def response(body: bytes, chunked: bool = False) -> bytes:
+    if not chunked:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    pieces = [body[i:i + 70_001] for i in range(0, len(body), 70_001)]
+    return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\nX-Trailer: y\r\n\r\n")
+
+
+def feed(conn, data: bytes, sizes: list[int]) -> None:
+    i = 0
+    k = 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        conn.data_received(data[i:i + n])
+        i += n
+        k += 1
+
+
+def corrupt(body: bytes, at: int) -> bytes:
+    b = bytearray(body)
+    b[at] ^= 0x20
+    return bytes(b)
+
+
+@pytest.mark.parametrize("budget", [connection.REFERENCE_BUDGET, 0], ids=["reference", "hash-only"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+@pytest.mark.parametrize("sizes", [[1 << 20], [7, 1000, 65536], [1]], ids=["whole", "odd-pieces", "bytewise"])
+def test_bodies_are_checked_however_they_arrive(manifest_dir, monkeypatch, budget, chunked, sizes) -> None:
+    monkeypatch.setattr(connection, "REFERENCE_ALWAYS", 0)
+    monkeypatch.setattr(connection, "REFERENCE_BUDGET", budget)
+    if sizes == [1] and chunked:
+        sizes = [997]  # byte by byte through the chunked path is only slow, not different
+    loop, run, conn = make_connection(manifest_dir)
+    try:
+        good, bad = response(BODY, chunked), response(corrupt(BODY, 123_456), chunked)
+        stream = good + bad + good + response(corrupt(BODY, len(BODY) - 1), chunked) + good
+        feed(conn, stream, sizes if sizes != [1] else [1, 4096])
+        phase = run.phases["measure"]
+        assert len(phase.lat) == 3
+        assert dict(phase.errors) == {"corrupt_body": 2}
+        assert phase.body_bytes == 3 * len(BODY)
+        assert (conn.inflight[0].reference is not None) == (budget > 0)
+        assert len(conn.transport.written) == 6  # the first request and one after each response
+    finally:
+        loop.close()
+
+
+def test_local_corpus_files_become_references(tmp_path) -> None:
+    from serverzoo.clients.loadgen.corpus import write_corpus
+
+    write_corpus(str(tmp_path), ["3MiB", "1KiB"])
+    loop, run, conn = make_connection(str(tmp_path))
+    try:
+        target = run.targets[0]
+        target.corpus_name = "3MiB.bin"
+        with open(os.path.join(tmp_path, "3MiB.bin"), "rb") as f:
+            data = f.read()
+        target.expect_length, target.expect_sha256 = len(data), hashlib.sha256(data).digest()
+        assert connection.preload_references(run.targets, str(tmp_path)) == len(data)
+        assert target.reference == data
+        with open(os.path.join(tmp_path, "3MiB.bin"), "r+b") as f:  # a local file that differs is not used
+            f.write(b"X")
+        target.reference = None
+        assert connection.preload_references(run.targets, str(tmp_path)) == 0 and target.reference is None
+    finally:
+        loop.close()
+
+
+def test_split_heads_and_unsolicited_bytes(manifest_dir) -> None:
+    loop, run, conn = make_connection(manifest_dir)
+    try:
+        data = response(BODY)
+        feed(conn, data, [5, 3, 20])  # the head arrives a few bytes at a time
+        assert len(run.phases["measure"].lat) == 1
+        conn.inflight.clear()
+        conn.data_received(b"HTTP/1.1 200 OK\r\n")  # nothing was asked for
+        assert dict(run.phases["measure"].errors) == {"bad_response": 1} and conn.ended
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("head, error", [
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "bad_status"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world!", "bad_length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n", "bad_response"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "bad_response"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "bad_response"),
+])
+def test_bad_heads_are_classified(manifest_dir, head: bytes, error: str) -> None:
+    loop, run, conn = make_connection(manifest_dir)
+    try:
+        conn.data_received(head)
+        assert dict(run.phases["measure"].errors) == {error: 1}
+    finally:
+        loop.close()
+
+
+def test_interim_responses_are_skipped(manifest_dir) -> None:
+    loop, run, conn = make_connection(manifest_dir)
+    try:
+        conn.data_received(b"HTTP/1.1 100 Continue\r\n\r\n" + response(BODY))
+        assert len(run.phases["measure"].lat) == 1 and not run.phases["measure"].errors
+    finally:
+        loop.close()
