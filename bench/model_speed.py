@@ -47,6 +47,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "trio": ("trio", ()),
     "asyncio": ("asyncio", ()),
     "asyncio-uvloop": ("asyncio", ("--loop", "uvloop")),
+    # the same event loops with every request head parsed afresh (see PROTOCOL.md, parse cache)
+    "select-noparsecache": ("select", ("--no-parse-cache",)),
+    "asyncio-uvloop-noparsecache": ("asyncio", ("--loop", "uvloop", "--no-parse-cache")),
 }
 
 

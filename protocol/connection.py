@@ -5,6 +5,12 @@ complete request in it, in order (so pipelining needs nothing from the model). H
 are framed here (CRLF CRLF, at most 8 KiB) and parsed by httptools (llhttp), so one
 recv() never has to hold exactly one message. Any request that would need a body to
 be skipped, or that does not parse, is answered and the connection is closed.
+
+Parse cache: a valid request head is a pure function of its bytes, so the parsed form
+of recently seen heads is kept in a small process-wide table, and a byte-identical head
+(a load generator's, a health check's, a polling client's) skips the parser and its
+checks. It changes no answer, only the cost; `serverzoo serve --no-parse-cache` turns it
+off, and bench/model_speed.py measures both, so its effect is shown, not hidden.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ _VERSION_IN_LINE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/(\d+)\.(
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _ALLOW = b"Allow: GET, HEAD\r\n"
 
+# head bytes -> (method, target, version, headers, keep_alive) of a valid GET/HEAD request
+_PARSED: dict[bytes, tuple[bytes, bytes, str, dict[bytes, bytes], bool]] = {}
+_PARSED_MAX_ENTRIES = 1024
+_PARSED_MAX_HEAD = 1024
+
 
 class HttpConnection:
     """Parse requests from a byte stream and plan their responses.
@@ -30,8 +41,10 @@ class HttpConnection:
     ``closed`` becomes true once a plan with ``close`` was returned; feed no more.
     """
 
-    def __init__(self, app: FileApp, server_name: str, date: DateSource, *, max_head: int = MAX_HEAD_BYTES):
+    def __init__(self, app: FileApp, server_name: str, date: DateSource, *, max_head: int = MAX_HEAD_BYTES,
+                 parse_cache: bool = True):
         self._app = app
+        self._parse_cache = parse_cache
         self._writer = HeadWriter(server_name, date)
         self._max_head = max_head
         self._parser = httptools.HttpRequestParser(self)
@@ -100,6 +113,10 @@ class HttpConnection:
 
     # -- parsing one head -------------------------------------------------------------
     def _parse(self, head: bytes) -> ResponsePlan | None:
+        if self._parse_cache:
+            known = _PARSED.get(head)
+            if known is not None:
+                return self._respond(*known)
         self._url = b""
         self._headers = {}
         self._complete = False
@@ -115,7 +132,7 @@ class HttpConnection:
             return self._syntax_error(head, exc)
         if not self._complete:
             return None
-        return self._request()
+        return self._request(head)
 
     def _syntax_error(self, head: bytes, exc: Exception) -> ResponsePlan:
         m = _VERSION_IN_LINE.match(head.split(b"\n", 1)[0])
@@ -124,7 +141,7 @@ class HttpConnection:
         reason = str(exc) or "malformed request"
         return self._fail(400, reason[:100])
 
-    def _request(self) -> ResponsePlan:
+    def _request(self, head: bytes) -> ResponsePlan:
         headers = self._headers
         version = self._version
         if version != "1.1" and version != "1.0":
@@ -143,9 +160,17 @@ class HttpConnection:
         target = self._url
         if not target.startswith(b"/"):
             return self._fail(400, "only origin-form targets (/path) are supported")
-        close = not self._keep_alive or self.draining
         if b"#" in target:
             target = target.partition(b"#")[0]
+        if self._parse_cache and len(head) <= _PARSED_MAX_HEAD:
+            if len(_PARSED) >= _PARSED_MAX_ENTRIES:
+                _PARSED.clear()  # crude but bounded; the working set of repeated heads refills it
+            _PARSED[head] = (method, target, version, headers, self._keep_alive)
+        return self._respond(method, target, version, headers, self._keep_alive)
+
+    def _respond(self, method: bytes, target: bytes, version: str, headers: dict[bytes, bytes],
+                 keep_alive: bool) -> ResponsePlan:
+        close = not keep_alive or self.draining
         req = Request(method, target, version, headers, not close)
         plan = self._app.respond(req, self._writer, close)
         if close:

@@ -205,3 +205,21 @@ def test_arbitrary_targets_stay_inside_the_root(app_for_hypothesis, target):
 @pytest.fixture(scope="module")
 def app_for_hypothesis(app):
     return app
+
+
+@pytest.mark.parametrize("data,expected,closed", REQUESTS, ids=[repr(r[0][:40]) for r in REQUESTS])
+def test_parse_cache_changes_no_answer(app, data, expected, closed):
+    """A byte-identical head answered from the parse cache gets the same plan as a fresh parse."""
+    plain = HttpConnection(app, "serverzoo-test", lambda: DATE, parse_cache=False).receive(data)
+    for _ in range(2):  # the second time round, valid heads come from the cache
+        cached = HttpConnection(app, "serverzoo-test", lambda: DATE, parse_cache=True).receive(data)
+        assert [(p.status, p.head, p.body, p.file, p.close) for p in cached] == \
+               [(p.status, p.head, p.body, p.file, p.close) for p in plain]
+
+
+def test_parse_cache_respects_draining(app):
+    data = b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+    connect(app).receive(data)  # now cached
+    conn = connect(app)
+    conn.draining = True
+    assert conn.receive(data)[0].close

@@ -37,6 +37,8 @@ def _models_help() -> str:
               help="Seconds without any progress sending a response before the connection is dropped.")
 @click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM/SIGINT, seconds responses in flight may take to finish.")
+@click.option("--parse-cache/--no-parse-cache", default=True, show_default=True,
+              help="Reuse the parse of byte-identical request heads (see PROTOCOL.md).")
 @click.option("--pool", type=click.IntRange(1), help="threadpool: threads; gevent: greenlet cap.")
 @click.option("--max-children", type=click.IntRange(1), help="forking: live children at most.")
 @click.option("--selector", type=click.Choice(["select", "poll", "epoll"]), help="select: the selector. [epoll]")
@@ -45,7 +47,7 @@ def _models_help() -> str:
               help="How file bodies are sent: zero-copy sendfile or a read-and-send loop. [per model]")
 def serve_command(model: str, root: str, host: str, port: int, workers: int | None, backlog: int,
                   keepalive_timeout: float, header_timeout: float, write_timeout: float, grace: float,
-                  **model_options) -> None:
+                  parse_cache: bool, **model_options) -> None:
     """Serve the files under --root with MODEL until SIGTERM or Ctrl-C.
 
     Prints `READY http://HOST:PORT/` once it accepts connections.
@@ -66,7 +68,7 @@ def serve_command(model: str, root: str, host: str, port: int, workers: int | No
     limits = Limits(keepalive_timeout=keepalive_timeout, header_timeout=header_timeout,
                     write_timeout=write_timeout, grace=grace)
     config = ServerConfig(model=model, root=root, host=host, port=port, backlog=backlog, workers=workers,
-                          limits=limits, options=options)
+                          limits=limits, options=options, parse_cache=parse_cache)
     try:
         code = run_server(config)
     except OSError as exc:

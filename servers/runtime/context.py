@@ -32,6 +32,7 @@ class ServerConfig:
     backlog: int = 1024
     workers: int = 1  # processes, each running the model on the shared listener
     limits: Limits = field(default_factory=Limits)
+    parse_cache: bool = True  # reuse the parse of byte-identical request heads (protocol/connection.py)
     options: dict[str, Any] = field(default_factory=dict)  # model-specific, from --option NAME=VALUE
 
 
@@ -55,7 +56,8 @@ class ServerContext:
 
     def new_connection(self) -> HttpConnection:
         """A fresh sans-IO connection for one accepted socket."""
-        return HttpConnection(self.app, self.server_name, http_date, max_head=self.limits.max_head_bytes)
+        return HttpConnection(self.app, self.server_name, http_date, max_head=self.limits.max_head_bytes,
+                              parse_cache=self.config.parse_cache)
 
     # -- shutdown ------------------------------------------------------------------------
     def request_shutdown(self) -> None:
