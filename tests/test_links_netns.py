@@ -201,7 +201,17 @@ def test_namespaces_go_away_when_the_owner_dies(sig):
         while {server_ns, client_ns} & set(list_namespaces()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not {server_ns, client_ns} & set(list_namespaces())
-        assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+
+        def child_alive() -> bool:
+            try:
+                with open(f"/proc/{child}/stat") as f:
+                    return f.read().split()[2] != "Z"
+            except FileNotFoundError:
+                return False
+
+        while child_alive() and time.monotonic() < deadline + 5:  # killed just after the namespaces go
+            time.sleep(0.05)
+        assert not child_alive(), "a process started in the namespace outlived its owner"
     finally:
         if proc.poll() is None:
             proc.kill()
