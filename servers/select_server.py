@@ -39,7 +39,7 @@ from time import monotonic
 from typing import Callable
 
 from ..protocol import cpu_kernel
-from .runtime.context import _ACCEPT_BACKOFF, _ACCEPT_SKIP, ServerContext
+from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, refusal
 
@@ -156,13 +156,13 @@ class SelectLoop:
             except OSError as exc:
                 if self.ctx.stopping:
                     return
-                if exc.errno in _ACCEPT_BACKOFF:  # out of fds or memory: stop watching for a while
+                if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: stop watching for a while
                     self._backoff = min(max(self._backoff * 2, 0.01), 1.0)
                     self.sel.unregister(listener)
                     self.accepting = False
                     self._call_at(self.now + self._backoff, lambda _c, _w: self.stop_at or self._listen(), None)
                     return
-                if exc.errno in _ACCEPT_SKIP:
+                if exc.errno in ACCEPT_SKIP:
                     continue
                 raise
             self._backoff = 0.0

@@ -18,9 +18,9 @@ from .listener import tune_connection
 
 # accept() errors that mean "out of a resource for now": back off and try again
 # rather than die (the same list trio's serve_listeners uses)
-_ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # errors about one connection that was gone before we accepted it
-_ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
+ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
 
 
 @dataclass
@@ -104,11 +104,11 @@ class ServerContext:
             except OSError as exc:
                 if self.stopping:
                     break
-                if exc.errno in _ACCEPT_BACKOFF:
+                if exc.errno in ACCEPT_BACKOFF:
                     backoff = min(max(backoff * 2, 0.01), 1.0)
                     time.sleep(backoff)
                     continue
-                if exc.errno in _ACCEPT_SKIP:
+                if exc.errno in ACCEPT_SKIP:
                     continue
                 raise
             backoff = 0.0
