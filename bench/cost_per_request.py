@@ -1,7 +1,8 @@
 """Server CPU time per request under wrk: what a model pays per request, even on a busy machine.
 
     python -m serverzoo.bench.cost_per_request --path /1KiB.bin -c 64 "gevent" "trio" "trio --file-send read"
-    python -m serverzoo.bench.cost_per_request --path /64MiB.bin -c 4 "gevent" "gevent --file-send read"
+    python -m serverzoo.bench.cost_per_request --path /64MiB.bin -c 4 "gevent" "gevent --file-send sendfile"
+    python -m serverzoo.bench.cost_per_request --close "gevent" "trio" "select"
 
 Each variant (a model and its `serverzoo serve` arguments) runs as a real server pinned
 to --server-cpu with wrk pinned to --client-cpu; rounds interleave the variants so drift
@@ -32,9 +33,10 @@ CORPUS_SIZES = ("1KiB", "300KiB", "64MiB")
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
 
-def run_wrk(url: str, connections: int, duration: int, cpu: int) -> tuple[int, float, float]:
-    """(requests, requests/s, MB/s) from one wrk run pinned to cpu."""
-    out = subprocess.run(["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", url],
+def run_wrk(url: str, connections: int, duration: int, cpu: int, close: bool = False) -> tuple[int, float, float]:
+    """(requests, requests/s, MB/s) from one wrk run pinned to cpu; close: a connection per request."""
+    extra = ["-H", "Connection: close"] if close else []
+    out = subprocess.run(["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
                          capture_output=True, text=True, timeout=duration + 30, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -47,9 +49,10 @@ def measure(variant: str, root: str, path: str, args: argparse.Namespace) -> tup
     model, *serve_args = shlex.split(variant)
     with ServerProcess(model, root, *serve_args, cpus=[args.server_cpu]) as srv:
         sampler = ServerSampler(srv.pid)
-        run_wrk(srv.url.rstrip("/") + path, args.connections, 1, args.client_cpu)  # warm-up
+        url = srv.url.rstrip("/") + path
+        run_wrk(url, args.connections, 1, args.client_cpu, args.close)  # warm-up
         before = sampler.sample()["cpu_s"]
-        requests, rps, mbps = run_wrk(srv.url.rstrip("/") + path, args.connections, args.duration, args.client_cpu)
+        requests, rps, mbps = run_wrk(url, args.connections, args.duration, args.client_cpu, args.close)
         cpu_s = sampler.sample()["cpu_s"] - before
     return cpu_s * 1e6 / max(requests, 1), rps, mbps
 
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-c", "--connections", type=int, default=64)
     ap.add_argument("-d", "--duration", type=int, default=3, help="whole seconds per measured run")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--close", action="store_true", help="a new connection per request (Connection: close)")
     ap.add_argument("--root", help="directory to serve (default: a temporary corpus)")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for variant in args.variants:
                 results[variant].append(measure(variant, root, args.path, args))
-        print(f"{args.path}, {args.connections} connections, {args.rounds} rounds of {args.duration} s, "
+        mode = "Connection: close" if args.close else "keep-alive"
+        print(f"{args.path}, {args.connections} connections, {mode}, {args.rounds} rounds of {args.duration} s, "
               f"server on CPU {args.server_cpu}, wrk on CPU {args.client_cpu}; medians (all rounds)")
         width = max(map(len, args.variants))
         for variant, rows in results.items():

@@ -18,20 +18,19 @@ and no GIL contention between connections.
 Breaks down: anything that holds the one thread: the CPU kernel of the work endpoint
 stalls every connection in the process ("cpu work" scenario; --workers N is the
 answer on many cores), and so would any blocking call a library makes outside gevent.
-Per request it pays for greenlet switches, a hub timer per blocking recv (the timeouts
-are real deadlines) and Python-level socket wrappers, so it trails the callback loops
-on "small files keep-alive". (_Socket.sendall skips gevent's per-call set-up when one
-send() takes the whole response, as it nearly always does.)
-File bodies: zero-copy sendfile by default, made cooperative here: gevent's own
-socket.sendfile is not zero-copy (it falls back to 8 KiB read/send steps, since a
-blocking os.sendfile would stall the hub), so _Socket calls os.sendfile on the
-non-blocking socket and waits in the hub whenever the socket buffer is full (a file
-not in the page cache still stalls the hub for the disk read, either way). It costs
-the server half the CPU of the 256 KiB read-and-send loop (--file-send read): 13.7 vs
-24.9 ms per 64 MiB response, 102 vs 221 us per 300 KiB one (gevent's socket.sendfile:
-about 68 ms per 64 MiB). On the shared, busy machine where that was measured
-(bench/cost_per_request.py, 2026-11-22) the 64 MiB throughput of the two ways swapped
-places between runs, so the final word is the benchmark's on a quiet machine.
+Connection churn costs a greenlet and gevent's Python-level socket set-up and close per
+connection ("new connection per request": no faster than a bare gevent StreamServer).
+File bodies: a 256 KiB read-and-send loop by default, zero-copy sendfile with
+--file-send sendfile. gevent's own socket.sendfile is not zero-copy (it falls back to
+8 KiB read/send steps, since a blocking os.sendfile would stall the hub), so _Socket
+calls os.sendfile on the non-blocking socket and waits in the hub whenever the socket
+buffer is full. Measured 2026-11-22 against stock nginx (sendfile on) on loopback, the
+server on one core, wrk on the other: 64 MiB to 4 connections, read 2362 MB/s (1.23x
+nginx), sendfile 1729 MB/s (0.90x): copied data is cheaper for the receiving side; but
+300 KiB to 64 connections, where the server's core is the limit, sendfile 3253 MB/s
+against read 1804, as it costs half the server CPU per byte (13.7 vs 24.9 ms per 64 MiB
+response). The default follows the large-file floor of the models issue. Either way a
+file not in the page cache stalls the hub for the disk read.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import os
 import signal
 
 import gevent
+from gevent import getcurrent
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -47,17 +47,47 @@ from gevent.socket import socket as GeventSocket
 from gevent.socket import wait_write
 
 from .runtime.blocking import serve_connection
-from .runtime.context import _ACCEPT_BACKOFF, _ACCEPT_SKIP, ServerContext
+from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import raise_open_files_limit
 
 
 class _Socket(GeventSocket):
-    """A gevent socket with a zero-copy sendfile and a shorter sendall."""
+    """A gevent socket with a cheaper recv and sendall and a zero-copy sendfile.
+
+    recv and sendall are gevent's own minus per-call set-up that costs more than the
+    request: measured under wrk (1 KiB keep-alive, 64 connections), gevent's recv with a
+    timeout spent about 7 us per request creating a gevent.Timeout for each wait, and its
+    sendall about 6 us on a getsockopt and chunking. recv uses the same internals as
+    gevent's (_sock, _read_event, hub.wait) with a bare libev timer instead, and yields
+    before reading, which took the model from 43k to 57k requests/s there.
+    """
+
+    def recv(self, *args) -> bytes:
+        # one turn for the other greenlets first: by the time this one runs again, its client
+        # has usually sent the next request, and reading it needs no wait in the hub
+        gevent.sleep(0)
+        while True:
+            try:
+                return self._sock.recv(*args)
+            except BlockingIOError:
+                if self.timeout == 0.0:
+                    raise
+            if self.timeout is None:
+                self.hub.wait(self._read_event)
+                continue
+            # the timer throws socket.timeout into this greenlet; stopping it in time
+            # (finally) also drops a firing that raced with the data, as gevent.Timeout does
+            timer = self.hub.loop.timer(self.timeout)
+            timer.start(getcurrent().throw, TimeoutError)
+            try:
+                self.hub.wait(self._read_event)
+            finally:
+                timer.close()
 
     def sendall(self, data, flags: int = 0) -> None:
-        # gevent's sendall sets up chunking and a deadline (a getsockopt and a clock read)
-        # on every call; one send() takes a whole head or small body nearly always
+        # one send() nearly always takes a whole head or small body: only the rest goes
+        # through gevent's sendall
         sent = self.send(data, flags)
         if sent < len(data):
             super().sendall(memoryview(data)[sent:], flags)
@@ -90,13 +120,13 @@ class _Server(StreamServer):
         try:
             fd, address = self.socket._accept()  # as gevent's own do_read: the listener said it is ready
         except OSError as exc:
-            if exc.errno in _ACCEPT_BACKOFF:  # out of fds or memory: stop watching the listener a while
+            if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: stop watching the listener a while
                 self.stop_accepting()
                 self.backoff = min(max(self.backoff * 2, 0.01), 1.0)
                 self._retry = self.loop.timer(self.backoff)
                 self._retry.start(self._resume_accepting)
                 return None
-            if exc.errno in _ACCEPT_SKIP:  # EAGAIN: a sibling worker took it; or it was already gone
+            if exc.errno in ACCEPT_SKIP:  # EAGAIN: a sibling worker took it; or it was already gone
                 return None
             raise
         self.backoff = 0.0
@@ -110,7 +140,7 @@ class _Server(StreamServer):
 
 def serve(ctx: ServerContext) -> None:
     raise_open_files_limit()  # one descriptor per client, and greenlets make thousands cheap
-    use_sendfile = ctx.options.get("file_send", "sendfile") == "sendfile"
+    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     # the Pool tracks every handler so shutdown can wait for them; size None means no cap
     handlers = Pool(ctx.options.get("pool"))
 

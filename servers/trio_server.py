@@ -6,34 +6,36 @@ moves with the phase: the header or keep-alive deadline while reading (a dribbli
 client cannot extend it; a head cut off by it gets the core's 408), write_timeout from
 the last progress while a send waits, none during the work endpoint's wait, which is
 trio.sleep. Sockets are plain non-blocking sockets awaited with trio.lowlevel's
-wait_readable/wait_writable, the primitives trio's own socket layer is built on: a
-send that fits costs no trip through the scheduler (trio.socket yields after every
-call), and each request still yields once, so no client can hog the loop. Counted
-in-process (server plus a minimal client, 1 KiB keep-alive requests), that took the
-Python function calls per request from 126 to 89. Shutdown is structured too:
-trio.open_signal_receiver sees SIGTERM/SIGINT, the accept loop's scope is cancelled,
-idle connections' scopes are cancelled, busy ones close after the response in flight,
-and the nursery's own deadline cancels whatever still runs when the grace period ends.
+wait_readable/wait_writable, the primitives trio.socket is built on, so the one
+scheduler turn per request can come before the read instead of after each call: by
+then the next request has usually arrived and no epoll round trip is needed. Under wrk
+(1 KiB keep-alive, 64 connections, 2026-11-22) that made 56k requests/s of what was
+30k with trio.socket, above a bare trio.serve_tcp echo of cached bytes (51k).
+Shutdown is structured too: trio.open_signal_receiver sees SIGTERM/SIGINT, the accept
+loop's scope is cancelled, idle connections' scopes are cancelled, busy ones close
+after the response in flight, and the nursery's own deadline cancels whatever still
+runs when the grace period ends.
 
 Good at: correctness by construction: every timeout is a scope, no task outlives the
 server, nothing is left running after shutdown. Idle, slow and backend-bound (wait=...)
 clients cost one small task each.
-Breaks down: throughput per core: every wait passes through trio's scheduler and
-cancel-scope bookkeeping, which costs more per wake-up than a callback loop, so trio
-trails the other loops on "small files keep-alive" and "new connection per request";
-the CPU kernel blocks the one thread like any single-threaded loop ("cpu work"
-scenario; --workers N spreads it over cores).
-File bodies: trio has no sendfile API, but its I/O layer allows one: the default
-calls os.sendfile on the non-blocking socket and waits with trio.lowlevel.wait_writable
-whenever the socket buffer is full (a file not in the page cache stalls the loop for
-the disk read). --file-send read is a bounded read-and-send loop
-(256 KiB chunks) whose reads come straight from the page cache (preadv with RWF_NOWAIT,
-a memcpy) and go to a worker thread only when the data is not cached, so a cold disk
-never stalls the loop; reading every chunk in trio.to_thread cost 1.4-1.8x the server
-CPU of an in-loop read, trio.open_file 1.9-2.6x. Server CPU per response
-(bench/cost_per_request.py, 2026-11-22): sendfile 13.5 ms per 64 MiB and 109 us per
-300 KiB, the read loop 31.8 ms and 280 us. The 64 MiB throughput of the two ways was
-within the noise of that shared, busy machine; the benchmark on a quiet one decides.
+Breaks down: connection churn: each connection costs a task, a cancel scope and epoll
+registrations, so it trails nginx most on "new connection per request"; and the CPU
+kernel blocks the one thread like any single-threaded loop ("cpu work" scenario;
+--workers N spreads it over cores).
+File bodies: a bounded read-and-send loop (256 KiB chunks) by default; its reads come
+straight from the page cache (preadv with RWF_NOWAIT, a memcpy) and go to a worker
+thread only when the data is not cached, so a cold disk never stalls the loop (reading
+every chunk in trio.to_thread cost 1.4-1.8x the server CPU of an in-loop read,
+trio.open_file 1.9-2.6x). trio has no sendfile API, but its I/O layer allows one:
+--file-send sendfile calls os.sendfile on the non-blocking socket and waits with
+trio.lowlevel.wait_writable whenever the socket buffer is full (a file not in the page
+cache then stalls the loop for the disk read). Measured 2026-11-22 against stock nginx
+(sendfile on) on loopback, the server on one core, wrk on the other: 64 MiB to 4
+connections, read 2394 MB/s (1.25x nginx), sendfile 1874 MB/s (0.98x): copied data is
+cheaper for the receiving side; but 300 KiB to 64 connections, where the server's core
+is the limit, sendfile 3608 MB/s against read 1428, as it costs well under half the
+server CPU per byte. The default follows the large-file floor of the models issue.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ import signal
 import socket
 
 import trio
-from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled, wait_readable, wait_writable
+from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 from ..protocol import ResponsePlan, cpu_kernel
-from .runtime.context import _ACCEPT_BACKOFF, _ACCEPT_SKIP, ServerContext
+from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import READ_CHUNK, FileSource, deadline_after_read, raise_open_files_limit
 
@@ -85,7 +87,7 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
                        live: set[_Conversation]) -> None:
     listener = ctx.listener
     listener.setblocking(False)
-    use_sendfile = ctx.options.get("file_send", "sendfile") == "sendfile"
+    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     backoff = 0.0
     with accepting:
         while True:
@@ -94,10 +96,10 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
                 try:
                     sock, _ = listener.accept()
                 except OSError as exc:
-                    if exc.errno in _ACCEPT_BACKOFF:  # out of fds or memory: wait for some to be freed
+                    if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: wait for some to be freed
                         backoff = min(max(backoff * 2, 0.01), 1.0)
                         await trio.sleep(backoff)
-                    elif exc.errno not in _ACCEPT_SKIP:  # EAGAIN: none left, or a sibling worker took it
+                    elif exc.errno not in ACCEPT_SKIP:  # EAGAIN: none left, or a sibling worker took it
                         raise
                     break
                 backoff = 0.0
@@ -148,19 +150,21 @@ class _Conversation:
 
     async def _serve_requests(self) -> None:
         conn, guard, ctx, limits, sock = self.conn, self.guard, self.ctx, self.ctx.limits, self.sock
+        deadline = guard.deadline  # the read deadline, kept here too: the property costs a call
         while not conn.closed:
-            if ctx.stopping and not conn.has_partial_request:
-                return
             was_partial = conn.has_partial_request
-            await checkpoint_if_cancelled()  # a deadline passed, or the grace ran out
+            if ctx.stopping and not was_partial:
+                return
+            # one turn for the others per request, taken before reading: by the time this
+            # task runs again the client has usually sent its next request, and the recv
+            # below needs no trip through epoll (a deadline, drain or the grace cancels here)
+            await checkpoint()
             try:
                 data = sock.recv(RECV_BYTES)
             except BlockingIOError:
                 self.idle = not was_partial
                 data = await self._wait_and_recv()
                 self.idle = False
-            else:
-                await cancel_shielded_checkpoint()  # the bytes were there: still give the others a turn
             plans = conn.receive(data)
             if plans:
                 self.reading = False
@@ -173,10 +177,9 @@ class _Conversation:
                     if not await self._send_plan(plan):
                         return
                 self.reading = True
-            deadline = deadline_after_read(conn, was_partial, bool(plans), guard.deadline, trio.current_time(),
-                                           limits)
-            if deadline != guard.deadline:
-                guard.deadline = deadline
+            new = deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(), limits)
+            if plans or new != deadline:  # (sending may have moved the guard's deadline)
+                guard.deadline = deadline = new
 
     async def _wait_and_recv(self) -> bytes:
         while True:
@@ -192,10 +195,11 @@ class _Conversation:
             await self._send_all(plan.head + plan.body if plan.body else plan.head)
             return True
         source = FileSource(plan.file)  # opened first: if that fails, no half response goes out
+        buf = None if self.use_sendfile else bytearray(min(READ_CHUNK, source.left))
         try:
             await self._send_all(plan.head, socket.MSG_MORE)
             while source.left:
-                if self.use_sendfile:
+                if buf is None:
                     try:
                         if not source.sendfile_to(self.sock.fileno()):
                             return False  # the file shrank since the plan
@@ -203,13 +207,13 @@ class _Conversation:
                         await self._wait_writable()
                         continue
                 else:
-                    chunk = await _read_chunk(source)
+                    chunk = await _read_chunk(source, buf)
                     if not chunk:
                         return False  # the file shrank since the plan
                     await self._send_all(chunk)
                 # progress: restart the write timeout, and let the others run even if this client keeps up
                 self.guard.deadline = trio.current_time() + self.ctx.limits.write_timeout
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
             return True
         finally:
             source.close()
@@ -232,18 +236,18 @@ class _Conversation:
         await wait_writable(self.sock)
 
 
-async def _read_chunk(source: FileSource) -> bytes | memoryview:
+async def _read_chunk(source: FileSource, buf: bytearray) -> bytes | memoryview:
     """The next chunk of a file: from the page cache without waiting for the disk (RWF_NOWAIT),
     which is a plain memcpy; only when the data is not cached, in a worker thread, so a
     cold disk never stalls the loop. A thread hand-off per chunk costs far more CPU than
     the copy itself (measured, see the module docstring)."""
-    buf = bytearray(min(READ_CHUNK, source.left))
+    view = memoryview(buf)[:source.left]  # buf is reused: the caller sends each chunk before the next
     try:
-        n = os.preadv(source.fd, [buf], source.offset, _RWF_NOWAIT)
+        n = os.preadv(source.fd, [view], source.offset, _RWF_NOWAIT)
     except OSError as exc:  # BlockingIOError: not cached; EOPNOTSUPP/EINVAL: no RWF_NOWAIT here
         if not isinstance(exc, BlockingIOError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise
         return await trio.to_thread.run_sync(source.read_chunk)
     source.offset += n
     source.left -= n
-    return memoryview(buf)[:n]
+    return view[:n]
