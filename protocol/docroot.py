@@ -17,6 +17,7 @@ than a tick, and a symlink swapped to point outside the root is caught on the ne
 from __future__ import annotations
 
 import email.utils
+import errno
 import mimetypes
 import os
 import stat
@@ -24,6 +25,16 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 RESERVED = "_"  # first path segment reserved for endpoints such as /_/work; no file shadows it
+
+
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+
+
+def _unavailable_or(status: int, message: str, exc: OSError) -> "TargetError":
+    """Out of descriptors or memory is the server's trouble (503), not a missing file."""
+    if exc.errno in _OUT_OF_RESOURCES:
+        return TargetError(503, f"server out of resources ({exc.strerror}); try again")
+    return TargetError(status, message)
 
 
 class TargetError(Exception):
@@ -148,7 +159,7 @@ class Docroot:
         except (FileNotFoundError, NotADirectoryError):
             raise TargetError(404, "no such file") from None
         except OSError as exc:
-            raise TargetError(404, f"cannot open: {exc.strerror}") from None
+            raise _unavailable_or(404, f"cannot open: {exc.strerror}", exc) from None
         if stat.S_ISDIR(st.st_mode):
             return DirEntry(real, segments)
         if not stat.S_ISREG(st.st_mode):
@@ -162,8 +173,8 @@ class Docroot:
                 fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
             except PermissionError:
                 raise TargetError(403, "permission denied") from None
-            except OSError:
-                raise TargetError(404, "no such file") from None
+            except OSError as exc:
+                raise _unavailable_or(404, "no such file", exc) from None
             try:
                 st = os.fstat(fd)  # describe exactly the bytes we read
                 content = os.read(fd, st.st_size + 1)

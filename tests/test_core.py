@@ -223,3 +223,20 @@ def test_parse_cache_respects_draining(app):
     conn = connect(app)
     conn.draining = True
     assert conn.receive(data)[0].close
+
+
+def test_out_of_descriptors_is_503_not_404(tmp_path, monkeypatch):
+    import errno
+
+    import serverzoo.protocol.docroot as docroot_module
+
+    (tmp_path / "f.txt").write_bytes(b"x")
+    root = Docroot(str(tmp_path))
+
+    def no_fds(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(docroot_module.os, "open", no_fds)
+    with pytest.raises(TargetError) as exc:
+        root.lookup(b"/f.txt", 1)
+    assert exc.value.status == 503

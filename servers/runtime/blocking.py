@@ -8,13 +8,14 @@ client dribbling one byte at a time cannot hold a worker past the header timeout
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Callable
 
 from ...protocol import ResponsePlan, cpu_kernel
 from .context import ServerContext
-from .sendfile import stream_file
+from .sendfile import open_slice, stream_file
 
 RECV_BYTES = 64 * 1024
 
@@ -71,5 +72,10 @@ def send_plan(sock: socket.socket, plan: ResponsePlan, use_sendfile: bool = True
     if plan.file is None:
         sock.sendall(plan.head + plan.body if plan.body else plan.head)
         return True
-    sock.sendall(plan.head, socket.MSG_MORE)
-    return stream_file(sock, plan.file, use_sendfile) == plan.file.length
+    fd = open_slice(plan.file)  # before the head: a file that cannot be opened now gets no 200 head
+    try:
+        sock.sendall(plan.head, socket.MSG_MORE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return stream_file(sock, plan.file, use_sendfile, fd=fd) == plan.file.length

@@ -22,9 +22,14 @@ def open_slice(fs: FileSlice) -> int:
     return os.open(fs.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
 
 
-def stream_file(sock: socket.socket, fs: FileSlice, use_sendfile: bool = True) -> int:
-    """Send fs to sock (which may have a timeout); return the bytes sent."""
-    fd = open_slice(fs)
+def stream_file(sock: socket.socket, fs: FileSlice, use_sendfile: bool = True, fd: int | None = None) -> int:
+    """Send fs to sock (which may have a timeout); return the bytes sent.
+
+    fd: the slice already opened with open_slice (this function closes it), so a caller
+    can open the file before it commits to a response head.
+    """
+    if fd is None:
+        fd = open_slice(fs)
     try:
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
             if use_sendfile:
