@@ -178,3 +178,25 @@ def raw_exchange(url: str, data: bytes, timeout: float = 10.0, half_close: bool 
         if half_close:
             c.sock.shutdown(socket.SHUT_WR)
         return c.read_until_close(timeout)
+
+
+def check_variant_serves(url: str) -> None:
+    """A short conformance pass for server variants the main suite does not start
+    (another selector, file-send mode or pool size): exact bytes, a range, a pipeline
+    mixing files, a wait and an error, and the 408 of an unfinished head.
+    The server must run with --header-timeout 1."""
+    with Client(url) as c:
+        for name in ("empty.bin", "one.bin", "odd.bin", "mid.bin", "big.bin"):
+            r = c.request("/" + name)
+            assert r.status == 200 and sha(r.body) == sha(content_for(name, FILES[name])), name
+        big = content_for("big.bin", FILES["big.bin"])
+        r = c.request("/big.bin", headers=[("Host", "t"), ("Range", "bytes=3000001-4500000")])
+        assert r.status == 206 and r.body == big[3_000_001:4_500_001]
+        targets = ["/odd.bin", "/_/work?wait=50", "/mid.bin", "/missing", "/one.bin"]
+        c.send(b"".join(c.request_bytes(t) for t in targets))
+        got = [c.read_response() for _ in targets]
+        assert [r.status for r in got] == [200, 200, 200, 404, 200]
+        assert got[2].body == content_for("mid.bin", FILES["mid.bin"])
+    with Client(url) as c:
+        c.send(b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n")
+        assert c.read_until_close(limit=10).startswith(b"HTTP/1.1 408")
