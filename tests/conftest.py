@@ -52,19 +52,35 @@ def server(request: pytest.FixtureRequest, corpus_root: str):
     assert "Traceback" not in err, f"{_id} wrote a traceback:\n{err}"
 
 
-@pytest.fixture
-def fresh_server(corpus_root: str):
-    """Start a private server for a test that stops or disturbs it (shutdown tests)."""
+def _private_servers(corpus_root: str, check_clean: bool):
+    """Yield a starter of private servers for one test; stop each by PID afterwards.
+    check_clean: each must also have exited 0 without a traceback."""
     started: list[ServerProcess] = []
 
-    def start(model: str, *args: str) -> ServerProcess:
-        proc = ServerProcess(model, corpus_root, *args)
+    def start(model: str, *args: str, root: str | None = None) -> ServerProcess:
+        proc = ServerProcess(model, root or corpus_root, *args)
         started.append(proc)
         return proc.start()
 
     yield start
     for proc in started:
-        proc.stop(timeout=15)
+        code = proc.stop(timeout=15)
+        if check_clean:
+            err = proc.stderr_text()
+            assert code == 0, err
+            assert "Traceback" not in err, err
+
+
+@pytest.fixture
+def fresh_server(corpus_root: str):
+    """Start a private server for a test that stops or disturbs it (shutdown tests)."""
+    yield from _private_servers(corpus_root, check_clean=False)
+
+
+@pytest.fixture
+def start(corpus_root: str):
+    """Start private servers for one test; each must stop cleanly (exit 0, no traceback)."""
+    yield from _private_servers(corpus_root, check_clean=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

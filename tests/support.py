@@ -200,3 +200,40 @@ def check_variant_serves(url: str) -> None:
     with Client(url) as c:
         c.send(b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n")
         assert c.read_until_close(limit=10).startswith(b"HTTP/1.1 408")
+
+
+def open_fds(pid: int) -> int:
+    """How many descriptors the process has open (Linux /proc)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settles_to(pid: int, expected: int, within: float = 10.0) -> int:
+    """Poll the process's descriptor count until it is down to `expected`; return the last count."""
+    deadline = time.monotonic() + within
+    count = open_fds(pid)
+    while count > expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = open_fds(pid)
+    return count
+
+
+def check_stalled_reader_is_dropped(srv) -> None:
+    """For a server started with --write-timeout 1: a client that asks for much and reads
+    nothing neither grows the server's memory nor keeps its connection past the timeout."""
+    import psutil
+
+    with Client(srv.url) as c:  # warm up: the loop is running, lazily opened descriptors are open
+        assert c.request("/big.bin").status == 200
+    time.sleep(0.2)
+    fds = open_fds(srv.pid)
+    rss_limit = psutil.Process(srv.pid).memory_info().rss + 64 * 1024 * 1024
+    c = Client(srv.url, rcvbuf=16384)
+    try:
+        # 50 pipelined downloads of 5 MiB, never read: back-pressure must keep the server
+        # from buffering them, and the write timeout must make it let go of the client
+        c.send(b"".join(c.request_bytes("/big.bin") for _ in range(50)))
+        time.sleep(0.5)
+        assert psutil.Process(srv.pid).memory_info().rss < rss_limit
+        assert settles_to(srv.pid, fds) == fds  # closed by the server while we still hold it open
+    finally:
+        c.close()

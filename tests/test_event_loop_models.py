@@ -7,7 +7,6 @@ the FD_SETSIZE ceiling of select() shown as a clean refusal rather than a crash.
 
 from __future__ import annotations
 
-import os
 import resource
 import selectors
 import socket
@@ -16,9 +15,9 @@ import time
 import psutil
 import pytest
 
-from serverzoo.servers.launch import ServerProcess
 
-from .support import FILES, Client, check_variant_serves, content_for, sha
+from .support import (FILES, Client, check_stalled_reader_is_dropped, check_variant_serves, content_for, open_fds,
+                      settles_to, sha)
 
 LOOPS = [("select", ()), ("asyncio", ()), ("asyncio-uvloop", ("--loop", "uvloop"))]
 FILE_SENDING = [
@@ -34,43 +33,12 @@ def model_of(variant: str) -> str:
     return variant.split("-")[0]
 
 
-@pytest.fixture
-def start(corpus_root: str):
-    """Start private servers for one test; stop each (by PID, SIGTERM first) afterwards."""
-    started: list[ServerProcess] = []
-
-    def _start(model: str, *args: str) -> ServerProcess:
-        proc = ServerProcess(model, corpus_root, *args)
-        started.append(proc)
-        return proc.start()
-
-    yield _start
-    for proc in started:
-        code = proc.stop(timeout=15)
-        assert code == 0, proc.stderr_text()
-        assert "Traceback" not in proc.stderr_text(), proc.stderr_text()
-
-
 def raise_nofile(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         if hard != resource.RLIM_INFINITY and hard < wanted:
             pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {wanted} descriptors this test needs")
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def settles_to(pid: int, expected: int, within: float = 10.0) -> int:
-    """Poll the server's descriptor count until it is back to `expected`; return the last count."""
-    deadline = time.monotonic() + within
-    count = open_fds(pid)
-    while count > expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        count = open_fds(pid)
-    return count
 
 
 def read_small_response(sock: socket.socket) -> bytes:
@@ -228,21 +196,7 @@ def test_no_descriptor_or_thread_leak_after_aborted_requests(start, variant, mod
 @pytest.mark.parametrize("variant,model,args", FILE_SENDING, ids=[v[0] for v in FILE_SENDING])
 def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(start, variant, model, args):
     srv = start(model, "--write-timeout", "1", *args)
-    with Client(srv.url) as c:  # warm up: the loop is running, lazily opened descriptors are open
-        assert c.request("/big.bin").status == 200
-    time.sleep(0.2)
-    fds = open_fds(srv.pid)
-    rss_limit = psutil.Process(srv.pid).memory_info().rss + 64 * 1024 * 1024
-    c = Client(srv.url, rcvbuf=16384)
-    try:
-        # 50 pipelined downloads of 5 MiB, never read: back-pressure must keep the server
-        # from buffering them, and the write timeout must make it let go of the client
-        c.send(b"".join(c.request_bytes("/big.bin") for _ in range(50)))
-        time.sleep(0.5)
-        assert psutil.Process(srv.pid).memory_info().rss < rss_limit
-        assert settles_to(srv.pid, fds) == fds  # closed by the server while we still hold it open
-    finally:
-        c.close()
+    check_stalled_reader_is_dropped(srv)
 
 
 # -- variants serve correctly ---------------------------------------------------------------

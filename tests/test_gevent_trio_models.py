@@ -22,9 +22,9 @@ import time
 import psutil
 import pytest
 
-from serverzoo.servers.launch import ServerProcess
 
-from .support import FILES, Client, check_variant_serves, content_for, sha
+from .support import (FILES, Client, check_stalled_reader_is_dropped, check_variant_serves, content_for, open_fds,
+                      settles_to, sha)
 
 MODELS = ["gevent", "trio"]
 FILE_SENDING = [  # (id, model, args): each model's default (a read-and-send loop) and sendfile
@@ -34,38 +34,6 @@ FILE_SENDING = [  # (id, model, args): each model's default (a read-and-send loo
     ("trio-sendfile", "trio", ("--file-send", "sendfile")),
 ]
 RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() resets the connection
-
-
-@pytest.fixture
-def start(corpus_root: str):
-    """Start private servers for one test; each must stop cleanly (exit 0, no traceback)."""
-    started: list[ServerProcess] = []
-
-    def _start(model: str, *args: str, root: str | None = None) -> ServerProcess:
-        proc = ServerProcess(model, root or corpus_root, *args)
-        started.append(proc)
-        return proc.start()
-
-    yield _start
-    for proc in started:
-        code = proc.stop(timeout=15)
-        err = proc.stderr_text()
-        assert code == 0, err
-        assert "Traceback" not in err, err
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def settles_to(pid: int, expected: int, within: float = 10.0) -> int:
-    """Poll the server's descriptor count until it is down to `expected`; return the last count."""
-    deadline = time.monotonic() + within
-    count = open_fds(pid)
-    while count > expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        count = open_fds(pid)
-    return count
 
 
 def answered_first(socks: dict[str, socket.socket], limit: float = 40.0) -> list[str]:
@@ -169,21 +137,7 @@ def test_no_descriptor_or_thread_leak_after_aborted_downloads(start, variant, mo
 @pytest.mark.parametrize("variant,model,args", FILE_SENDING, ids=[v[0] for v in FILE_SENDING])
 def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(start, variant, model, args):
     srv = start(model, "--write-timeout", "1", *args)
-    with Client(srv.url) as c:
-        assert c.request("/big.bin").status == 200
-    time.sleep(0.2)
-    fds = open_fds(srv.pid)
-    rss_limit = psutil.Process(srv.pid).memory_info().rss + 64 * 1024 * 1024
-    c = Client(srv.url, rcvbuf=16384)
-    try:
-        # 50 pipelined 5 MiB downloads, never read: back-pressure must keep the server from
-        # buffering them, and the write timeout must make it let go of the client
-        c.send(b"".join(c.request_bytes("/big.bin") for _ in range(50)))
-        time.sleep(0.5)
-        assert psutil.Process(srv.pid).memory_info().rss < rss_limit
-        assert settles_to(srv.pid, fds) == fds  # closed by the server while we still hold it open
-    finally:
-        c.close()
+    check_stalled_reader_is_dropped(srv)
 
 
 @pytest.mark.parametrize("model", MODELS)

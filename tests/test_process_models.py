@@ -19,7 +19,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from .support import FILES, Client, content_for, sha
+from .support import FILES, Client, content_for, open_fds, sha
 
 QUICK = ("--keepalive-timeout", "30", "--header-timeout", "30", "--grace", "5")
 
@@ -46,10 +46,6 @@ def zombies_of(pid: int) -> int:
         except psutil.NoSuchProcess:
             pass
     return count
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def threads_of(pid: int) -> int:
