@@ -157,14 +157,7 @@ class ClientConnection(asyncio.Protocol):
                 error = None  # the same bytes as a body already proven good (compared in place)
             else:
                 error = self._verify_body(target, data[start:stop])
-        phase = self.phase if run.by_send else run.phase
-        if error is None:
-            phase.lat.append((now - self.start_ns) // 1000)
-            if run.open_loop:
-                phase.lat_uncorrected.append((now - self.sent_ns) // 1000)
-            phase.body_bytes += length
-        else:
-            phase.error(error)
+        self._record(now, length, error)
         self.server_closes = False
         if self.driver.on_response(self, now) and stop < size:
             self._receive(data[stop:])
@@ -430,7 +423,6 @@ class ClientConnection(asyncio.Protocol):
     def _complete(self, body: bytes | None) -> bool:
         """A response is complete. Returns False when the connection must not be read further."""
         now = monotonic_ns()
-        run = self.run
         target = self.inflight.popleft()
         error = self.head_error
         length = self.length
@@ -452,6 +444,12 @@ class ClientConnection(asyncio.Protocol):
                     error = self._verify_body(target, body)
         self.need = HEAD
         self.parts = None
+        self._record(now, length, error)
+        return self.driver.on_response(self, now)
+
+    def _record(self, now: int, length: int, error: str | None) -> None:
+        """Count one finished response: its latency (both views in open loop) and bytes, or its error."""
+        run = self.run
         phase = self.phase if run.by_send else run.phase
         if error is None:
             phase.lat.append((now - self.start_ns) // 1000)
@@ -460,7 +458,6 @@ class ClientConnection(asyncio.Protocol):
             phase.body_bytes += length
         else:
             phase.error(error)
-        return self.driver.on_response(self, now)
 
     def _verify_body(self, target, body: bytes) -> str | None:
         """Hash a body not seen before; keep it as the reference when it is right."""
