@@ -10,6 +10,10 @@ tests all read a run the same way. Definitions used throughout:
   metric, lower).
 - a change between two runs is beyond noise when the two cells' ranges (median +-
   spread) do not overlap and the change exceeds the floor threshold.
+- the network a run measured over (loopback, or an emulated link such as wan) is part of
+  what a cell means: two runs over different links are never paired as before/after
+  (deltas() refuses); a report puts them side by side instead, rows labelled
+  "iterative @loopback", "iterative @wan".
 """
 
 from __future__ import annotations
@@ -56,6 +60,60 @@ def geomean(values: Iterable[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in vals) / len(vals))
 
 
+# -- the network a run went over -----------------------------------------------------
+
+LOOPBACK = "loopback"
+
+
+class DifferentLinks(ValueError):
+    """Two runs measured over different networks: their cells are not before/after of each other."""
+
+
+def run_link(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's link record (profile, what was applied), or None for loopback (and runs older than links)."""
+    return (run.get("config") or {}).get("link") or None
+
+
+def link_name(run: dict[str, Any]) -> str:
+    link = run_link(run)
+    return str(link["profile"]["name"]) if link else LOOPBACK
+
+
+def link_identity(run: dict[str, Any]) -> tuple | None:
+    """What makes two links the same: the profile's figures (its description aside)."""
+    link = run_link(run)
+    if link is None:
+        return None
+    return tuple(sorted((k, v) for k, v in link["profile"].items() if k != "description"))
+
+
+def same_link(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return link_identity(a) == link_identity(b)
+
+
+def link_summary(run: dict[str, Any]) -> str:
+    """'40 ms RTT, 100 Mbit/s' for a link ('nothing added' for a bare veth); '' for loopback."""
+    from serverzoo.clients.links.profiles import LinkProfile, ProfileError
+
+    link = run_link(run)
+    if link is None:
+        return ""
+    try:
+        return LinkProfile(**link["profile"]).summary()
+    except (TypeError, ProfileError):
+        return "profile unreadable"
+
+
+def link_text(run: dict[str, Any]) -> str:
+    """One phrase for headers: where the run's traffic went."""
+    link = run_link(run)
+    if link is None:
+        return "loopback: server and load generator on this machine's loopback, no link"
+    applied = "; ".join(link.get("applied") or []) or "nothing shaped"
+    return (f"link {link_name(run)} ({link_summary(run)}): server on {link.get('server_addr', '?')} and load "
+            f"generator on {link.get('client_addr', '?')}, two network namespaces; applied: {applied}")
+
+
 # -- one cell across its repetitions ------------------------------------------------
 
 @dataclass
@@ -82,6 +140,7 @@ class Point:
     requests: int = 0
     errors: int = 0
     error_classes: dict[str, int] = field(default_factory=dict)
+    left_waiting: int = 0  # requests still owed when a window closed, older than its slowest response
     cpu_s: float | None = None
     requests_per_cpu_s: float | None = None
     peak_rss: float | None = None
@@ -130,6 +189,7 @@ def build_point(cells: list[dict[str, Any]], scenario: dict[str, Any], run_setti
             for name, count in (load.get("errors") or {}).items():
                 if name != "total" and isinstance(count, int) and count:
                     p.error_classes[name] = p.error_classes.get(name, 0) + count
+            p.left_waiting += int((load.get("unfinished") or {}).get("longer_than_max", 0) or 0)
         value = metric_value(load, metric) if c.get("status") == "ok" and load else None
         if value is None or not load.get("requests"):
             p.failures.append(c.get("error") or "no successful request")
@@ -150,6 +210,11 @@ def build_point(cells: list[dict[str, Any]], scenario: dict[str, Any], run_setti
                         if c.get("load") and c["load"].get("options")), None)
         p.reasons.append(f"{stalls} requests unanswered after {timeout:g} s" if timeout else
                          f"{stalls} requests timed out")
+    if p.left_waiting:  # starved within the window: waited longer than every response that came back
+        if "stalled" not in p.flags:
+            p.flags.append("stalled")
+        p.reasons.append(f"{p.left_waiting} requests still waiting when the window closed, longer than the "
+                         f"slowest measured response")
     wrong = {k: p.error_classes[k] for k in WRONG if p.error_classes.get(k)}
     if wrong:
         p.flags.append("wrong-answers")
@@ -236,6 +301,7 @@ class RunView:
         self.run = run
         self.reference = reference
         self.config = run["config"]
+        self.link = link_name(run)
         self.scenarios: dict[str, dict[str, Any]] = self.config["scenarios"]
         self.servers: list[str] = list(self.config["servers"])
         groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
@@ -302,7 +368,8 @@ class RunView:
                 if "errors" in p.flags:
                     why.append(f"{p.error_rate:.1%} errors at {lv}")
                 if "stalled" in p.flags:
-                    why.append(f"{sum(p.error_classes.get(k, 0) for k in STALLS)} requests left unanswered at {lv}")
+                    stalls = sum(p.error_classes.get(k, 0) for k in STALLS) + p.left_waiting
+                    why.append(f"{stalls} requests left unanswered at {lv}")
                 if "wrong-answers" in p.flags:
                     why.append(f"wrong responses at {lv}")
                 if "unclean-stop" in p.flags:
@@ -366,8 +433,19 @@ class Delta:
         return self.beyond_noise and self.change > 0
 
 
+def check_same_link(before: RunView, after: RunView) -> None:
+    """DifferentLinks (one line) unless both runs went over the same network."""
+    if not same_link(before.run, after.run):
+        a, b = link_name(before.run), link_name(after.run)
+        if a == b:  # one name, two profiles (an edited links table)
+            a, b = f"{a} ({link_summary(before.run)})", f"{b} ({link_summary(after.run)})"
+        raise DifferentLinks(f"{before.run['run_id']} ran over {a} and {after.run['run_id']} over {b}")
+
+
 def deltas(before: RunView, after: RunView, floor: float = 0.05) -> list[Delta]:
-    """Cell-by-cell changes for what both runs measured (failed cells are left out)."""
+    """Cell-by-cell changes for what both runs measured (failed cells are left out).
+    DifferentLinks if the runs went over different networks: a link's effect is no regression."""
+    check_same_link(before, after)
     out = []
     for key, b in after.points.items():
         a = before.points.get(key)
@@ -388,6 +466,7 @@ def deltas(before: RunView, after: RunView, floor: float = 0.05) -> list[Delta]:
 
 def newly_failed(before: RunView, after: RunView) -> list[tuple[str, str, int]]:
     """Cells that measured in the earlier run and fail in the later one (a regression of their own)."""
+    check_same_link(before, after)
     return sorted(key for key, b in after.points.items()
                   if b.failed and key in before.points and not before.points[key].failed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,9 +13,19 @@ from .plan import REFERENCE, Plan, build_plan, format_duration, parse_cpus, pars
 from .scenarios import ConfigError
 from .store import SCHEMA, ResultsError, read_run, write_atomic
 
+if TYPE_CHECKING:
+    from serverzoo.clients.links import LinkedHosts, LinkProfile
+
+    from .scenarios import Suite
+
 EXIT_INTERRUPTED = 130
+EXIT_NO_LINK = 3  # as every other --link: the link cannot be named, or built here
 MATRIX_OPTIONS = ("preset", "models", "scenarios", "concurrency", "rates", "repeat", "duration", "warmup",
-                  "scenarios_file", "corpus", "reference", "server_cpus", "client_cpus")
+                  "scenarios_file", "corpus", "reference", "server_cpus", "client_cpus", "link", "links_file")
+
+
+class LinkError(ConfigError):
+    """--link names no profile, or this machine cannot build links (one line, exit code 3)."""
 
 
 def _fail(command: str, message: str, code: int = 2) -> None:
@@ -41,6 +51,10 @@ def _fail(command: str, message: str, code: int = 2) -> None:
 @click.option("--reference/--no-reference", default=None, help="nginx as a yardstick row when installed. [on]")
 @click.option("--server-cpus", help="CPUs for the server, e.g. 0. [first half]")
 @click.option("--client-cpus", help="CPUs for the load generator, e.g. 1. [the rest]")
+@click.option("--link", "link", metavar="NAME", help="Run every cell across the emulated link NAME: the server in "
+              "one network namespace, the load generator in another (root and iproute2; `serverzoo net links`).")
+@click.option("--links-file", type=click.Path(dir_okay=False),
+              help="TOML file with [links.NAME] tables. [the scenarios file]")
 @click.option("--max-cells", type=click.IntRange(1), help="Stop after N cells; the run stays resumable.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the time estimate, run nothing.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML and Markdown report.")
@@ -52,6 +66,9 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
     pinned to the others (warm-up, then the measured run), and stops the server
     gracefully. Results are saved after every cell in OUT/bench-RUN.json: Ctrl-C
     keeps them, and --resume completes the run.
+
+    With --link NAME the whole run goes across one emulated link, built once and
+    removed at the end (also on Ctrl-C and errors); --resume rebuilds the same link.
     """
     try:
         if o["resume"]:
@@ -59,9 +76,12 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
                      if ctx.get_parameter_source(n) not in (click.core.ParameterSource.DEFAULT, None)]
             if given:
                 raise ConfigError(f"--resume runs the run's own configuration; drop --{given[0].replace('_', '-')}")
-            plan, doc, path, corpus_root = _resume(o["resume"])
+            plan, doc, path, corpus_root = _resume(o["resume"], o["dry_run"])
         else:
             plan, doc, path, corpus_root = _new_run(o)
+    except LinkError as exc:
+        _fail("bench", str(exc), EXIT_NO_LINK)
+        return
     except (ConfigError, ResultsError) as exc:
         _fail("bench", str(exc))
         return
@@ -78,10 +98,28 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
         for cell in todo:
             click.echo(cell.id)
         return
-    click.echo(f"results: {path}", err=True)
+    from serverzoo.clients.links.cli_support import NoLinkError, linked_hosts_or_exit
+
     from .matrix import run_matrix
 
-    status = run_matrix(plan, doc, path, corpus_root, max_cells=o["max_cells"])
+    try:
+        # one link for the whole run: up before the first cell, removed after the last, on Ctrl-C and on errors
+        with linked_hosts_or_exit(plan.link) as hosts:
+            if hosts is not None:
+                _record_link(doc, hosts, resumed=bool(o["resume"]))
+                click.echo(f"link {plan.link.name} up: server host {hosts.server_addr}, client host "
+                           f"{hosts.client_addr}; {'; '.join(hosts.applied) or 'nothing shaped'}", err=True)
+            write_atomic(path, doc)
+            click.echo(f"results: {path}", err=True)
+            status = run_matrix(plan, doc, path, corpus_root, max_cells=o["max_cells"], hosts=hosts)
+    except NoLinkError as exc:
+        _fail("bench", exc.message, EXIT_NO_LINK)
+        return
+    except KeyboardInterrupt:  # while the link was being built: nothing was measured
+        _fail("bench", "interrupted before the first cell", EXIT_INTERRUPTED)
+        return
+    if plan.link is not None:
+        click.echo(f"link {plan.link.name} removed", err=True)
     if status == "interrupted":
         click.echo(f"interrupted: {len(doc['cells'])} cells kept in {path}\n"
                    f"resume with: serverzoo bench --resume {path}", err=True)
@@ -97,14 +135,66 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
             click.echo(f"report: {written}", err=True)
 
 
+def _link_profile(name: str | None, links_file: str | None, suite: Suite) -> LinkProfile | None:
+    """The LinkProfile --link names: from --links-file when given, else from the scenarios file's [links]."""
+    from serverzoo.clients.links.profiles import ProfileError, get_profile
+
+    if not name:
+        if links_file:
+            raise ConfigError("--links-file is read only with --link NAME")
+        return None
+    if links_file:
+        try:
+            return get_profile(name, links_file)
+        except ProfileError as exc:
+            raise LinkError(f"--link {name}: {exc}") from None
+    where = os.path.basename(suite.path)
+    if not suite.links:
+        raise LinkError(f"--link {name}: {where} has no [links.NAME] tables (copy them from bench/scenarios.toml, "
+                        "or give --links-file)")
+    if name not in suite.links:
+        raise LinkError(f"--link {name}: no link named {name!r} in {where} (known: {', '.join(suite.links)})")
+    return suite.links[name]
+
+
+def _check_link_support(plan: Plan, dry_run: bool) -> None:
+    """Without root or iproute2, say so now (one line), before the corpus is written; a dry run only notes it."""
+    from serverzoo.clients.links import LinkUnavailable, require_support
+
+    if plan.link is None:
+        return
+    try:
+        require_support()
+    except LinkUnavailable as exc:
+        if not dry_run:
+            raise LinkError(f"--link {plan.link.name}: {exc}") from None
+        plan.notes.append(f"--link {plan.link.name} cannot run here: {exc}")
+
+
+def _record_link(doc: dict[str, Any], hosts: LinkedHosts, resumed: bool) -> None:
+    """The link as built, in the run's configuration (and, on resume, beside the resumption)."""
+    built = hosts.describe()
+    if not resumed:
+        doc["config"]["link"] = doc["config"]["link"] | built
+        return
+    doc["resumed"][-1]["link_applied"] = built["applied"]
+    before = doc["config"]["link"].get("applied")
+    if before is not None and before != built["applied"]:
+        doc["notes"].append(f"resumed over link {hosts.profile.name} applied as: {'; '.join(built['applied'])} "
+                            f"(the run began with: {'; '.join(before)})")
+
+
 def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
     from serverzoo.machine import describe_machine
+
+    from serverzoo.clients.links.namespaces import SERVER_ADDR
 
     from .corpus import check_corpus, default_corpus_dir, ensure_corpus
     from .nginx import NginxError, NginxServer, check_world_readable, nginx_binary
     from .scenarios import load_suite
 
     suite = load_suite(o["scenarios_file"])
+    link = _link_profile(o["link"], o["links_file"], suite)
     if o["preset"] not in suite.presets:
         raise ConfigError(f"unknown preset {o['preset']!r}; choose from: {', '.join(suite.presets)}")
     plan = build_plan(
@@ -112,7 +202,9 @@ def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
         concurrency=parse_list(o["concurrency"], "concurrency", number=True),
         rates=parse_list(o["rates"], "rates", number=True), repeat=o["repeat"], duration=o["duration"],
         warmup=o["warmup"], reference=o["reference"], server_cpus=parse_cpus(o["server_cpus"], "server-cpus"),
-        client_cpus=parse_cpus(o["client_cpus"], "client-cpus"), nginx_available=nginx_binary() is not None)
+        client_cpus=parse_cpus(o["client_cpus"], "client-cpus"), nginx_available=nginx_binary() is not None,
+        link=link)
+    _check_link_support(plan, o["dry_run"])
     out = o["out"]
     try:
         os.makedirs(out, exist_ok=True)
@@ -131,7 +223,8 @@ def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
     if REFERENCE in plan.servers and not o["dry_run"]:
         try:
             check_world_readable(corpus_root)
-            ngx = NginxServer(corpus_root, tuned=True, cpus=plan.server_cpus)
+            ngx = NginxServer(corpus_root, tuned=True, cpus=plan.server_cpus,
+                              host=SERVER_ADDR if plan.link else "127.0.0.1")
             ngx.prefix, ngx.port = "$PREFIX", "$PORT"  # one template for every cell; each gets its own
             reference = {"server": REFERENCE, "binary": ngx.binary, "version": _nginx_version(ngx.binary),
                          "tuned": True, "config": ngx.config_text()}
@@ -143,27 +236,29 @@ def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
     config = plan.to_config() | {
         "scenarios_file": suite.path, "scenarios_sha256": suite.sha256, "scenarios_toml": suite.text,
         "corpus_dir": corpus_root, "corpus_given": bool(o["corpus"]), "reference": reference,
-        "generator": {"how": "a `serverzoo load` process per cell, pinned to the client CPUs"},
+        "generator": {"how": "a `serverzoo load` process per cell, pinned to the client CPUs"
+                             + (", on the link's client host" if plan.link else "")},
     }
+    if plan.link:
+        config["link"]["source"] = o["links_file"] or suite.path
     doc = {"schema": SCHEMA, "run_id": run_id, "created": created.isoformat(timespec="seconds"), "finished": None,
            "status": "new", "machine": describe_machine(), "command": ["serverzoo", *sys.argv[1:]],
            "notes": list(plan.notes), "resumed": [], "config": config, "cells": [],
            "summary_note": "summary: per server/scenario/level medians, spreads and flags, derived from cells by "
                            "serverzoo.bench.analysis after every cell (reports recompute it from cells)",
            "summary": []}
-    path = os.path.join(out, f"bench-{run_id}.json")
-    if not o["dry_run"]:
-        write_atomic(path, doc)
+    path = os.path.join(out, f"bench-{run_id}.json")  # written once the link, if any, is up
     return plan, doc, path, corpus_root
 
 
-def _resume(path: str) -> tuple[Plan, dict[str, Any], str, str]:
+def _resume(path: str, dry_run: bool = False) -> tuple[Plan, dict[str, Any], str, str]:
     from serverzoo.machine import describe_machine
 
     from .corpus import check_corpus, ensure_corpus
 
     doc = read_run(path)
-    plan = Plan.from_config(doc["config"])
+    plan = Plan.from_config(doc["config"])  # with the run's recorded link profile, rebuilt as it was
+    _check_link_support(plan, dry_run)
     here, there = describe_machine(), doc["machine"]
     for key in ("hostname", "cpu_model", "cpus"):
         if here.get(key) != there.get(key):
@@ -209,7 +304,8 @@ def report_command(runs: tuple[str, ...], html_path: str | None, md_path: str | 
 
     With neither --html nor --md, writes both next to the last RUN (RUN.html, RUN.md).
     With several runs, the last is reported in full and each earlier run gets a delta
-    table against it.
+    table against it; an earlier run over another network (loopback vs --link wan) is
+    put side by side with it instead, rows labelled "model @link".
     """
     from .report import write_reports
 
@@ -245,9 +341,11 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
     A change counts only beyond noise: the two cells' ranges (median +- spread over
     repetitions) must not overlap and the change must exceed --threshold. Exit codes:
     0 no regression; 1 at least one cell regressed beyond noise or newly fails;
-    2 the runs cannot be read or have no cell in common.
+    2 the runs cannot be read, have no cell in common, or went over different
+    networks (loopback and an emulated link, or two links): `serverzoo report`
+    puts those side by side.
     """
-    from .analysis import RunView, deltas, newly_failed
+    from .analysis import DifferentLinks, RunView, deltas, newly_failed
     from .report import format_value
 
     try:
@@ -255,12 +353,18 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
     except ResultsError as exc:
         _fail("compare", str(exc), EXIT_BAD_INPUT)
         return
-    rows = deltas(a, b, floor=threshold)
-    broken = newly_failed(a, b)
+    try:
+        rows = deltas(a, b, floor=threshold)
+        broken = newly_failed(a, b)
+    except DifferentLinks as exc:
+        # a gate over two networks would call the link's effect a regression (or hide one behind it)
+        _fail("compare", f"{exc}: a regression gate compares runs over the same network "
+                         f"(`serverzoo report {before} {after}` puts them side by side)", EXIT_BAD_INPUT)
+        return
     if not rows and not broken:
         _fail("compare", "the two runs have no successfully measured cell in common", EXIT_BAD_INPUT)
         return
-    click.echo(f"{a.run['run_id']} -> {b.run['run_id']}: {len(rows)} cells compared "
+    click.echo(f"{a.run['run_id']} -> {b.run['run_id']} (both over {b.link}): {len(rows)} cells compared "
                f"(threshold {threshold:.0%} plus measured noise)")
     ma, mb = a.run.get("machine") or {}, b.run.get("machine") or {}
     if (ma.get("hostname"), ma.get("cpu_model")) != (mb.get("hostname"), mb.get("cpu_model")):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -19,6 +19,9 @@ from .plan import Cell, Plan
 from .runner import CellRunner, interrupts
 from .scenarios import METRICS
 from .store import write_atomic
+
+if TYPE_CHECKING:
+    from serverzoo.clients.links import LinkedHosts
 
 
 def _now() -> str:
@@ -50,13 +53,14 @@ def cell_line(plan: Plan, record: dict[str, Any]) -> str:
 
 
 def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max_cells: int | None = None,
-               console: Console | None = None) -> str:
-    """Run the pending cells, saving after each. Returns the run's status: complete, partial or interrupted."""
+               console: Console | None = None, hosts: LinkedHosts | None = None) -> str:
+    """Run the pending cells, saving after each. Returns the run's status: complete, partial or interrupted.
+    With `hosts` (the run's link, up), every cell runs across it."""
     console = console or Console(stderr=True)
     todo = pending_cells(plan, doc)
     limit = todo if max_cells is None else todo[:max_cells]
     total_cells = len(plan.cells())
-    runner = CellRunner(plan, corpus_root)
+    runner = CellRunner(plan, corpus_root, hosts)
     doc["status"] = "running"
     write_atomic(path, doc)
     # Ctrl-C and SIGTERM (a CI timeout, `kill PID`) stop the run and keep everything measured; they wait

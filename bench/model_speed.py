@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..machine import describe_machine, machine_line
 from ..servers.launch import ServerProcess
+from ..servers import VARIANTS as SERVER_VARIANTS
 from .nginx import NginxServer
 
 # name -> (model, extra serve args)
@@ -46,7 +47,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gevent": ("gevent", ()),
     "trio": ("trio", ()),
     "asyncio": ("asyncio", ()),
-    "asyncio-uvloop": ("asyncio", ("--loop", "uvloop")),
+    **SERVER_VARIANTS,
     # the same event loops with every request head parsed afresh (see PROTOCOL.md, parse cache)
     "select-noparsecache": ("select", ("--no-parse-cache",)),
     "asyncio-uvloop-noparsecache": ("asyncio", ("--loop", "uvloop", "--no-parse-cache")),

@@ -9,6 +9,11 @@ every directory above it must be readable and searchable by others; that is chec
 front (a 0700 temporary directory would otherwise give 403s that look like a slow server).
 The master is stopped by its PID (SIGTERM, nginx's fast shutdown; SIGKILL for it and its
 workers if it does not exit).
+
+On another network host (the server side of an emulated link), give the address to listen
+on, `wrap` (argv -> the argv that runs it there, e.g. `ip netns exec NS ...`, which execs so
+the PID stays nginx's) and `namespace` (a context in which new sockets belong to that host:
+the free-port probe and the readiness check run there).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from typing import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable, Sequence
 
 import psutil
 
@@ -87,7 +93,9 @@ class NginxServer:
     """A private nginx serving `root` on a free loopback port. Use as a context manager."""
 
     def __init__(self, root: str, *, tuned: bool = True, cpus: Sequence[int] | None = (0,), workers: int = 1,
-                 host: str = "127.0.0.1", start_timeout: float = 10.0) -> None:
+                 host: str = "127.0.0.1", start_timeout: float = 10.0,
+                 wrap: Callable[[list[str]], list[str]] | None = None,
+                 namespace: Callable[[], AbstractContextManager] | None = None) -> None:
         binary = nginx_binary()
         if binary is None:
             raise NginxError("nginx is not installed (Debian: apt-get install nginx-light)")
@@ -99,6 +107,8 @@ class NginxServer:
         self.workers = workers
         self.host = host
         self.start_timeout = start_timeout
+        self.wrap = wrap or (lambda argv: argv)
+        self.namespace = namespace or nullcontext
         self.port = 0
         self.prefix = ""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -114,6 +124,10 @@ class NginxServer:
         assert self.proc is not None
         return self.proc.pid
 
+    def shown_argv(self) -> list[str]:
+        """The command line as results record it (the temporary prefix left out)."""
+        return self.wrap([self.binary, "-c", "nginx.conf"])
+
     def config_text(self) -> str:
         return CONFIG.format(workers=self.workers, prefix=self.prefix, host=self.host, port=self.port,
                              root=self.root, file_settings=TUNED if self.tuned else STOCK)
@@ -128,14 +142,15 @@ class NginxServer:
     def start(self) -> "NginxServer":
         self.prefix = tempfile.mkdtemp(prefix="serverzoo-nginx-")
         for attempt in range(5):  # a free port can be taken between probing and nginx binding it
-            self.port = _free_port(self.host)
+            with self.namespace():
+                self.port = _free_port(self.host)
             conf = os.path.join(self.prefix, "nginx.conf")
             with open(conf, "w") as f:
                 f.write(self.config_text())
             cpus = self.cpus
             self.proc = subprocess.Popen(
-                [self.binary, "-p", self.prefix, "-e", os.path.join(self.prefix, "error.log"), "-c", conf,
-                 "-g", "daemon off;"],
+                self.wrap([self.binary, "-p", self.prefix, "-e", os.path.join(self.prefix, "error.log"), "-c", conf,
+                           "-g", "daemon off;"]),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
             if self._wait_ready():
@@ -153,7 +168,7 @@ class NginxServer:
             if self.proc.poll() is not None:
                 return False
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
+                with self.namespace(), socket.create_connection((self.host, self.port), timeout=0.5):
                     return True
             except OSError:
                 time.sleep(0.02)

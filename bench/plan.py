@@ -13,6 +13,7 @@ import resource
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from serverzoo.clients.links.profiles import LinkProfile
 from serverzoo.servers import MODELS
 
 from .scenarios import ConfigError, CorpusSpec, RunSettings, Scenario, ServerSpec, Suite
@@ -25,6 +26,7 @@ REFERENCE = "nginx"
 CELL_OVERHEAD_S = 0.85
 FIXED_OVERHEAD_S = 10.0  # writing the corpus once, and the report at the end
 FD_MARGIN = 64  # listening socket, files, pipes, the interpreter's own
+LINK_OVERHEAD_S = 0.5  # building the link once per run and removing it: 0.2-0.3 s measured here (veth, wan)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Plan:
     server_cpus: list[int]
     client_cpus: list[int]
     notes: list[str] = field(default_factory=list)  # things said once: missing nginx, skipped models
+    link: LinkProfile | None = None  # None: server and generator on this machine's loopback
 
     def cells(self) -> list[Cell]:
         out = []
@@ -77,11 +80,19 @@ class Plan:
         def n(count: int, word: str) -> str:
             return f"{count} {word}{'s' if count != 1 else ''}"
 
+        fixed = FIXED_OVERHEAD_S + (LINK_OVERHEAD_S if self.link else 0.0)
         return (f"{n(len(cells), 'cell')}: {n(len(self.servers), 'server')} x {n(len(self.scenarios), 'scenario')} x "
-                f"{levels} levels x {n(self.repeat, 'repetition')}; "
-                f"estimated {format_duration(self.estimate_seconds(cells) + FIXED_OVERHEAD_S)} "
+                f"{levels} levels x {n(self.repeat, 'repetition')}, {self.network()}; "
+                f"estimated {format_duration(self.estimate_seconds(cells) + fixed)} "
                 f"(warm-up + measured time per cell, {CELL_OVERHEAD_S:.2f} s start/stop each, "
-                f"{FIXED_OVERHEAD_S:.0f} s corpus and report)")
+                f"{fixed:.0f} s corpus{', link' if self.link else ''} and report)")
+
+    def network(self) -> str:
+        """Where the traffic goes: 'over loopback' or 'over link wan (40 ms RTT, 100 Mbit/s)'."""
+        if self.link is None:
+            return "over loopback"
+        return (f"over link {self.link.name} ({self.link.summary()}; server and load generator in two "
+                f"network namespaces)")
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -92,6 +103,8 @@ class Plan:
             "run": asdict(self.run),
             "corpus": asdict(self.corpus),
             "cpus": {"server": self.server_cpus, "client": self.client_cpus},
+            # the profile now; the runner adds what was applied (LinkedHosts.describe()) once the link is up
+            "link": {"profile": self.link.to_dict()} if self.link else None,
         }
 
     @classmethod
@@ -104,7 +117,8 @@ class Plan:
                 servers={n: ServerSpec(n, s["model"], tuple(s["args"])) for n, s in config["servers"].items()},
                 scenarios={n: Scenario.from_dict(s) for n, s in config["scenarios"].items()},
                 repeat=int(config["repeat"]), run=RunSettings(**run), corpus=_corpus_spec(config["corpus"]),
-                server_cpus=list(config["cpus"]["server"]), client_cpus=list(config["cpus"]["client"]))
+                server_cpus=list(config["cpus"]["server"]), client_cpus=list(config["cpus"]["client"]),
+                link=LinkProfile(**config["link"]["profile"]) if config.get("link") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the run's configuration is incomplete or from another version ({exc!r})") from None
 
@@ -183,7 +197,8 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
                scenarios: list[str] | None = None, concurrency: list[int] | None = None,
                rates: list[int] | None = None, repeat: int | None = None, duration: float | None = None,
                warmup: float | None = None, reference: bool | None = None, server_cpus: list[int] | None = None,
-               client_cpus: list[int] | None = None, nginx_available: bool = True) -> Plan:
+               client_cpus: list[int] | None = None, nginx_available: bool = True,
+               link: LinkProfile | None = None) -> Plan:
     """Resolve a preset and the command line's narrowing into a checked Plan (ConfigError if not)."""
     if preset not in suite.presets:
         raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(suite.presets)}")
@@ -252,7 +267,7 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
     if cpu_note:
         notes.append(cpu_note)
     plan = Plan(preset=preset, servers=chosen, scenarios=final, repeat=repeat or p.repeat, run=suite.run,
-                corpus=suite.corpus, server_cpus=server, client_cpus=client, notes=notes)
+                corpus=suite.corpus, server_cpus=server, client_cpus=client, notes=notes, link=link)
     check_corpus_paths(plan)
     ensure_file_limit(plan)
     return plan

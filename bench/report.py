@@ -3,7 +3,10 @@
 Everything shown is computed from the runs' cells by bench.analysis; the prose around
 the numbers (who won, who failed and why) is assembled from that data, never written
 in advance. With several runs, the last one is reported in full and each earlier one
-is compared with it in a delta table.
+is compared with it in a delta table, when both went over the same network; a run over
+another link (loopback and wan, say) is put side by side with it instead, each row
+labelled with its link ("iterative @loopback", "iterative @wan"), and nothing counts as a
+regression there.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import jinja2
 
 from serverzoo.machine import machine_line
 
-from .analysis import BASELINE, Delta, Point, RunView, Verdict, deltas, level_label, ratio_text
+from .analysis import (BASELINE, Delta, Point, RunView, Verdict, deltas, level_label, link_name, link_summary,
+                       link_text, ratio_text, same_link)
 from .cards import ModelCard, model_cards
 from .scenarios import METRICS
 from .store import read_run
@@ -78,6 +82,20 @@ class DeltaTable:
 
 
 @dataclass
+class SideBySide:
+    """Two runs over different networks, per scenario: a row per server and link, the later row
+    saying how it compares with the earlier (a link's effect, not a regression)."""
+
+    before: str
+    after: str
+    before_link: str
+    after_link: str
+    before_text: str
+    after_text: str
+    sections: list[dict[str, Any]]
+
+
+@dataclass
 class Report:
     run: dict[str, Any]
     view: RunView
@@ -91,13 +109,57 @@ class Report:
     flagged: list[Point]
     charts: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(("heatmap", "efficiency", "memory", "errors")))
     delta_tables: list[DeltaTable] = field(default_factory=list)
+    side_by_side: list[SideBySide] = field(default_factory=list)
     memory_scenario: str | None = None
+    network: str = ""  # where the reported run's traffic went (link_text)
 
 
 def caption_for(run: dict[str, Any]) -> str:
     m = run.get("machine") or {}
     prefix = "FIXTURE (synthetic numbers, not a measurement) | " if run.get("fixture") else ""
-    return f"{prefix}run {run['run_id']} | {m.get('hostname', '?')}: {machine_line(m)}"
+    return f"{prefix}run {run['run_id']} over {link_name(run)} | {m.get('hostname', '?')}: {machine_line(m)}"
+
+
+def _side_cell(p: Point | None, metric: str, against: Point | None = None) -> dict[str, Any]:
+    if p is None:
+        return {"value": "-", "vs": "", "flags": []}
+    if p.failed or p.median is None:
+        return {"value": "failed", "vs": "", "flags": []}
+    vs = ""
+    if against is not None and not against.failed and against.median and p.median:
+        higher = METRICS[metric][1]
+        vs = ratio_text(p.median / against.median if higher else against.median / p.median)
+    return {"value": format_value(metric, p.median), "vs": vs, "flags": p.flags}
+
+
+def side_by_side(before: RunView, after: RunView) -> SideBySide:
+    """Rows 'server @link' for two runs over different networks, scenario by scenario."""
+    a, b = link_name(before.run), link_name(after.run)
+    if a == b:  # one name, two profiles
+        a, b = f"{a} ({link_summary(before.run)})", f"{b} ({link_summary(after.run)})"
+    sections = []
+    servers = after.servers + [s for s in before.servers if s not in after.servers]
+    for name, info in after.scenarios.items():
+        other = before.scenarios.get(name)
+        if other is None or other["metric"] != info["metric"]:
+            continue
+        levels = sorted(set(before.levels(name)) | set(after.levels(name)))
+        rows = []
+        for server in servers:
+            pa = [before.point(server, name, lv) for lv in levels]
+            pb = [after.point(server, name, lv) for lv in levels]
+            if not any(pa + pb):
+                continue
+            ref = server == after.reference
+            rows.append({"label": f"{server} @{a}", "reference": ref,
+                         "cells": [_side_cell(p, info["metric"]) for p in pa]})
+            rows.append({"label": f"{server} @{b}", "reference": ref,
+                         "cells": [_side_cell(p, info["metric"], q) for p, q in zip(pb, pa)]})
+        if rows:
+            sections.append({"scenario": name, "info": info, "metric_label": METRICS[info["metric"]][0],
+                             "level_labels": [level_label(info, lv) for lv in levels], "rows": rows})
+    return SideBySide(before.run["run_id"], after.run["run_id"], a, b, link_text(before.run), link_text(after.run),
+                      sections)
 
 
 def build_report(runs: list[dict[str, Any]], baseline: str = BASELINE, plots: bool = True,
@@ -163,7 +225,11 @@ def build_report(runs: list[dict[str, Any]], baseline: str = BASELINE, plots: bo
         if memory:
             report.charts["memory"], report.memory_scenario = memory
         report.charts["errors"] = charts.errors_chart(view, caption)
+    report.network = link_text(run)
     for before in runs[:-1]:
+        if not same_link(before, run):  # never paired as before/after: the difference is the link's
+            report.side_by_side.append(side_by_side(RunView(before), view))
+            continue
         rows = deltas(RunView(before), view, floor=noise_floor)
         report.delta_tables.append(DeltaTable(before["run_id"], run["run_id"], rows,
                                               sum(d.regression for d in rows), sum(d.improvement for d in rows),

@@ -6,6 +6,11 @@ PID), then SIGTERM and a wait for the server's own graceful exit. A cell that fa
 (server does not start, generator crashes or overruns) is recorded as failed with a
 one-line reason and the run goes on. KeyboardInterrupt is the only thing that stops
 the loop; the caller saves what was measured.
+
+Over an emulated link (`--link NAME`), the same cell runs across two network namespaces
+built once for the whole run: the server (a serverzoo model or nginx) on the link's server
+host, the generator on its client host, each started through `ip netns exec`, which execs:
+PIDs and CPU pinning stay the process's own, so sampling the server by PID still works.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import psutil
 
@@ -26,6 +31,10 @@ from serverzoo.servers.launch import ServerProcess, ServerStartError
 from .loadargs import load_argv, load_options
 from .nginx import NginxError, NginxServer
 from .plan import REFERENCE, Cell, Plan
+
+if TYPE_CHECKING:
+    from serverzoo.clients.links import LinkedHosts
+
 
 class Interrupts:
     """Ctrl-C and SIGTERM, held back while a server starts or stops.
@@ -89,17 +98,24 @@ def _tail(text: str) -> str:
 
 
 class CellRunner:
-    def __init__(self, plan: Plan, corpus_root: str) -> None:
+    def __init__(self, plan: Plan, corpus_root: str, hosts: LinkedHosts | None = None) -> None:
         self.plan = plan
         self.corpus_root = corpus_root
+        self.hosts = hosts  # the run's link, up; None: loopback
 
     def _server(self, cell: Cell) -> ServerProcess | NginxServer:
         spec = self.plan.servers[cell.server]
+        hosts = self.hosts
         if spec.model == REFERENCE:
-            return NginxServer(self.corpus_root, tuned=True, cpus=self.plan.server_cpus)
+            if hosts is None:
+                return NginxServer(self.corpus_root, tuned=True, cpus=self.plan.server_cpus)
+            return NginxServer(self.corpus_root, tuned=True, cpus=self.plan.server_cpus, host=hosts.server_addr,
+                               wrap=lambda argv: hosts.command("server", argv), namespace=hosts.server_namespace)
         sc = self.plan.scenarios[cell.scenario]
-        return ServerProcess(spec.model, self.corpus_root, *self.plan.run.server_args, *sc.server_args, *spec.args,
-                             cpus=self.plan.server_cpus)
+        args = (*self.plan.run.server_args, *sc.server_args, *spec.args)
+        if hosts is not None:
+            return hosts.server_process(spec.model, self.corpus_root, *args, cpus=self.plan.server_cpus)
+        return ServerProcess(spec.model, self.corpus_root, *args, cpus=self.plan.server_cpus)
 
     def run(self, cell: Cell) -> dict[str, Any]:
         """Measure one cell; returns its record (status "ok" or "failed")."""
@@ -137,7 +153,7 @@ class CellRunner:
         try:
             info["pid"] = server.pid
             info["url"] = server.url
-            info["argv"] = server.argv if isinstance(server, ServerProcess) else [server.binary, "-c", "nginx.conf"]
+            info["argv"] = server.argv if isinstance(server, ServerProcess) else server.shown_argv()
             info["rss_at_ready_bytes"] = tree_rss(server.pid)
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid)
             t1 = time.monotonic()
@@ -157,6 +173,9 @@ class CellRunner:
         os.close(fd)
         argv = load_argv(opts, json_path)
         gen: dict[str, Any] = {"argv": argv[1:], "cpus": self.plan.client_cpus}
+        if self.hosts is not None:
+            argv = self.hosts.command("client", argv)
+            gen["netns"] = self.hosts.client_ns  # the link's client host
         cpus = self.plan.client_cpus
         try:
             with tempfile.TemporaryFile() as err:

@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from serverzoo.clients.links.profiles import LinkProfile, ProfileError, profiles_from_tables
+
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios.toml")
 
 # metric name -> (label for tables and axes, True when higher is better)
@@ -144,6 +146,7 @@ class Suite:
     variants: dict[str, ServerSpec]
     presets: dict[str, Preset]
     raw_scenarios: dict[str, dict[str, Any]] = field(repr=False)
+    links: dict[str, LinkProfile] = field(default_factory=dict)  # [links.NAME]: what --link NAME may name
 
     @property
     def sha256(self) -> str:
@@ -170,7 +173,7 @@ def load_suite(path: str | None = None) -> Suite:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"scenarios file {path}: {exc}") from None
     where = os.path.basename(path)
-    _only(doc, {"run", "corpus", "servers", "presets", "scenarios"}, where)
+    _only(doc, {"run", "corpus", "servers", "presets", "scenarios", "links"}, where)
     run = _table(doc, "run", where)
     _only(run, {"unstable_spread", "error_rate_limit", "server_args"}, f"{where} [run]")
     settings = RunSettings(
@@ -180,7 +183,7 @@ def load_suite(path: str | None = None) -> Suite:
     )
     suite = Suite(path=os.path.abspath(path), text=text, run=settings, corpus=_corpus(_table(doc, "corpus", where)),
                   variants=_variants(_table(doc, "servers", where)), presets=_presets(_table(doc, "presets", where)),
-                  raw_scenarios=_table(doc, "scenarios", where))
+                  raw_scenarios=_table(doc, "scenarios", where), links=_links(_table(doc, "links", where), where))
     if not suite.raw_scenarios:
         raise ConfigError(f"{where}: no [scenarios.NAME] tables")
     if not suite.presets:
@@ -188,6 +191,14 @@ def load_suite(path: str | None = None) -> Suite:
     for preset in suite.presets:  # check every preset now, not when a user first picks it
         suite.scenarios(preset)
     return suite
+
+
+def _links(t: dict[str, Any], where: str) -> dict[str, LinkProfile]:
+    try:
+        return profiles_from_tables(t, where)
+    except ProfileError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
 def _corpus(t: dict[str, Any]) -> CorpusSpec:

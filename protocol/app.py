@@ -44,17 +44,18 @@ class FileApp:
         path, _, query = req.target.partition(b"?")
         if path == WORK_PATH:
             return self._work(query, writer, close, ka, head_only)
+        date = writer.date()  # once per request: the cache tick and the hot head share it
         try:
-            entry = self.docroot.lookup(path, writer.date())
+            entry = self.docroot.lookup(path, date)
         except TargetError as exc:
             return writer.error(exc.status, exc.message, close=close, head_only=head_only, keep_alive_header=ka)
         if isinstance(entry, FileEntry):
-            return self._file(req, entry, writer, close, ka, head_only)
+            return self._file(req, entry, writer, close, ka, head_only, date)
         return self._listing(req, entry, query, writer, close, ka, head_only)
 
     # -- files ---------------------------------------------------------------------
     def _file(self, req: Request, e: FileEntry, writer: HeadWriter, close: bool, ka: bool,
-              head_only: bool) -> ResponsePlan:
+              head_only: bool, date: bytes) -> ResponsePlan:
         headers = req.headers
         range_header = headers.get(b"range")
         if range_header is None and b"if-none-match" not in headers and b"if-modified-since" not in headers:
@@ -63,7 +64,6 @@ class FileApp:
             if close or ka:
                 head = writer.head(200, e.fields, close=close, keep_alive_header=ka)
             else:
-                date = writer.date()
                 hot = e.hot_head
                 if hot is not None and hot[0] == date and hot[1] is writer.server_line:
                     head = hot[2]

@@ -51,6 +51,13 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 
+# Named variants: a model plus `serverzoo serve` arguments, accepted wherever a model name is
+# (`serverzoo load --serve`, the speed benchmark). The bench matrix defines its own in scenarios.toml.
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "asyncio-uvloop": ("asyncio", ("--loop", "uvloop")),
+}
+
+
 def get_model(name: str) -> ModelInfo:
     try:
         return MODELS[name]

@@ -56,10 +56,11 @@ def test_unknown_profile_names_the_known_ones():
         load_profiles("/nonexistent/links.toml")
 
 
-def test_delay_without_netem_is_missing_not_skipped():
-    p = plan(get_profile("wan"), NO_NETEM, EGRESS)
-    assert p.steps == []
+def test_delay_without_netem_or_tun_is_missing_not_skipped():
+    p = plan(get_profile("wan"), NO_NETEM, EGRESS)  # (NO_NETEM has no TUN either: tun defaults to False)
+    assert p.steps == [] and p.line is None
     assert len(p.missing) == 1 and "sch_netem" in p.missing[0] and "40 ms RTT" in p.missing[0]
+    assert "TUN device for the userspace delay line" in p.missing[0]
 
 
 def test_loss_without_netem_drops_on_arrival_with_nftables():

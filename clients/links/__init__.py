@@ -1,4 +1,5 @@
-"""Emulated network links: two network namespaces joined by a veth pair, shaped by a profile.
+"""Emulated network links: two network namespaces joined by a veth pair shaped by a profile (or, for
+delay without netem, by two TUN devices and the userspace delay line).
 
     from serverzoo.clients.links import LinkedHosts
     with LinkedHosts("lossy") as link:                  # LinkUnavailable if it cannot be built
@@ -7,9 +8,13 @@
         with link.client_namespace():                   # sockets made here live in the client host
             ...                                         # connect to url
 
-profiles.py    link profiles (bench/links.toml): delay, jitter, rate, loss
-shaping.py     what the kernel offers (netem? tbf? nftables?) and the commands for a profile
+profiles.py    link profiles ([links.NAME] in bench/scenarios.toml): delay, jitter, rate, loss
+shaping.py     what the kernel offers (netem? tbf? nftables? TUN?) and the commands for a profile
 namespaces.py  LinkedHosts, leftover cleanup
+delay_line.py  the userspace delay line: a forwarder between two TUN devices (delay without netem)
+delay_schedule.py  its scheduling, sans-IO: delay, jitter, rate, queue, loss
+tun_link.py    the owner's side of the delay line; the capacity `serverzoo net check` measured
+line_check.py  measuring the delay line: delay against the setting, forwarding capacity
 watchdog.py    removes a run's namespaces if the process that made them dies without doing it
 command.py     `serverzoo net` (cleanup, links, check, up)
 """

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import click
 
 from .namespaces import LinkedHosts
-from .profiles import ProfileError
+from .profiles import LinkProfile, ProfileError
 from .shaping import LinkUnavailable
 
 EXIT_NO_LINK = 3
@@ -22,22 +22,24 @@ class NoLinkError(click.ClickException):
 def link_options(command: Callable) -> Callable:
     """Adds --link NAME and --links-file PATH to a click command (parameters `link`, `links_file`)."""
     command = click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-                           help="TOML file of link profiles. [bench/links.toml]")(command)
+                           help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")(command)
     return click.option("--link", "link", metavar="NAME", default=None,
                         help="Run the server and the client on two network namespaces joined by the "
                              "emulated link NAME (root; see `serverzoo net links`).")(command)
 
 
 @contextmanager
-def linked_hosts_or_exit(name: str | None, links_file: str | None = None) -> Iterator[LinkedHosts | None]:
-    """Yields None without a name; else an up LinkedHosts, removed afterwards whatever happens."""
+def linked_hosts_or_exit(name: str | LinkProfile | None,
+                         links_file: str | None = None) -> Iterator[LinkedHosts | None]:
+    """Yields None without a name; else an up LinkedHosts, removed afterwards whatever happens.
+    A LinkProfile instead of a name builds that exact profile (a resumed run's recorded one)."""
     if not name:
         yield None
         return
     try:
         link = LinkedHosts(name, links_file).__enter__()
     except (LinkUnavailable, ProfileError) as exc:
-        raise NoLinkError(f"--link {name}: {exc}") from None
+        raise NoLinkError(f"--link {getattr(name, 'name', name)}: {exc}") from None
     try:
         yield link
     finally:

@@ -1,4 +1,6 @@
-"""LinkedHosts: a server host and a client host, each a network namespace, joined by a veth pair.
+"""LinkedHosts: a server host and a client host, each a network namespace, joined by a veth pair,
+or, for a profile with delay on a kernel without netem, by two TUN devices and the userspace
+delay line (a forwarder process: delay_line.py).
 
 Names carry the owner's pid and start time (szoo-PID-START-N-srv), so parallel runs never
 collide and a leftover can be told from a live run's namespace. The namespaces go away on
@@ -6,8 +8,8 @@ normal exit, on exceptions and Ctrl-C (__exit__), on SIGTERM (turned into System
 the link is up), and if the owner is killed outright, a watchdog process removes them.
 `serverzoo net cleanup` removes what is left of dead runs.
 
-The two hosts talk over loopback-range addresses (127.18.0.1 and .2 on the veth; inside the
-namespaces 127/8 is no longer all-local and route_localnet lets it cross the veth). So a
+The two hosts talk over loopback-range addresses (127.18.0.1 and .2 on the veth or TUN; inside the
+namespaces 127/8 is no longer all-local and route_localnet lets it cross the link). So a
 client that forgets to enter the client namespace reaches this machine's own loopback, never
 a network: traffic cannot leave the machine by mistake, as it could with a routable address
 and the host's default route. The namespaces have no route anywhere else.
@@ -31,8 +33,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import shaping
+from .delay_line import CLIENT_TUN, SERVER_TUN, TUN_MTU
 from .profiles import LinkProfile, get_profile
 from .shaping import LinkUnavailable, sh
+from .tun_link import DelayLineProcess, load_measurement
 
 PREFIX = "szoo"
 NETNS_DIR = "/run/netns"
@@ -141,9 +145,16 @@ def entered(name: str) -> Iterator[None]:
 
 # -- the pair ------------------------------------------------------------------------------
 class LinkedHosts:
-    """Two namespaces ("server", "client") joined by a veth pair shaped by a profile."""
+    """Two namespaces ("server", "client") joined by a link shaped by a profile.
 
-    def __init__(self, profile: LinkProfile | str, links_file: str | None = None) -> None:
+    delay_line: None chooses (a veth shaped by the kernel; the userspace delay line only for delay
+    without netem), True always builds the delay line, False never does. delay_line_cpus pins the
+    forwarder (default: any CPU); seed makes its random drops and jitter repeatable (default: drawn
+    and recorded in describe())."""
+
+    def __init__(self, profile: LinkProfile | str, links_file: str | None = None, *,
+                 delay_line: bool | None = None, delay_line_cpus: list[int] | None = None,
+                 seed: int | None = None) -> None:
         self.profile = profile if isinstance(profile, LinkProfile) else get_profile(profile, links_file)
         self.server_ns, self.client_ns = new_names()
         # each end is created inside its own namespace, so these names never meet another run's
@@ -151,6 +162,9 @@ class LinkedHosts:
         self.server_addr, self.client_addr = SERVER_ADDR, CLIENT_ADDR
         self.support: shaping.KernelSupport | None = None
         self.applied: list[str] = []
+        self.line: DelayLineProcess | None = None
+        self._delay_line, self._line_cpus = delay_line, delay_line_cpus
+        self._seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
         self._procs: list[subprocess.Popen] = []
         self._watchdog: subprocess.Popen | None = None
         self._watchdog_pipe: int | None = None
@@ -163,14 +177,19 @@ class LinkedHosts:
         cleanup_leftovers()  # namespaces of earlier runs that died: never a live run's
         try:
             self._start_watchdog()
-            self._create()
+            self._create_namespaces()
             self.support = shaping.probe(self.server_ns)
             p = shaping.plan(self.profile, self.support,
                              [(self.server_ns, self.server_dev, self.client_ns, self.client_dev),
-                              (self.client_ns, self.client_dev, self.server_ns, self.server_dev)])
+                              (self.client_ns, self.client_dev, self.server_ns, self.server_dev)],
+                             delay_line=self._delay_line, measured=load_measurement())
             if p.missing:
                 raise LinkUnavailable(f"link {self.profile.name!r} cannot be built here: " + "; ".join(p.missing))
-            shaping.apply(p)
+            if p.line is not None:
+                self._join_by_delay_line(p.line)
+            else:
+                self._join_by_veth()
+                shaping.apply(p)
             self.applied = p.applied
             self._trap_sigterm()
             self._up = True
@@ -182,28 +201,50 @@ class LinkedHosts:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _create(self) -> None:
-        s, c = self.server_ns, self.client_ns
-        sh(["ip", "netns", "add", s])
-        sh(["ip", "netns", "add", c])
-        # both ends are created directly inside their namespaces: no name ever appears on the host
-        sh(["ip", "link", "add", self.server_dev, "netns", s, "type", "veth", "peer", "name", self.client_dev,
-            "netns", c])
-        for ns, dev, addr in ((s, self.server_dev, SERVER_ADDR), (c, self.client_dev, CLIENT_ADDR)):
-            # lo keeps only 127.0.0.1, so the rest of 127/8 may be routed over the veth
+    def _create_namespaces(self) -> None:
+        for ns in (self.server_ns, self.client_ns):
+            sh(["ip", "netns", "add", ns])
+            # lo keeps only 127.0.0.1, so the rest of 127/8 may be routed over the link
             sh(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
             sh(["ip", "-n", ns, "addr", "del", "127.0.0.1/8", "dev", "lo"])
             sh(["ip", "-n", ns, "addr", "add", "127.0.0.1/32", "dev", "lo"])
-            with entered(ns), open("/proc/sys/net/ipv4/conf/all/route_localnet", "w") as f:
-                f.write("1")  # /proc/sys/net is the opening thread's namespace's
+            self._write_sysctl(ns, "net/ipv4/conf/all/route_localnet", "1")
+
+    @staticmethod
+    def _write_sysctl(ns: str, key: str, value: str) -> None:
+        with entered(ns), open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)  # /proc/sys/net is the opening thread's namespace's
+
+    def _join_by_veth(self) -> None:
+        # both ends are created directly inside their namespaces: no name ever appears on the host
+        sh(["ip", "link", "add", self.server_dev, "netns", self.server_ns, "type", "veth", "peer", "name",
+            self.client_dev, "netns", self.client_ns])
+        self._address()
+
+    def _join_by_delay_line(self, settings) -> None:
+        self.server_dev, self.client_dev = SERVER_TUN, CLIENT_TUN
+        self.line = DelayLineProcess(self.server_ns, self.client_ns, settings, self._seed, self._line_cpus)
+        self.line.start()  # it creates both devices; they live as long as it does
+        for ns, dev in ((self.server_ns, self.server_dev), (self.client_ns, self.client_dev)):
+            sh(["ip", "-n", ns, "link", "set", "dev", dev, "mtu", str(TUN_MTU)])
+            if os.path.exists("/proc/sys/net/ipv6"):  # IPv6 would only add router solicitations to its counts
+                self._write_sysctl(ns, f"net/ipv6/conf/{dev}/disable_ipv6", "1")
+        self._address()
+
+    def _address(self) -> None:
+        for ns, dev, addr in ((self.server_ns, self.server_dev, SERVER_ADDR),
+                              (self.client_ns, self.client_dev, CLIENT_ADDR)):
             sh(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", dev])
             sh(["ip", "-n", ns, "link", "set", "dev", dev, "up"])
 
     def close(self) -> None:
-        """Stop our processes, delete both namespaces (and with them the veth, qdiscs and rules)."""
+        """Stop our processes and the delay line, delete both namespaces (and with them the veth,
+        qdiscs and rules)."""
         for proc in self._procs:
             _stop(proc)
         self._procs.clear()
+        if self.line is not None:
+            self.line.stop()  # keeps its final figures for describe()
         for name in (self.server_ns, self.client_ns):
             remove_namespace(name)
         self._stop_watchdog()
@@ -306,10 +347,13 @@ class LinkedHosts:
         return entered(self.server_ns)
 
     def describe(self) -> dict:
-        """For JSON results: the profile, what was applied, and how."""
+        """For JSON results: the profile, what was applied, and how (with the delay line: its
+        settings, where it runs, and its figures so far, or its final ones after close())."""
         return {"profile": self.profile.to_dict(), "applied": self.applied,
                 "server_addr": self.server_addr, "client_addr": self.client_addr,
-                "kernel": self.support.to_dict() if self.support else None}
+                "kernel": self.support.to_dict() if self.support else None,
+                "via": "delay-line" if self.line else "veth",
+                "delay_line": self.line.describe() if self.line else None}
 
 
 def _raise_exit(_sig, _frame) -> None:

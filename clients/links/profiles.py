@@ -1,4 +1,8 @@
-"""Link profiles: what a link adds, read from a TOML file (bench/links.toml by default)."""
+"""Link profiles: what a link adds, read from the [links.NAME] tables of a TOML file.
+
+By default that file is bench/scenarios.toml, so the links a benchmark runs over are defined
+beside its scenarios; any TOML with [links.NAME] tables will do (`--links-file`).
+"""
 
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ class LinkProfile:
 
 
 def default_links_file() -> str:
-    return str(importlib.resources.files("serverzoo.bench") / "links.toml")
+    """bench/scenarios.toml, where the link profiles live beside the scenarios."""
+    return str(importlib.resources.files("serverzoo.bench") / "scenarios.toml")
 
 
 def load_profiles(path: str | None = None) -> dict[str, LinkProfile]:
@@ -68,17 +73,21 @@ def load_profiles(path: str | None = None) -> dict[str, LinkProfile]:
         raise ProfileError(f"cannot read links file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"links file {path}: {exc}") from None
-    links = data.get("links")
-    if not isinstance(links, dict):
+    if not isinstance(data.get("links"), dict):
         raise ProfileError(f"links file {path}: no [links.NAME] tables")
+    return profiles_from_tables(data["links"], f"links file {path}")
+
+
+def profiles_from_tables(links: dict, where: str) -> dict[str, LinkProfile]:
+    """The profiles of an already parsed [links] table (`where` names the file in messages)."""
     profiles = {}
     allowed = {"description", *NUMBER_FIELDS}
     for name, table in links.items():
         if not isinstance(table, dict):
-            raise ProfileError(f"links file {path}: links.{name} must be a table")
+            raise ProfileError(f"{where}: links.{name} must be a table")
         unknown = set(table) - allowed
         if unknown:
-            raise ProfileError(f"links file {path}: links.{name}: unknown key(s) {', '.join(sorted(unknown))} "
+            raise ProfileError(f"{where}: links.{name}: unknown key(s) {', '.join(sorted(unknown))} "
                                f"(known: {', '.join(sorted(allowed))})")
         profiles[name] = LinkProfile(name=name, **table)
     return profiles

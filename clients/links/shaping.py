@@ -1,7 +1,9 @@
 """What the kernel offers for shaping, and the commands that give a link its profile.
 
-Each direction is shaped on the egress of the veth end that sends it:
-- delay and jitter: netem, the only way (no fallback exists; without netem the profile fails);
+Two ways to build a link:
+- a veth pair shaped by the kernel (first choice). Each direction is shaped on the egress of
+  the veth end that sends it:
+- delay and jitter: netem;
 - rate: tbf (a child of netem when netem is used, else the root qdisc);
 - loss: netem where the kernel has it; else an nftables rule on the *receiving* side's
   prerouting hook that drops at random (dropping on the sender's own output hook would hand
@@ -9,6 +11,11 @@ Each direction is shaped on the egress of the veth end that sends it:
 A lossy link is also set to MTU-sized packets (gso_max_segs 1): else the stack hands the veth
 64 KiB TCP super-packets, and one random drop would take out ~45 wire packets at once. Links
 without loss keep the offload, as a real host with TSO does (tbf cuts super-packets itself).
+- where a profile needs delay and the kernel has no netem: two TUN devices joined by the
+  userspace delay line (delay_line.py), which applies the whole profile itself (delay,
+  jitter, rate, queue, loss) and carries only as much as one Python process can forward;
+  `applied` says so, with the capacity `serverzoo net check` measured here. No kernel: the
+  profile fails, naming each missing part, and never runs without it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from .delay_line import TUN_MTU
+from .delay_schedule import LineSettings
 from .profiles import LinkProfile
 
 NETEM_LIMIT = 10000          # packets netem may hold: enough for 1 Gbit/s x 100 ms of delay
@@ -59,6 +68,8 @@ class KernelSupport:
     tbf_error: str | None
     nft: bool
     nft_error: str | None
+    tun: bool = False
+    tun_error: str | None = "not probed"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -79,7 +90,11 @@ def probe(ns: str) -> KernelSupport:
     else:
         nft_error = try_sh(["ip", "netns", "exec", ns, "nft", "-f", "-"],
                            "table inet szoo_probe {}\ndelete table inet szoo_probe\n")
-    return KernelSupport(netem_error is None, netem_error, tbf_error is None, tbf_error, nft_error is None, nft_error)
+    tun_error = try_sh(["ip", "-n", ns, "tuntap", "add", "dev", "szoo-probe", "mode", "tun"])
+    if tun_error is None:
+        try_sh(["ip", "-n", ns, "tuntap", "del", "dev", "szoo-probe", "mode", "tun"])
+    return KernelSupport(netem_error is None, netem_error, tbf_error is None, tbf_error, nft_error is None, nft_error,
+                         tun_error is None, tun_error)
 
 
 @dataclass
@@ -94,18 +109,27 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)   # plain-language, one per part
     missing: list[str] = field(default_factory=list)   # parts this kernel cannot do
+    line: LineSettings | None = None                    # set: build the userspace delay line, no steps
 
 
-def plan(profile: LinkProfile, support: KernelSupport, egress: list[tuple[str, str, str, str]]) -> Plan:
+def plan(profile: LinkProfile, support: KernelSupport, egress: list[tuple[str, str, str, str]],
+         delay_line: bool | None = None, measured: dict | None = None) -> Plan:
     """Commands for the profile. egress: (namespace, device, peer namespace, peer device) for each
-    direction; the profile applies to each."""
+    direction; the profile applies to each. delay_line: None chooses (netem first, the delay line
+    for delay without netem), True always uses it, False never. measured: what `serverzoo net
+    check` measured of the delay line here (tun_link.load_measurement())."""
     p = Plan()
     needs_delay = profile.rtt_ms > 0 or profile.jitter_ms > 0
+    if delay_line or (delay_line is None and needs_delay and not support.netem):
+        if support.tun:
+            p.line = LineSettings.from_profile(profile)
+            p.applied = _line_applied(profile, support, measured)
+            return p
+        if delay_line:
+            p.missing.append(f"the userspace delay line needs a TUN device ({support.tun_error})")
+            return p
     if needs_delay and not support.netem:
-        p.missing.append(f"delay ({profile.rtt_ms:g} ms RTT"
-                         + (f", jitter {profile.jitter_ms:g} ms" if profile.jitter_ms else "")
-                         + f") needs sch_netem, which this kernel lacks ({support.netem_error}); "
-                           "nothing else can delay packets")
+        p.missing.append(_delay_needs(profile, support))
     if profile.rate_mbit and not support.tbf:
         p.missing.append(f"rate {profile.rate_mbit:g} Mbit/s needs tbf ({support.tbf_error})")
     loss_by_netem = profile.loss_percent > 0 and support.netem
@@ -156,6 +180,62 @@ def plan(profile: LinkProfile, support: KernelSupport, egress: list[tuple[str, s
     if not p.applied:
         p.applied.append("nothing added: the bare veth pair")
     return p
+
+
+def _delay_needs(profile: LinkProfile, support: KernelSupport) -> str:
+    return (f"delay ({profile.rtt_ms:g} ms RTT" + (f", jitter {profile.jitter_ms:g} ms" if profile.jitter_ms else "")
+            + f") needs sch_netem, which this kernel lacks ({support.netem_error}), or a TUN device for the "
+              f"userspace delay line ({support.tun_error})")
+
+
+def _line_applied(profile: LinkProfile, support: KernelSupport, measured: dict | None) -> list[str]:
+    how = "userspace delay line (TUN, " + ("netem unavailable)" if not support.netem else "chosen over netem)")
+    applied = []
+    if profile.rtt_ms or profile.jitter_ms:
+        applied.append(f"delay {profile.delay_ms:g} ms each way ({profile.rtt_ms:g} ms RTT)"
+                       + (f", jitter ±{profile.jitter_ms:g} ms uniform, order kept" if profile.jitter_ms else "")
+                       + f": {how}")
+    else:
+        applied.append(f"no delay: {how}")
+    if profile.rate_mbit:
+        applied.append(f"rate {profile.rate_mbit:g} Mbit/s each way, queue {profile.queue_ms:g} ms: the delay line "
+                       "(serialized at the rate, tail drop)")
+    if profile.loss_percent:
+        applied.append(f"loss {profile.loss_percent:g}% each way: the delay line (seeded random drop)")
+    applied.append(f"packets MTU-sized ({TUN_MTU}, no segmentation offload), each moved by one Python process")
+    applied += measured_notes(profile, measured)
+    return applied
+
+
+def measured_notes(profile: LinkProfile, measured: dict | None) -> list[str]:
+    """What `serverzoo net check` measured of the delay line here, as it bears on this profile:
+    what it adds to the delay, what it can carry; WARNING where the profile asks for less delay
+    than the line adds by itself, or for more rate than it carries."""
+    capacity = (measured or {}).get("capacity")
+    if not capacity:
+        return ["the delay line's precision and capacity on this machine are not measured (`serverzoo net check` "
+                "measures them)" + (f": it may carry less than {profile.rate_mbit:g} Mbit/s" if profile.rate_mbit
+                                    else "")]
+    when = f"measured {measured.get('date', '?')[:16]} by `serverzoo net check`"
+    notes = []
+    delay = measured.get("delay", {})
+    if "one_way_ms" in delay:
+        added = delay["one_way_ms"]["p50"] - delay["rtt_ms_set"] / 2
+        if profile.delay_ms and added > 0.25 * profile.delay_ms:
+            notes.append(f"WARNING: delay {profile.delay_ms:g} ms each way is small beside what the line adds by "
+                         f"itself ({added:.2f} ms each way, p50, {when}): this link's delay is about "
+                         f"{profile.delay_ms + added:.2f} ms each way")
+        else:
+            notes.append(f"the line adds {added:.2f} ms each way to its setting (p50, {when})")
+    carried = (f"{capacity['mbit_s']:.0f} Mbit/s, {capacity['packets_s'] / 1000:.1f}k packets/s "
+               f"(TCP bulk, {when})")
+    if profile.rate_mbit and profile.rate_mbit > capacity["mbit_s"]:
+        notes.append(f"WARNING: rate {profile.rate_mbit:g} Mbit/s is more than the delay line carried on this "
+                     f"machine ({carried}): across this link the forwarder, not the profile, limits the rate")
+    else:
+        notes.append(f"the delay line carried {carried} here"
+                     + ("" if profile.rate_mbit else ": it caps a link without a rate"))
+    return notes
 
 
 def apply(p: Plan) -> None:

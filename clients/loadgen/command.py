@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+from typing import NoReturn
 
 import click
 
+from ..links.cli_support import EXIT_NO_LINK, link_options
 from .corpus import DEFAULT_SIZES, CorpusError, parse_size
 from .options import ARRIVALS, CONN_MODES, LOOPS, OptionError, parse_cpu_list, parse_duration
 
@@ -59,13 +62,20 @@ Examples:
   serverzoo load http://127.0.0.1:8000/ --corpus corpus --zipf 1.0 -R 2000 --json run.json
   serverzoo load http://127.0.0.1:8000/1KiB.bin --conn-mode new -n 10000
   serverzoo load 'http://127.0.0.1:8000/_/work?cpu=20&wait=5' -c 32 --cpus 1 --server-pid 1234
+  serverzoo load /1KiB.bin --serve asyncio-uvloop --corpus corpus -c 64 -d 10s --server-cpus 0 --cpus 1
+  serverzoo load /64KiB.bin --serve threading --corpus corpus --link lossy -n 2000
 \b
-Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad settings.
+With --serve MODEL the run starts its own server (on --root, or the --corpus directory),
+samples it, and stops it afterwards; the targets are then paths. --link NAME (root) puts
+that server and the generator on the two ends of an emulated link (`serverzoo net links`).
+\b
+Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad settings or a
+server that did not start, 3 when the --link cannot be built here.
 """
 
 
 @click.command("load", epilog=EPILOG)
-@click.argument("urls", nargs=-1, required=True, metavar="URL [URL...]")
+@click.argument("urls", nargs=-1, required=True, metavar="URL|PATH [URL|PATH...]")
 @click.option("-c", "--connections", type=int, default=10, show_default=True, help="Connections (virtual clients).")
 @click.option("-d", "--duration", type=DURATION, help="Measured time, e.g. 10s, 500ms, 2m. [10s]")
 @click.option("-n", "--requests", type=int, help="Measure exactly this many requests instead of a duration.")
@@ -80,8 +90,15 @@ Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad setti
 @click.option("--ramp-up", "ramp_up_s", type=DURATION, default=0, help="Open the connections gradually over this time (not counted).")
 @click.option("-w", "--workers", type=int, help="Generator processes. [one per CPU of --cpus, or per usable CPU]")
 @click.option("--cpus", type=CPUS, help="Pin the generator: worker i on the i-th CPU of this list (e.g. 1 or 2-3).")
-@click.option("--server-pid", type=int, help="Sample this process tree's CPU and RSS during the run.")
-@click.option("--server-cpus", type=CPUS, help="Where the server is pinned (recorded, checked against --cpus).")
+@click.option("--server-pid", type=int, help="Sample this process tree's CPU and RSS during the run. [--serve: its own]")
+@click.option("--server-cpus", type=CPUS,
+              help="Where the server is pinned (recorded, checked against --cpus); --serve pins it there.")
+@click.option("--serve", metavar="MODEL",
+              help="Start `serverzoo serve MODEL` for this run (a model of `serverzoo models`, or a variant such "
+                   "as asyncio-uvloop), pinned to --server-cpus, sampled, stopped afterwards. Targets are paths.")
+@click.option("--root", type=click.Path(), help="Directory the --serve server serves. [the --corpus directory]")
+@click.option("--server-args", metavar="'ARGS'", help="More `serverzoo serve` arguments for --serve, e.g. '--workers 2'.")
+@link_options
 @click.option("--mix", "mix_file", type=click.Path(dir_okay=False), help="Request mix: lines 'WEIGHT PATH'.")
 @click.option("--corpus", type=click.Path(), help="Corpus directory (manifest.json): bodies are verified against it.")
 @click.option("--zipf", type=float, help="Request every corpus file, by Zipf popularity with this exponent.")
@@ -107,27 +124,38 @@ Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad setti
               help="Workers' event loop (auto: uvloop when installed).")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the result document (- for stdout).")
 @click.option("--live/--quiet", default=None, help="Live status line. [on when stderr is a terminal]")
-def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, **kwargs) -> None:
-    """Load URL's server with HTTP/1.1 requests and report throughput, latency and errors.
+def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, server_args: str | None,
+                 **kwargs) -> None:
+    """Load URL's server (or, with --serve, one started for the run) with HTTP/1.1 requests
+    and report throughput, latency and errors.
 
     Every response is verified (status, Content-Length, and the body against --corpus's
     manifest or the work endpoint's known reply). Closed loop by default; -R gives an open
     loop whose latency is timed from each request's scheduled time (no coordinated
     omission), reported beside the uncorrected view.
     """
+    from ..links import LinkUnavailable
+    from ..links.profiles import ProfileError
     from . import LoadError, LoadOptions, run_load
+    from .coordinator import check_options
     from .report import summary_text
 
     kwargs["headers"] = list(kwargs["headers"])
     kwargs["percentiles"] = list(kwargs["percentiles"])
     if live is None:
         live = sys.stderr.isatty()
-    opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, **kwargs)
     try:
+        extra = shlex.split(server_args or "")
+    except ValueError as exc:
+        _fail(f"--server-args {server_args!r}: {exc}", 2)
+    opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, server_args=extra, **kwargs)
+    try:
+        check_options(opts)  # before a link is built: that takes a moment
         doc = run_load(opts)
     except (OptionError, LoadError) as exc:
-        click.echo(f"serverzoo load: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
+    except (LinkUnavailable, ProfileError) as exc:
+        _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
     text = summary_text(doc)
     if json_path == "-":
         click.echo(text, err=True)
@@ -144,6 +172,11 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
                 click.echo(f"serverzoo load: cannot write {json_path}: {exc.strerror or exc}", err=True)
                 sys.exit(2)
     sys.exit(1 if doc["errors"]["total"] else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"serverzoo load: {message}", err=True)
+    sys.exit(code)
 
 
 @click.command("corpus")

@@ -5,6 +5,7 @@ serverzoo.clients.loadgen.worker`), hands each its share, waits until all are re
 gives them one start time on the shared monotonic clock, samples the server's process
 tree meanwhile, shows the live line, and merges what the workers send back: histograms
 are added (exact at their precision), counters summed, timelines aligned by second.
+With --serve it first starts the server (serving.py), over a --link if given.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from time import monotonic_ns
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -27,7 +29,10 @@ from .report import LiveLine
 from .server_sampler import ServerSampler
 from .messages import parse_messages, write_message
 from .state import WorkerShare, split
-from .targets import Plan, build_plan
+from .targets import Plan, build_plan, served_url
+
+if TYPE_CHECKING:
+    from ..links import LinkedHosts
 
 SCHEMA = "serverzoo.load/1"
 READY_TIMEOUT_S = 30.0
@@ -37,6 +42,7 @@ CPU_BOUND_PERCENT = 90.0
 JUDGE_MIN_S = 0.5  # shorter windows are not judged client-bound or not
 WAIT_BOUND_PERCENT = 10.0  # runnable but not running this share of the window: starved of CPU
 SLIP_BOUND_US = 10_000
+PLACEHOLDER_BASE = "http://127.0.0.1:80/"  # --serve's targets are checked against it before the server starts
 
 
 class LoadError(RuntimeError):
@@ -110,21 +116,49 @@ def make_shares(opts: LoadOptions) -> list[WorkerShare]:
     return shares
 
 
-def run_load(opts: LoadOptions) -> dict:
+def check_options(opts: LoadOptions) -> None:
+    """OptionError (one line) for settings that cannot mean anything, before anything is started."""
+    opts.validate()
+    build_plan(opts, PLACEHOLDER_BASE if opts.serve is not None else None)
+
+
+def run_load(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> dict:
     """Run a load test and return its result document (schema serverzoo.load/1). Blocks until done.
 
-    Raises OptionError for meaningless settings, LoadError when a worker process fails.
+    With opts.serve it starts that server for the run and stops it afterwards; with opts.link
+    (or hosts, an up LinkedHosts to use instead of building one) the server runs on the link's
+    server host and every worker process on its client host.
+    Raises OptionError for meaningless settings, LoadError when a worker process fails or the
+    server does not start, LinkUnavailable or ProfileError when opts.link cannot be built.
     Ctrl-C (KeyboardInterrupt) ends the measured window early; the result covers what ran.
     """
-    opts.validate()
-    plan = build_plan(opts)
+    if opts.serve is None:
+        opts.validate()
+        if hosts is not None:
+            raise OptionError("a link needs a server started on its server host: set serve (--serve MODEL)")
+        return _measure(opts, build_plan(opts), opts.server_pid)
+    check_options(opts)  # the workload's own mistakes are reported before a server or a link is started
+    from .serving import ServerNotStarted, served
+    try:
+        with served(opts, hosts) as run:
+            plan = build_plan(opts, run.url)
+            with run.client_side():  # the worker processes are forked here: on the link's client host
+                doc = _measure(opts, plan, run.pid)
+    except ServerNotStarted as exc:
+        raise LoadError(str(exc), exc.details) from None
+    doc["url"] = served_url(opts.url, run.url)
+    run.add_to(doc)
+    return doc
+
+
+def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
     shares = make_shares(opts)
     sampler = None
-    if opts.server_pid is not None:
+    if server_pid is not None:
         try:
-            sampler = ServerSampler(opts.server_pid)
+            sampler = ServerSampler(server_pid)
         except psutil.Error as exc:
-            raise OptionError(f"cannot watch --server-pid {opts.server_pid}: {exc}") from None
+            raise OptionError(f"cannot watch --server-pid {server_pid}: {exc}") from None
     live = LiveLine(sys.stderr) if opts.live else None
     workers = [_WorkerProcess(s, opts, plan) for s in shares]
     try:
@@ -264,6 +298,14 @@ def _merge_phase(results: list[dict], name: str, extra: list[float]) -> dict:
     return out
 
 
+def _unfinished(results: list[dict], slowest_us: int | None) -> dict:
+    """The requests still owed when the measured window closed (sent or due, no response yet)."""
+    ages = sorted(age for r in results for age in r["unfinished_us"])
+    return {"count": len(ages), "oldest_us": ages[-1] if ages else None,
+            "median_age_us": ages[len(ages) // 2] if ages else None,
+            "longer_than_max": sum(age > (slowest_us or 0) for age in ages)}
+
+
 def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
     longest = max((len(r["timeline"]) for r in results), default=0)
     out = []
@@ -355,6 +397,12 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
         if opts.requests is None and achieved < 0.95 * opts.rate:
             warnings.append(f"target rate not reached: {achieved:.0f} of {opts.rate:g} req/s "
                             f"({queued} requests waited for a busy connection)")
+    unfinished = _unfinished(results, m["latency_us"]["max"])
+    if unfinished["longer_than_max"]:
+        warnings.append(f"{unfinished['count']} requests were still waiting when the window closed, "
+                        f"{unfinished['longer_than_max']} of them for longer than the slowest measured "
+                        f"response (the oldest for {unfinished['oldest_us'] / 1000:.1f} ms); the latency "
+                        f"figures leave them out")
     server = None
     if sampler is not None:
         end_ns = m["start_ns"] + int(elapsed * 1e9)
@@ -375,6 +423,7 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
         "targets": _targets_with_counts(plan, results),
         "requests": requests,
         "errors": errors,
+        "unfinished": unfinished,
         "elapsed_s": elapsed,
         "rps": round(requests / elapsed, 3) if elapsed > 0 else 0.0,
         "bytes": m["bytes"],
@@ -392,6 +441,8 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
         "warmup": _phase_brief(warm),
         "ramp_up": _phase_brief(ramp),
         "adversaries": adversaries,
+        "server_process": None,  # run_load fills these in for a server it started (--serve) and its --link
+        "link": None,
         "warnings": warnings,
         "interrupted": interrupted,
     }

@@ -94,6 +94,12 @@ class Driver:
             self.connect_timed_out = True
             self.connecting.cancel()
 
+    def owed_since(self) -> list[int]:
+        """Start times (ns) of the requests this driver took and has not finished: on the wire, or
+        waiting for a connection or (open loop) for the connection to be free."""
+        conn = self.conn
+        return [conn.start_ns] * len(conn.inflight) if conn is not None and not conn.ended else []
+
     def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
@@ -157,6 +163,9 @@ class ClosedLoopDriver(Driver):
             self.connect()
             return
         self.conn.send_batch(targets, monotonic_ns(), run.phase)
+
+    def owed_since(self) -> list[int]:
+        return super().owed_since() + [self.connect_started] * len(self.pending or ())
 
     def on_connected(self, conn) -> None:
         targets, self.pending = self.pending, None
@@ -276,6 +285,10 @@ class OpenLoopDriver(Driver):
             self.connect()
             return
         conn.send(target, start_ns, monotonic_ns(), phase)
+
+    def owed_since(self) -> list[int]:
+        waiting = [self.pending[1]] if self.pending else []
+        return super().owed_since() + waiting + [sched for sched, _target, _phase in self.queue]
 
     def on_connected(self, conn) -> None:
         (target, start, phase), self.pending = self.pending, None

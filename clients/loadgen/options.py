@@ -38,6 +38,11 @@ class LoadOptions:
     Adversaries held during the run: idle connections, slow_readers (reading slow_read_rate
     bytes/s of slow_read_path, default the largest target), slow_senders (one byte of the
     request head every slow_send_interval_s).
+    A server for the run: serve (a model of `serverzoo models` or a variant such as
+    asyncio-uvloop) is started on root (default: corpus) with server_args, pinned to
+    server_cpus, sampled, and stopped afterwards; url and urls are then paths (/1KiB.bin).
+    link (a profile of links_file) runs that server and the workers on two network
+    namespaces joined by the emulated link (root and iproute2).
     """
 
     url: str
@@ -76,6 +81,11 @@ class LoadOptions:
     seed: int = 0
     loop: str = "auto"  # the workers' event loop: auto (uvloop if installed), uvloop or asyncio
     live: bool = False
+    serve: str | None = None  # start this server model (or variant) for the run
+    root: str | None = None  # its docroot; default: corpus
+    server_args: list[str] = field(default_factory=list)  # more `serverzoo serve` arguments
+    link: str | None = None  # emulated link profile between the server and the workers
+    links_file: str | None = None
 
     # -- derived -------------------------------------------------------------------
     @property
@@ -172,6 +182,7 @@ class LoadOptions:
             _check(re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*$", h) is not None,
                    f"not a header line: {h!r} (write 'Name: value')")
         self._check_cpus()
+        self._check_serve()
         if self.server_pid is not None:
             _check(self.server_pid > 0 and _pid_exists(self.server_pid), f"no process with --server-pid {self.server_pid}")
 
@@ -184,6 +195,31 @@ class LoadOptions:
             _check(len(self.cpus) > 0, "--cpus is empty")
             missing = sorted(set(self.cpus) - usable)
             _check(not missing, f"--cpus {_cpu_list(missing)} not available here (usable: {_cpu_list(sorted(usable))})")
+        if self.server_cpus is not None and self.serve is not None:  # they pin the server we start
+            _check(len(self.server_cpus) > 0, "--server-cpus is empty")
+            missing = sorted(set(self.server_cpus) - usable)
+            _check(not missing, f"--server-cpus {_cpu_list(missing)} not available here "
+                                f"(usable: {_cpu_list(sorted(usable))})")
+
+    def _check_serve(self) -> None:
+        _check(self.links_file is None or self.link is not None, "--links-file applies to --link")
+        if self.serve is None:
+            _check(self.link is None, "--link runs the server on the link's server host: give --serve MODEL too")
+            _check(self.root is None, "--root is the directory of the server --serve starts; give --serve MODEL too")
+            _check(not self.server_args, "--server-args applies to --serve")
+            _check(not self.url.startswith("/"), f"{self.url} is a path: give a full URL "
+                                                 f"(http://HOST:PORT{self.url}), or --serve MODEL to start a server")
+            return
+        from .serving import resolve_server
+        resolve_server(self.serve)
+        _check(self.server_pid is None, "--serve samples the server it starts; drop --server-pid")
+        root = self.root if self.root is not None else self.corpus
+        _check(root is not None, "--serve needs a directory to serve: give --root DIR (or --corpus DIR)")
+        _check(os.path.isdir(root), f"{'--root' if self.root is not None else '--corpus'} {root}: not a directory")
+        for t in [self.url, *self.urls]:
+            _check("://" not in t, f"with --serve, give paths like /1KiB.bin, not URLs ({t}): "
+                                   f"the server's address is known once it starts")
+        _check(self.url.startswith("/"), f"with --serve, the first target is a path starting with /: {self.url!r}")
 
 
 def _check(ok: bool, message: str) -> None:

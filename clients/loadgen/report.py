@@ -73,6 +73,14 @@ def summary_text(doc: dict) -> str:
     lines = []
     span = f"{o['duration_resolved']:g}s" if o["duration_resolved"] is not None else f"{o['requests']} requests"
     lines.append(f"Running {span} test @ {doc['url']}")
+    started = doc.get("server_process")
+    if started:
+        cpus = f", CPU {','.join(map(str, started['cpus']))}" if started["cpus"] else ""
+        lines.append(f"  server {started['name']} started for this run (pid {started['pid']}{cpus}), "
+                     f"serving {started['root']}")
+    link = doc.get("link")
+    if link:
+        lines.append(f"  over link {link['profile']['name']}: " + "; ".join(link.get("applied") or []))
     loops = sorted({w["loop"] for w in doc["client"]["workers"]})
     cpus = [w["cpu"] for w in doc["client"]["workers"] if w["cpu"] is not None]
     where = f", CPU {','.join(map(str, cpus))}" if cpus else ""
@@ -91,6 +99,10 @@ def summary_text(doc: dict) -> str:
     else:
         lines += _latency_rows("", doc["latency_us"], keys)
     lines.append(f"  {doc['requests']} requests in {doc['elapsed_s']:.2f}s, {fmt_bytes(doc['bytes'])} read")
+    u = doc["unfinished"]
+    if u["count"]:
+        lines.append(f"  {u['count']} requests still waiting at the end (not in the latency figures): "
+                     f"median wait {fmt_us(u['median_age_us'])}, oldest {fmt_us(u['oldest_us'])}")
     errors = doc["errors"]
     if errors["total"]:
         detail = ", ".join(f"{k} {v}" for k, v in errors.items() if k != "total")

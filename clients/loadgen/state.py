@@ -102,6 +102,7 @@ class Run:
         self.slip = array("q")  # open loop: how late our timer sent a request to a free connection (us)
         self.lag = array("q")  # loop lag probes (us)
         self.marks: list[tuple[int, int, int, int, int]] = []  # (ns, completed, uncorrected, errors, bytes)
+        self.unfinished_us: list[int] = []  # ages of the requests still owed when the window closed
         self.finished = loop.create_future()
 
     # -- what to send ------------------------------------------------------------------
@@ -159,6 +160,10 @@ class Run:
         if self.phase.name != "measure":
             return
         self.mark()
+        # requests still owed now are in no latency figure: their ages are reported instead,
+        # so a server that leaves some clients waiting cannot look faster for it
+        now = monotonic_ns()
+        self.unfinished_us = [(now - since) // 1000 for d in self.drivers for since in d.owed_since()]
         self.enter("after")
         self.stop()
 

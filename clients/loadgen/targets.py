@@ -2,7 +2,8 @@
 
 A run talks to one server (scheme, host, port). The first URL is also the base that
 relative paths (mix file lines, corpus names) are resolved against: http://h:p/files/
-serves corpus names as /files/NAME. A URL whose path ends in "/" is only a base when a
+serves corpus names as /files/NAME. With --serve the URLs are paths on the server the run
+starts, and its address is the base. A URL whose path ends in "/" is only a base when a
 mix, a Zipf corpus or --work supplies the targets; otherwise every URL is a target.
 
 Each target knows its expected status and, when it can, its expected Content-Length and
@@ -145,8 +146,16 @@ def zipf_weights(n: int, exponent: float) -> list[float]:
     return [1.0 / (rank ** exponent) for rank in range(1, n + 1)]
 
 
-def build_plan(opts: LoadOptions) -> Plan:
-    server, first_target = parse_server(opts.url)
+def served_url(path: str, base_url: str) -> str:
+    """A --serve target path (/1KiB.bin) as a URL on the started server (http://HOST:PORT/)."""
+    return base_url.rstrip("/") + path
+
+
+def build_plan(opts: LoadOptions, base_url: str | None = None) -> Plan:
+    """The targets of a run. With opts.serve, base_url is the started server's URL (its paths resolve there)."""
+    if opts.serve is not None and base_url is None:
+        raise ValueError("a run with serve needs the started server's base_url")
+    server, first_target = parse_server(served_url(opts.url, base_url) if opts.serve is not None else opts.url)
     manifest: Manifest | None = None
     if opts.corpus is not None:
         try:

@@ -243,6 +243,7 @@ class Worker:
             "phases": phases,
             "timeline": timeline,
             "cpu_s": cpu_s,
+            "unfinished_us": run.unfinished_us,
             "runqueue_wait_s": wait_s,
             "lag": latency.RawStats.of(run.lag).to_dict() | {
                 "p50_us": _quantile(run.lag, 0.5), "p99_us": _quantile(run.lag, 0.99)},

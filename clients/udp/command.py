@@ -208,7 +208,8 @@ def _stream_lines(r: dict) -> list[str]:
 @udp_group.command("compare")
 @click.option("--links", default="veth,lossy,slow,lossy-slow,lan,wan", show_default=True,
               help="Comma-separated link profiles to measure after loopback ('' for loopback only).")
-@click.option("--links-file", type=click.Path(dir_okay=False), default=None, help="[bench/links.toml]")
+@click.option("--links-file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")
 @click.option("--rate", callback=_rate, default="50M", show_default=True, help="UDP stream's offered rate.")
 @click.option("--size", type=click.IntRange(28, 65507), default=1400, show_default=True)
 @click.option("--time", "seconds", type=click.FloatRange(0.2, 600), default=5.0, show_default=True,
