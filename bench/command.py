@@ -305,7 +305,9 @@ def report_command(runs: tuple[str, ...], html_path: str | None, md_path: str | 
     With neither --html nor --md, writes both next to the last RUN (RUN.html, RUN.md).
     With several runs, the last is reported in full and each earlier run gets a delta
     table against it; an earlier run over another network (loopback vs --link wan) is
-    put side by side with it instead, rows labelled "model @link".
+    put side by side with it instead, rows labelled "model @link". A RUN may also be a
+    `serverzoo udp compare --json` result, in any position: it becomes the report's
+    "TCP vs UDP" section (a report of those alone is that section).
     """
     from .report import write_reports
 

@@ -340,3 +340,100 @@ def errors_chart(view: RunView, caption: str) -> str:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="x")
     return _svg(fig, caption)
+
+
+# -- TCP vs UDP (from `serverzoo udp compare` results) ------------------------------------------------
+UDP_SERIES = {"UDP received": 0, "UDP clean up to (sweep)": 9, "TCP stream goodput": 1}
+RTT_SERIES = {"udp": ("UDP", 0), "keep-alive": ("TCP keep-alive", 1), "fresh": ("TCP fresh connection", 2)}
+
+
+def _place_axes(doc: dict[str, Any], n_series: int) -> tuple[Figure, Any, list[float], float]:
+    """A figure with one group of n_series bars per place; places not built are labelled so."""
+    places = doc["places"]
+    fig = _figure(max(7.5, 1.2 * len(places) + 1.5), 4.0)
+    ax = fig.add_subplot()
+    ax.set_xticks(range(len(places)))
+    ax.set_xticklabels([p["place"] + ("\n(not built)" if "unavailable" in p else "") for p in places], fontsize=7)
+    ax.set_xlim(-0.5, len(places) - 0.5)  # places without bars keep their slot
+    for i, p in enumerate(places):
+        if "unavailable" in p:
+            ax.text(i, 0.5, "not built here", transform=ax.get_xaxis_transform(), rotation=90, ha="center",
+                    va="center", fontsize=7, color="0.4")
+    width = 0.8 / n_series
+    offsets = [(k - (n_series - 1) / 2) * width for k in range(n_series)]
+    return fig, ax, offsets, width
+
+
+def udp_rate_chart(doc: dict[str, Any], caption: str) -> str | None:
+    """Per place: what UDP delivered at the offered rate, where its loss began, and one TCP stream's goodput."""
+    measured = [(i, p) for i, p in enumerate(doc["places"]) if "unavailable" not in p]
+    if not measured:
+        return None
+    palette = matplotlib.colormaps["tab10"].colors
+    fig, ax, offsets, width = _place_axes(doc, len(UDP_SERIES))
+    low = doc["options"]["sweep_from_bps"] / 1e6
+    for (label, colour), dx in zip(UDP_SERIES.items(), offsets):
+        xs, ys = [], []
+        for i, p in measured:
+            value = {"UDP received": p["udp_stream"]["receiver"]["throughput_bps"],
+                     "UDP clean up to (sweep)": p["udp_sweep"]["summary"]["max_clean_bps"],
+                     "TCP stream goodput": p["tcp_stream"]["sender"]["goodput_bps"]}[label]
+            if value:
+                xs.append(i + dx)
+                ys.append(value / 1e6)
+            elif label == "UDP clean up to (sweep)":
+                ax.text(i + dx, 0.03, f"lossy from {low:g} Mbit/s", transform=ax.get_xaxis_transform(),
+                        rotation=90, ha="center", va="bottom", fontsize=6, color="0.3")
+        ax.bar(xs, ys, width=width, label=label, color=palette[colour])
+    for i, p in measured:
+        rx = p["udp_stream"]["receiver"]
+        if rx["lost"] and rx["throughput_bps"]:
+            ax.text(i + offsets[0], rx["throughput_bps"] / 1e6, f"{rx['loss_percent']:.2f}% lost", rotation=90,
+                    ha="center", va="bottom", fontsize=6, color="crimson")
+        if not p["tcp_stream"]["receiver"]["complete"]:
+            ax.text(i + offsets[2], p["tcp_stream"]["sender"]["goodput_bps"] / 1e6 or 1, "NOT every byte",
+                    rotation=90, ha="center", va="bottom", fontsize=6, color="crimson")
+    ax.axhline(doc["options"]["rate_bps"] / 1e6, color="0.45", linestyle=":", linewidth=1,
+               label=f"UDP offered ({doc['options']['rate_bps'] / 1e6:g} Mbit/s)")
+    ax.set_yscale("log")
+    ax.set_ylabel("Mbit/s (log)")
+    ax.set_title("TCP vs UDP: what each delivered, per path (red: UDP datagrams lost at the offered rate)",
+                 fontsize=9)
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend(fontsize=7)
+    return _svg(fig, caption)
+
+
+def udp_rtt_chart(doc: dict[str, Any], caption: str) -> str | None:
+    """Per place: request/response RTT, bar = p50, tick = p99, for UDP, TCP keep-alive and a fresh TCP connection."""
+    from serverzoo.clients.udp.compare import rtt_by_kind
+
+    measured = [(i, rtt_by_kind(p)) for i, p in enumerate(doc["places"]) if "unavailable" not in p]
+    if not measured:
+        return None
+    palette = matplotlib.colormaps["tab10"].colors
+    fig, ax, offsets, width = _place_axes(doc, len(RTT_SERIES))
+    p99_labelled = False
+    for (kind, (label, colour)), dx in zip(RTT_SERIES.items(), offsets):
+        xs, p50, p99 = [], [], []
+        for i, by_kind in measured:
+            q = by_kind.get(kind, {}).get("rtt_ms", {})
+            if q.get("p50") and q.get("p99"):
+                xs.append(i + dx)
+                p50.append(q["p50"])
+                p99.append(q["p99"])
+            failed = by_kind.get(kind, {}).get("failed")
+            if failed:
+                ax.text(i + dx, q.get("p99") or q.get("p50") or 1, f" {failed} lost", rotation=90, ha="center",
+                        va="bottom", fontsize=6, color="crimson")
+        ax.bar(xs, p50, width=width, label=f"{label}: p50", color=palette[colour])
+        ax.vlines(xs, p50, p99, color="black", linewidth=0.8)
+        ax.scatter(xs, p99, marker="_", s=80, color="black", zorder=5, label=None if p99_labelled else "p99")
+        p99_labelled = True
+    ax.set_yscale("log")
+    ax.set_ylabel("round trip (ms, log)")
+    ax.set_title("TCP vs UDP: request/response round trip per path (bar: p50, tick: p99; red: requests lost)",
+                 fontsize=9)
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend(fontsize=7)
+    return _svg(fig, caption)

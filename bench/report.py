@@ -6,7 +6,8 @@ in advance. With several runs, the last one is reported in full and each earlier
 is compared with it in a delta table, when both went over the same network; a run over
 another link (loopback and wan, say) is put side by side with it instead, each row
 labelled with its link ("iterative @loopback", "iterative @wan"), and nothing counts as a
-regression there.
+regression there. Results of `serverzoo udp compare`, given among the runs in any order,
+become its "TCP vs UDP" section (bench.tcp_vs_udp); a report of those alone is that section.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from .analysis import (BASELINE, Delta, Point, RunView, Verdict, deltas, level_l
                        link_text, ratio_text, same_link)
 from .cards import ModelCard, model_cards
 from .scenarios import METRICS
-from .store import read_run
+from .store import SCHEMA, read_result
+from .tcp_vs_udp import TcpVsUdp, build_section
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
@@ -112,6 +114,15 @@ class Report:
     side_by_side: list[SideBySide] = field(default_factory=list)
     memory_scenario: str | None = None
     network: str = ""  # where the reported run's traffic went (link_text)
+    udp: list[TcpVsUdp] = field(default_factory=list)  # the "TCP vs UDP" section, one part per udp-compare result
+
+
+@dataclass
+class UdpReport:
+    """A report made of udp-compare results alone: the "TCP vs UDP" section and nothing else."""
+
+    udp: list[TcpVsUdp]
+    run: None = None
 
 
 def caption_for(run: dict[str, Any]) -> str:
@@ -238,7 +249,9 @@ def build_report(runs: list[dict[str, Any]], baseline: str = BASELINE, plots: bo
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]),
+    # "report.html.j2": the templates' own names end in .j2, so "html" alone would escape nothing
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             autoescape=jinja2.select_autoescape(["html", "html.j2"]),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters["value"] = lambda value, metric: format_value(metric, value)
     env.filters["bytes"] = format_bytes
@@ -249,15 +262,29 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render(report: Report, template: str) -> str:
+def render(report: Report | UdpReport, template: str) -> str:
+    """template: "report.html.j2" or "report.md.j2"; a report without a bench run uses its udp_ twin."""
+    if report.run is None:
+        template = "udp_" + template
     return _environment().get_template(template).render(r=report, esc=html.escape)
 
 
-def write_reports(paths: list[str], html_path: str | None, md_path: str | None, baseline: str = BASELINE,
-                  noise_floor: float = 0.05) -> list[str]:
-    """Read the runs, write the requested files, return their paths."""
-    runs = [read_run(p) for p in paths]
-    report = build_report(runs, baseline=baseline, plots=html_path is not None, noise_floor=noise_floor)
+def build_any(docs: list[dict[str, Any]], baseline: str = BASELINE, plots: bool = True,
+              noise_floor: float = 0.05) -> Report | UdpReport:
+    """Bench runs (in their order) and udp-compare results (in theirs), told apart by schema."""
+    runs = [d for d in docs if d.get("schema") == SCHEMA]
+    udp = [build_section(d, plots=plots) for d in docs if d.get("schema") != SCHEMA]
+    if not runs:
+        return UdpReport(udp)
+    report = build_report(runs, baseline=baseline, plots=plots, noise_floor=noise_floor)
+    report.udp = udp
+    return report
+
+
+def write_documents(docs: list[dict[str, Any]], html_path: str | None, md_path: str | None,
+                    baseline: str = BASELINE, noise_floor: float = 0.05) -> list[str]:
+    """Write the requested files from results already read (and checked); return their paths."""
+    report = build_any(docs, baseline=baseline, plots=html_path is not None, noise_floor=noise_floor)
     written = []
     for path, template in ((html_path, "report.html.j2"), (md_path, "report.md.j2")):
         if path is None:
@@ -271,3 +298,10 @@ def write_reports(paths: list[str], html_path: str | None, md_path: str | None, 
         os.replace(tmp, path)
         written.append(path)
     return written
+
+
+def write_reports(paths: list[str], html_path: str | None, md_path: str | None, baseline: str = BASELINE,
+                  noise_floor: float = 0.05) -> list[str]:
+    """Read the runs (bench runs and udp-compare results), write the requested files, return their paths."""
+    return write_documents([read_result(p) for p in paths], html_path, md_path, baseline=baseline,
+                           noise_floor=noise_floor)

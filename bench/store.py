@@ -17,26 +17,56 @@ SCHEMA = "serverzoo.bench/1"
 
 
 class ResultsError(Exception):
-    """A results file that cannot be read or is not a serverzoo bench run (one line)."""
+    """A results file that cannot be read, or is not what the command takes (one line)."""
 
 
-def read_run(path: str) -> dict[str, Any]:
+def _load_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such file") from None
     except OSError as exc:
         raise ResultsError(f"{path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path}: not JSON (not UTF-8 text)") from None
+
+
+def _schema_of(doc: Any) -> str:
+    return repr(doc.get("schema")) if isinstance(doc, dict) else f"none: a JSON {type(doc).__name__}"
+
+
+def _check_run(path: str, doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise ResultsError(f"{path}: not a serverzoo bench run (schema {found!r}, expected {SCHEMA!r})")
+        raise ResultsError(f"{path}: not a serverzoo bench run (schema {_schema_of(doc)}, expected {SCHEMA!r})")
     for key in ("run_id", "machine", "config", "cells"):
         if key not in doc:
             raise ResultsError(f"{path}: incomplete run file (no {key!r})")
     return doc
+
+
+def read_run(path: str) -> dict[str, Any]:
+    """A bench run (what `serverzoo bench` writes), checked."""
+    return _check_run(path, _load_json(path))
+
+
+def read_result(path: str) -> dict[str, Any]:
+    """A bench run or a `serverzoo udp compare` result, told apart by its "schema", checked."""
+    from serverzoo.clients.udp.compare import SCHEMA as UDP_COMPARE, document_problem
+
+    doc = _load_json(path)
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema == UDP_COMPARE:
+        problem = document_problem(doc)
+        if problem:
+            raise ResultsError(f"{path}: incomplete udp-compare result ({problem})")
+        return doc
+    if schema == SCHEMA:
+        return _check_run(path, doc)
+    raise ResultsError(f"{path}: neither a serverzoo bench run nor a udp-compare result (schema {_schema_of(doc)}, "
+                       f"expected {SCHEMA!r} or {UDP_COMPARE!r})")
 
 
 def _umask() -> int:

@@ -27,9 +27,10 @@ import pytest
 from serverzoo.bench.nginx import nginx_binary
 from serverzoo.clients.links.namespaces import list_namespaces
 
+from .links_helpers import needs_root_and_iproute2
+
 PY = [sys.executable, "-m", "serverzoo"]
-needs_links = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
-                                 reason="emulated links need root and iproute2 (ip, tc)")
+needs_links = needs_root_and_iproute2
 
 SCENARIOS = """
 [corpus]

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from serverzoo.clients.links import LinkedHosts, LinkProfile
-from serverzoo.clients.links.namespaces import list_namespaces, owner_alive
+from serverzoo.clients.links.namespaces import _start_time, list_namespaces, owner_alive
 from serverzoo.clients.udp.roundtrip import run_roundtrip
 from serverzoo.clients.udp.stream import run_udp_stream
 
@@ -204,25 +204,24 @@ def test_namespaces_go_away_when_the_owner_dies(sig):
         proc.stdout.close()
 
 
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed for a private /run/netns")
 def test_net_cleanup_removes_dead_runs_only():
+    """In a private mount namespace with its own /run/netns, so that the sweeps of link tests running
+    in parallel (every LinkedHosts removes dead runs' namespaces on entry) cannot take the leftover first."""
     gone = subprocess.Popen(["true"])
     gone.wait()
     leftover = f"szoo-{gone.pid}-1-1-srv"  # a run whose owner is dead
-    try:
-        with LinkedHosts("veth") as link:  # (entering a link sweeps dead runs too: add the leftover after)
-            # a link test running in parallel sweeps dead runs too, and may take the leftover first: try again
-            for _attempt in range(3):
-                subprocess.run(["ip", "netns", "add", leftover], check=True, timeout=10)
-                done = subprocess.run([*PY, "net", "cleanup"], capture_output=True, text=True, timeout=30)
-                assert done.returncode == 0, done.stderr
-                if f"removed {leftover}" in done.stdout:
-                    break
-            assert f"removed {leftover}" in done.stdout
-            assert {link.server_ns, link.client_ns} <= set(list_namespaces())  # a live run is kept
-    finally:
-        if os.path.exists(f"/run/netns/{leftover}"):
-            subprocess.run(["ip", "netns", "delete", leftover], timeout=10)
-    assert leftover not in list_namespaces()
+    live = f"szoo-{os.getpid()}-{_start_time(os.getpid())}-1-srv"  # a run whose owner (this test) lives
+    script = (f"mount -t tmpfs serverzoo-test /run/netns && ip netns add {leftover} && ip netns add {live} && "
+              f"{sys.executable} -m serverzoo net cleanup && echo --- && ls /run/netns")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    said, _, listed = done.stdout.partition("---")
+    assert f"removed {leftover}" in said and live not in said, said
+    assert listed.split() == [live]  # what `ls /run/netns` found afterwards: the live run's namespace only
+    # the namespaces lived on the private tmpfs only: nothing of them exists here
+    assert leftover not in list_namespaces() and live not in list_namespaces()
 
 
 def test_cli_net_fetch_checks_the_bytes(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +24,9 @@ from serverzoo.clients.links.namespaces import list_namespaces
 from serverzoo.clients.loadgen import LoadOptions, run_load, schema_path
 from serverzoo.clients.loadgen.corpus import write_corpus
 
-needs_links = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
-                                 reason="emulated links need root and iproute2 (ip, tc)")
+from .links_helpers import needs_root_and_iproute2
+
+needs_links = needs_root_and_iproute2
 KIB64 = 64 * 1024
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -222,15 +223,24 @@ def _stream_lines(r: dict) -> list[str]:
 @click.option("--sweep-to", callback=_rate, default="4G", show_default=True)
 @click.option("--cpus", default="0,1", show_default=True,
               help="CPU for the responder and for the tester ('' to not pin).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write everything here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write everything here (`serverzoo report FILE` turns it into a report later).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the TCP-vs-UDP report here: a self-contained HTML page with charts.")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the TCP-vs-UDP report here as Markdown.")
 def compare_command(links: str, links_file: str | None, rate: float, size: int, seconds: float, count: int,
-                    step_time: float, sweep_from: float, sweep_to: float, cpus: str, json_path: str | None) -> None:
+                    step_time: float, sweep_from: float, sweep_to: float, cpus: str, json_path: str | None,
+                    html_path: str | None, md_path: str | None) -> None:
     """TCP vs UDP, measured: loopback, then each emulated link this machine can build.
 
-    Prints a Markdown table. Links need root; ones the kernel cannot build are listed with the reason.
+    Prints a Markdown table; --html/--md also write the "TCP vs UDP" report. Links need root; ones the
+    kernel cannot build are listed with the reason.
     """
     from ...machine import describe_machine
     from .compare import SCHEMA, markdown_table, run_compare
+    for option, path in (("--json", json_path), ("--html", html_path), ("--md", md_path)):
+        _check_writable(option, path)  # now, not after minutes of measuring
     names = [n.strip() for n in links.split(",") if n.strip()]
     try:
         pinned = tuple(int(c) for c in cpus.split(",")) if cpus else None
@@ -248,10 +258,22 @@ def compare_command(links: str, links_file: str | None, rate: float, size: int, 
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"--cpus {cpus}: {exc.strerror or exc}") from None
-    doc = {"schema": SCHEMA, "tool": "serverzoo udp compare", "machine": describe_machine(), "options": options,
-           **result}
+    doc = {"schema": SCHEMA, "tool": "serverzoo udp compare", "machine": describe_machine(),
+           "command": ["serverzoo", *sys.argv[1:]], "options": options, **result}
     if json_path:
         with open(json_path, "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
     click.echo(markdown_table(doc))
+    if html_path or md_path:
+        from ...bench.report import write_documents
+        for written in write_documents([doc], html_path, md_path):
+            click.echo(f"report: {written}", err=True)
+
+
+def _check_writable(option: str, path: str | None) -> None:
+    folder = os.path.dirname(os.path.abspath(path)) if path else None
+    if folder and not os.path.isdir(folder):
+        raise click.BadParameter(f"{path}: no folder {folder}", param_hint=option)
+    if folder and not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"{path}: {folder} is not writable", param_hint=option)

@@ -75,43 +75,82 @@ def run_compare(links: list[str], links_file: str | None, rate_bps: float, size:
                 _, url = link.start_ready(argv)
                 host, port = parse_target(url)
                 with link.client_namespace():
-                    places.append({"place": f"link {name}", "link": link.describe(),
-                                   **measure_place(host, port, *args)})
+                    measured = measure_place(host, port, *args)
+            # described once it is down: a delay line's final figures (and warnings) cover the measurements
+            places.append({"place": f"link {name}", "link": link.describe(), **measured})
         except (LinkUnavailable, ProfileError) as exc:
             places.append({"place": f"link {name}", "link": None, "unavailable": str(exc)})
     return {"places": places}
 
 
-def _mbit(bps: float | None) -> str:
+PARTS = ("udp_stream", "udp_sweep", "tcp_stream", "roundtrip")
+
+
+def document_problem(doc: object) -> str | None:
+    """Why doc is not a complete udp-compare result (one phrase), or None when it is."""
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        return "not a udp-compare result"
+    for key in ("machine", "options", "places"):
+        if not isinstance(doc.get(key), (dict, list)):
+            return f"no {key!r}"
+    for i, place in enumerate(doc["places"]):
+        if not isinstance(place, dict) or "place" not in place:
+            return f"place {i} has no name"
+        if "unavailable" not in place:
+            missing = [k for k in PARTS if not isinstance(place.get(k), dict)]
+            if missing:
+                return f"{place['place']} has no {', '.join(missing)}"
+    return None
+
+
+def mbit(bps: float | None) -> str:
+    """Bits per second as the table shows them, in Mbit/s (no unit)."""
     return "-" if bps is None else f"{bps / 1e6:.0f}" if bps >= 10e6 else f"{bps / 1e6:.1f}"
 
 
-def markdown_table(doc: dict) -> str:
-    """One row per place: the figures a reader compares."""
+def rtt_by_kind(place: dict) -> dict[str, dict]:
+    """The latency results keyed 'udp', 'keep-alive', 'fresh'."""
+    return {"udp" if r["proto"] == "udp" else r["connection"]: r for r in place["roundtrip"]["results"]}
+
+
+def table(doc: dict) -> tuple[list[str], list[list[str]]]:
+    """The figures a reader compares, one row per place: (header cells, rows of cells).
+
+    The one source of the comparison table: `udp compare` prints it, `serverzoo report` shows it."""
     o = doc["options"]
-    lines = [f"| path | UDP {_mbit(o['rate_bps'])} Mbit/s offered: received, lost, jitter | UDP clean up to "
-             f"(loss <= 0.1%) | TCP stream goodput, every byte? | RTT p50 / p99 ms: UDP · TCP keep-alive · "
-             f"TCP fresh |",
-             "|---|---|---|---|---|"]
+    head = ["path", f"UDP {mbit(o['rate_bps'])} Mbit/s offered: received, lost, jitter",
+            "UDP clean up to (loss <= 0.1%)", "TCP stream goodput, every byte?",
+            "RTT p50 / p99 ms: UDP · TCP keep-alive · TCP fresh"]
+    rows = []
     for p in doc["places"]:
         if "unavailable" in p:
-            lines.append(f"| {p['place']} | not measured: {p['unavailable'].split(': ', 1)[-1]} | | | |")
+            name = p["place"].removeprefix("link ")  # the row names the link already
+            reason = p["unavailable"].removeprefix(f"link {name!r} cannot be built here: ")
+            rows.append([p["place"], f"not measured: {reason}", "", "", ""])
             continue
         u = p["udp_stream"]["receiver"]
         tx = p["udp_stream"]["sender"]
-        held = f" (sender reached only {_mbit(tx['achieved_bps'])})" if tx["sender_limited"] else ""
+        held = f" (sender reached only {mbit(tx['achieved_bps'])})" if tx["sender_limited"] else ""
         s = p["udp_sweep"]["summary"]
         if s["max_clean_bps"] is None:
-            clean = f"lossy from the first rate tried, {_mbit(o['sweep_from_bps'])} Mbit/s"
+            clean = f"lossy from the first rate tried, {mbit(o['sweep_from_bps'])} Mbit/s"
         else:
-            clean = f"{_mbit(s['max_clean_bps'])} Mbit/s"
+            clean = f"{mbit(s['max_clean_bps'])} Mbit/s"
             if s["sender_limit_bps"] and not s["loss_begins_bps"]:
                 clean += " (the sender's own limit)"
         t = p["tcp_stream"]
         rtt = " · ".join(f"{r['rtt_ms'].get('p50', float('nan')):.3f} / {r['rtt_ms'].get('p99', float('nan')):.3f}"
                          + (f" ({r['failed']} lost)" if r["failed"] else "")
                          for r in p["roundtrip"]["results"])
-        lines.append(f"| {p['place']} | {_mbit(u['throughput_bps'])} Mbit/s, {u['loss_percent']:.2f}% lost, "
-                     f"{u['jitter_ms']:.3f} ms{held} | {clean} | {_mbit(t['sender']['goodput_bps'])} Mbit/s, "
-                     f"{'yes' if t['receiver']['complete'] else 'NO'} | {rtt} |")
-    return "\n".join(lines)
+        rows.append([p["place"], f"{mbit(u['throughput_bps'])} Mbit/s, {u['loss_percent']:.2f}% lost, "
+                                 f"{u['jitter_ms']:.3f} ms{held}", clean,
+                     f"{mbit(t['sender']['goodput_bps'])} Mbit/s, {'yes' if t['receiver']['complete'] else 'NO'}",
+                     rtt])
+    return head, rows
+
+
+def markdown_table(doc: dict) -> str:
+    """The comparison table as Markdown."""
+    head, rows = table(doc)
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows])
