@@ -85,11 +85,24 @@ def owner_alive(name: str) -> bool:
 
 
 def namespace_pids(name: str) -> list[int]:
+    """The processes inside namespace `name` (what `ip netns pids` lists), read from /proc directly:
+    no helper process whose timeout, on a loaded machine, would leave a process behind unseen."""
     try:
-        out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
+        target = os.stat(os.path.join(NETNS_DIR, name))
+    except OSError:
         return []
-    return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            ns = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        if (ns.st_dev, ns.st_ino) == (target.st_dev, target.st_ino):
+            pids.append(int(entry))
+    return pids
 
 
 def remove_namespace(name: str, grace: float = 2.0) -> None:
