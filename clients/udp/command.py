@@ -110,7 +110,8 @@ def test_command(target: str | None, mode: str, rate: float, size: int | None, d
                 host, port = parse_target(url)
                 with hosts.client_namespace():
                     doc = _run(mode, host, port, options)
-                doc["link"] = hosts.describe()
+        if hosts is not None:  # described once the link is down: a delay line's final counters
+            doc["link"] = hosts.describe()
     except UdpTestError as exc:
         raise click.ClickException(str(exc)) from None
     from ...machine import describe_machine
