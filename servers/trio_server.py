@@ -96,6 +96,8 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
                 try:
                     sock, _ = listener.accept()
                 except OSError as exc:
+                    if ctx.stopping:  # woken just before shutdown closed the listener (EBADF): done
+                        return
                     if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: wait for some to be freed
                         backoff = min(max(backoff * 2, 0.01), 1.0)
                         await trio.sleep(backoff)
