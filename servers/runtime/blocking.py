@@ -29,7 +29,10 @@ def serve_connection(sock: socket.socket, ctx: ServerContext, sleep: Callable[[f
         with ctx.connections.track(sock, conn) as state:
             deadline = time.monotonic() + limits.header_timeout
             while not conn.closed:
-                if ctx.stopping and not conn.has_partial_request:
+                # idle from here on: a shutdown that comes now wakes recv() by shutting it down; one
+                # that came before shows in ctx.stopping (set before drain() looks at this flag)
+                state[1] = not conn.has_partial_request
+                if ctx.stopping and state[1]:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -39,7 +42,6 @@ def serve_connection(sock: socket.socket, ctx: ServerContext, sleep: Callable[[f
                         send_plan(sock, late, use_sendfile)
                     break
                 sock.settimeout(left)
-                state[1] = not conn.has_partial_request  # idle: shutdown may wake us
                 try:
                     data = sock.recv(RECV_BYTES)
                 except TimeoutError:
