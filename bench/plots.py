@@ -395,10 +395,16 @@ def udp_rate_chart(doc: dict[str, Any], caption: str) -> str | None:
                     rotation=90, ha="center", va="bottom", fontsize=6, color="crimson")
     ax.axhline(doc["options"]["rate_bps"] / 1e6, color="0.45", linestyle=":", linewidth=1,
                label=f"UDP offered ({doc['options']['rate_bps'] / 1e6:g} Mbit/s)")
+    return _finish_log_chart(fig, ax, "Mbit/s (log)",
+                             "TCP vs UDP: what each delivered, per path (red: UDP datagrams lost at the offered rate)",
+                             caption)
+
+
+def _finish_log_chart(fig, ax, ylabel: str, title: str, caption: str) -> str:
+    """The TCP-vs-UDP charts' common ending: a log y axis, its grid and legend, the SVG."""
     ax.set_yscale("log")
-    ax.set_ylabel("Mbit/s (log)")
-    ax.set_title("TCP vs UDP: what each delivered, per path (red: UDP datagrams lost at the offered rate)",
-                 fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend(fontsize=7)
     return _svg(fig, caption)
@@ -430,10 +436,6 @@ def udp_rtt_chart(doc: dict[str, Any], caption: str) -> str | None:
         ax.vlines(xs, p50, p99, color="black", linewidth=0.8)
         ax.scatter(xs, p99, marker="_", s=80, color="black", zorder=5, label=None if p99_labelled else "p99")
         p99_labelled = True
-    ax.set_yscale("log")
-    ax.set_ylabel("round trip (ms, log)")
-    ax.set_title("TCP vs UDP: request/response round trip per path (bar: p50, tick: p99; red: requests lost)",
-                 fontsize=9)
-    ax.grid(alpha=0.3, axis="y", which="both")
-    ax.legend(fontsize=7)
-    return _svg(fig, caption)
+    return _finish_log_chart(fig, ax, "round trip (ms, log)",
+                             "TCP vs UDP: request/response round trip per path (bar: p50, tick: p99; red: requests lost)",
+                             caption)
