@@ -1,0 +1,170 @@
+"""How sure a figure is: confidence intervals for benchmark cells, and when one cell is clearly ahead.
+
+Pure arithmetic on lists of numbers (no I/O, no clock), shared by the runner (is this cell
+measured tightly enough yet?), the verdicts (is the leader's lead larger than the noise?) and
+`compare` (is this change larger than the noise?).
+
+Where the samples come from:
+
+- **Repetitions.** Each repetition of a cell starts a fresh server, so repetitions are
+  independent samples of the cell's figure; with three or more, their spread is the
+  uncertainty (a Student-t interval on their mean).
+- **Slices of one repetition.** A load generator's per-interval timeline is a series of
+  short, autocorrelated samples (a GC pause or a descheduled core spans neighbours). Batch
+  means group the series into a few contiguous batches, long enough to be nearly
+  independent, and treat each batch's rate as one sample; so even a single repetition says
+  how steady it was. It cannot see what changes between server starts (memory layout, which
+  core was busy), which is why repetitions are preferred when there are enough of them.
+
+"Clearly ahead" means the difference of two estimates is larger than its own uncertainty:
+the lead exceeds the half-widths of the two intervals combined in quadrature (the usual
+interval of a difference of independent means).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+CONFIDENCE = 0.95
+MIN_BATCHES = 3  # fewer batches than this give an interval too wide to mean anything
+DEFAULT_BATCHES = 5
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (1-30); beyond 30 the expansion
+# in _t95 is within 0.1% of the exact value.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _t95(df: int) -> float:
+    if df < 1:
+        raise ValueError("a t quantile needs at least one degree of freedom")
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95% confidence interval and what the interval rests on."""
+
+    value: float
+    half_width: float  # math.inf when nothing measured the noise (a single sample)
+    n: int  # independent samples behind it (repetitions, or batches of one repetition)
+    method: str  # "repetitions", "batch-means", "pooled" or "single"
+
+    @property
+    def low(self) -> float:
+        return self.value - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.value + self.half_width
+
+    @property
+    def relative_half_width(self) -> float:
+        """Half-width as a fraction of the value (inf for a zero value or an unmeasured noise)."""
+        return self.half_width / abs(self.value) if self.value else math.inf
+
+    @property
+    def measured(self) -> bool:
+        """Whether anything measured the noise (a single sample did not)."""
+        return math.isfinite(self.half_width)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"value": self.value, "half_width": self.half_width if self.measured else None,
+                "n": self.n, "method": self.method}
+
+
+def single(value: float) -> Estimate:
+    """One sample: its value, and no idea of its noise."""
+    return Estimate(float(value), math.inf, 1, "single")
+
+
+def from_samples(samples: Sequence[float], method: str = "repetitions") -> Estimate:
+    """Mean and Student-t interval of independent samples (two or more)."""
+    values = [float(v) for v in samples]
+    if not values:
+        raise ValueError("no samples")
+    if len(values) == 1:
+        return single(values[0])
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values, mean)
+    return Estimate(mean, _t95(len(values) - 1) * sd / math.sqrt(len(values)), len(values), method)
+
+
+def batch_means(amounts: Sequence[float], durations: Sequence[float], batches: int = DEFAULT_BATCHES) -> Estimate:
+    """The rate of a series of slices (amount per second), with an interval from batch means.
+
+    `amounts[i]` happened during `durations[i]` seconds (requests, or bytes). The slices are
+    grouped, in order, into `batches` batches of (nearly) equal slice counts; each batch's
+    rate is sum(amounts) / sum(durations). The value is the overall rate, so it agrees with
+    the cell's own figure; the interval comes from the spread of the batch rates. With fewer
+    than MIN_BATCHES slices the noise is unmeasured (an infinite half-width).
+    """
+    if len(amounts) != len(durations):
+        raise ValueError("amounts and durations differ in length")
+    total_time = sum(durations)
+    if total_time <= 0:
+        raise ValueError("no measured time")
+    overall = sum(amounts) / total_time
+    k = min(batches, len(amounts))
+    if k < MIN_BATCHES:
+        return Estimate(overall, math.inf, 1, "single")
+    rates = []
+    for b in range(k):
+        lo, hi = b * len(amounts) // k, (b + 1) * len(amounts) // k
+        t = sum(durations[lo:hi])
+        if t > 0:
+            rates.append(sum(amounts[lo:hi]) / t)
+    if len(rates) < MIN_BATCHES:
+        return Estimate(overall, math.inf, 1, "single")
+    spread = from_samples(rates)
+    return Estimate(overall, spread.half_width, len(rates), "batch-means")
+
+
+def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
+    """One cell's figure from its repetitions' estimates.
+
+    With `min_repetitions` or more, the repetitions themselves are the samples (they see the
+    noise between server starts). With fewer, the value is their mean and the half-width the
+    larger of what the few repetitions disagree by and what their batches say, combined.
+    """
+    if not estimates:
+        raise ValueError("no estimates")
+    values = [e.value for e in estimates]
+    if len(estimates) >= min_repetitions:
+        return from_samples(values)
+    if len(estimates) == 1:
+        return estimates[0]
+    within = math.sqrt(sum(e.half_width ** 2 for e in estimates)) / len(estimates)
+    between = from_samples(values).half_width
+    return Estimate(statistics.fmean(values), max(within, between), len(estimates), "pooled")
+
+
+def lead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> float:
+    """How far a is ahead of b, as a fraction of b (negative when behind)."""
+    if not b.value:
+        return math.inf if (a.value > 0) == higher_is_better else -math.inf
+    diff = (a.value - b.value) / abs(b.value)
+    return diff if higher_is_better else -diff
+
+
+def combined_half_width(a: Estimate, b: Estimate) -> float:
+    """The half-width of the difference a - b: the two half-widths in quadrature."""
+    return math.hypot(a.half_width, b.half_width)
+
+
+def clearly_ahead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> bool:
+    """Whether a's lead over b is larger than the uncertainty of their difference.
+
+    Never true when either noise is unmeasured: one sample cannot separate two models.
+    """
+    if not (a.measured and b.measured):
+        return False
+    diff = a.value - b.value if higher_is_better else b.value - a.value
+    return diff > combined_half_width(a, b)

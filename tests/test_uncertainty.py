@@ -1,0 +1,95 @@
+"""Confidence intervals and the 'clearly ahead' rule, on tables of made-up samples."""
+
+import math
+import statistics
+
+import pytest
+
+from serverzoo.bench import uncertainty as u
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042), (40, 2.021),
+                                          (120, 1.980), (10_000, 1.960)])
+def test_t_quantiles_match_the_table_and_the_expansion(df, expected):
+    assert u._t95(df) == pytest.approx(expected, abs=0.002)
+
+
+def test_samples_give_a_student_t_interval_on_their_mean():
+    e = u.from_samples([100.0, 104.0, 96.0])
+    assert e.value == 100.0
+    assert e.half_width == pytest.approx(4.303 * 4.0 / math.sqrt(3), rel=1e-3)
+    assert (e.n, e.method) == (3, "repetitions")
+    assert e.low < 100.0 < e.high
+
+
+def test_one_sample_has_an_unmeasured_noise():
+    e = u.from_samples([42.0])
+    assert e.value == 42.0 and not e.measured and e.to_dict()["half_width"] is None
+    assert e.relative_half_width == math.inf
+
+
+def test_batch_means_value_is_the_overall_rate_and_noise_comes_from_batches():
+    # ten 0.1 s slices, 1,000 requests each: a perfectly steady 10,000 req/s
+    steady = u.batch_means([1000] * 10, [0.1] * 10)
+    assert steady.value == pytest.approx(10_000)
+    assert steady.half_width == pytest.approx(0.0, abs=1e-6)
+    assert (steady.n, steady.method) == (5, "batch-means")
+    # the same total with a slow second half: the overall rate is unchanged, the interval wide
+    uneven = u.batch_means([1500] * 5 + [500] * 5, [0.1] * 10)
+    assert uneven.value == pytest.approx(10_000)
+    assert uneven.relative_half_width > 0.3
+
+
+def test_batch_means_weights_slices_by_their_duration():
+    e = u.batch_means([100, 100, 100], [0.1, 0.1, 0.2], batches=3)
+    assert e.value == pytest.approx(300 / 0.4)
+
+
+@pytest.mark.parametrize("amounts, durations", [([1, 2], [0.1, 0.1]), ([5], [1.0])])
+def test_too_few_slices_leave_the_noise_unmeasured(amounts, durations):
+    assert not u.batch_means(amounts, durations).measured
+
+
+def test_batch_means_rejects_bad_input():
+    with pytest.raises(ValueError):
+        u.batch_means([1, 2], [0.1])
+    with pytest.raises(ValueError):
+        u.batch_means([1], [0.0])
+
+
+def test_pooling_three_repetitions_uses_their_spread():
+    reps = [u.Estimate(v, 1.0, 5, "batch-means") for v in (90.0, 100.0, 110.0)]
+    pooled = u.pool(reps)
+    assert pooled.method == "repetitions" and pooled.value == 100.0
+    assert pooled.half_width == pytest.approx(u._t95(2) * 10.0 / math.sqrt(3), rel=1e-6)
+
+
+def test_pooling_fewer_repetitions_keeps_the_larger_noise():
+    tight_but_apart = u.pool([u.Estimate(90.0, 1.0, 5, "batch-means"), u.Estimate(110.0, 1.0, 5, "batch-means")])
+    assert tight_but_apart.method == "pooled"
+    assert tight_but_apart.half_width == pytest.approx(12.706 * statistics.stdev([90, 110]) / math.sqrt(2))
+    agreeing_but_noisy = u.pool([u.Estimate(100.0, 20.0, 5, "batch-means"), u.Estimate(100.0, 20.0, 5, "batch-means")])
+    assert agreeing_but_noisy.half_width == pytest.approx(math.sqrt(800) / 2)
+    only = u.Estimate(5.0, 1.0, 5, "batch-means")
+    assert u.pool([only]) is only
+
+
+# a, b, higher_is_better, clearly ahead?
+AHEAD = [
+    (u.Estimate(110, 3, 5, "x"), u.Estimate(100, 3, 5, "x"), True, True),    # 10 > 4.24
+    (u.Estimate(105, 4, 5, "x"), u.Estimate(100, 4, 5, "x"), True, False),   # 5 < 5.66: a tie
+    (u.Estimate(100, 3, 5, "x"), u.Estimate(110, 3, 5, "x"), True, False),   # behind
+    (u.Estimate(5.0, 0.2, 5, "x"), u.Estimate(6.0, 0.2, 5, "x"), False, True),  # lower latency wins
+    (u.single(200), u.Estimate(100, 1, 5, "x"), True, False),               # one sample decides nothing
+]
+
+
+@pytest.mark.parametrize("a, b, higher, expected", AHEAD)
+def test_clearly_ahead_needs_a_lead_beyond_the_combined_noise(a, b, higher, expected):
+    assert u.clearly_ahead(a, b, higher) is expected
+
+
+def test_lead_is_relative_and_signed_by_direction():
+    assert u.lead(u.single(110), u.single(100)) == pytest.approx(0.10)
+    assert u.lead(u.single(90), u.single(100), higher_is_better=False) == pytest.approx(0.10)
+    assert u.lead(u.single(1), u.single(0)) == math.inf
