@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130
 EXIT_NO_LINK = 3  # as every other --link: the link cannot be named, or built here
 MATRIX_OPTIONS = ("preset", "models", "scenarios", "concurrency", "rates", "repeat", "duration", "warmup",
-                  "scenarios_file", "corpus", "reference", "server_cpus", "client_cpus", "link", "links_file")
+                  "scenarios_file", "corpus", "reference", "server_cpus", "client_cpus", "link", "links_file",
+                  "budget")
+REPORT_RESERVE_S = 8.0  # of the budget, kept for writing the report after the last cell
 
 
 class LinkError(ConfigError):
@@ -40,7 +43,9 @@ def _fail(command: str, message: str, code: int = 2) -> None:
 @click.option("--scenarios", help="Comma-separated scenario names; default: all.")
 @click.option("--concurrency", help="Closed-loop levels, e.g. 1,64 (replaces each scenario's).")
 @click.option("--rates", help="Open-loop offered loads in requests/s, e.g. 500,2000.")
-@click.option("--repeat", type=int, help="Repetitions per cell (median and spread). [preset]")
+@click.option("--repeat", type=int, help="Repetitions per cell in the first pass. [preset]")
+@click.option("--budget", type=float, help="Seconds the whole run may take: after the first pass, extra "
+              "repetitions go where contenders are close until it is spent. [preset]")
 @click.option("--duration", type=float, help="Measured seconds per cell (replaces each scenario's).")
 @click.option("--warmup", type=float, help="Warm-up seconds per cell, excluded from figures.")
 @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
@@ -60,12 +65,17 @@ def _fail(command: str, message: str, code: int = 2) -> None:
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML and Markdown report.")
 @click.pass_context
 def bench_command(ctx: click.Context, **o: Any) -> None:
+    started = time.monotonic()
     """Run the benchmark matrix: server x scenario x level x repetition.
 
     Each cell starts a fresh server pinned to the server CPUs, runs `serverzoo load`
     pinned to the others (warm-up, then the measured run), and stops the server
     gracefully. Results are saved after every cell in OUT/bench-RUN.json: Ctrl-C
     keeps them, and --resume completes the run.
+
+    After the first pass, each scenario's leader and the servers within its confidence
+    interval are measured again, closest races first, until each race is decided or
+    measured as precisely as the preset asks, or the budget is spent.
 
     With --link NAME the whole run goes across one emulated link, built once and
     removed at the end (also on Ctrl-C and errors); --resume rebuilds the same link.
@@ -111,7 +121,10 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
                            f"{hosts.client_addr}; {'; '.join(hosts.applied) or 'nothing shaped'}", err=True)
             write_atomic(path, doc)
             click.echo(f"results: {path}", err=True)
-            status = run_matrix(plan, doc, path, corpus_root, max_cells=o["max_cells"], hosts=hosts)
+            budget = plan.adaptive.budget
+            deadline = started + budget - REPORT_RESERVE_S if budget is not None else None  # per invocation
+            status = run_matrix(plan, doc, path, corpus_root, max_cells=o["max_cells"], hosts=hosts,
+                                deadline=deadline)
     except NoLinkError as exc:
         _fail("bench", exc.message, EXIT_NO_LINK)
         return
@@ -203,7 +216,7 @@ def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
         rates=parse_list(o["rates"], "rates", number=True), repeat=o["repeat"], duration=o["duration"],
         warmup=o["warmup"], reference=o["reference"], server_cpus=parse_cpus(o["server_cpus"], "server-cpus"),
         client_cpus=parse_cpus(o["client_cpus"], "client-cpus"), nginx_available=nginx_binary() is not None,
-        link=link)
+        link=link, budget=o["budget"])
     _check_link_support(plan, o["dry_run"])
     out = o["out"]
     try:

@@ -26,13 +26,17 @@ FLAGS = {
     "conn_mode": "--conn-mode", "workers": "--workers", "cpus": "--cpus", "server_pid": "--server-pid",
     "server_cpus": "--server-cpus", "corpus": "--corpus", "zipf": "--zipf", "timeout_s": "--timeout",
     "idle": "--idle", "slow_readers": "--slow-readers", "slow_read_rate": "--slow-read-rate",
-    "slow_read_path": "--slow-read-path", "seed": "--seed",
+    "slow_read_path": "--slow-read-path", "seed": "--seed", "timeline_interval_s": "--timeline-interval",
+    "reconnect_after": "--reconnect-after", "server_cgroup": "--server-cgroup",
+    "sample_interval_s": "--sample-interval",
 }
 
 
-def load_options(plan: Plan, cell: Cell, base_url: str, corpus_root: str, server_pid: int) -> dict[str, Any]:
+def load_options(plan: Plan, cell: Cell, base_url: str, corpus_root: str, server_pid: int,
+                 server_cgroup: str | None = None) -> dict[str, Any]:
     """The LoadOptions fields (as a dict) for one cell."""
     sc = plan.scenarios[cell.scenario]
+    server_cpus, client_cpus = plan.cpus_for(cell.scenario)
     connections = cell.level if sc.mode == "closed" else sc.connections
     opts: dict[str, Any] = {
         "connections": connections,
@@ -40,12 +44,17 @@ def load_options(plan: Plan, cell: Cell, base_url: str, corpus_root: str, server
         "warmup_s": sc.warmup,
         "conn_mode": "keepalive" if sc.connection == "keep-alive" else "new",
         # one generator process per client CPU, but never more processes than connections
-        "workers": max(1, min(len(plan.client_cpus), connections)),
-        "cpus": plan.client_cpus,
+        "workers": max(1, min(len(client_cpus), connections)),
+        "cpus": client_cpus,
         "server_pid": server_pid,
-        "server_cpus": plan.server_cpus,
+        "server_cpus": server_cpus,
+        "server_cgroup": server_cgroup,
         "timeout_s": sc.request_timeout,
         "seed": plan.corpus.seed + cell.repetition,
+        # short slices: the cell's noise is estimated from their batch means
+        "timeline_interval_s": plan.adaptive.slice,
+        "sample_interval_s": min(0.5, 2 * plan.adaptive.slice),  # the server's CPU, over about the same window
+        "reconnect_after": sc.reconnect_after,
     }
     base = base_url.rstrip("/")
     if sc.zipf:

@@ -1,23 +1,29 @@
 """The run loop: the cells a run still lacks, one by one, saved after each, with progress.
 
-Progress shows the current cell, cells done and an ETA; the ETA's unit is estimated
-seconds (warm-up + measured + start/stop per cell), so rich's rate estimate turns it
-into real remaining time as the run learns how long cells really take here.
+First the plan's cells (the first pass); then rounds of extra repetitions where a
+scenario's contenders are close (bench/sequential.py), for as long as the preset's budget
+lasts. Progress shows the current cell, cells done and an ETA; the ETA's unit is estimated
+seconds (warm-up + measured + start/stop per cell, plus the budget left for extra rounds),
+so rich's rate estimate turns it into real remaining time as the run learns how long cells
+really take here.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import signal
+import statistics
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .analysis import metric_value, summarize
-from .plan import Cell, Plan
+from .plan import CELL_OVERHEAD_S, Cell, Plan
 from .runner import CellRunner, interrupts
 from .scenarios import METRICS
+from .sequential import cell_estimate, next_round, race_summary
 from .store import write_atomic
 
 if TYPE_CHECKING:
@@ -52,37 +58,83 @@ def cell_line(plan: Plan, record: dict[str, Any]) -> str:
     return ", ".join(parts) + f" ({record['seconds']:.1f} s)"
 
 
+def cell_cost(plan: Plan, doc: dict[str, Any], cell: Cell) -> float:
+    """Expected seconds for a cell: its warm-up and duration plus the start/stop overhead seen so far."""
+    overheads = []
+    for r in doc["cells"]:
+        sc = plan.scenarios.get(r["scenario"])
+        if sc is not None and r.get("seconds"):
+            overheads.append(r["seconds"] - sc.warmup - sc.duration)
+    sc = plan.scenarios[cell.scenario]
+    return sc.warmup + sc.duration + (statistics.median(overheads) if overheads else CELL_OVERHEAD_S)
+
+
+class _Loop:
+    """Runs cells one at a time: saves after each, prints its line, moves the progress bar."""
+
+    def __init__(self, plan: Plan, doc: dict[str, Any], path: str, runner: CellRunner, progress: Progress,
+                 task: Any, max_cells: int | None) -> None:
+        self.plan, self.doc, self.path, self.runner = plan, doc, path, runner
+        self.progress, self.task = progress, task
+        self.left = max_cells
+
+    def run(self, cell: Cell) -> bool:
+        """Measure one cell; False (nothing run) when --max-cells is used up."""
+        if self.left is not None:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+        self.progress.update(self.task, description=cell.id)
+        record = self.runner.run(cell)
+        sc = self.plan.scenarios[cell.scenario]
+        if record.get("load"):
+            est = cell_estimate(record["load"], sc.metric)
+            record["estimate"] = est.to_dict() if est is not None else None
+        self.doc["cells"].append(record)
+        with interrupts.critical():
+            self.doc["summary"] = summarize(self.doc)  # flags stored with the data, not only in reports
+            write_atomic(self.path, self.doc)
+        self.progress.console.print(cell_line(self.plan, record), highlight=False)
+        self.progress.update(self.task, advance=self.plan.cell_seconds(cell), done=f"{len(self.doc['cells'])} cells")
+        return True
+
+
 def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max_cells: int | None = None,
-               console: Console | None = None, hosts: LinkedHosts | None = None) -> str:
-    """Run the pending cells, saving after each. Returns the run's status: complete, partial or interrupted.
-    With `hosts` (the run's link, up), every cell runs across it."""
+               console: Console | None = None, hosts: LinkedHosts | None = None,
+               deadline: float | None = None) -> str:
+    """Run the pending cells, then the extra repetitions close races need, saving after each.
+
+    Returns the run's status: complete, partial (--max-cells) or interrupted. With `hosts`
+    (the run's link, up), every cell runs across it. `deadline` (time.monotonic()) is when
+    the preset's budget runs out: no extra repetition starts that would end after it.
+    """
     console = console or Console(stderr=True)
     todo = pending_cells(plan, doc)
-    limit = todo if max_cells is None else todo[:max_cells]
-    total_cells = len(plan.cells())
     runner = CellRunner(plan, corpus_root, hosts)
     doc["status"] = "running"
+    doc["config"]["cpu_accounting"] = runner.cgroups.describe()
     write_atomic(path, doc)
     # Ctrl-C and SIGTERM (a CI timeout, `kill PID`) stop the run and keep everything measured; they wait
     # while a server starts or stops, or while the file is written, so nothing is left running or torn
     previous = {sig: signal.signal(sig, interrupts.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    extra_allowance = plan.extension_seconds(todo)
+    if deadline is not None:
+        extra_allowance = min(extra_allowance, max(0.0, deadline - time.monotonic() - plan.estimate_seconds(todo)))
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("starting", total=plan.estimate_seconds(limit),
-                                     done=f"{total_cells - len(todo)}/{total_cells} cells")
-            for cell in limit:
-                progress.update(task, description=cell.id)
-                record = runner.run(cell)
-                doc["cells"].append(record)
-                with interrupts.critical():
-                    doc["summary"] = summarize(doc)  # flags stored with the data, not only in reports
-                    write_atomic(path, doc)
-                progress.console.print(cell_line(plan, record), highlight=False)
-                progress.update(task, advance=plan.cell_seconds(cell),
-                                done=f"{len(doc['cells'])}/{total_cells} cells")
-        status = "complete" if not pending_cells(plan, doc) else "partial"
+            task = progress.add_task("starting", total=plan.estimate_seconds(todo) + extra_allowance,
+                                     done=f"{len(doc['cells'])} cells")
+            loop = _Loop(plan, doc, path, runner, progress, task, max_cells)
+            status = "complete"
+            for cell in todo:
+                if not loop.run(cell):
+                    status = "partial"
+                    break
+            if status == "complete":
+                status = _extend(plan, doc, loop, deadline)
+            progress.update(task, completed=progress.tasks[0].total)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
@@ -94,3 +146,33 @@ def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max
         doc["finished"] = _now()
     write_atomic(path, doc)
     return status
+
+
+def _extend(plan: Plan, doc: dict[str, Any], loop: _Loop, deadline: float | None) -> str:
+    """Rounds of extra repetitions at close races until none is needed or the budget is spent."""
+    state = doc.setdefault("sequential", {"rounds": 0, "extra_cells": 0, "ended": None})
+    for name in plan.scenarios:
+        loop.progress.console.print(f"after the first pass: {race_summary(plan, doc['cells'], name)}",
+                                    highlight=False)
+    while True:
+        done = {c["id"] for c in doc["cells"]}
+        cells = [c for c in next_round(plan, doc["cells"]) if c.id not in done]
+        if not cells:
+            state["ended"] = "every race decided, or measured as precisely as asked"
+            break
+        state["rounds"] += 1
+        for cell in cells:
+            if deadline is not None and time.monotonic() + cell_cost(plan, doc, cell) > deadline:
+                state["ended"] = "budget spent"
+                _log_races(plan, doc, loop)
+                return "complete"
+            if not loop.run(cell):
+                return "partial"
+            state["extra_cells"] += 1
+    _log_races(plan, doc, loop)
+    return "complete"
+
+
+def _log_races(plan: Plan, doc: dict[str, Any], loop: _Loop) -> None:
+    for name in plan.scenarios:
+        loop.progress.console.print(f"at the end: {race_summary(plan, doc['cells'], name)}", highlight=False)

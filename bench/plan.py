@@ -3,20 +3,22 @@
 A cell is one server x scenario x level x repetition: one fresh server process and one
 measured load run. Cells are ordered repetition first, so an interrupted run already
 holds a whole matrix once, and servers alternate within it, so slow drift of a shared
-machine spreads over every model instead of landing on one.
+machine spreads over every model instead of landing on one. These are the first pass;
+where contenders are close, bench/sequential.py adds repetitions after it, within the
+preset's budget.
 """
 
 from __future__ import annotations
 
 import os
 import resource
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from serverzoo.clients.links.profiles import LinkProfile
 from serverzoo.servers import MODELS
 
-from .scenarios import ConfigError, CorpusSpec, RunSettings, Scenario, ServerSpec, Suite
+from .scenarios import Adaptive, ConfigError, CorpusSpec, RunSettings, Scenario, ServerSpec, Suite
 
 REFERENCE = "nginx"
 # Per cell beyond warm-up and measurement: server start (0.1-0.3 s to READY), the
@@ -54,6 +56,22 @@ class Plan:
     client_cpus: list[int]
     notes: list[str] = field(default_factory=list)  # things said once: missing nginx, skipped models
     link: LinkProfile | None = None  # None: server and generator on this machine's loopback
+    adaptive: Adaptive = Adaptive()
+
+    def cpus_for(self, scenario: str) -> tuple[list[int], list[int]]:
+        """(server CPUs, generator CPUs) under the scenario's placement."""
+        if self.scenarios[scenario].placement == "server-all":
+            return sorted(set(self.server_cpus) | set(self.client_cpus)), self.client_cpus
+        return self.server_cpus, self.client_cpus
+
+    def placement(self, scenario: str) -> dict[str, Any]:
+        """The scenario's CPU placement as recorded with each cell and shown in the report."""
+        server, client = self.cpus_for(scenario)
+        name = self.scenarios[scenario].placement
+        text = {"split": "server and load generator on separate CPUs",
+                "server-all": "the server on every CPU; the load generator shares one"}[name]
+        return {"name": name, "server_cpus": server, "client_cpus": client,
+                "shared": bool(set(server) & set(client)), "text": text}
 
     def cells(self) -> list[Cell]:
         out = []
@@ -80,12 +98,36 @@ class Plan:
         def n(count: int, word: str) -> str:
             return f"{count} {word}{'s' if count != 1 else ''}"
 
-        fixed = FIXED_OVERHEAD_S + (LINK_OVERHEAD_S if self.link else 0.0)
-        return (f"{n(len(cells), 'cell')}: {n(len(self.servers), 'server')} x {n(len(self.scenarios), 'scenario')} x "
-                f"{levels} levels x {n(self.repeat, 'repetition')}, {self.network()}; "
-                f"estimated {format_duration(self.estimate_seconds(cells) + fixed)} "
-                f"(warm-up + measured time per cell, {CELL_OVERHEAD_S:.2f} s start/stop each, "
-                f"{fixed:.0f} s corpus{', link' if self.link else ''} and report)")
+        fixed = self.fixed_seconds()
+        first = (f"{n(len(cells), 'cell')}: {n(len(self.servers), 'server')} x {n(len(self.scenarios), 'scenario')} x "
+                 f"{levels} levels x {n(self.repeat, 'repetition')}, {self.network()}; "
+                 f"estimated {format_duration(self.estimate_seconds(cells) + fixed)} "
+                 f"(warm-up + measured time per cell, {CELL_OVERHEAD_S:.2f} s start/stop each, "
+                 f"{fixed:.0f} s corpus{', link' if self.link else ''} and report)")
+        a = self.adaptive
+        if a.max_repeat <= self.repeat:
+            return first
+        extra = self.extension_seconds(cells)
+        limit = (f"until the run's budget of {format_duration(a.budget)} (about {format_duration(extra)} more)"
+                 if a.budget is not None else "with no time limit")
+        return (f"{first}; then, at each scenario's top level, the leader and every server within its "
+                f"confidence interval get more repetitions (up to {a.max_repeat}, until each is within "
+                f"±{a.precision:.0%} or separated) {limit}")
+
+    def fixed_seconds(self) -> float:
+        return FIXED_OVERHEAD_S + (LINK_OVERHEAD_S if self.link else 0.0)
+
+    def extension_seconds(self, first_pass: list[Cell] | None = None) -> float:
+        """Time the preset may spend on extra repetitions after the first pass (its budget's rest)."""
+        a = self.adaptive
+        if a.max_repeat <= self.repeat:
+            return 0.0
+        first = self.estimate_seconds(first_pass) + self.fixed_seconds()
+        if a.budget is None:  # no limit: every top-level cell up to max_repeat, as an upper bound
+            top = [c for c in (first_pass or self.cells()) if c.level == max(self.scenarios[c.scenario].levels)
+                   and c.repetition == 1]
+            return sum(self.cell_seconds(c) for c in top) * (a.max_repeat - self.repeat)
+        return max(0.0, a.budget - first)
 
     def network(self) -> str:
         """Where the traffic goes: 'over loopback' or 'over link wan (40 ms RTT, 100 Mbit/s)'."""
@@ -103,6 +145,8 @@ class Plan:
             "run": asdict(self.run),
             "corpus": asdict(self.corpus),
             "cpus": {"server": self.server_cpus, "client": self.client_cpus},
+            "adaptive": asdict(self.adaptive),
+            "placements": {n: self.placement(n) for n in self.scenarios},
             # the profile now; the runner adds what was applied (LinkedHosts.describe()) once the link is up
             "link": {"profile": self.link.to_dict()} if self.link else None,
         }
@@ -118,7 +162,9 @@ class Plan:
                 scenarios={n: Scenario.from_dict(s) for n, s in config["scenarios"].items()},
                 repeat=int(config["repeat"]), run=RunSettings(**run), corpus=_corpus_spec(config["corpus"]),
                 server_cpus=list(config["cpus"]["server"]), client_cpus=list(config["cpus"]["client"]),
-                link=LinkProfile(**config["link"]["profile"]) if config.get("link") else None)
+                link=LinkProfile(**config["link"]["profile"]) if config.get("link") else None,
+                adaptive=Adaptive(**config["adaptive"]) if config.get("adaptive") else
+                Adaptive(max_repeat=int(config["repeat"])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the run's configuration is incomplete or from another version ({exc!r})") from None
 
@@ -198,7 +244,7 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
                rates: list[int] | None = None, repeat: int | None = None, duration: float | None = None,
                warmup: float | None = None, reference: bool | None = None, server_cpus: list[int] | None = None,
                client_cpus: list[int] | None = None, nginx_available: bool = True,
-               link: LinkProfile | None = None) -> Plan:
+               link: LinkProfile | None = None, budget: float | None = None) -> Plan:
     """Resolve a preset and the command line's narrowing into a checked Plan (ConfigError if not)."""
     if preset not in suite.presets:
         raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(suite.presets)}")
@@ -238,6 +284,8 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
         raise ConfigError("--warmup must be >= 0 seconds")
     if repeat is not None and repeat < 1:
         raise ConfigError("--repeat must be at least 1")
+    if budget is not None and budget <= 0:
+        raise ConfigError("--budget must be > 0 seconds")
     final = {}
     for name, sc in picked.items():
         changes: dict[str, Any] = {}
@@ -266,8 +314,14 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
     server, client, cpu_note = split_cpus(server_cpus, client_cpus)
     if cpu_note:
         notes.append(cpu_note)
-    plan = Plan(preset=preset, servers=chosen, scenarios=final, repeat=repeat or p.repeat, run=suite.run,
-                corpus=suite.corpus, server_cpus=server, client_cpus=client, notes=notes, link=link)
+    reps = repeat or p.repeat
+    adaptive = p.adaptive
+    if reps > adaptive.max_repeat or budget is not None:
+        adaptive = replace(adaptive, max_repeat=max(reps, adaptive.max_repeat),
+                           budget=budget if budget is not None else adaptive.budget)
+    plan = Plan(preset=preset, servers=chosen, scenarios=final, repeat=reps, run=suite.run,
+                corpus=suite.corpus, server_cpus=server, client_cpus=client, notes=notes, link=link,
+                adaptive=adaptive)
     check_corpus_paths(plan)
     ensure_file_limit(plan)
     return plan

@@ -1,8 +1,10 @@
 """Runs cells: a fresh server pinned to its CPUs, the generator pinned to the others, a clean stop.
 
-One cell = one server process (started, READY awaited, RSS read), one `serverzoo load`
-process (warm-up, then the measured run, sampling the server's CPU time and RSS by its
-PID), then SIGTERM and a wait for the server's own graceful exit. A cell that fails
+One cell = one server process (started, READY awaited, RSS read, its process tree moved
+into a cgroup of its own where the machine allows: bench/cgroups.py), one `serverzoo load`
+process (warm-up, then the measured run, sampling the server's CPU time from the cgroup and
+RSS by its PID), then SIGTERM, a wait for the server's own graceful exit, and the cgroup
+removed. Which CPUs each side gets is the scenario's placement (Plan.cpus_for). A cell that fails
 (server does not start, generator crashes or overruns) is recorded as failed with a
 one-line reason and the run goes on. KeyboardInterrupt is the only thing that stops
 the loop; the caller saves what was measured.
@@ -28,6 +30,7 @@ import psutil
 
 from serverzoo.servers.launch import ServerProcess, ServerStartError
 
+from .cgroups import CellCgroup, CgroupPlacer
 from .loadargs import load_argv, load_options
 from .nginx import NginxError, NginxServer
 from .plan import REFERENCE, Cell, Plan
@@ -98,24 +101,47 @@ def _tail(text: str) -> str:
 
 
 class CellRunner:
-    def __init__(self, plan: Plan, corpus_root: str, hosts: LinkedHosts | None = None) -> None:
+    def __init__(self, plan: Plan, corpus_root: str, hosts: LinkedHosts | None = None,
+                 cgroups: CgroupPlacer | None = None) -> None:
         self.plan = plan
         self.corpus_root = corpus_root
         self.hosts = hosts  # the run's link, up; None: loopback
+        self.cgroups = cgroups or CgroupPlacer()
 
     def _server(self, cell: Cell) -> ServerProcess | NginxServer:
         spec = self.plan.servers[cell.server]
         hosts = self.hosts
+        cpus, _ = self.plan.cpus_for(cell.scenario)
         if spec.model == REFERENCE:
             if hosts is None:
-                return NginxServer(self.corpus_root, tuned=True, cpus=self.plan.server_cpus)
-            return NginxServer(self.corpus_root, tuned=True, cpus=self.plan.server_cpus, host=hosts.server_addr,
+                return NginxServer(self.corpus_root, tuned=True, cpus=cpus)
+            return NginxServer(self.corpus_root, tuned=True, cpus=cpus, host=hosts.server_addr,
                                wrap=lambda argv: hosts.command("server", argv), namespace=hosts.server_namespace)
         sc = self.plan.scenarios[cell.scenario]
         args = (*self.plan.run.server_args, *sc.server_args, *spec.args)
         if hosts is not None:
-            return hosts.server_process(spec.model, self.corpus_root, *args, cpus=self.plan.server_cpus)
-        return ServerProcess(spec.model, self.corpus_root, *args, cpus=self.plan.server_cpus)
+            return hosts.server_process(spec.model, self.corpus_root, *args, cpus=cpus)
+        return ServerProcess(spec.model, self.corpus_root, *args, cpus=cpus)
+
+    def _cgroup(self, server: ServerProcess | NginxServer, info: dict[str, Any]) -> CellCgroup | None:
+        """The server's tree moved into a fresh cgroup, or None (CPU then sampled from the live tree)."""
+        with interrupts.critical():  # a cgroup made is a cgroup the caller will remove
+            cgroup = self.cgroups.new()
+            if cgroup is not None and not cgroup.adopt(server.pid):
+                info["cgroup_problem"] = cgroup.remove()
+                cgroup = None
+        info["cpu_accounting"] = ("cgroup v2 (every process of the server's tree, exited ones included)"
+                                  if cgroup is not None else
+                                  f"live process tree plus reaped children ({self.cgroups.why_not})")
+        return cgroup
+
+    @staticmethod
+    def _remove_cgroup(cgroup: CellCgroup, info: dict[str, Any]) -> None:
+        with interrupts.critical():
+            info["memory_peak_bytes"] = cgroup.memory_peak()
+            problem = cgroup.remove()
+        if problem:
+            info["cgroup_problem"] = problem
 
     def run(self, cell: Cell) -> dict[str, Any]:
         """Measure one cell; returns its record (status "ok" or "failed")."""
@@ -126,7 +152,8 @@ class CellRunner:
             "repetition": cell.repetition, "started": _now(), "status": "failed", "error": None,
         }
         t0 = time.monotonic()
-        info: dict[str, Any] = {"cpus": self.plan.server_cpus}
+        record["placement"] = self.plan.placement(cell.scenario)
+        info: dict[str, Any] = {"cpus": record["placement"]["server_cpus"]}
         record["server_process"] = info
         timing: dict[str, float] = {}
         record["timing_s"] = timing
@@ -150,33 +177,39 @@ class CellRunner:
             if server is not None:  # it started; the interrupt waited for that
                 self._stop(server, info, timing)
             raise
+        cgroup = None
         try:
             info["pid"] = server.pid
             info["url"] = server.url
             info["argv"] = server.argv if isinstance(server, ServerProcess) else server.shown_argv()
             info["rss_at_ready_bytes"] = tree_rss(server.pid)
-            opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid)
+            # over a link the server runs in another network namespace, but the same cgroup tree
+            cgroup = self._cgroup(server, info)
+            opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
+                                cgroup.path if cgroup else None)
             t1 = time.monotonic()
-            record["load"], record["error"], record["generator"] = self._generate(opts, sc.warmup + sc.duration
-                                                                                + sc.request_timeout)
+            record["load"], record["error"], record["generator"] = self._generate(
+                opts, sc.warmup + sc.duration + sc.request_timeout, record["placement"]["client_cpus"])
             timing["generator"] = round(time.monotonic() - t1, 3)
         finally:
             self._stop(server, info, timing)
+            if cgroup is not None:
+                self._remove_cgroup(cgroup, info)
         if record["load"] is not None:
             record["status"] = "ok"
         record["seconds"] = round(time.monotonic() - t0, 3)
         return record
 
-    def _generate(self, opts: dict[str, Any], expected_s: float) -> tuple[dict | None, str | None, dict]:
+    def _generate(self, opts: dict[str, Any], expected_s: float,
+                  cpus: list[int]) -> tuple[dict | None, str | None, dict]:
         """Run `serverzoo load` pinned to the client CPUs; (document, error, generator record)."""
         fd, json_path = tempfile.mkstemp(prefix="serverzoo-load-", suffix=".json")
         os.close(fd)
         argv = load_argv(opts, json_path)
-        gen: dict[str, Any] = {"argv": argv[1:], "cpus": self.plan.client_cpus}
+        gen: dict[str, Any] = {"argv": argv[1:], "cpus": cpus}
         if self.hosts is not None:
             argv = self.hosts.command("client", argv)
             gen["netns"] = self.hosts.client_ns  # the link's client host
-        cpus = self.plan.client_cpus
         try:
             with tempfile.TemporaryFile() as err:
                 # its own session: a terminal's Ctrl-C reaches the runner only, which ends the generator itself

@@ -25,6 +25,12 @@ METRICS: dict[str, tuple[str, bool]] = {
 }
 MODES = ("closed", "open")
 CONNECTIONS = ("keep-alive", "close")
+# Where a scenario's server and load generator run: "split" gives the server the first half of
+# the CPUs and the generator the rest (neither disturbs the other); "server-all" gives the server
+# every CPU and the generator shares one of them, for work where the server needs the cores and
+# the generator's share is small (CPU-bound requests: what processes buy over threads shows only
+# when there are cores to spread over).
+PLACEMENTS = ("split", "server-all")
 
 
 class ConfigError(Exception):
@@ -63,6 +69,8 @@ class Scenario:
     idle: int = 0
     slow_readers: SlowReaders | None = None
     timeout: float | None = None  # per request; None: half the duration, within [0.25, 10] s
+    placement: str = "split"  # one of PLACEMENTS
+    reconnect_after: int | None = None  # active keep-alive clients open a new connection after N responses
 
     @property
     def request_timeout(self) -> float:
@@ -104,11 +112,29 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class Adaptive:
+    """How a preset spends time where it matters (see bench/sequential.py).
+
+    Every cell first runs `repeat` times (the preset's). Then, at each scenario's top level,
+    the leader and every server whose interval overlaps the leader's are measured again, one
+    repetition per round, until each is precise (relative CI half-width at most `precision`,
+    from at least three repetitions) or separated, or has `max_repeat` repetitions, or the
+    run's `budget` (seconds, whole run; None: no limit) is spent.
+    """
+
+    precision: float = 0.02
+    max_repeat: int = 1
+    budget: float | None = None
+    slice: float = 0.1  # seconds per timeline slice: the batches of a cell's batch-means interval
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     servers: str  # "models" or "all"
     repeat: int
     reference: bool
+    adaptive: Adaptive = Adaptive()
 
 
 @dataclass(frozen=True)
@@ -251,17 +277,25 @@ def _presets(t: dict[str, Any]) -> dict[str, Preset]:
         where = f"[presets.{name}]"
         if not isinstance(v, dict):
             raise ConfigError(f"{where} must be a table")
-        _only(v, {"servers", "repeat", "reference"}, where)
+        _only(v, {"servers", "repeat", "reference", "precision", "max_repeat", "budget", "slice"}, where)
         servers = v.get("servers", "models")
         if servers not in ("models", "all"):
             raise ConfigError(f"{where}: servers must be \"models\" or \"all\"")
-        out[name] = Preset(name, servers, _int(v.get("repeat", 1), f"{where} repeat", lo=1),
-                           bool(v.get("reference", True)))
+        repeat = _int(v.get("repeat", 1), f"{where} repeat", lo=1)
+        max_repeat = _int(v.get("max_repeat", repeat), f"{where} max_repeat", lo=1)
+        if max_repeat < repeat:
+            raise ConfigError(f"{where}: max_repeat {max_repeat} is below repeat {repeat}")
+        adaptive = Adaptive(
+            precision=_number(v.get("precision", 0.02), f"{where} precision", lo=0.0, strict=True),
+            max_repeat=max_repeat,
+            budget=_number(v["budget"], f"{where} budget", lo=0.0, strict=True) if "budget" in v else None,
+            slice=_number(v.get("slice", 0.1), f"{where} slice", lo=0.01))
+        out[name] = Preset(name, servers, repeat, bool(v.get("reference", True)), adaptive)
     return out
 
 
 _SCENARIO_KEYS = {"title", "about", "mode", "paths", "zipf", "connection", "metric", "reference", "server_args",
-                  "slow_readers", "timeout"}
+                  "slow_readers", "timeout", "placement", "reconnect_after"}
 _LEVEL_KEYS = {"concurrency", "rates", "connections", "duration", "warmup", "idle"}
 
 
@@ -294,6 +328,14 @@ def _scenario(name: str, raw: Any, preset: str, presets: set[str]) -> Scenario:
         zipf = ZipfMix(z["dir"], _number(z.get("s", 1.0), f"{where} zipf.s", lo=0.0))
     if bool(paths) == bool(zipf):
         raise ConfigError(f"{where} needs exactly one of paths = [...] or zipf = {{ dir, s }}")
+    placement = raw.get("placement", "split")
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"{where} placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+    reconnect_after = None
+    if "reconnect_after" in raw:
+        reconnect_after = _int(raw["reconnect_after"], f"{where} reconnect_after", lo=1)
+        if mode != "closed" or connection != "keep-alive":
+            raise ConfigError(f"{where} reconnect_after applies to closed-loop keep-alive scenarios")
     slow = None
     if "slow_readers" in raw:
         s = raw["slow_readers"]
@@ -320,7 +362,8 @@ def _scenario(name: str, raw: Any, preset: str, presets: set[str]) -> Scenario:
         duration=_number(p.get("duration"), f"{where} {preset}.duration", lo=0.0, strict=True),
         warmup=_number(p.get("warmup", 0.0), f"{where} {preset}.warmup", lo=0.0),
         idle=_int(p.get("idle", 0), f"{where} {preset}.idle", lo=0), slow_readers=slow,
-        timeout=(_number(raw["timeout"], f"{where} timeout", lo=0.0, strict=True) if "timeout" in raw else None))
+        timeout=(_number(raw["timeout"], f"{where} timeout", lo=0.0, strict=True) if "timeout" in raw else None),
+        placement=placement, reconnect_after=reconnect_after)
 
 
 # -- small checkers, each raising a one-line ConfigError --------------------------------

@@ -119,6 +119,12 @@ server that did not start, 3 when the --link cannot be built here.
 @click.option("-p", "--percentile", "percentiles", type=float, multiple=True, help="Report this percentile too.")
 @click.option("--sample-interval", "sample_interval_s", type=DURATION, default=0.5, show_default=True,
               help="How often the server is sampled.")
+@click.option("--timeline-interval", "timeline_interval_s", type=DURATION, default=1, show_default=True,
+              help="Length of each slice of the result's per-interval timeline, e.g. 100ms.")
+@click.option("--reconnect-after", type=int, help="Keep-alive clients open a new connection after N responses.")
+@click.option("--server-cgroup", type=click.Path(file_okay=False),
+              help="A cgroup v2 directory holding the --server-pid tree: its CPU is read from there (exited "
+                   "children included).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mix draws and Poisson arrivals.")
 @click.option("--loop", type=click.Choice(LOOPS), default="auto", show_default=True,
               help="Workers' event loop (auto: uvloop when installed).")

@@ -4,7 +4,8 @@ The coordinating process does no load itself. It starts K workers (`python -m
 serverzoo.clients.loadgen.worker`), hands each its share, waits until all are ready,
 gives them one start time on the shared monotonic clock, samples the server's process
 tree meanwhile, shows the live line, and merges what the workers send back: histograms
-are added (exact at their precision), counters summed, timelines aligned by second.
+are added (exact at their precision), counters summed, timelines aligned slice by slice
+(every --timeline-interval from the measured window's start).
 With --serve it first starts the server (serving.py), over a --link if given.
 """
 
@@ -156,7 +157,7 @@ def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
     sampler = None
     if server_pid is not None:
         try:
-            sampler = ServerSampler(server_pid)
+            sampler = ServerSampler(server_pid, opts.server_cgroup)
         except psutil.Error as exc:
             raise OptionError(f"cannot watch --server-pid {server_pid}: {exc}") from None
     live = LiveLine(sys.stderr) if opts.live else None

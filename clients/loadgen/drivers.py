@@ -132,6 +132,9 @@ class ClosedLoopDriver(Driver):
         self.think = run.think_s
         self.pending: list | None = None  # requests waiting for a connection
         self.pending_phase = None  # the phase they were taken in
+        self.reconnect_after = run.reconnect_after  # None, or responses per connection before a new one
+        self.served = 0  # responses on the current connection (counted only with reconnect_after)
+        self.leaving = False  # the current connection has served its share: close it after this response
 
     def start(self) -> None:
         self.next()
@@ -168,6 +171,7 @@ class ClosedLoopDriver(Driver):
         return super().owed_since() + [self.connect_started] * len(self.pending or ())
 
     def on_connected(self, conn) -> None:
+        self.served = 0
         targets, self.pending = self.pending, None
         if len(targets) == 1:
             conn.send(targets[0], self.connect_started, self.connect_started, self.pending_phase)
@@ -183,7 +187,8 @@ class ClosedLoopDriver(Driver):
     def on_response(self, conn, now: int) -> bool:
         if conn.inflight:
             return True  # the rest of a pipelined batch
-        if conn.server_closes or self.close_each or self.think or self.depth != 1:
+        if (conn.server_closes or self.close_each or self.think or self.depth != 1
+                or (self.reconnect_after and self._count_response())):
             return self._after_response(conn)
         # the hot path (keep-alive, one request at a time): send the next one right here
         run = self.run
@@ -201,9 +206,16 @@ class ClosedLoopDriver(Driver):
         conn.transport.write(target.request)
         return True
 
+    def _count_response(self) -> bool:
+        """With reconnect_after: count a response; True when the connection has served its share."""
+        self.served += 1
+        self.leaving = self.served >= self.reconnect_after
+        return self.leaving
+
     def _after_response(self, conn) -> bool:
         keep = True
-        if conn.server_closes or self.close_each:
+        if conn.server_closes or self.close_each or self.leaving:
+            self.leaving = False
             self._drop(conn)
             keep = False
         if self.think:

@@ -35,7 +35,10 @@ class LoadOptions:
     warmup_s (measured separately, excluded). Processes: workers (None: one per CPU of cpus, or
     of this process's affinity), cpus (pin worker i to cpus[i % len]), server_pid (sample its
     process tree), server_cpus (recorded, and checked against cpus).
-    Adversaries held during the run: idle connections, slow_readers (reading slow_read_rate
+    reconnect_after: a keep-alive client closes its connection after N responses and opens a
+    new one for the next request, as real clients come and go (a server that hands out a
+    thread or process per connection must then accept it again).
+    Adversaries held during the run, all connected before the first active client: idle connections, slow_readers (reading slow_read_rate
     bytes/s of slow_read_path, default the largest target), slow_senders (one byte of the
     request head every slow_send_interval_s).
     A server for the run: serve (a model of `serverzoo models` or a variant such as
@@ -78,6 +81,9 @@ class LoadOptions:
     slow_send_interval_s: float = 1.0
     percentiles: list[float] = field(default_factory=list)
     sample_interval_s: float = 0.5
+    timeline_interval_s: float = 1.0  # length of each slice of the per-interval timeline
+    reconnect_after: int | None = None  # closed keep-alive loop: a client opens a new connection after N responses
+    server_cgroup: str | None = None  # a cgroup v2 directory holding the server's process tree: its CPU from there
     seed: int = 0
     loop: str = "auto"  # the workers' event loop: auto (uvloop if installed), uvloop or asyncio
     live: bool = False
@@ -177,6 +183,16 @@ class LoadOptions:
         for p in self.percentiles:
             _check(0 < p <= 100, f"percentiles are in (0, 100] (got {p:g})")
         _check(self.sample_interval_s > 0, "--sample-interval must be positive")
+        _check(self.timeline_interval_s >= 0.01,
+               f"--timeline-interval must be at least 0.01 s (got {self.timeline_interval_s:g})")
+        if self.reconnect_after is not None:
+            _check(self.reconnect_after >= 1, f"--reconnect-after must be at least 1 (got {self.reconnect_after})")
+            _check(self.conn_mode == "keepalive" and self.rate is None,
+                   "--reconnect-after applies to the closed keep-alive loop (no --rate, --conn-mode keepalive)")
+        if self.server_cgroup is not None:
+            _check(os.path.isfile(os.path.join(self.server_cgroup, "cpu.stat")),
+                   f"--server-cgroup {self.server_cgroup}: not a cgroup v2 directory (no cpu.stat)")
+            _check(self.server_pid is not None, "--server-cgroup needs --server-pid (the process it samples)")
         _check(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}")
         for h in self.headers:
             _check(re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*$", h) is not None,

@@ -82,6 +82,7 @@ class Run:
         self.by_send = opts.requests is not None
         self.open_loop = opts.open_loop
         self.close_each = opts.conn_mode == "new"
+        self.reconnect_after = opts.reconnect_after
         self.depth = opts.depth
         self.think_s = opts.think_s
         self.connect_timeout_s = opts.connect_timeout_s

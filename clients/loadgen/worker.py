@@ -6,7 +6,7 @@ messages from its stdout (ready, one tick a second, the result). CLOCK_MONOTONIC
 shared by all processes of the machine, so the phases of all workers line up.
 
 During the run a completed request costs an array append; histograms, percentiles and
-the per-second timeline are computed after the loop has stopped.
+the per-interval timeline are computed after the loop has stopped.
 """
 
 from __future__ import annotations
@@ -94,7 +94,6 @@ class Worker:
             run.phase.start_ns = monotonic_ns()
         elif warm_ns:
             run.enter("warmup")
-        self._start_adversaries()
         self._make_drivers()
         if measure_ns <= start_ns:
             self._begin_measure(measure_ns)  # no ramp-up or warm-up: count from the first request
@@ -128,7 +127,13 @@ class Worker:
             run.drivers.append(d)
         run.active_drivers = len(run.drivers)
 
-    def _start_adversaries(self) -> None:
+    def connect_adversaries(self) -> None:
+        """Open the idle, slow-reading and slow-sending connections, and wait for their first connects.
+
+        Called before the worker reports ready, so on every worker they are in place before any
+        active client connects: a server that gives each connection a thread or a process meets
+        them first, as it would meet clients that were already there.
+        """
         s, opts = self.share, self.opts
         if not (s.idle or s.slow_readers or s.slow_senders):
             return
@@ -136,6 +141,11 @@ class Worker:
         self.adversaries, self.adversary_stats = start_adversaries(
             self.run, s.idle, s.slow_readers, s.slow_senders, read_target, opts.slow_read_rate,
             self.plan.targets[0], opts.slow_send_interval_s)
+        tasks = [a.task for a in self.adversaries if a.task is not None]
+        if not tasks:
+            return
+        # a connect that fails is retried in the background; the wait is bounded by the connect timeout
+        self.loop.run_until_complete(asyncio.wait(tasks, timeout=self.opts.connect_timeout_s))
 
     def _begin_measure(self, measure_ns: int) -> None:
         run = self.run
@@ -146,14 +156,16 @@ class Worker:
             run.budget = self.share.requests  # from now on each request sent counts against it
         else:
             self._at(measure_ns + int(self.opts.measured_duration * 1e9), run.end_measure)
-        self._at(measure_ns + 1_000_000_000, self._second, measure_ns + 1_000_000_000)
+        step = int(self.opts.timeline_interval_s * 1e9)
+        self._at(measure_ns + step, self._slice_end, measure_ns + step, step)
 
-    def _second(self, when_ns: int) -> None:
+    def _slice_end(self, when_ns: int, step: int) -> None:
+        """Close one slice of the timeline (every --timeline-interval, from the window's start)."""
         run = self.run
         if run.phase.name != "measure":
             return
         run.mark()
-        self._at(when_ns + 1_000_000_000, self._second, when_ns + 1_000_000_000)
+        self._at(when_ns + step, self._slice_end, when_ns + step, step)
 
     def _sweep(self) -> None:
         run = self.run
@@ -277,6 +289,7 @@ def main() -> int:
         if share.cpu is not None:
             os.sched_setaffinity(0, {share.cpu})
         worker = Worker(opts, plan, share, out_fd)
+        worker.connect_adversaries()
         write_message(out_fd, ("ready", {"pid": os.getpid(), "loop": type(worker.loop).__module__}))
         message = read_message(0)
         if message[0] != "start":
