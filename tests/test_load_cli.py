@@ -154,3 +154,40 @@ def test_think_time_paces_the_closed_loop(server, corpus: str) -> None:
                                think_s=0.05))
     # each connection sends at most one request per 50 ms of thinking: about 40 in a second
     assert 20 <= doc["requests"] <= 42 and doc["errors"]["total"] == 0
+
+
+def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(server, corpus: str, validator,
+                                                                              tmp_path) -> None:
+    from serverzoo.bench.cgroups import CgroupPlacer
+
+    placer = CgroupPlacer()
+    cgroup = placer.new()
+    if cgroup is None:
+        pytest.skip(f"no cgroup v2 here: {placer.why_not}")
+    try:
+        assert cgroup.adopt(server.pid) >= 1
+        doc = run_load(LoadOptions(url=server.url + "1KiB.bin", corpus=corpus, connections=2, duration=0.6,
+                                   workers=2, timeline_interval_s=0.1, server_pid=server.pid,
+                                   server_cgroup=cgroup.path))
+    finally:
+        # the module's server lives on: move it back out before the cgroup goes
+        with open(os.path.join(os.path.dirname(cgroup.path), "cgroup.procs"), "w") as f:
+            f.write(str(server.pid))
+        assert cgroup.remove() is None
+    assert not os.path.exists(cgroup.path)
+    validator.validate(doc)
+    assert 5 <= len(doc["timeline"]) <= 7
+    assert all(0.05 < t["dt"] <= 0.15 for t in doc["timeline"][:-1])
+    assert sum(t["requests"] for t in doc["timeline"]) == doc["requests"]
+    assert doc["server"]["cpu_source"] == "cgroup" and doc["server"]["cpu_s"] > 0
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--timeline-interval", "1ms"], "--timeline-interval must be at least"),
+    (["--reconnect-after", "0"], "--reconnect-after must be at least 1"),
+    (["--reconnect-after", "5", "--conn-mode", "new"], "--reconnect-after applies to the closed keep-alive loop"),
+    (["--server-cgroup", "/tmp"], "not a cgroup v2 directory"),
+])
+def test_bad_slice_reconnect_and_cgroup_options_are_one_line_errors(args, fragment) -> None:
+    result = run_cli("load", "http://127.0.0.1:9/x", "-d", "1", *args)
+    assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
