@@ -24,7 +24,7 @@ EXIT_NO_LINK = 3  # as every other --link: the link cannot be named, or built he
 MATRIX_OPTIONS = ("preset", "models", "scenarios", "concurrency", "rates", "repeat", "duration", "warmup",
                   "scenarios_file", "corpus", "reference", "server_cpus", "client_cpus", "link", "links_file",
                   "budget")
-REPORT_RESERVE_S = 8.0  # of the budget, kept for writing the report after the last cell
+REPORT_RESERVE_S = 15.0  # of the budget, kept for writing the report after the last cell
 
 
 class LinkError(ConfigError):

@@ -72,6 +72,10 @@ class Interrupts:
 
 interrupts = Interrupts()  # run_matrix installs interrupts.handler for SIGINT and SIGTERM
 
+# Where the generator shares CPUs with the server (placement "server-all"), it runs at this
+# nice value: its share is small, and it must not wait behind the server for a CPU, or the
+# server would be measured against a generator it starved (and every cell judged client-bound).
+SHARED_GENERATOR_NICE = -10
 GENERATOR_SLACK_S = 20.0  # beyond warm-up + duration + one request timeout, a generator is stuck
 STDERR_TAIL = 1500
 
@@ -188,8 +192,10 @@ class CellRunner:
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
                                 cgroup.path if cgroup else None)
             t1 = time.monotonic()
+            placement = record["placement"]
             record["load"], record["error"], record["generator"] = self._generate(
-                opts, sc.warmup + sc.duration + sc.request_timeout, record["placement"]["client_cpus"])
+                opts, sc.warmup + sc.duration + sc.request_timeout, placement["client_cpus"],
+                SHARED_GENERATOR_NICE if placement["shared"] else 0)
             timing["generator"] = round(time.monotonic() - t1, 3)
         finally:
             self._stop(server, info, timing)
@@ -200,13 +206,15 @@ class CellRunner:
         record["seconds"] = round(time.monotonic() - t0, 3)
         return record
 
-    def _generate(self, opts: dict[str, Any], expected_s: float,
-                  cpus: list[int]) -> tuple[dict | None, str | None, dict]:
-        """Run `serverzoo load` pinned to the client CPUs; (document, error, generator record)."""
+    def _generate(self, opts: dict[str, Any], expected_s: float, cpus: list[int],
+                  nice: int = 0) -> tuple[dict | None, str | None, dict]:
+        """Run `serverzoo load` pinned to the client CPUs (at `nice`); (document, error, generator record)."""
         fd, json_path = tempfile.mkstemp(prefix="serverzoo-load-", suffix=".json")
         os.close(fd)
         argv = load_argv(opts, json_path)
         gen: dict[str, Any] = {"argv": argv[1:], "cpus": cpus}
+        if nice:
+            gen["nice"] = nice if _can_renice(nice) else None  # None: not allowed here, ran at the default
         if self.hosts is not None:
             argv = self.hosts.command("client", argv)
             gen["netns"] = self.hosts.client_ns  # the link's client host
@@ -216,7 +224,7 @@ class CellRunner:
                 # and discards the cell (the generator would report a cut-short window as a result)
                 try:
                     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+                                            preexec_fn=lambda: _pin_and_nice(cpus, gen.get("nice") or 0),
                                             start_new_session=True)
                 except (OSError, subprocess.SubprocessError) as exc:
                     return None, f"load generator did not start: {exc}", gen
@@ -278,6 +286,18 @@ class CellRunner:
         if problems:
             info["problem"] = ", ".join(problems)
             info["stderr_tail"] = _tail(stderr)
+
+
+def _can_renice(nice: int) -> bool:
+    """Whether this process may start one at `nice` (a negative value needs root or CAP_SYS_NICE)."""
+    return nice >= 0 or os.geteuid() == 0
+
+
+def _pin_and_nice(cpus: list[int], nice: int) -> None:
+    """In the generator's child, before exec: its CPUs, and its priority (inherited by its workers)."""
+    os.sched_setaffinity(0, cpus)
+    if nice:
+        os.nice(nice)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
