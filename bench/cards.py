@@ -9,8 +9,11 @@ from __future__ import annotations
 import ast
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 from serverzoo.servers import MODELS
+
+from .scenarios import ServerSpec
 
 NGINX_CARD = ("nginx, the yardstick: C, one worker process running an epoll event loop, with the configuration "
               "the suite wrote (shown below). Read every figure as a ratio to a server people know.")
@@ -41,13 +44,13 @@ def module_docstring(path: str) -> str | None:
     return ast.get_docstring(tree)
 
 
-def model_cards(servers: dict[str, dict]) -> list[ModelCard]:
+def model_cards(servers: Mapping[str, ServerSpec]) -> list[ModelCard]:
     """One card per server row of a run (its `config.servers`), nginx included."""
     cards = []
     folder = _servers_dir()
     for name, spec in servers.items():
-        model = spec["model"]
-        args = tuple(spec.get("args", ()))
+        model = spec.model
+        args = tuple(spec.args)
         if model == "nginx":
             cards.append(ModelCard(name, model, "the reference server", "bench/nginx.py", (NGINX_CARD,), args))
             continue

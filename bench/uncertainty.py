@@ -111,20 +111,38 @@ def batch_means(amounts: Sequence[float], durations: Sequence[float], batches: i
     total_time = sum(durations)
     if total_time <= 0:
         raise ValueError("no measured time")
-    overall = sum(amounts) / total_time
-    k = min(batches, len(amounts))
-    if k < MIN_BATCHES:
-        return Estimate(overall, math.inf, 1, "single")
     rates = []
-    for b in range(k):
-        lo, hi = b * len(amounts) // k, (b + 1) * len(amounts) // k
-        t = sum(durations[lo:hi])
+    for r in batch_ranges(len(amounts), batches):
+        t = sum(durations[i] for i in r)
         if t > 0:
-            rates.append(sum(amounts[lo:hi]) / t)
-    if len(rates) < MIN_BATCHES:
-        return Estimate(overall, math.inf, 1, "single")
-    spread = from_samples(rates)
-    return Estimate(overall, spread.half_width, len(rates), "batch-means")
+            rates.append(sum(amounts[i] for i in r) / t)
+    return from_batches(sum(amounts) / total_time, rates)
+
+
+def batch_ranges(n: int, batches: int = DEFAULT_BATCHES) -> list[range]:
+    """Indexes of n slices split, in order, into min(batches, n) contiguous batches of nearly equal size."""
+    k = min(batches, n)
+    return [range(b * n // k, (b + 1) * n // k) for b in range(k)]
+
+
+def from_batches(overall: float, batch_values: Sequence[float]) -> Estimate:
+    """A figure of the whole window, with the interval the spread of its batches' own figures gives.
+
+    For figures that are not rates (a p99 of each batch's merged latencies, say) the caller
+    computes each batch's figure; fewer than MIN_BATCHES leave the noise unmeasured.
+    """
+    if len(batch_values) < MIN_BATCHES:
+        return Estimate(float(overall), math.inf, 1, "single")
+    spread = from_samples(batch_values)
+    return Estimate(float(overall), spread.half_width, len(batch_values), "batch-means")
+
+
+def scaled(estimate: Estimate, value: float) -> Estimate:
+    """The same relative uncertainty around another value (a cell's own figure, when its batches' total differs
+    slightly, e.g. by requests completed at the window's edge)."""
+    if not estimate.measured:
+        return Estimate(float(value), math.inf, estimate.n, estimate.method)
+    return Estimate(float(value), estimate.relative_half_width * abs(value), estimate.n, estimate.method)
 
 
 def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:

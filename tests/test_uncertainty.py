@@ -93,3 +93,22 @@ def test_lead_is_relative_and_signed_by_direction():
     assert u.lead(u.single(110), u.single(100)) == pytest.approx(0.10)
     assert u.lead(u.single(90), u.single(100), higher_is_better=False) == pytest.approx(0.10)
     assert u.lead(u.single(1), u.single(0)) == math.inf
+
+
+def test_batches_are_contiguous_and_nearly_equal():
+    assert u.batch_ranges(10) == [range(0, 2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)]
+    assert [len(r) for r in u.batch_ranges(7, 3)] == [2, 2, 3]
+    assert u.batch_ranges(2) == [range(0, 1), range(1, 2)]
+
+
+def test_batch_figures_that_are_not_rates_give_an_interval_around_the_whole():
+    e = u.from_batches(1000.0, [950.0, 1000.0, 1050.0])
+    assert (e.value, e.n, e.method) == (1000.0, 3, "batch-means")
+    assert e.half_width == pytest.approx(u._t95(2) * 50 / math.sqrt(3))
+    assert not u.from_batches(1000.0, [990.0, 1010.0]).measured
+
+
+def test_scaled_keeps_the_relative_noise():
+    e = u.scaled(u.Estimate(100.0, 5.0, 5, "batch-means"), 200.0)
+    assert (e.value, e.half_width, e.n, e.method) == (200.0, 10.0, 5, "batch-means")
+    assert not u.scaled(u.single(100.0), 50.0).measured
