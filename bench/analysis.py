@@ -459,7 +459,7 @@ class Delta:
     @property
     def noise(self) -> float | None:
         """The relative half-width a change had to exceed (None when unmeasured)."""
-        hw = uncertainty.combined_half_width(self.before, self.after)
+        hw = uncertainty.difference_half_width(self.before, self.after)
         return hw / abs(self.before.value) if self.before.value and hw != float("inf") else None
 
 
@@ -480,9 +480,9 @@ def judge_change(before: Estimate, after: Estimate, higher_is_better: bool, floo
     if abs(change) <= floor:
         return WITHIN_NOISE, f"within the {floor:.0%} floor"
     if uncertainty.clearly_ahead(before, after, higher_is_better):
-        return REGRESSION, "beyond both cells' 95% intervals"
+        return REGRESSION, "beyond the 95% interval of the difference"
     if uncertainty.clearly_ahead(after, before, higher_is_better):
-        return IMPROVEMENT, "beyond both cells' 95% intervals"
+        return IMPROVEMENT, "beyond the 95% interval of the difference"
     return WITHIN_NOISE, "inside the cells' 95% intervals"
 
 

@@ -341,8 +341,8 @@ EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 def compare_command(before: str, after: str, threshold: float, show_all: bool) -> None:
     """Compare two runs cell by cell; the exit code is a CI regression gate.
 
-    A change counts only when it is larger than the measured noise of both cells (their 95%
-    intervals, combined) and than --threshold. Two runs are two server starts, so the noise
+    A change counts only when it is larger than the measured noise of both cells (the 95%
+    interval of their difference) and than --threshold. Two runs are two server starts, so the noise
     that counts is the one between server starts: a cell measured once (one repetition)
     has none measured, is reported "unmeasured", and never fails the gate. Run both sides
     with `--repeat 3` for a gate that can catch a regression. Exit codes: 0 no regression;
@@ -370,7 +370,7 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
         _fail("compare", "the two runs have no successfully measured cell in common", EXIT_BAD_INPUT)
         return
     click.echo(f"{a.run.run_id} -> {b.run.run_id} (both over {b.link}): {len(rows)} cells compared "
-               f"(a change must exceed both cells' 95% intervals and {threshold:.0%})")
+               f"(a change must exceed the 95% interval of the difference and {threshold:.0%})")
     ma, mb = a.run.machine, b.run.machine
     if (ma.get("hostname"), ma.get("cpu_model")) != (mb.get("hostname"), mb.get("cpu_model")):
         click.echo(f"note: different machines ({ma.get('hostname')}: {ma.get('cpu_model')} / "

@@ -13,7 +13,7 @@ with). The rules, in order:
    one did and it is clearly ahead of the rest, it wins, by at least its margin. For a
    latency metric a client-bound cell is excluded.
 3. Otherwise the leader wins only when clearly ahead of the runner-up: its lead beyond the
-   two 95% intervals combined (bench.uncertainty.clearly_ahead). If not, the verdict is a
+   95% interval of the difference of the two figures (bench.uncertainty.clearly_ahead). If not, the verdict is a
    tie of the leader and every model it is not clearly ahead of, with the margin that
    spans them. A cell whose noise was not measured separates nothing.
 
@@ -195,7 +195,7 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
     leader, runner_up = clean[0], clean[1]
     if uncertainty.clearly_ahead(leader.estimate, runner_up.estimate, higher_is_better):
         margin = uncertainty.lead(leader.estimate, runner_up.estimate, higher_is_better)
-        noise = uncertainty.combined_half_width(leader.estimate, runner_up.estimate) / abs(runner_up.estimate.value)
+        noise = uncertainty.difference_half_width(leader.estimate, runner_up.estimate) / abs(runner_up.estimate.value)
         return verdict("winner", leader.server, (), margin, noise, None,
                        f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (noise ±{noise:.1%}){at}", clean)
     tie = [leader] + [r for r in clean[1:] if not uncertainty.clearly_ahead(leader.estimate, r.estimate,
