@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Sequence
 
 from serverzoo.clients.loadgen import latency
@@ -172,7 +173,6 @@ class Point:
     values: list[float] = field(default_factory=list)  # the metric, one per measured repetition
     repetitions: int = 0
     failures: list[str] = field(default_factory=list)
-    estimate: Estimate | None = None  # the figure with its 95% interval
     median: float | None = None
     lo: float | None = None
     hi: float | None = None
@@ -180,8 +180,7 @@ class Point:
     rps: float | None = None
     mb_per_s: float | None = None
     p99_uncorrected_us: float | None = None
-    latency_us: dict[str, float] = field(default_factory=dict)  # over all measured repetitions' responses
-    latency_count: int = 0  # the responses those percentiles come from
+    loads: list[Load] = field(default_factory=list, repr=False)  # of the measured repetitions
     requests: int = 0
     errors: int = 0
     error_classes: dict[str, int] = field(default_factory=dict)
@@ -214,6 +213,36 @@ class Point:
     @property
     def client_bound(self) -> bool:
         return "client-bound" in self.flags
+
+    @cached_property
+    def estimate(self) -> Estimate | None:
+        """The figure with its 95% interval (None when nothing was measured); worked out on first use."""
+        if not self.loads:
+            return None
+        return uncertainty.pool([repetition_estimate(x, self.metric) for x in self.loads])
+
+    @cached_property
+    def _latency(self) -> tuple[dict[str, float], int]:
+        """Percentiles over every measured response (merged histograms), else the median repetition's; and the
+        count of responses they come from. Decoded on first use: the runner's per-cell summary needs none."""
+        loads = self.loads
+        hist = merge_histograms([x.histogram for x in loads]) if all(x.histogram for x in loads) else None
+        if hist is not None and hist.get_total_count():
+            values = {k: float(hist.get_value_at_percentile(q)) for k, q in LATENCY_KEYS}
+            return values | {"max": float(hist.get_max_value())}, int(hist.get_total_count())
+        if not loads:
+            return {}, 0
+        mid = sorted(loads, key=lambda x: x.latency_us.get("p99", 0.0))[(len(loads) - 1) // 2]
+        return dict(mid.latency_us), mid.requests
+
+    @property
+    def latency_us(self) -> dict[str, float]:
+        return self._latency[0]
+
+    @property
+    def latency_count(self) -> int:
+        """How many responses the latency percentiles come from."""
+        return self._latency[1]
 
     @property
     def p99_us(self) -> float | None:
@@ -253,19 +282,6 @@ def _flag_problems(p: Point, cells: Sequence[CellRecord], error_rate_limit: floa
         p.reasons.append("wrong responses: " + ", ".join(f"{k} {n}" for k, n in wrong.items()))
 
 
-def _latency(p: Point, loads: list[Load]) -> None:
-    """Percentiles over every measured response (merged histograms), else the median repetition's."""
-    hist = merge_histograms([x.histogram for x in loads if x.histogram]) if all(x.histogram for x in loads) else None
-    if hist is not None and hist.get_total_count():
-        p.latency_count = int(hist.get_total_count())
-        p.latency_us = {k: float(hist.get_value_at_percentile(q)) for k, q in LATENCY_KEYS}
-        p.latency_us["max"] = float(hist.get_max_value())
-    elif loads:
-        mid = sorted(loads, key=lambda x: x.latency_us.get("p99", 0.0))[(len(loads) - 1) // 2]
-        p.latency_us = dict(mid.latency_us)
-        p.latency_count = mid.requests
-
-
 def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Point:
     first = cells[0]
     metric = scenario.metric
@@ -295,13 +311,12 @@ def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Po
     if p.failures:
         p.flags.append("failed")  # some repetitions failed: the median would hide it
         p.reasons += p.failures
-    p.estimate = uncertainty.pool([repetition_estimate(x, metric) for x in loads])
     p.median = statistics.median(p.values)
     p.lo, p.hi = min(p.values), max(p.values)
     p.spread = (p.hi - p.lo) / 2 / p.median if p.median else 0.0
     if len(p.values) > 1 and p.spread > run.unstable_spread:
         p.flags.append("unstable")
-    _latency(p, loads)
+    p.loads = loads
     p.rps = _median([x.rps or 0.0 for x in loads])
     p.mb_per_s = _median([x.mb_per_s or 0.0 for x in loads])
     unc = [x.latency_uncorrected_us.get("p99") for x in loads]
@@ -521,13 +536,13 @@ def newly_failed(before: RunView, after: RunView) -> list[tuple[str, str, int]]:
 
 
 def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-cell figures, intervals and flags, as stored beside the cells in the run file."""
+    """The per-cell medians, spreads and flags, as stored beside the cells in the run file (after every cell, so
+    nothing here decodes a histogram; the intervals are in the verdicts' rankings)."""
     view = RunView(Run.from_doc(doc, check=False))
     out = []
     for (server, scenario, level), p in sorted(view.points.items()):
         out.append({"server": server, "scenario": scenario, "level": level, "metric": p.metric,
                     "median": p.median, "min": p.lo, "max": p.hi, "spread": round(p.spread, 4),
-                    "estimate": p.estimate.to_dict() if p.estimate else None,
                     "n": len(p.values), "repetitions": p.repetitions, "flags": p.flags,
                     "reasons": sorted(set(p.reasons)), "error_rate": round(p.error_rate, 6)})
     return out

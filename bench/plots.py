@@ -183,7 +183,8 @@ def spectrum_chart(view: RunView, scenario: str, level: int, caption: str) -> st
         if keep:
             flagged = bool(p.flags)
             style = _style(view, server) | ({"linestyle": ":"} if flagged else {})
-            ax.plot(*zip(*keep), label=f"{server} (flagged)" if flagged else server, **style)
+            label = f"{server} (n={p.latency_count:,}{', flagged' if flagged else ''})"
+            ax.plot(*zip(*keep), label=label, **style)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([1 / (1 - q / 100) for q in ticks])
