@@ -474,7 +474,7 @@ class Delta:
     @property
     def noise(self) -> float | None:
         """The relative half-width a change had to exceed (None when unmeasured)."""
-        hw = uncertainty.difference_half_width(self.before, self.after)
+        hw = uncertainty.combined_half_width(self.before, self.after)
         return hw / abs(self.before.value) if self.before.value and hw != float("inf") else None
 
 

@@ -179,8 +179,8 @@ def _standard_error(e: Estimate) -> float:
     return e.half_width / _t95(e.n - 1) if e.n > 1 else math.inf
 
 
-def difference_half_width(a: Estimate, b: Estimate) -> float:
-    """The 95% half-width of a - b (Welch): inf when either noise is unmeasured."""
+def combined_half_width(a: Estimate, b: Estimate) -> float:
+    """The 95% half-width of the difference a - b (Welch's interval): inf when either noise is unmeasured."""
     if not (a.measured and b.measured) or a.n < 2 or b.n < 2:
         return math.inf
     se_a, se_b = _standard_error(a), _standard_error(b)
@@ -199,4 +199,4 @@ def clearly_ahead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> bo
     if not (a.measured and b.measured):
         return False
     diff = a.value - b.value if higher_is_better else b.value - a.value
-    return diff > difference_half_width(a, b)
+    return diff > combined_half_width(a, b)

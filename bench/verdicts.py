@@ -195,7 +195,7 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
     leader, runner_up = clean[0], clean[1]
     if uncertainty.clearly_ahead(leader.estimate, runner_up.estimate, higher_is_better):
         margin = uncertainty.lead(leader.estimate, runner_up.estimate, higher_is_better)
-        noise = uncertainty.difference_half_width(leader.estimate, runner_up.estimate) / abs(runner_up.estimate.value)
+        noise = uncertainty.combined_half_width(leader.estimate, runner_up.estimate) / abs(runner_up.estimate.value)
         return verdict("winner", leader.server, (), margin, noise, None,
                        f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (noise ±{noise:.1%}){at}", clean)
     tie = [leader] + [r for r in clean[1:] if not uncertainty.clearly_ahead(leader.estimate, r.estimate,

@@ -93,12 +93,12 @@ def test_the_difference_interval_is_welchs():
     a, b = u.from_samples([100.0, 104.0, 96.0]), u.from_samples([90.0, 91.0, 89.0, 90.0])
     se_a, se_b = 4.0 / math.sqrt(3), statistics.stdev([90, 91, 89, 90]) / math.sqrt(4)
     df = (se_a ** 2 + se_b ** 2) ** 2 / (se_a ** 4 / 2 + se_b ** 4 / 3)
-    assert u.difference_half_width(a, b) == pytest.approx(u._t95(math.floor(df)) * math.hypot(se_a, se_b))
+    assert u.combined_half_width(a, b) == pytest.approx(u._t95(math.floor(df)) * math.hypot(se_a, se_b))
     # with few samples on both sides, tighter than the two intervals in quadrature (each with only its own df)
     c = u.from_samples([90.0, 94.0, 86.0])
-    assert u.difference_half_width(a, c) == pytest.approx(u._t95(4) * math.hypot(*[4.0 / math.sqrt(3)] * 2))
-    assert u.difference_half_width(a, c) < math.hypot(a.half_width, c.half_width)
-    assert u.difference_half_width(a, u.single(90.0)) == math.inf
+    assert u.combined_half_width(a, c) == pytest.approx(u._t95(4) * math.hypot(*[4.0 / math.sqrt(3)] * 2))
+    assert u.combined_half_width(a, c) < math.hypot(a.half_width, c.half_width)
+    assert u.combined_half_width(a, u.single(90.0)) == math.inf
 
 
 def test_lead_is_relative_and_signed_by_direction():

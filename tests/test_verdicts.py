@@ -79,7 +79,7 @@ def test_verdict_table(name, contenders, metric, higher, kind, winner, tie):
 def test_verdict_texts_state_margin_basis_and_confidence():
     won = decide("s", [c("select", 120), c("asyncio", 100)], "rps", True, 32, "c=32")
     assert won.margin == pytest.approx(0.20)
-    assert won.noise == pytest.approx(u.difference_half_width(est(120), est(100)) / 100)
+    assert won.noise == pytest.approx(u.combined_half_width(est(120), est(100)) / 100)
     assert won.text == f"select, 20.0% ahead of asyncio (noise ±{won.noise:.1%}) at c=32"
     assert won.confidence == "95% intervals from 5 timeline batches of one repetition"
     tie = decide("s", [c("select", 103, 0.03), c("asyncio", 100, 0.03)], "rps", True, 32, "c=32")
