@@ -1,63 +1,79 @@
-"""From a run's cells to the numbers a report shows: medians, spreads, flags, ratios, winners.
+"""From a run's cells to the numbers a report shows: figures with their uncertainty, flags, ratios, deltas.
 
-Pure functions over the run dict (no plotting, no I/O), so the report, `compare` and the
-tests all read a run the same way. Definitions used throughout:
+Pure functions over a typed run (bench.results; no plotting, no I/O), so the report,
+`compare`, the verdicts and the tests all read a run the same way. Definitions used
+throughout:
 
-- spread: (max - min) / 2 / median over a cell's repetitions (0 with one repetition,
-  which the report marks as "n=1": no spread was measured).
-- a ratio to a baseline model is taken per level and combined per scenario with a
-  geometric mean; "faster" means better on the scenario's metric (for a latency
-  metric, lower).
-- a change between two runs is beyond noise when the two cells' ranges (median +-
-  spread) do not overlap and the change exceeds the floor threshold.
+- a cell's figure is the scenario's metric, with a 95% interval (bench.uncertainty): from
+  its repetitions, and within a repetition from batch means over the load generator's
+  timeline slices (for a p99, each batch's p99 comes from its slices' merged histograms).
+  Too few slices leave the noise unmeasured, and an unmeasured figure separates nothing.
+- spread: (max - min) / 2 / median over a cell's repetitions; above the run's threshold the
+  cell is flagged "unstable".
+- a percentile is shown only when the responses behind it support it (p99 needs 100,
+  p99.9 needs 1,000), and always with that count.
+- ratios are taken at the level that matters (see basis_level) against a healthy baseline:
+  nginx when it ran unflagged in the scenario, else the scenario's median unflagged model.
+- a change between two runs is real when the two cells' intervals say so (clearly_ahead)
+  and it exceeds a floor; a cell measured once has no noise between server starts, so the
+  change is "unmeasured" and claims nothing.
 - the network a run measured over (loopback, or an emulated link such as wan) is part of
   what a cell means: two runs over different links are never paired as before/after
-  (deltas() refuses); a report puts them side by side instead, rows labelled
-  "iterative @loopback", "iterative @wan".
+  (deltas() refuses); a report puts them side by side instead.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from functools import cached_property
+from typing import Any, Sequence
 
-from .scenarios import METRICS
+from serverzoo.clients.loadgen import latency
 
-BASELINE = "iterative"
+from . import uncertainty
+from .plan import REFERENCE
+from .results import CellRecord, Load, Run
+from .scenarios import METRICS, Scenario
+from .uncertainty import Estimate
+
 STALLS = ("read_timeout", "connect_timeout")  # a client left waiting past the scenario's timeout
 WRONG = ("bad_status", "bad_length", "short_body", "corrupt_body", "bad_response")  # the answer itself was wrong
 BEHIND_RATE = 0.9  # open loop: achieved below this fraction of the target rate = fell behind
-COLLAPSE = 0.5  # a model whose metric at its top level is below this fraction of its best level collapsed
+DEGRADING = ("errors", "stalled", "wrong-answers", "unclean-stop", "fell-behind")
+LATENCY_KEYS = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9), ("p99.99", 99.99))
 
-
-# -- reading one load document --------------------------------------------------------
 
 def metric_value(load: dict[str, Any], metric: str) -> float | None:
-    if metric == "rps":
-        return _num(load.get("rps"))
-    if metric == "mb_per_s":
-        return _num(load.get("mb_per_s"))
+    """The metric of a raw load document (the runner's progress line, before a run is read back)."""
+    value = (load.get("latency_us") or {}).get("p99") if metric == "p99_us" else load.get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def format_value(metric: str, value: float | None) -> str:
+    """The one formatting of a metric value, shared by tables, verdicts and tests."""
+    if value is None:
+        return "-"
     if metric == "p99_us":
-        return _num((load.get("latency_us") or {}).get("p99"))
-    raise KeyError(metric)
+        return f"{value / 1000:,.2f} ms"
+    if metric == "mb_per_s":
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
 
 
-def error_total(load: dict[str, Any]) -> int:
-    errors = load.get("errors") or {}
-    return int(errors.get("total", 0) or 0)
+def supports(responses: int, percentile: float) -> bool:
+    """Whether `responses` values can name this percentile: at least one value beyond it (p99 needs 100)."""
+    return responses * (1 - percentile / 100) >= 1 - 1e-9
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def geomean(values: Iterable[float]) -> float | None:
-    vals = [v for v in values if v is not None and v > 0]
-    if not vals:
+def merge_histograms(encoded: Sequence[str]) -> Any:
+    """One HdrHistogram of all of them (exact), or None when there are none or one cannot be decoded."""
+    if not encoded:
         return None
-    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+    try:
+        return latency.merge(encoded)
+    except Exception:  # noqa: BLE001 - a histogram in another encoding: the caller falls back to saved figures
+        return None
 
 
 # -- the network a run went over -----------------------------------------------------
@@ -69,49 +85,78 @@ class DifferentLinks(ValueError):
     """Two runs measured over different networks: their cells are not before/after of each other."""
 
 
-def run_link(run: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's link record (profile, what was applied), or None for loopback (and runs older than links)."""
-    return (run.get("config") or {}).get("link") or None
+def link_name(run: Run) -> str:
+    return str(run.link["profile"]["name"]) if run.link else LOOPBACK
 
 
-def link_name(run: dict[str, Any]) -> str:
-    link = run_link(run)
-    return str(link["profile"]["name"]) if link else LOOPBACK
-
-
-def link_identity(run: dict[str, Any]) -> tuple | None:
+def link_identity(run: Run) -> tuple | None:
     """What makes two links the same: the profile's figures (its description aside)."""
-    link = run_link(run)
-    if link is None:
+    if run.link is None:
         return None
-    return tuple(sorted((k, v) for k, v in link["profile"].items() if k != "description"))
+    return tuple(sorted((k, v) for k, v in run.link["profile"].items() if k != "description"))
 
 
-def same_link(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_link(a: Run, b: Run) -> bool:
     return link_identity(a) == link_identity(b)
 
 
-def link_summary(run: dict[str, Any]) -> str:
+def link_summary(run: Run) -> str:
     """'40 ms RTT, 100 Mbit/s' for a link ('nothing added' for a bare veth); '' for loopback."""
     from serverzoo.clients.links.profiles import LinkProfile, ProfileError
 
-    link = run_link(run)
-    if link is None:
+    if run.link is None:
         return ""
     try:
-        return LinkProfile(**link["profile"]).summary()
+        return LinkProfile(**run.link["profile"]).summary()
     except (TypeError, ProfileError):
         return "profile unreadable"
 
 
-def link_text(run: dict[str, Any]) -> str:
+def link_text(run: Run) -> str:
     """One phrase for headers: where the run's traffic went."""
-    link = run_link(run)
+    link = run.link
     if link is None:
         return "loopback: server and load generator on this machine's loopback, no link"
     applied = "; ".join(link.get("applied") or []) or "nothing shaped"
     return (f"link {link_name(run)} ({link_summary(run)}): server on {link.get('server_addr', '?')} and load "
             f"generator on {link.get('client_addr', '?')}, two network namespaces; applied: {applied}")
+
+
+# -- one repetition's figure and its noise ---------------------------------------------
+
+def repetition_estimate(load: Load, metric: str) -> Estimate:
+    """The metric of one load run, with the interval its timeline slices give (batch means).
+
+    Rates come from the slices' counts and lengths; a p99 from each batch's merged slice
+    histograms, and only when every batch holds the 100 responses a p99 needs. Slices that
+    do not say how long they were, or lack bytes or histograms, leave the noise unmeasured.
+    """
+    value = load.metric(metric)
+    if value is None:
+        raise ValueError(f"no {metric} in this load result")
+    slices = [s for s in load.timeline if s.requests or s.seconds]
+    if metric == "p99_us":
+        if not slices or any(s.histogram is None for s in slices):
+            return uncertainty.single(value)
+        batch_p99 = []
+        for r in uncertainty.batch_ranges(len(slices)):
+            hist = merge_histograms([slices[i].histogram for i in r])
+            if hist is None or not supports(hist.get_total_count(), 99.0):
+                return uncertainty.single(value)
+            batch_p99.append(float(hist.get_value_at_percentile(99.0)))
+        return uncertainty.from_batches(value, batch_p99)
+    if not slices or any(s.seconds is None for s in slices):
+        return uncertainty.single(value)
+    if metric == "rps":
+        amounts = [float(s.requests) for s in slices]
+    elif any(s.bytes is None for s in slices):
+        return uncertainty.single(value)
+    else:
+        amounts = [s.bytes / 1e6 for s in slices]
+    durations = [s.seconds for s in slices]
+    if sum(durations) <= 0:
+        return uncertainty.single(value)
+    return uncertainty.scaled(uncertainty.batch_means(amounts, durations), value)
 
 
 # -- one cell across its repetitions ------------------------------------------------
@@ -134,9 +179,8 @@ class Point:
     spread: float = 0.0
     rps: float | None = None
     mb_per_s: float | None = None
-    p99_us: float | None = None
     p99_uncorrected_us: float | None = None
-    latency_us: dict[str, float] = field(default_factory=dict)  # of the median repetition
+    loads: list[Load] = field(default_factory=list, repr=False)  # of the measured repetitions
     requests: int = 0
     errors: int = 0
     error_classes: dict[str, int] = field(default_factory=dict)
@@ -166,48 +210,65 @@ class Point:
     def degraded(self) -> bool:
         return any(f in self.flags for f in DEGRADING)
 
+    @property
+    def client_bound(self) -> bool:
+        return "client-bound" in self.flags
 
-DEGRADING = ("errors", "stalled", "wrong-answers", "unclean-stop", "fell-behind")
+    @cached_property
+    def estimate(self) -> Estimate | None:
+        """The figure with its 95% interval (None when nothing was measured); worked out on first use."""
+        if not self.loads:
+            return None
+        return uncertainty.pool([repetition_estimate(x, self.metric) for x in self.loads])
+
+    @cached_property
+    def _latency(self) -> tuple[dict[str, float], int]:
+        """Percentiles over every measured response (merged histograms), else the median repetition's; and the
+        count of responses they come from. Decoded on first use: the runner's per-cell summary needs none."""
+        loads = self.loads
+        hist = merge_histograms([x.histogram for x in loads]) if all(x.histogram for x in loads) else None
+        if hist is not None and hist.get_total_count():
+            values = {k: float(hist.get_value_at_percentile(q)) for k, q in LATENCY_KEYS}
+            return values | {"max": float(hist.get_max_value())}, int(hist.get_total_count())
+        if not loads:
+            return {}, 0
+        mid = sorted(loads, key=lambda x: x.latency_us.get("p99", 0.0))[(len(loads) - 1) // 2]
+        return dict(mid.latency_us), mid.requests
+
+    @property
+    def latency_us(self) -> dict[str, float]:
+        return self._latency[0]
+
+    @property
+    def latency_count(self) -> int:
+        """How many responses the latency percentiles come from."""
+        return self._latency[1]
+
+    @property
+    def p99_us(self) -> float | None:
+        """The p99 over all responses, only when there are enough of them for one (100)."""
+        return self.latency_us.get("p99") if supports(self.latency_count, 99.0) else None
+
+    def percentile(self, key: str) -> float | None:
+        q = dict(LATENCY_KEYS)[key]
+        return self.latency_us.get(key) if supports(self.latency_count, q) else None
 
 
-def _median_index(values: list[float]) -> int:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    return order[(len(order) - 1) // 2]
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
-def build_point(cells: list[dict[str, Any]], scenario: dict[str, Any], run_settings: dict[str, Any]) -> Point:
-    first = cells[0]
-    metric = scenario["metric"]
-    p = Point(first["server"], first["scenario"], first["level"], metric, METRICS[metric][1],
-              repetitions=len(cells))
-    loads, measured = [], []
-    for c in cells:
-        load = c.get("load")
-        if load:  # failed or not, what the generator saw counts toward errors
-            p.requests += int(load.get("requests", 0) or 0)
-            p.errors += error_total(load)
-            for name, count in (load.get("errors") or {}).items():
-                if name != "total" and isinstance(count, int) and count:
-                    p.error_classes[name] = p.error_classes.get(name, 0) + count
-            p.left_waiting += int((load.get("unfinished") or {}).get("longer_than_max", 0) or 0)
-        value = metric_value(load, metric) if c.get("status") == "ok" and load else None
-        if value is None or not load.get("requests"):
-            p.failures.append(c.get("error") or "no successful request")
-            continue
-        loads.append(load)
-        measured.append(c)
-        p.values.append(value)
-    stops = [c.get("server_process") or {} for c in cells]
-    if any(s.get("clean_stop") is False for s in stops):
+def _flag_problems(p: Point, cells: Sequence[CellRecord], error_rate_limit: float) -> None:
+    stops = [c for c in cells if c.clean_stop is False]
+    if stops:
         p.flags.append("unclean-stop")
-        p.reasons += [s.get("problem", "") for s in stops if s.get("clean_stop") is False and s.get("problem")]
-    if p.error_rate > run_settings.get("error_rate_limit", 0.01):
+        p.reasons += [c.stop_problem for c in stops if c.stop_problem]
+    if p.error_rate > error_rate_limit:
         p.flags.append("errors")
     stalls = sum(p.error_classes.get(k, 0) for k in STALLS)
     if stalls:  # however few: a client waited past the timeout (starved behind others, or a stall)
         p.flags.append("stalled")
-        timeout = next((c["load"]["options"].get("timeout_s") for c in cells
-                        if c.get("load") and c["load"].get("options")), None)
+        timeout = next((c.load.timeout_s for c in cells if c.load and c.load.timeout_s), None)
         p.reasons.append(f"{stalls} requests unanswered after {timeout:g} s" if timeout else
                          f"{stalls} requests timed out")
     if p.left_waiting:  # starved within the window: waited longer than every response that came back
@@ -219,6 +280,30 @@ def build_point(cells: list[dict[str, Any]], scenario: dict[str, Any], run_setti
     if wrong:
         p.flags.append("wrong-answers")
         p.reasons.append("wrong responses: " + ", ".join(f"{k} {n}" for k, n in wrong.items()))
+
+
+def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Point:
+    first = cells[0]
+    metric = scenario.metric
+    p = Point(first.server, first.scenario, first.level, metric, METRICS[metric][1], repetitions=len(cells))
+    loads: list[Load] = []
+    measured: list[CellRecord] = []
+    for c in cells:
+        load = c.load
+        if load is not None:  # failed or not, what the generator saw counts toward errors
+            p.requests += load.requests
+            p.errors += load.error_total
+            for name, count in load.errors.items():
+                p.error_classes[name] = p.error_classes.get(name, 0) + count
+            p.left_waiting += load.left_waiting
+        value = load.metric(metric) if c.ok and load is not None else None
+        if value is None or not load.requests:
+            p.failures.append(c.error or "no successful request")
+            continue
+        loads.append(load)
+        measured.append(c)
+        p.values.append(value)
+    _flag_problems(p, cells, run.error_rate_limit)
     if not p.values:
         p.flags.append("failed")
         p.reasons += p.failures
@@ -229,86 +314,53 @@ def build_point(cells: list[dict[str, Any]], scenario: dict[str, Any], run_setti
     p.median = statistics.median(p.values)
     p.lo, p.hi = min(p.values), max(p.values)
     p.spread = (p.hi - p.lo) / 2 / p.median if p.median else 0.0
-    if len(p.values) > 1 and p.spread > run_settings.get("unstable_spread", 0.10):
+    if len(p.values) > 1 and p.spread > run.unstable_spread:
         p.flags.append("unstable")
-    mid = loads[_median_index(p.values)]
-    p.latency_us = {k: float(v) for k, v in (mid.get("latency_us") or {}).items() if _num(v) is not None}
-    p.rps = statistics.median(_num(x.get("rps")) or 0.0 for x in loads)
-    p.mb_per_s = statistics.median(_num(x.get("mb_per_s")) or 0.0 for x in loads)
-    p.p99_us = statistics.median(_num((x.get("latency_us") or {}).get("p99")) or 0.0 for x in loads)
-    unc = [_num((x.get("latency_uncorrected_us") or {}).get("p99")) for x in loads if x.get("latency_uncorrected_us")]
-    p.p99_uncorrected_us = statistics.median(unc) if unc and None not in unc else None
-    efficiency, rss, rss_ready, cpu = [], [], [], []
-    for c, x in zip(measured, loads):
-        server = x.get("server") or {}
-        if _num(server.get("cpu_s")):
-            cpu.append(server["cpu_s"])
-            efficiency.append(int(x.get("requests", 0)) / server["cpu_s"])
-        if _num(server.get("peak_rss_bytes")):
-            rss.append(server["peak_rss_bytes"])
-        ready = (c.get("server_process") or {}).get("rss_at_ready_bytes")
-        if _num(ready):
-            rss_ready.append(ready)
-    p.cpu_s = statistics.median(cpu) if cpu else None
-    p.requests_per_cpu_s = statistics.median(efficiency) if efficiency else None
-    p.peak_rss = statistics.median(rss) if rss else None
-    p.rss_at_ready = statistics.median(rss_ready) if rss_ready else None
-    active = p.level if scenario["mode"] == "closed" else scenario["connections"]
-    slow = scenario.get("slow_readers") or {}
-    p.open_connections = active + scenario.get("idle", 0) + slow.get("count", 0)
+    p.loads = loads
+    p.rps = _median([x.rps or 0.0 for x in loads])
+    p.mb_per_s = _median([x.mb_per_s or 0.0 for x in loads])
+    unc = [x.latency_uncorrected_us.get("p99") for x in loads]
+    p.p99_uncorrected_us = _median(unc) if unc and None not in unc else None
+    cpu = [x.server_cpu_s for x in loads if x.server_cpu_s]
+    p.cpu_s = _median(cpu)
+    p.requests_per_cpu_s = _median([x.requests / x.server_cpu_s for x in loads if x.server_cpu_s])
+    p.peak_rss = _median([x.peak_rss_bytes for x in loads if x.peak_rss_bytes])
+    p.rss_at_ready = _median([c.rss_at_ready for c in measured if c.rss_at_ready])
+    active = p.level if scenario.mode == "closed" else scenario.connections
+    p.open_connections = active + scenario.idle + (scenario.slow_readers.count if scenario.slow_readers else 0)
     if p.peak_rss and p.rss_at_ready and p.open_connections:
         p.rss_per_connection = max(0.0, p.peak_rss - p.rss_at_ready) / p.open_connections
-    if scenario["mode"] == "open":
-        p.target_rate = statistics.median(_num(x.get("target_rate")) or 0.0 for x in loads)
-        p.achieved_rate = statistics.median(_num(x.get("achieved_rate")) or 0.0 for x in loads)
+    if scenario.mode == "open":
+        p.target_rate = _median([x.target_rate or 0.0 for x in loads])
+        p.achieved_rate = _median([x.achieved_rate or 0.0 for x in loads])
         if p.target_rate and p.achieved_rate < BEHIND_RATE * p.target_rate:
             p.flags.append("fell-behind")
             p.reasons.append(f"achieved {p.achieved_rate:.0f} of {p.target_rate:.0f} req/s offered")
-    bound = [x for x in loads if (x.get("client") or {}).get("client_bound")]
+    bound = [x for x in loads if x.client_bound]
     if bound:
         p.flags.append("client-bound")
         for x in bound:
-            p.reasons += [r for r in (x["client"].get("reasons") or []) if r not in p.reasons]
-    p.histograms = [x["histogram"] for x in loads if isinstance(x.get("histogram"), str)]
+            p.reasons += [r for r in x.client_reasons if r not in p.reasons]
+    p.histograms = [x.histogram for x in loads if x.histogram]
     return p
 
 
 # -- a whole run -------------------------------------------------------------------
 
-@dataclass
-class Verdict:
-    """Per scenario: who won, who came second, and who failed or degraded, with why."""
-
-    scenario: str
-    ranking: list[tuple[str, float]]  # clean models, best first, with their geometric-mean score
-    failed: dict[str, list[str]]
-    degraded: dict[str, list[str]]
-    client_bound: list[str]  # among the ranked: the generator was the limit somewhere
-
-    @property
-    def winner(self) -> tuple[str, float] | None:
-        return self.ranking[0] if self.ranking else None
-
-    @property
-    def runner_up(self) -> tuple[str, float] | None:
-        return self.ranking[1] if len(self.ranking) > 1 else None
-
-
 class RunView:
-    """A run's points, indexed for the report."""
+    """A run's points, indexed for the report, the verdicts and compare."""
 
-    def __init__(self, run: dict[str, Any], reference: str = "nginx") -> None:
+    def __init__(self, run: Run, reference: str = REFERENCE) -> None:
         self.run = run
         self.reference = reference
-        self.config = run["config"]
         self.link = link_name(run)
-        self.scenarios: dict[str, dict[str, Any]] = self.config["scenarios"]
-        self.servers: list[str] = list(self.config["servers"])
-        groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-        for cell in run["cells"]:
-            groups.setdefault((cell["server"], cell["scenario"], cell["level"]), []).append(cell)
+        self.scenarios: dict[str, Scenario] = dict(run.scenarios)
+        self.servers: list[str] = list(run.servers)
+        groups: dict[tuple[str, str, int], list[CellRecord]] = {}
+        for cell in run.cells:
+            groups.setdefault((cell.server, cell.scenario, cell.level), []).append(cell)
         self.points: dict[tuple[str, str, int], Point] = {
-            key: build_point(cells, self.scenarios[key[1]], self.config["run"]) for key, cells in groups.items()
+            key: build_point(cells, self.scenarios[key[1]], run) for key, cells in groups.items()
             if key[1] in self.scenarios
         }
 
@@ -327,78 +379,62 @@ class RunView:
         present = {k[0] for k in self.points if k[1] == scenario}
         return [s for s in self.servers if s in present]
 
-    def score(self, server: str, scenario: str) -> float | None:
-        """Geometric mean over the scenario's levels of the median metric (None if any level failed)."""
-        pts = [self.point(server, scenario, lv) for lv in self.levels(scenario)]
-        if not pts or any(p is None or p.failed or not p.median for p in pts):
-            return None
-        return geomean(p.median for p in pts)
+    def flagged_in(self, server: str, scenario: str) -> bool:
+        return any(p.flags for lv in self.levels(scenario) if (p := self.point(server, scenario, lv)))
 
-    def ratio(self, server: str, scenario: str, baseline: str = BASELINE) -> float | None:
-        """How many times better than the baseline (geometric mean over common levels)."""
-        ratios = []
-        higher = METRICS[self.scenarios[scenario]["metric"]][1]
-        for lv in self.levels(scenario):
-            a, b = self.point(server, scenario, lv), self.point(baseline, scenario, lv)
-            if not a or not b or a.failed or b.failed or not a.median or not b.median:
-                continue
-            ratios.append(a.median / b.median if higher else b.median / a.median)
-        return geomean(ratios)
+    def basis_level(self, scenario: str) -> int | None:
+        """The level verdicts and ratios rest on: where models differ, and which they were asked to reach.
 
-    def overall_ratio(self, server: str, baseline: str = BASELINE) -> float | None:
-        return geomean(self.ratio(server, sc, baseline) for sc in self.scenarios)
-
-    def verdict(self, scenario: str) -> Verdict:
-        failed: dict[str, list[str]] = {}
-        degraded: dict[str, list[str]] = {}
-        scored = []
-        client_bound = []
-        higher = METRICS[self.scenarios[scenario]["metric"]][1]
+        Closed loop: the top concurrency (at c=1 every model serves one connection and they are
+        alike). Open loop: the highest offered rate at which at least two models kept up cleanly,
+        else the top rate.
+        """
         levels = self.levels(scenario)
-        for server in self.servers_in(scenario):
-            if server == self.reference:
-                continue
-            pts = [self.point(server, scenario, lv) for lv in levels]
-            if any(p is None or p.failed for p in pts):
-                failed[server] = sorted({r for p in pts if p for r in p.failures} or {"no successful measurement"})
-                continue
-            why = []
-            for p in pts:
-                lv = level_label(self.scenarios[scenario], p.level)
-                if "errors" in p.flags:
-                    why.append(f"{p.error_rate:.1%} errors at {lv}")
-                if "stalled" in p.flags:
-                    stalls = sum(p.error_classes.get(k, 0) for k in STALLS) + p.left_waiting
-                    why.append(f"{stalls} requests left unanswered at {lv}")
-                if "wrong-answers" in p.flags:
-                    why.append(f"wrong responses at {lv}")
-                if "unclean-stop" in p.flags:
-                    why.append(f"did not stop cleanly at {lv}")
-                if "fell-behind" in p.flags:
-                    why.append(f"fell behind at {lv} ({p.achieved_rate:.0f} req/s achieved)")
-            if higher and len(pts) > 1:
-                best = max(p.median for p in pts)
-                top = pts[-1]
-                if best and top.median < COLLAPSE * best:
-                    why.append(f"collapsed under load: {top.median / best:.0%} of its best at "
-                               f"{level_label(self.scenarios[scenario], top.level)}")
-            if why:
-                degraded[server] = why
-                continue
-            score = self.score(server, scenario)
-            if score is not None:
-                scored.append((server, score))
-                if any("client-bound" in p.flags for p in pts):
-                    client_bound.append(server)
-        scored.sort(key=lambda t: t[1], reverse=higher)
-        return Verdict(scenario, scored, failed, degraded, client_bound)
+        if not levels:
+            return None
+        if self.scenarios[scenario].mode == "closed":
+            return levels[-1]
+        for lv in reversed(levels):
+            clean = [p for s in self.models if (p := self.point(s, scenario, lv)) and p.estimate
+                     and not p.failed and not p.degraded]
+            if len(clean) >= 2:
+                return lv
+        return levels[-1]
+
+    def baseline(self, scenario: str, preferred: str | None = None) -> str | None:
+        """What ratios are taken against: `preferred` (else nginx) when it ran unflagged in the scenario,
+        else the median of the unflagged models at the basis level; None when every model is flagged."""
+        level = self.basis_level(scenario)
+        if level is None:
+            return None
+        for name in (preferred, self.reference):
+            if name and name in self.servers_in(scenario) and not self.flagged_in(name, scenario):
+                p = self.point(name, scenario, level)
+                if p is not None and p.median:
+                    return name
+        healthy = [(p.median, s) for s in self.models if not self.flagged_in(s, scenario)
+                   and (p := self.point(s, scenario, level)) is not None and p.median]
+        if not healthy:
+            return None
+        healthy.sort()
+        return healthy[(len(healthy) - 1) // 2][1]
+
+    def ratio(self, server: str, scenario: str, baseline: str | None) -> float | None:
+        """How many times better than the baseline at the basis level (None when either has no figure)."""
+        level = self.basis_level(scenario)
+        if baseline is None or level is None:
+            return None
+        a, b = self.point(server, scenario, level), self.point(baseline, scenario, level)
+        if not a or not b or a.failed or b.failed or not a.median or not b.median:
+            return None
+        return a.median / b.median if a.higher_is_better else b.median / a.median
 
     def flagged_points(self) -> list[Point]:
         return [p for p in self.points.values() if p.flags]
 
 
-def level_label(scenario: dict[str, Any], level: int) -> str:
-    return f"c={level}" if scenario["mode"] == "closed" else f"{level} req/s offered"
+def level_label(scenario: Scenario, level: int) -> str:
+    return f"c={level}" if scenario.mode == "closed" else f"{level} req/s offered"
 
 
 def ratio_text(ratio: float | None) -> str:
@@ -412,25 +448,57 @@ def ratio_text(ratio: float | None) -> str:
 
 # -- two runs ------------------------------------------------------------------------
 
-@dataclass
+REGRESSION, IMPROVEMENT, WITHIN_NOISE, UNMEASURED = "regression", "improvement", "within noise", "unmeasured"
+
+
+@dataclass(frozen=True)
 class Delta:
     server: str
     scenario: str
     level: int
     metric: str
-    before: float
-    after: float
+    before: Estimate
+    after: Estimate
     change: float  # fraction; positive = better on this metric
-    noise: float  # the fraction the change must exceed to count
-    beyond_noise: bool
+    verdict: str  # REGRESSION, IMPROVEMENT, WITHIN_NOISE or UNMEASURED
+    why: str  # what the verdict rests on, in a few words
 
     @property
     def regression(self) -> bool:
-        return self.beyond_noise and self.change < 0
+        return self.verdict == REGRESSION
 
     @property
     def improvement(self) -> bool:
-        return self.beyond_noise and self.change > 0
+        return self.verdict == IMPROVEMENT
+
+    @property
+    def noise(self) -> float | None:
+        """The relative half-width a change had to exceed (None when unmeasured)."""
+        hw = uncertainty.combined_half_width(self.before, self.after)
+        return hw / abs(self.before.value) if self.before.value and hw != float("inf") else None
+
+
+def _between_starts(e: Estimate) -> bool:
+    """Whether an estimate saw the noise between server starts: two or more repetitions went into it."""
+    return e.method in ("repetitions", "pooled") and e.measured
+
+
+def judge_change(before: Estimate, after: Estimate, higher_is_better: bool, floor: float) -> tuple[str, str]:
+    """(verdict, why) for one cell measured in two runs.
+
+    Two runs are two server starts, so only noise measured across server starts (repetitions)
+    can tell a change from luck; a timeline's batches within one repetition cannot.
+    """
+    change = uncertainty.lead(after, before, higher_is_better)
+    if not (_between_starts(before) and _between_starts(after)):
+        return UNMEASURED, "one repetition: the noise between server starts was not measured"
+    if abs(change) <= floor:
+        return WITHIN_NOISE, f"within the {floor:.0%} floor"
+    if uncertainty.clearly_ahead(before, after, higher_is_better):
+        return REGRESSION, "beyond the 95% interval of the difference"
+    if uncertainty.clearly_ahead(after, before, higher_is_better):
+        return IMPROVEMENT, "beyond the 95% interval of the difference"
+    return WITHIN_NOISE, "inside the cells' 95% intervals"
 
 
 def check_same_link(before: RunView, after: RunView) -> None:
@@ -439,7 +507,7 @@ def check_same_link(before: RunView, after: RunView) -> None:
         a, b = link_name(before.run), link_name(after.run)
         if a == b:  # one name, two profiles (an edited links table)
             a, b = f"{a} ({link_summary(before.run)})", f"{b} ({link_summary(after.run)})"
-        raise DifferentLinks(f"{before.run['run_id']} ran over {a} and {after.run['run_id']} over {b}")
+        raise DifferentLinks(f"{before.run.run_id} ran over {a} and {after.run.run_id} over {b}")
 
 
 def deltas(before: RunView, after: RunView, floor: float = 0.05) -> list[Delta]:
@@ -449,15 +517,11 @@ def deltas(before: RunView, after: RunView, floor: float = 0.05) -> list[Delta]:
     out = []
     for key, b in after.points.items():
         a = before.points.get(key)
-        if a is None or a.failed or b.failed or not a.median or not b.median:
+        if a is None or a.failed or b.failed or a.estimate is None or b.estimate is None or a.metric != b.metric:
             continue
-        if a.metric != b.metric:
-            continue
-        change = (b.median / a.median - 1) if a.higher_is_better else (a.median / b.median - 1)
-        # ranges [median - spread, median + spread] that overlap are within each run's own noise
-        noise = max(floor, a.spread + b.spread)
-        out.append(Delta(key[0], key[1], key[2], a.metric, a.median, b.median, change, noise,
-                         abs(change) > noise))
+        verdict, why = judge_change(a.estimate, b.estimate, a.higher_is_better, floor)
+        out.append(Delta(key[0], key[1], key[2], a.metric, a.estimate, b.estimate,
+                         uncertainty.lead(b.estimate, a.estimate, a.higher_is_better), verdict, why))
     scen_order = {s: i for i, s in enumerate(after.scenarios)}
     serv_order = {s: i for i, s in enumerate(after.servers)}
     out.sort(key=lambda d: (scen_order.get(d.scenario, 99), serv_order.get(d.server, 99), d.level))
@@ -471,9 +535,10 @@ def newly_failed(before: RunView, after: RunView) -> list[tuple[str, str, int]]:
                   if b.failed and key in before.points and not before.points[key].failed)
 
 
-def summarize(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-cell medians, spreads and flags, as stored beside the cells in the run file."""
-    view = RunView(run)
+def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-cell medians, spreads and flags, as stored beside the cells in the run file (after every cell, so
+    nothing here decodes a histogram; the intervals are in the verdicts' rankings)."""
+    view = RunView(Run.from_doc(doc, check=False))
     out = []
     for (server, scenario, level), p in sorted(view.points.items()):
         out.append({"server": server, "scenario": scenario, "level": level, "metric": p.metric,

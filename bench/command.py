@@ -308,10 +308,11 @@ def _nginx_version(binary: str) -> str | None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report here.")
 @click.option("--md", "md_path", type=click.Path(dir_okay=False), help="Write the Markdown summary here.")
-@click.option("--baseline", default="iterative", show_default=True, help="The model ratios are taken against.")
+@click.option("--baseline", help="A server to take ratios against in the scenarios where it ran unflagged. "
+              "[nginx, else each scenario's median model]")
 @click.option("--noise-floor", default=0.05, show_default=True, type=click.FloatRange(0, 1),
               help="With several runs: the smallest change the delta table calls real.")
-def report_command(runs: tuple[str, ...], html_path: str | None, md_path: str | None, baseline: str,
+def report_command(runs: tuple[str, ...], html_path: str | None, md_path: str | None, baseline: str | None,
                    noise_floor: float) -> None:
     """Turn RUN.json (one or more) into a self-contained HTML report and a Markdown summary.
 
@@ -353,18 +354,20 @@ EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 def compare_command(before: str, after: str, threshold: float, show_all: bool) -> None:
     """Compare two runs cell by cell; the exit code is a CI regression gate.
 
-    A change counts only beyond noise: the two cells' ranges (median +- spread over
-    repetitions) must not overlap and the change must exceed --threshold. Exit codes:
-    0 no regression; 1 at least one cell regressed beyond noise or newly fails;
-    2 the runs cannot be read, have no cell in common, or went over different
-    networks (loopback and an emulated link, or two links): `serverzoo report`
-    puts those side by side.
+    A change counts only when it is larger than the measured noise of both cells (the 95%
+    interval of their difference) and than --threshold. Two runs are two server starts, so the noise
+    that counts is the one between server starts: a cell measured once (one repetition)
+    has none measured, is reported "unmeasured", and never fails the gate. Run both sides
+    with `--repeat 3` for a gate that can catch a regression. Exit codes: 0 no regression;
+    1 at least one cell regressed beyond noise or newly fails; 2 the runs cannot be read,
+    have no cell in common, or went over different networks (loopback and an emulated link,
+    or two links): `serverzoo report` puts those side by side.
     """
-    from .analysis import DifferentLinks, RunView, deltas, newly_failed
-    from .report import format_value
+    from .analysis import DifferentLinks, RunView, deltas, format_value, newly_failed
+    from .store import load_run
 
     try:
-        a, b = RunView(read_run(before)), RunView(read_run(after))
+        a, b = RunView(load_run(before)), RunView(load_run(after))
     except ResultsError as exc:
         _fail("compare", str(exc), EXIT_BAD_INPUT)
         return
@@ -379,21 +382,24 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
     if not rows and not broken:
         _fail("compare", "the two runs have no successfully measured cell in common", EXIT_BAD_INPUT)
         return
-    click.echo(f"{a.run['run_id']} -> {b.run['run_id']} (both over {b.link}): {len(rows)} cells compared "
-               f"(threshold {threshold:.0%} plus measured noise)")
-    ma, mb = a.run.get("machine") or {}, b.run.get("machine") or {}
+    click.echo(f"{a.run.run_id} -> {b.run.run_id} (both over {b.link}): {len(rows)} cells compared "
+               f"(a change must exceed the 95% interval of the difference and {threshold:.0%})")
+    ma, mb = a.run.machine, b.run.machine
     if (ma.get("hostname"), ma.get("cpu_model")) != (mb.get("hostname"), mb.get("cpu_model")):
         click.echo(f"note: different machines ({ma.get('hostname')}: {ma.get('cpu_model')} / "
                    f"{mb.get('hostname')}: {mb.get('cpu_model')}); changes may be the machine's")
     for d in rows:
-        if not (d.beyond_noise or show_all):
+        if not (d.regression or d.improvement or show_all):
             continue
-        word = "REGRESSION" if d.regression else ("improvement" if d.improvement else "within noise")
-        click.echo(f"  {d.server}/{d.scenario}/{d.level}: {format_value(d.metric, d.before)} -> "
-                   f"{format_value(d.metric, d.after)} ({d.change:+.1%}, noise ±{d.noise:.1%}) {word}")
+        word = {"regression": "REGRESSION"}.get(d.verdict, d.verdict)
+        noise = f"noise ±{d.noise:.1%}" if d.noise is not None else "noise unmeasured"
+        click.echo(f"  {d.server}/{d.scenario}/{d.level}: {format_value(d.metric, d.before.value)} -> "
+                   f"{format_value(d.metric, d.after.value)} ({d.change:+.1%}, {noise}) {word}: {d.why}")
     for server, scenario, level in broken:
         click.echo(f"  {server}/{scenario}/{level}: measured before, FAILS now")
     regressions = sum(d.regression for d in rows) + len(broken)
     improvements = sum(d.improvement for d in rows)
-    click.echo(f"{regressions} regression(s), {improvements} improvement(s) beyond noise")
+    unmeasured = sum(d.verdict == "unmeasured" for d in rows)
+    click.echo(f"{regressions} regression(s), {improvements} improvement(s) beyond noise; "
+               f"{unmeasured} cell(s) unmeasured (one repetition: no noise between server starts to judge by)")
     sys.exit(EXIT_REGRESSION if regressions else EXIT_OK)

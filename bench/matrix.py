@@ -25,6 +25,7 @@ from .runner import CellRunner, interrupts
 from .scenarios import METRICS
 from .sequential import cell_estimate, next_round, race_summary
 from .store import write_atomic
+from .verdicts import run_verdicts
 
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
@@ -142,6 +143,7 @@ def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max
             signal.signal(sig, handler)
     doc["status"] = status
     doc["summary"] = summarize(doc)
+    doc["verdicts"] = run_verdicts(doc)  # who wins where, and how sure: stored for tools and CI
     if status == "complete":
         doc["finished"] = _now()
     write_atomic(path, doc)

@@ -16,12 +16,17 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
-from .analysis import RunView, level_label  # noqa: E402
+from .analysis import Point, RunView, level_label, merge_histograms, supports  # noqa: E402
 from .scenarios import METRICS  # noqa: E402
 
-REFERENCE_STYLE = {"color": "0.45", "linestyle": "--", "marker": "s"}
+REFERENCE_STYLE = {"color": "black", "linestyle": "--", "marker": "s"}
+# one colour per model, none of them grey or black (the yardstick's) and none repeated before the 18th:
+# tab10 without its grey, then tab20's lighter shades
+_PALETTE = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7] + \
+    [c for i, c in enumerate(matplotlib.colormaps["tab20"].colors) if i % 2 and i != 15]
+FLAG_RING = {"s": 120, "facecolors": "none", "edgecolors": "crimson", "linewidths": 1.2, "zorder": 5}
 SPECTRUM = [0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999]
 
 
@@ -48,12 +53,11 @@ def _metric_scale(metric: str) -> tuple[float, str]:
 
 
 def _color(view: RunView, server: str) -> Any:
-    """One colour per server in every chart of a report; the yardstick is grey."""
+    """One colour per server in every chart of a report; the yardstick is black and dashed."""
     if server == view.reference:
         return REFERENCE_STYLE["color"]
-    palette = matplotlib.colormaps["tab10"].colors
     models = view.models
-    return palette[models.index(server) % len(palette)] if server in models else "black"
+    return _PALETTE[models.index(server) % len(_PALETTE)] if server in models else "0.5"
 
 
 def _style(view: RunView, server: str) -> dict[str, Any]:
@@ -78,10 +82,15 @@ def _log2_axis(ax: Any, levels: list[int]) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+def _half_width(p: Point) -> float:
+    """The 95% half-width to draw (none when unmeasured: the table says so)."""
+    return p.estimate.half_width if p.estimate is not None and p.estimate.measured else 0.0
+
+
 def throughput_chart(view: RunView, scenario: str, caption: str) -> str:
-    """Closed loop: the scenario's metric against concurrency, one line per server, range as error bars."""
+    """Closed loop: the scenario's metric against concurrency, one line per server, 95% intervals as error bars."""
     sc = view.scenarios[scenario]
-    scale, label = _metric_scale(sc["metric"])
+    scale, label = _metric_scale(sc.metric)
     levels = view.levels(scenario)
     fig = _figure()
     ax = fig.add_subplot()
@@ -93,36 +102,44 @@ def throughput_chart(view: RunView, scenario: str, caption: str) -> str:
                 continue
             xs.append(lv)
             ys.append(p.median * scale)
-            lo.append((p.median - p.lo) * scale)
-            hi.append((p.hi - p.median) * scale)
+            lo.append(min(_half_width(p), p.median) * scale)
+            hi.append(_half_width(p) * scale)
             if p.flags:
                 bad.append((lv, p.median * scale))
         if not xs:
             continue
         ax.errorbar(xs, ys, yerr=[lo, hi], label=server, capsize=3, **_style(view, server))
         if bad:
-            ax.scatter(*zip(*bad), s=120, facecolors="none", edgecolors="crimson", linewidths=1.2, zorder=5)
+            ax.scatter(*zip(*bad), **FLAG_RING)
     _log2_axis(ax, levels)
     ax.set_xlabel("concurrency (connections)")
     ax.set_ylabel(label)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"{sc['title']}: {label} by concurrency (red ring: flagged cell)", fontsize=10)
+    ax.set_title(f"{sc.title}: {label} by concurrency\n(bars: 95% interval; red ring: flagged cell)", fontsize=9)
     ax.grid(alpha=0.3)
     _legend(ax, len(view.servers_in(scenario)))
     return _svg(fig, caption)
 
 
 def open_loop_chart(view: RunView, scenario: str, caption: str) -> str:
-    """Open loop: p99 against offered load; solid = corrected (from scheduled send), dashed = uncorrected."""
+    """Open loop: p99 against offered load; solid = corrected (from scheduled send), dotted = uncorrected;
+    95% intervals as error bars, flagged cells ringed; cells with fewer than 100 responses are left out."""
     levels = view.levels(scenario)
     fig = _figure()
     ax = fig.add_subplot()
     for server in view.servers_in(scenario):
         pts = [view.point(server, scenario, lv) for lv in levels]
-        pts = [p for p in pts if p is not None and p.p99_us]
+        pts = [p for p in pts if p is not None and p.median and p.metric == "p99_us"
+               and supports(p.latency_count, 99.0)]
         if not pts:
             continue
-        line = ax.plot([p.level for p in pts], [p.p99_us / 1e3 for p in pts], label=server, **_style(view, server))
+        ys = [p.median / 1e3 for p in pts]
+        line = ax.errorbar([p.level for p in pts], ys, yerr=[[min(_half_width(p), p.median * 0.99) / 1e3 for p in pts],
+                                                             [_half_width(p) / 1e3 for p in pts]],
+                           label=server, capsize=3, **_style(view, server)).lines
+        bad = [(p.level, y) for p, y in zip(pts, ys) if p.flags]
+        if bad:
+            ax.scatter(*zip(*bad), **FLAG_RING)
         unc = [p for p in pts if p.p99_uncorrected_us]
         if unc:
             ax.plot([p.level for p in unc], [p.p99_uncorrected_us / 1e3 for p in unc], linestyle=":",
@@ -131,36 +148,24 @@ def open_loop_chart(view: RunView, scenario: str, caption: str) -> str:
     _log2_axis(ax, levels)
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("p99 latency (ms), log scale")
-    ax.set_title(f"{view.scenarios[scenario]['title']}: p99 against offered load\n"
+    ax.set_title(f"{view.scenarios[scenario].title}: p99 against offered load (red ring: flagged cell)\n"
                  "solid: timed from the scheduled send (corrected); dotted: uncorrected", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(view.servers_in(scenario)))
     return _svg(fig, caption)
 
 
-def _spectrum(point: Any) -> tuple[list[float], list[float]]:
-    """Percentile -> latency (us): from the merged histograms when readable, else the saved percentiles."""
-    hist = merged_histogram(point.histograms)
+def _spectrum(point: Point) -> tuple[list[float], list[float]]:
+    """Percentile -> latency (us), only as far as the responses support (p99.9 needs 1,000): from the merged
+    histograms when readable, else the saved percentiles."""
+    hist = merge_histograms(point.histograms)
     if hist is not None and hist.get_total_count():
-        return SPECTRUM, [float(hist.get_value_at_percentile(q)) for q in SPECTRUM]
+        n = hist.get_total_count()
+        qs = [q for q in SPECTRUM if supports(n, q)]
+        return qs, [float(hist.get_value_at_percentile(q)) for q in qs]
     pairs = [(50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p99.9"), (99.99, "p99.99")]
-    got = [(q, point.latency_us[k]) for q, k in pairs if k in point.latency_us]
+    got = [(q, v) for q, k in pairs if (v := point.percentile(k)) is not None]
     return [q for q, _ in got], [v for _, v in got]
-
-
-def merged_histogram(encoded: list[str]) -> Any:
-    """One HdrHistogram of all repetitions (lossless merge), or None if they cannot be decoded."""
-    if not encoded:
-        return None
-    try:
-        from hdrh.histogram import HdrHistogram
-
-        merged = HdrHistogram.decode(encoded[0])
-        for e in encoded[1:]:
-            merged.add(HdrHistogram.decode(e))
-        return merged
-    except Exception:  # noqa: BLE001 - a histogram in another encoding: fall back to the percentiles
-        return None
 
 
 def spectrum_chart(view: RunView, scenario: str, level: int, caption: str) -> str:
@@ -176,7 +181,10 @@ def spectrum_chart(view: RunView, scenario: str, level: int, caption: str) -> st
         xs = [1 / (1 - q / 100) if q < 100 else 1e6 for q in qs]
         keep = [(x, v / 1e3) for x, v in zip(xs, vals) if v > 0]
         if keep:
-            ax.plot(*zip(*keep), label=server, **_style(view, server))
+            flagged = bool(p.flags)
+            style = _style(view, server) | ({"linestyle": ":"} if flagged else {})
+            label = f"{server} (n={p.latency_count:,}{', flagged' if flagged else ''})"
+            ax.plot(*zip(*keep), label=label, **style)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([1 / (1 - q / 100) for q in ticks])
@@ -184,16 +192,18 @@ def spectrum_chart(view: RunView, scenario: str, level: int, caption: str) -> st
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("percentile")
     ax.set_ylabel("latency (ms), log scale")
-    ax.set_title(f"{view.scenarios[scenario]['title']}: latency spectrum at "
-                 f"{level_label(view.scenarios[scenario], level)}", fontsize=10)
+    ax.set_title(f"{view.scenarios[scenario].title}: latency spectrum at "
+                 f"{level_label(view.scenarios[scenario], level)}\n(each line ends where its responses end; "
+                 "dotted: a flagged cell)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(view.servers_in(scenario)))
     return _svg(fig, caption)
 
 
 def _grouped_bars(view: RunView, values: dict[str, dict[str, float]], ylabel: str, title: str, caption: str,
-                  log: bool = False) -> str:
-    """values: group (x) -> server -> value; one bar per server in each group."""
+                  log: bool = False, flagged: set[tuple[str, str]] = frozenset()) -> str:
+    """values: group (x) -> server -> value; one bar per server in each group; (group, server) pairs in
+    `flagged` get a crimson outline."""
     groups = list(values)
     servers = [s for s in view.servers if any(s in values[g] for g in groups)]
     fig = _figure(min(11.0, max(7.5, 0.9 * len(groups) * max(1, len(servers)) / 4)), 4.0)
@@ -203,7 +213,11 @@ def _grouped_bars(view: RunView, values: dict[str, dict[str, float]], ylabel: st
         xs = [g + (i - (len(servers) - 1) / 2) * width for g in range(len(groups))]
         ys = [values[g].get(server, 0.0) for g in groups]
         kw = {"hatch": "//"} if server == view.reference else {}
-        ax.bar(xs, ys, width=width, label=server, color=_color(view, server), **kw)
+        bars = ax.bar(xs, ys, width=width, label=server, color=_color(view, server), **kw)
+        for bar, g in zip(bars, groups):
+            if (g, server) in flagged:
+                bar.set_edgecolor("crimson")
+                bar.set_linewidth(1.5)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, fontsize=7, rotation=15)
     if log and any(v > 0 for g in groups for v in values[g].values()):
@@ -218,6 +232,7 @@ def _grouped_bars(view: RunView, values: dict[str, dict[str, float]], ylabel: st
 def efficiency_chart(view: RunView, caption: str) -> str | None:
     """Requests per CPU-second of the server process tree, at each scenario's top level."""
     values: dict[str, dict[str, float]] = {}
+    flagged = set()
     for sc in view.scenarios:
         levels = view.levels(sc)
         if not levels:
@@ -227,13 +242,15 @@ def efficiency_chart(view: RunView, caption: str) -> str | None:
             p = view.point(server, sc, levels[-1])
             if p and p.requests_per_cpu_s:
                 row[server] = p.requests_per_cpu_s
+                if p.flags:
+                    flagged.add((sc, server))
         if row:
             values[sc] = row
     if not values:
         return None
     return _grouped_bars(view, values, "requests per server CPU-second (log)",
-                         "CPU efficiency at each scenario's highest level (higher: less CPU per request)", caption,
-                         log=True)
+                         "CPU efficiency at each scenario's highest level (higher: less CPU per request;\n"
+                         "red outline: flagged cell)", caption, log=True, flagged=flagged)
 
 
 def memory_chart(view: RunView, caption: str) -> tuple[str, str] | None:
@@ -248,11 +265,13 @@ def memory_chart(view: RunView, caption: str) -> tuple[str, str] | None:
     if best is None:
         return None
     sc, lv, conns = best
-    rows = [(s, p.rss_per_connection / 1024) for s in view.servers_in(sc)
-            if (p := view.point(s, sc, lv)) is not None and p.rss_per_connection is not None]
+    points = [p for s in view.servers_in(sc) if (p := view.point(s, sc, lv)) is not None
+              and p.rss_per_connection is not None]
+    rows = [(p.server + (" (flagged)" if p.flags else ""), p.rss_per_connection / 1024) for p in points]
     fig = _figure(7.5, 0.35 * len(rows) + 1.6)
     ax = fig.add_subplot()
-    ax.barh([s for s, _ in rows], [v for _, v in rows], height=0.6, color=[_color(view, s) for s, _ in rows])
+    ax.barh([s for s, _ in rows], [v for _, v in rows], height=0.6, color=[_color(view, p.server) for p in points],
+            edgecolor=["crimson" if p.flags else "none" for p in points], linewidth=1.5)
     for i, (_, v) in enumerate(rows):
         ax.text(v, i, f" {v:,.1f}", va="center", fontsize=7)
     ax.invert_yaxis()
@@ -266,8 +285,9 @@ def memory_chart(view: RunView, caption: str) -> tuple[str, str] | None:
     return _svg(fig, caption), sc
 
 
-def heatmap_chart(view: RunView, baseline: str, caption: str) -> str | None:
-    """Servers x scenarios, colour = log ratio to the baseline (green better), annotated; grey = failed."""
+def heatmap_chart(view: RunView, baselines: dict[str, str | None], caption: str) -> str | None:
+    """Servers x scenarios, colour = ratio to the scenario's baseline on a log scale (green better), annotated;
+    grey = failed or no healthy baseline. The colour bar is labelled in times ("2x"), not logarithms."""
     scenarios = list(view.scenarios)
     servers = [s for s in view.servers if any(view.levels(sc) and view.point(s, sc, view.levels(sc)[0])
                                               for sc in scenarios)]
@@ -279,15 +299,17 @@ def heatmap_chart(view: RunView, baseline: str, caption: str) -> str | None:
         row, text = [], []
         for sc in scenarios:
             present = any(view.point(server, sc, lv) for lv in view.levels(sc))
-            failed = present and view.score(server, sc) is None
-            r = view.ratio(server, sc, baseline)
-            flagged = any(p.flags for lv in view.levels(sc) if (p := view.point(server, sc, lv)))
+            basis = view.basis_level(sc)
+            p = view.point(server, sc, basis) if basis is not None else None
+            failed = present and (p is None or p.failed)
+            r = view.ratio(server, sc, baselines.get(sc))
+            flagged = view.flagged_in(server, sc)
             if not present:
                 row.append(math.nan)
                 text.append("")
             elif failed or r is None:
                 row.append(math.nan)
-                text.append("failed" if failed else f"n/a\n({baseline} failed)")
+                text.append("failed" if failed else "n/a\n(no healthy\nbaseline)")
             else:
                 row.append(math.log2(r))
                 text.append((f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x") + ("*" if flagged else ""))
@@ -300,16 +322,21 @@ def heatmap_chart(view: RunView, baseline: str, caption: str) -> str | None:
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.85")
     im = ax.imshow(grid, cmap=cmap, norm=TwoSlopeNorm(0.0, -span, span), aspect="auto")
     ax.set_xticks(range(len(scenarios)))
-    ax.set_xticklabels(scenarios, fontsize=7, rotation=20, ha="right")
     ax.set_yticks(range(len(servers)))
     ax.set_yticklabels(servers, fontsize=8)
     for i, row in enumerate(labels):
         for j, t in enumerate(row):
             ax.text(j, i, t, ha="center", va="center", fontsize=7)
+    ax.set_xticklabels([f"{sc}\nvs {baselines.get(sc) or '-'}" for sc in scenarios], fontsize=7, rotation=20,
+                       ha="right")
     bar = fig.colorbar(im, ax=ax, shrink=0.8)
-    bar.set_label(f"log2 ratio to {baseline}", fontsize=7)
-    ax.set_title(f"The matrix: times better than {baseline} per scenario (geometric mean over levels; "
-                 "* = a flagged cell)", fontsize=9)
+    ticks = [v for v in range(-int(span), int(span) + 1)]
+    bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2.0 ** v:g}x"))
+    bar.ax.yaxis.set_minor_locator(NullLocator())
+    bar.set_label("times better than the scenario's baseline", fontsize=7)
+    ax.set_title("The matrix: times better than each scenario's baseline at its deciding level "
+                 "(* = a flagged cell)", fontsize=9)
     return _svg(fig, caption)
 
 

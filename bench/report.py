@@ -21,33 +21,36 @@ import jinja2
 
 from serverzoo.machine import machine_line
 
-from .analysis import (BASELINE, Delta, Point, RunView, Verdict, deltas, level_label, link_name, link_summary,
-                       link_text, ratio_text, same_link)
+from . import verdicts as verdict_rules
+from .analysis import (Delta, Point, RunView, deltas, format_value, level_label, link_name, link_summary, link_text,
+                       ratio_text, same_link)
 from .cards import ModelCard, model_cards
-from .scenarios import METRICS
+from .results import Run
+from .scenarios import METRICS, Scenario
 from .store import SCHEMA, read_result
 from .tcp_vs_udp import TcpVsUdp, build_section
+from .verdicts import Verdict
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 
-def format_value(metric: str, value: float | None) -> str:
-    """The one formatting of a metric value, shared by tables and tests."""
-    if value is None:
+def format_interval(p: Point) -> str:
+    """'±2.1% (3 reps)', '±0.8% (5 batches)', or 'unmeasured': the 95% half-width and what it rests on."""
+    e = p.estimate
+    if e is None:
         return "-"
-    if metric == "p99_us":
-        return f"{value / 1000:,.2f} ms"
-    if metric == "mb_per_s":
-        return f"{value:,.1f}"
-    return f"{value:,.0f}"
+    if not e.measured:
+        return "unmeasured"
+    source = {"repetitions": f"{e.n} reps", "pooled": f"{e.n} reps", "batch-means": f"{e.n} batches"}.get(e.method,
+                                                                                                       e.method)
+    return f"±{e.relative_half_width * 100:.1f}% ({source})"
 
 
-def format_spread(p: Point) -> str:
-    if not p.values:
-        return "-"
-    if len(p.values) < 2:
-        return "n=1"
-    return f"±{p.spread * 100:.1f}%"
+def format_percentile(p: Point, key: str = "p99") -> str:
+    """'1.23 ms (n=5,432)'; '- (n=42)' when the responses are too few for that percentile."""
+    value = p.percentile(key)
+    count = f"n={p.latency_count:,}"
+    return f"{format_value('p99_us', value)} ({count})" if value is not None else f"- ({count})"
 
 
 def format_bytes(n: float | None) -> str:
@@ -62,12 +65,15 @@ def format_bytes(n: float | None) -> str:
 @dataclass
 class ScenarioSection:
     name: str
-    info: dict[str, Any]
+    info: Scenario
     metric_label: str
     levels: list[int]
     level_labels: list[str]
     rows: list[dict[str, Any]]
-    verdict: Verdict
+    verdict: Verdict | None
+    baseline: str | None  # what the "vs" column is against (never a server flagged here)
+    basis_label: str  # the level verdicts and ratios rest on
+    placement: str  # where server and generator ran
     chart: str | None = None
     spectrum: str | None = None
     spectrum_level: str = ""
@@ -80,6 +86,7 @@ class DeltaTable:
     rows: list[Delta]
     regressions: int
     improvements: int
+    unmeasured: int
     floor: float
 
 
@@ -99,13 +106,11 @@ class SideBySide:
 
 @dataclass
 class Report:
-    run: dict[str, Any]
+    run: Run
     view: RunView
     caption: str
-    baseline: str
     sections: list[ScenarioSection]
     summary_rows: list[dict[str, Any]]
-    geomean_row: dict[str, str]
     verdicts: list[Verdict]
     cards: list[ModelCard]
     flagged: list[Point]
@@ -116,6 +121,17 @@ class Report:
     network: str = ""  # where the reported run's traffic went (link_text)
     udp: list[TcpVsUdp] = field(default_factory=list)  # the "TCP vs UDP" section, one part per udp-compare result
 
+    @property
+    def summary(self) -> list[str]:
+        """What to pick for what, and how sure, one line per scenario, from the verdicts."""
+        return [summary_line(v, self.view.scenarios[v.scenario].title) for v in self.verdicts
+                if v.scenario in self.view.scenarios]
+
+    @property
+    def unseparated(self) -> list[Verdict]:
+        """Verdicts whose top two figures include one with unmeasured noise: the run was too short to tell."""
+        return [v for v in self.verdicts if any(not r.estimate.measured for r in v.ranking[:2])]
+
 
 @dataclass
 class UdpReport:
@@ -125,10 +141,43 @@ class UdpReport:
     run: None = None
 
 
-def caption_for(run: dict[str, Any]) -> str:
-    m = run.get("machine") or {}
-    prefix = "FIXTURE (synthetic numbers, not a measurement) | " if run.get("fixture") else ""
-    return f"{prefix}run {run['run_id']} over {link_name(run)} | {m.get('hostname', '?')}: {machine_line(m)}"
+def summary_line(v: Verdict, title: str) -> str:
+    """'Small files, keep-alive: pick select, 12.3% ahead of asyncio at c=32 (95% intervals from ...).'"""
+    at = f" at {v.level_label}" if v.level_label else ""
+    sure = f" ({v.confidence})"
+    if v.kind == "none":
+        return f"{title}: no model served it cleanly{at}."
+    if v.winner and v.margin is None:
+        return f"{title}: {v.winner}, the only model that served it cleanly{at}."
+    if v.winner:
+        lead = "at least " if v.kind == "generator-limited" else ""
+        runner_up = next((r.server for r in v.ranking if r.server != v.winner), "the rest")
+        return f"{title}: pick {v.winner}, {lead}{v.margin:.1%} ahead of {runner_up}{at}{sure}."
+    if v.kind == "generator-limited":
+        return (f"{title}: the load generator was the limit; {', '.join(v.tie)} all reached "
+                f"{format_value(v.metric, v.ceiling)}{at}: any of them, this run cannot rank them{sure}.")
+    within = f"within {v.margin:.0%}" if v.margin is not None else "noise unmeasured"
+    return f"{title}: any of {', '.join(v.tie)} ({within}{at}): this run cannot separate them{sure}."
+
+
+def caption_for(run: Run) -> str:
+    prefix = "FIXTURE (synthetic numbers, not a measurement) | " if run.fixture else ""
+    return f"{prefix}run {run.run_id} over {link_name(run)} | {run.machine.get('hostname', '?')}: " \
+           f"{machine_line(run.machine)}"
+
+
+def placement(view: RunView, scenario: str) -> str:
+    """Where the scenario's server and load generator ran, as its cells recorded it."""
+    cells = [c for c in view.run.cells if c.scenario == scenario and (c.server_cpus or c.client_cpus)]
+    if not cells:
+        return "not recorded"
+    servers = sorted({c.server_cpus for c in cells})
+    clients = sorted({c.client_cpus for c in cells})
+
+    def cpus(sets: list[tuple[int, ...]]) -> str:
+        return " or ".join(",".join(map(str, s)) or "any" for s in sets)
+
+    return f"server on CPU {cpus(servers)}, load generator on CPU {cpus(clients)}"
 
 
 def _side_cell(p: Point | None, metric: str, against: Point | None = None) -> dict[str, Any]:
@@ -152,7 +201,7 @@ def side_by_side(before: RunView, after: RunView) -> SideBySide:
     servers = after.servers + [s for s in before.servers if s not in after.servers]
     for name, info in after.scenarios.items():
         other = before.scenarios.get(name)
-        if other is None or other["metric"] != info["metric"]:
+        if other is None or other.metric != info.metric:
             continue
         levels = sorted(set(before.levels(name)) | set(after.levels(name)))
         rows = []
@@ -163,74 +212,70 @@ def side_by_side(before: RunView, after: RunView) -> SideBySide:
                 continue
             ref = server == after.reference
             rows.append({"label": f"{server} @{a}", "reference": ref,
-                         "cells": [_side_cell(p, info["metric"]) for p in pa]})
+                         "cells": [_side_cell(p, info.metric) for p in pa]})
             rows.append({"label": f"{server} @{b}", "reference": ref,
-                         "cells": [_side_cell(p, info["metric"], q) for p, q in zip(pb, pa)]})
+                         "cells": [_side_cell(p, info.metric, q) for p, q in zip(pb, pa)]})
         if rows:
-            sections.append({"scenario": name, "info": info, "metric_label": METRICS[info["metric"]][0],
+            sections.append({"scenario": name, "info": info, "metric_label": METRICS[info.metric][0],
                              "level_labels": [level_label(info, lv) for lv in levels], "rows": rows})
-    return SideBySide(before.run["run_id"], after.run["run_id"], a, b, link_text(before.run), link_text(after.run),
+    return SideBySide(before.run.run_id, after.run.run_id, a, b, link_text(before.run), link_text(after.run),
                       sections)
 
 
-def build_report(runs: list[dict[str, Any]], baseline: str = BASELINE, plots: bool = True,
+def _section(view: RunView, name: str, info: Scenario, verdict: Verdict | None, preferred: str | None) -> \
+        ScenarioSection:
+    levels = view.levels(name)
+    baseline = view.baseline(name, preferred)
+    basis = view.basis_level(name)
+    rows = []
+    for server in view.servers_in(name):
+        cells = []
+        for lv in levels:
+            p = view.point(server, name, lv)
+            cells.append(None if p is None else {
+                "value": format_value(info.metric, p.median), "interval": format_interval(p),
+                "p99": format_percentile(p), "flags": p.flags, "point": p,
+                "errors": p.errors, "error_rate": f"{p.error_rate:.2%}" if p.errors else "0",
+            })
+        ratio = view.ratio(server, name, baseline) if server != baseline else None
+        rows.append({"server": server, "cells": cells, "reference": server == view.reference,
+                     "vs_baseline": "baseline" if server == baseline else ratio_text(ratio)})
+    return ScenarioSection(name, info, METRICS[info.metric][0], levels, [level_label(info, lv) for lv in levels],
+                           rows, verdict, baseline, level_label(info, basis) if basis is not None else "-",
+                           placement(view, name))
+
+
+def build_report(runs: list[Run], baseline: str | None = None, plots: bool = True,
                  noise_floor: float = 0.05) -> Report:
+    """The report of the last run (earlier ones: delta tables or side by side). `baseline`: a server to take
+    ratios against where it ran unflagged (default: nginx, else each scenario's median model)."""
     run = runs[-1]
     view = RunView(run)
     caption = caption_for(run)
-    if baseline not in view.servers:
-        baseline = view.models[0] if view.models else baseline
+    verdicts = {v.scenario: v for v in verdict_rules.of_run(run, view)}
     sections = []
     for name, info in view.scenarios.items():
         levels = view.levels(name)
         if not levels:
             continue
-        rows = []
-        for server in view.servers_in(name):
-            cells = []
-            for lv in levels:
-                p = view.point(server, name, lv)
-                cells.append(None if p is None else {
-                    "value": format_value(info["metric"], p.median), "spread": format_spread(p),
-                    "p99": format_value("p99_us", p.p99_us), "flags": p.flags, "point": p,
-                    "errors": p.errors, "error_rate": f"{p.error_rate:.2%}" if p.errors else "0",
-                })
-            rows.append({"server": server, "cells": cells, "reference": server == view.reference,
-                         "vs_baseline": ratio_text(view.ratio(server, name, baseline)) if server != baseline else "-",
-                         "vs_reference": (ratio_text(view.ratio(server, name, view.reference))
-                                          if view.reference in view.servers_in(name) and server != view.reference
-                                          else "-")})
-        section = ScenarioSection(name, info, METRICS[info["metric"]][0], levels,
-                                  [level_label(info, lv) for lv in levels], rows, view.verdict(name))
+        section = _section(view, name, info, verdicts.get(name), baseline)
         if plots:
             from . import plots as charts
 
-            section.chart = (charts.throughput_chart(view, name, caption) if info["mode"] == "closed"
+            section.chart = (charts.throughput_chart(view, name, caption) if info.mode == "closed"
                              else charts.open_loop_chart(view, name, caption))
             section.spectrum = charts.spectrum_chart(view, name, levels[-1], caption)
             section.spectrum_level = level_label(info, levels[-1])
         sections.append(section)
-
-    summary_rows = []
-    for name in view.scenarios:
-        if not view.levels(name):
-            continue
-        summary_rows.append({"scenario": name, "cells": {
-            s: ratio_text(view.ratio(s, name, baseline)) if any(view.point(s, name, lv) for lv in view.levels(name))
-            else "" for s in view.servers}})
-    geo = {}
-    for s in view.servers:
-        covered = sum(view.ratio(s, sc, baseline) is not None for sc in view.scenarios)
-        most = max(sum(view.ratio(x, sc, baseline) is not None for sc in view.scenarios) for x in view.servers)
-        # a mean over fewer scenarios than the others' is not the same figure: say so
-        geo[s] = ratio_text(view.overall_ratio(s, baseline)) + (f" ({covered} of {most})" if covered < most else "")
-    report = Report(run, view, caption, baseline, sections, summary_rows, geo, [s.verdict for s in sections],
-                    model_cards(view.config["servers"]), sorted(view.flagged_points(),
-                                                                key=lambda p: (p.scenario, p.server, p.level)))
+    summary_rows = [{"scenario": sec.name, "baseline": sec.baseline, "level": sec.basis_label,
+                     "cells": {row["server"]: row["vs_baseline"] for row in sec.rows}} for sec in sections]
+    report = Report(run, view, caption, sections, summary_rows, [v for v in verdicts.values()],
+                    model_cards(view.run.servers),
+                    sorted(view.flagged_points(), key=lambda p: (p.scenario, p.server, p.level)))
     if plots:
         from . import plots as charts
 
-        report.charts["heatmap"] = charts.heatmap_chart(view, baseline, caption)
+        report.charts["heatmap"] = charts.heatmap_chart(view, {s.name: s.baseline for s in sections}, caption)
         report.charts["efficiency"] = charts.efficiency_chart(view, caption)
         memory = charts.memory_chart(view, caption)
         if memory:
@@ -242,9 +287,9 @@ def build_report(runs: list[dict[str, Any]], baseline: str = BASELINE, plots: bo
             report.side_by_side.append(side_by_side(RunView(before), view))
             continue
         rows = deltas(RunView(before), view, floor=noise_floor)
-        report.delta_tables.append(DeltaTable(before["run_id"], run["run_id"], rows,
-                                              sum(d.regression for d in rows), sum(d.improvement for d in rows),
-                                              noise_floor))
+        report.delta_tables.append(DeltaTable(before.run_id, run.run_id, rows, sum(d.regression for d in rows),
+                                              sum(d.improvement for d in rows),
+                                              sum(d.verdict == "unmeasured" for d in rows), noise_floor))
     return report
 
 
@@ -256,6 +301,8 @@ def _environment() -> jinja2.Environment:
     env.filters["value"] = lambda value, metric: format_value(metric, value)
     env.filters["bytes"] = format_bytes
     env.filters["pct"] = lambda v: f"{v * 100:+.1f}%"
+    env.filters["margin"] = lambda v: "-" if v is None else f"{v * 100:.1f}%"
+    env.filters["noise"] = lambda v: "unmeasured" if v is None else f"±{v * 100:.1f}%"
     env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.globals["level_label"] = level_label
     env.globals["metric_label"] = lambda m: METRICS[m][0]
@@ -269,10 +316,11 @@ def render(report: Report | UdpReport, template: str) -> str:
     return _environment().get_template(template).render(r=report, esc=html.escape)
 
 
-def build_any(docs: list[dict[str, Any]], baseline: str = BASELINE, plots: bool = True,
+def build_any(docs: list[dict[str, Any]], baseline: str | None = None, plots: bool = True,
               noise_floor: float = 0.05) -> Report | UdpReport:
-    """Bench runs (in their order) and udp-compare results (in theirs), told apart by schema."""
-    runs = [d for d in docs if d.get("schema") == SCHEMA]
+    """Bench runs (in their order) and udp-compare results (in theirs), told apart by schema; the documents
+    have been checked by store.read_result."""
+    runs = [Run.from_doc(d, check=False) for d in docs if d.get("schema") == SCHEMA]
     udp = [build_section(d, plots=plots) for d in docs if d.get("schema") != SCHEMA]
     if not runs:
         return UdpReport(udp)
@@ -282,7 +330,7 @@ def build_any(docs: list[dict[str, Any]], baseline: str = BASELINE, plots: bool 
 
 
 def write_documents(docs: list[dict[str, Any]], html_path: str | None, md_path: str | None,
-                    baseline: str = BASELINE, noise_floor: float = 0.05) -> list[str]:
+                    baseline: str | None = None, noise_floor: float = 0.05) -> list[str]:
     """Write the requested files from results already read (and checked); return their paths."""
     report = build_any(docs, baseline=baseline, plots=html_path is not None, noise_floor=noise_floor)
     written = []
@@ -300,7 +348,7 @@ def write_documents(docs: list[dict[str, Any]], html_path: str | None, md_path: 
     return written
 
 
-def write_reports(paths: list[str], html_path: str | None, md_path: str | None, baseline: str = BASELINE,
+def write_reports(paths: list[str], html_path: str | None, md_path: str | None, baseline: str | None = None,
                   noise_floor: float = 0.05) -> list[str]:
     """Read the runs (bench runs and udp-compare results), write the requested files, return their paths."""
     return write_documents([read_result(p) for p in paths], html_path, md_path, baseline=baseline,

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .results import Run
 
 SCHEMA = "serverzoo.bench/1"
 
@@ -39,17 +42,31 @@ def _schema_of(doc: Any) -> str:
 
 
 def _check_run(path: str, doc: Any) -> dict[str, Any]:
+    from .results import RunFormatError, check_run
+
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ResultsError(f"{path}: not a serverzoo bench run (schema {_schema_of(doc)}, expected {SCHEMA!r})")
-    for key in ("run_id", "machine", "config", "cells"):
-        if key not in doc:
-            raise ResultsError(f"{path}: incomplete run file (no {key!r})")
+    try:
+        check_run(doc)
+    except RunFormatError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
     return doc
 
 
 def read_run(path: str) -> dict[str, Any]:
-    """A bench run (what `serverzoo bench` writes), checked."""
+    """A bench run (what `serverzoo bench` writes), checked against bench/run.schema.json."""
     return _check_run(path, _load_json(path))
+
+
+def load_run(path: str) -> Run:
+    """A bench run, checked and read into typed objects (bench.results)."""
+    from .results import Run, RunFormatError
+
+    doc = read_run(path)
+    try:
+        return Run.from_doc(doc, check=False)
+    except RunFormatError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
 
 
 def read_result(path: str) -> dict[str, Any]:

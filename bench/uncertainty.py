@@ -17,8 +17,11 @@ Where the samples come from:
   core was busy), which is why repetitions are preferred when there are enough of them.
 
 "Clearly ahead" means the difference of two estimates is larger than its own uncertainty:
-the lead exceeds the half-widths of the two intervals combined in quadrature (the usual
-interval of a difference of independent means).
+the lead exceeds the 95% half-width of the difference of two independent means (Welch's
+interval: the two standard errors in quadrature, times the t quantile of the
+Welch-Satterthwaite degrees of freedom). With few samples this is tighter than adding the
+two intervals' own half-widths in quadrature, whose t quantiles each carry only one side's
+degrees of freedom, and it is the interval a two-sample t test at 5% uses.
 """
 
 from __future__ import annotations
@@ -111,20 +114,38 @@ def batch_means(amounts: Sequence[float], durations: Sequence[float], batches: i
     total_time = sum(durations)
     if total_time <= 0:
         raise ValueError("no measured time")
-    overall = sum(amounts) / total_time
-    k = min(batches, len(amounts))
-    if k < MIN_BATCHES:
-        return Estimate(overall, math.inf, 1, "single")
     rates = []
-    for b in range(k):
-        lo, hi = b * len(amounts) // k, (b + 1) * len(amounts) // k
-        t = sum(durations[lo:hi])
+    for r in batch_ranges(len(amounts), batches):
+        t = sum(durations[i] for i in r)
         if t > 0:
-            rates.append(sum(amounts[lo:hi]) / t)
-    if len(rates) < MIN_BATCHES:
-        return Estimate(overall, math.inf, 1, "single")
-    spread = from_samples(rates)
-    return Estimate(overall, spread.half_width, len(rates), "batch-means")
+            rates.append(sum(amounts[i] for i in r) / t)
+    return from_batches(sum(amounts) / total_time, rates)
+
+
+def batch_ranges(n: int, batches: int = DEFAULT_BATCHES) -> list[range]:
+    """Indexes of n slices split, in order, into min(batches, n) contiguous batches of nearly equal size."""
+    k = min(batches, n)
+    return [range(b * n // k, (b + 1) * n // k) for b in range(k)]
+
+
+def from_batches(overall: float, batch_values: Sequence[float]) -> Estimate:
+    """A figure of the whole window, with the interval the spread of its batches' own figures gives.
+
+    For figures that are not rates (a p99 of each batch's merged latencies, say) the caller
+    computes each batch's figure; fewer than MIN_BATCHES leave the noise unmeasured.
+    """
+    if len(batch_values) < MIN_BATCHES:
+        return Estimate(float(overall), math.inf, 1, "single")
+    spread = from_samples(batch_values)
+    return Estimate(float(overall), spread.half_width, len(batch_values), "batch-means")
+
+
+def scaled(estimate: Estimate, value: float) -> Estimate:
+    """The same relative uncertainty around another value (a cell's own figure, when its batches' total differs
+    slightly, e.g. by requests completed at the window's edge)."""
+    if not estimate.measured:
+        return Estimate(float(value), math.inf, estimate.n, estimate.method)
+    return Estimate(float(value), estimate.relative_half_width * abs(value), estimate.n, estimate.method)
 
 
 def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
@@ -154,9 +175,20 @@ def lead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> float:
     return diff if higher_is_better else -diff
 
 
+def _standard_error(e: Estimate) -> float:
+    return e.half_width / _t95(e.n - 1) if e.n > 1 else math.inf
+
+
 def combined_half_width(a: Estimate, b: Estimate) -> float:
-    """The half-width of the difference a - b: the two half-widths in quadrature."""
-    return math.hypot(a.half_width, b.half_width)
+    """The 95% half-width of the difference a - b (Welch's interval): inf when either noise is unmeasured."""
+    if not (a.measured and b.measured) or a.n < 2 or b.n < 2:
+        return math.inf
+    se_a, se_b = _standard_error(a), _standard_error(b)
+    se = math.hypot(se_a, se_b)
+    if se == 0:
+        return 0.0
+    df = se ** 4 / (se_a ** 4 / (a.n - 1) + se_b ** 4 / (b.n - 1))
+    return _t95(max(1, math.floor(df))) * se
 
 
 def clearly_ahead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> bool:

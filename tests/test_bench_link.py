@@ -204,7 +204,8 @@ def test_bench_over_a_link_interrupted_resumed_and_reported_beside_loopback(out_
     assert "Traceback" not in done.stderr
 
     from serverzoo.bench.report import build_report, render
-    page = render(build_report([doc], plots=False), "report.html.j2")
+    from serverzoo.bench.results import Run
+    page = render(build_report([Run.from_doc(doc)], plots=False), "report.html.j2")
     assert "over <b>veth</b>" in page and "<td>network</td><td>link veth" in page
 
 

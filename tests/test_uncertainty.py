@@ -76,8 +76,8 @@ def test_pooling_fewer_repetitions_keeps_the_larger_noise():
 
 # a, b, higher_is_better, clearly ahead?
 AHEAD = [
-    (u.Estimate(110, 3, 5, "x"), u.Estimate(100, 3, 5, "x"), True, True),    # 10 > 4.24
-    (u.Estimate(105, 4, 5, "x"), u.Estimate(100, 4, 5, "x"), True, False),   # 5 < 5.66: a tie
+    (u.Estimate(110, 3, 5, "x"), u.Estimate(100, 3, 5, "x"), True, True),    # 10 > 3.52
+    (u.Estimate(104, 4, 5, "x"), u.Estimate(100, 4, 5, "x"), True, False),   # 4 < 4.70: a tie
     (u.Estimate(100, 3, 5, "x"), u.Estimate(110, 3, 5, "x"), True, False),   # behind
     (u.Estimate(5.0, 0.2, 5, "x"), u.Estimate(6.0, 0.2, 5, "x"), False, True),  # lower latency wins
     (u.single(200), u.Estimate(100, 1, 5, "x"), True, False),               # one sample decides nothing
@@ -89,7 +89,38 @@ def test_clearly_ahead_needs_a_lead_beyond_the_combined_noise(a, b, higher, expe
     assert u.clearly_ahead(a, b, higher) is expected
 
 
+def test_the_difference_interval_is_welchs():
+    a, b = u.from_samples([100.0, 104.0, 96.0]), u.from_samples([90.0, 91.0, 89.0, 90.0])
+    se_a, se_b = 4.0 / math.sqrt(3), statistics.stdev([90, 91, 89, 90]) / math.sqrt(4)
+    df = (se_a ** 2 + se_b ** 2) ** 2 / (se_a ** 4 / 2 + se_b ** 4 / 3)
+    assert u.combined_half_width(a, b) == pytest.approx(u._t95(math.floor(df)) * math.hypot(se_a, se_b))
+    # with few samples on both sides, tighter than the two intervals in quadrature (each with only its own df)
+    c = u.from_samples([90.0, 94.0, 86.0])
+    assert u.combined_half_width(a, c) == pytest.approx(u._t95(4) * math.hypot(*[4.0 / math.sqrt(3)] * 2))
+    assert u.combined_half_width(a, c) < math.hypot(a.half_width, c.half_width)
+    assert u.combined_half_width(a, u.single(90.0)) == math.inf
+
+
 def test_lead_is_relative_and_signed_by_direction():
     assert u.lead(u.single(110), u.single(100)) == pytest.approx(0.10)
     assert u.lead(u.single(90), u.single(100), higher_is_better=False) == pytest.approx(0.10)
     assert u.lead(u.single(1), u.single(0)) == math.inf
+
+
+def test_batches_are_contiguous_and_nearly_equal():
+    assert u.batch_ranges(10) == [range(0, 2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)]
+    assert [len(r) for r in u.batch_ranges(7, 3)] == [2, 2, 3]
+    assert u.batch_ranges(2) == [range(0, 1), range(1, 2)]
+
+
+def test_batch_figures_that_are_not_rates_give_an_interval_around_the_whole():
+    e = u.from_batches(1000.0, [950.0, 1000.0, 1050.0])
+    assert (e.value, e.n, e.method) == (1000.0, 3, "batch-means")
+    assert e.half_width == pytest.approx(u._t95(2) * 50 / math.sqrt(3))
+    assert not u.from_batches(1000.0, [990.0, 1010.0]).measured
+
+
+def test_scaled_keeps_the_relative_noise():
+    e = u.scaled(u.Estimate(100.0, 5.0, 5, "batch-means"), 200.0)
+    assert (e.value, e.half_width, e.n, e.method) == (200.0, 10.0, 5, "batch-means")
+    assert not u.scaled(u.single(100.0), 50.0).measured
