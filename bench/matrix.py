@@ -23,7 +23,7 @@ from .analysis import metric_value, summarize
 from .plan import CELL_OVERHEAD_S, Cell, Plan
 from .runner import CellRunner, interrupts
 from .scenarios import METRICS
-from .sequential import cell_estimate, next_round, race_summary
+from .sequential import next_round, race_summary
 from .store import write_atomic
 from .verdicts import run_verdicts
 
@@ -87,10 +87,6 @@ class _Loop:
             self.left -= 1
         self.progress.update(self.task, description=cell.id)
         record = self.runner.run(cell)
-        sc = self.plan.scenarios[cell.scenario]
-        if record.get("load"):
-            est = cell_estimate(record["load"], sc.metric)
-            record["estimate"] = est.to_dict() if est is not None else None
         self.doc["cells"].append(record)
         with interrupts.critical():
             self.doc["summary"] = summarize(self.doc)  # flags stored with the data, not only in reports
@@ -153,12 +149,10 @@ def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max
 def _extend(plan: Plan, doc: dict[str, Any], loop: _Loop, deadline: float | None) -> str:
     """Rounds of extra repetitions at close races until none is needed or the budget is spent."""
     state = doc.setdefault("sequential", {"rounds": 0, "extra_cells": 0, "ended": None})
-    for name in plan.scenarios:
-        loop.progress.console.print(f"after the first pass: {race_summary(plan, doc['cells'], name)}",
-                                    highlight=False)
+    _log_races(plan, doc, loop, "after the first pass")
     while True:
         done = {c["id"] for c in doc["cells"]}
-        cells = [c for c in next_round(plan, doc["cells"]) if c.id not in done]
+        cells = [c for c in next_round(plan, doc) if c.id not in done]
         if not cells:
             state["ended"] = "every race decided, or measured as precisely as asked"
             break
@@ -166,15 +160,15 @@ def _extend(plan: Plan, doc: dict[str, Any], loop: _Loop, deadline: float | None
         for cell in cells:
             if deadline is not None and time.monotonic() + cell_cost(plan, doc, cell) > deadline:
                 state["ended"] = "budget spent"
-                _log_races(plan, doc, loop)
+                _log_races(plan, doc, loop, "at the end")
                 return "complete"
             if not loop.run(cell):
                 return "partial"
             state["extra_cells"] += 1
-    _log_races(plan, doc, loop)
+    _log_races(plan, doc, loop, "at the end")
     return "complete"
 
 
-def _log_races(plan: Plan, doc: dict[str, Any], loop: _Loop) -> None:
-    for name in plan.scenarios:
-        loop.progress.console.print(f"at the end: {race_summary(plan, doc['cells'], name)}", highlight=False)
+def _log_races(plan: Plan, doc: dict[str, Any], loop: _Loop, when: str) -> None:
+    for line in race_summary(plan, doc):
+        loop.progress.console.print(f"{when}: {line}", highlight=False)

@@ -325,6 +325,8 @@ def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
             "p50_us": hist.get_value_at_percentile(50) if n else None,
             "p99_us": hist.get_value_at_percentile(99) if n else None,
             "max_us": hist.get_max_value() if n else None,
+            # the slice's latencies, so batches of slices give a percentile with an interval
+            "histogram": latency.encode(hist),
         })
     return out
 
