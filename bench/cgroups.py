@@ -74,17 +74,6 @@ class CellCgroup:
                 pass  # exited meanwhile
         return moved
 
-    def cpu_s(self) -> float | None:
-        try:
-            with open(os.path.join(self.path, "cpu.stat"), encoding="ascii") as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "usage_usec":
-                        return int(value) / 1e6
-        except (OSError, ValueError):
-            pass
-        return None
-
     def memory_peak(self) -> int | None:
         """Peak memory of everything that ran inside (memory.peak), where the memory controller is on."""
         try:

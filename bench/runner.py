@@ -129,11 +129,10 @@ class CellRunner:
 
     def _cgroup(self, server: ServerProcess | NginxServer, info: dict[str, Any]) -> CellCgroup | None:
         """The server's tree moved into a fresh cgroup, or None (CPU then sampled from the live tree)."""
-        with interrupts.critical():  # a cgroup made is a cgroup the caller will remove
-            cgroup = self.cgroups.new()
-            if cgroup is not None and not cgroup.adopt(server.pid):
-                info["cgroup_problem"] = cgroup.remove()
-                cgroup = None
+        cgroup = self.cgroups.new()
+        if cgroup is not None and not cgroup.adopt(server.pid):
+            info["cgroup_problem"] = cgroup.remove()
+            cgroup = None
         info["cpu_accounting"] = ("cgroup v2 (every process of the server's tree, exited ones included)"
                                   if cgroup is not None else
                                   f"live process tree plus reaped children ({self.cgroups.why_not})")
@@ -188,7 +187,8 @@ class CellRunner:
             info["argv"] = server.argv if isinstance(server, ServerProcess) else server.shown_argv()
             info["rss_at_ready_bytes"] = tree_rss(server.pid)
             # over a link the server runs in another network namespace, but the same cgroup tree
-            cgroup = self._cgroup(server, info)
+            with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
+                cgroup = self._cgroup(server, info)
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
                                 cgroup.path if cgroup else None)
             t1 = time.monotonic()
@@ -198,9 +198,11 @@ class CellRunner:
                 SHARED_GENERATOR_NICE if placement["shared"] else 0)
             timing["generator"] = round(time.monotonic() - t1, 3)
         finally:
-            self._stop(server, info, timing)
-            if cgroup is not None:
-                self._remove_cgroup(cgroup, info)
+            try:
+                self._stop(server, info, timing)
+            finally:  # a Ctrl-C held back during the stop is raised at its end: the cgroup goes first
+                if cgroup is not None:
+                    self._remove_cgroup(cgroup, info)
         if record["load"] is not None:
             record["status"] = "ok"
         record["seconds"] = round(time.monotonic() - t0, 3)
