@@ -49,6 +49,7 @@ title = "CPU-bound requests"
 mode = "closed"
 paths = ["/_/work?cpu=2"]
 reference = false
+placement = "server-all"
 quick = { concurrency = [2], duration = 1.0, warmup = 0.2 }
 """
 MODELS = ("iterative", "threading")
@@ -110,6 +111,14 @@ def leftover_processes(marker: str) -> list[str]:
     return found
 
 
+def cell_cgroups(runner_pid: int) -> list[str]:
+    """The cell cgroups a runner process made that still exist."""
+    from serverzoo.bench.cgroups import PREFIX, usable_root
+
+    root, _ = usable_root()
+    return glob.glob(os.path.join(root, f"{PREFIX}{runner_pid}-*")) if root else []
+
+
 @pytest.mark.timeout(150)
 def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
     scenarios = os.path.join(out_dir, "scenarios.toml")
@@ -141,6 +150,7 @@ def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
     assert not glob.glob(os.path.join(out_dir, "results", ".tmp-*")), "a temporary file was left behind"
     time.sleep(0.5)
     assert leftover_processes(out_dir) == [], "the interrupted cell's server or generator is still running"
+    assert cell_cgroups(proc.pid) == [], "the interrupted cell's cgroup was left behind"
 
     # 2. resumed for one more cell only
     proc = bench(out_dir, "--resume", path, "--max-cells", "1", "--no-report")
@@ -185,6 +195,14 @@ def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
         assert cell["server_process"]["rss_at_ready_bytes"] > 0
         assert cell["server_process"]["clean_stop"] is True, cell["server_process"]
         assert cell["generator"]["argv"][:3] == ["-m", "serverzoo", "load"]
+        # where each side ran, as the scenario asked; the server's CPU from its cgroup where there is one
+        placement = cell["placement"]
+        assert placement["name"] == ("server-all" if cell["scenario"] == "cpu" else "split")
+        assert cell["server_process"]["cpus"] == placement["server_cpus"] == load["options"]["server_cpus"]
+        if placement["name"] == "server-all":
+            assert set(placement["server_cpus"]) == set(config["cpus"]["server"]) | set(config["cpus"]["client"])
+        if config["cpu_accounting"]["cgroup_root"]:
+            assert load["server"]["cpu_source"] == "cgroup", cell["server_process"]["cpu_accounting"]
 
     # medians and flags are stored with the cells
     assert {(s["server"], s["scenario"]) for s in doc["summary"]} == {tuple(i.split("/")[:2]) for i in expected}
