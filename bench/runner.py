@@ -4,7 +4,8 @@ One cell = one server process (started, READY awaited, RSS read, its process tre
 into a cgroup of its own where the machine allows: bench/cgroups.py), one `serverzoo load`
 process (warm-up, then the measured run, sampling the server's CPU time from the cgroup and
 RSS by its PID), then SIGTERM, a wait for the server's own graceful exit, and the cgroup
-removed. Which CPUs each side gets is the scenario's placement (Plan.cpus_for). A cell that fails
+removed. Which CPUs each side gets is the scenario's placement (Plan.cpus_for); where the
+runner may, both run at a raised priority, the generator above the server (SERVER_NICE). A cell that fails
 (server does not start, generator crashes or overruns) is recorded as failed with a
 one-line reason and the run goes on. KeyboardInterrupt is the only thing that stops
 the loop; the caller saves what was measured.
@@ -72,10 +73,13 @@ class Interrupts:
 
 interrupts = Interrupts()  # run_matrix installs interrupts.handler for SIGINT and SIGTERM
 
-# Where the generator shares CPUs with the server (placement "server-all"), it runs at this
-# nice value: its share is small, and it must not wait behind the server for a CPU, or the
-# server would be measured against a generator it starved (and every cell judged client-bound).
-SHARED_GENERATOR_NICE = -10
+# Priorities, where the runner may raise them (root): the cell's server and generator run
+# above the machine's other work, so a background job on a shared machine disturbs the
+# figures less; and the generator above the server, so where the two share CPUs (placement
+# "server-all") the generator, whose share is small, never waits behind the server for a
+# CPU (the server would be measured against a generator it starved, and judged client-bound).
+SERVER_NICE = -5
+GENERATOR_NICE = -10
 GENERATOR_SLACK_S = 20.0  # beyond warm-up + duration + one request timeout, a generator is stuck
 STDERR_TAIL = 1500
 
@@ -186,6 +190,7 @@ class CellRunner:
             info["url"] = server.url
             info["argv"] = server.argv if isinstance(server, ServerProcess) else server.shown_argv()
             info["rss_at_ready_bytes"] = tree_rss(server.pid)
+            info["nice"] = renice_tree(server.pid, SERVER_NICE)
             # over a link the server runs in another network namespace, but the same cgroup tree
             with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
                 cgroup = self._cgroup(server, info)
@@ -195,7 +200,7 @@ class CellRunner:
             placement = record["placement"]
             record["load"], record["error"], record["generator"] = self._generate(
                 opts, sc.warmup + sc.duration + sc.request_timeout, placement["client_cpus"],
-                SHARED_GENERATOR_NICE if placement["shared"] else 0)
+                GENERATOR_NICE)
             timing["generator"] = round(time.monotonic() - t1, 3)
         finally:
             try:
@@ -288,6 +293,32 @@ class CellRunner:
         if problems:
             info["problem"] = ", ".join(problems)
             info["stderr_tail"] = _tail(stderr)
+
+
+def renice_tree(pid: int, nice: int) -> int | None:
+    """Set every thread of a process tree to `nice`; the value set, or None where not allowed (not root).
+
+    Linux keeps a nice value per thread, and new threads and processes inherit their creator's,
+    so a server's threads started before this call are set one by one and later ones follow.
+    """
+    if not _can_renice(nice):
+        return None
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return None
+    for p in procs:
+        try:
+            threads = [t.id for t in p.threads()]
+        except psutil.Error:
+            continue
+        for tid in threads:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except OSError:
+                pass  # exited meanwhile
+    return nice
 
 
 def _can_renice(nice: int) -> bool:
