@@ -163,8 +163,10 @@ def test_cli_without_root_is_one_line():
     assert "need root" in done.stderr and done.stderr.count("\n") == 1
 
 
+# SIGINT is restored first: a shell starts background jobs with it ignored, which Python keeps.
 HOLDER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from serverzoo.clients.links import LinkedHosts, LinkProfile
 with LinkedHosts(LinkProfile("t-hold", loss_percent=1)) as link:
     child = link.run_in_server(["sleep", "30"])
