@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from serverzoo.clients.loadgen import connection
+from serverzoo.clients.loadgen import verification
 from serverzoo.clients.loadgen.connection import ClientConnection
 from serverzoo.clients.loadgen.drivers import ClosedLoopDriver
 from serverzoo.clients.loadgen.options import LoadOptions
@@ -90,12 +90,12 @@ def corrupt(body: bytes, at: int) -> bytes:
     return bytes(b)
 
 
-@pytest.mark.parametrize("budget", [connection.REFERENCE_BUDGET, 0], ids=["reference", "hash-only"])
+@pytest.mark.parametrize("budget", [verification.REFERENCE_BUDGET, 0], ids=["reference", "hash-only"])
 @pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
 @pytest.mark.parametrize("sizes", [[1 << 20], [7, 1000, 65536], [1]], ids=["whole", "odd-pieces", "bytewise"])
 def test_bodies_are_checked_however_they_arrive(manifest_dir, monkeypatch, budget, chunked, sizes) -> None:
-    monkeypatch.setattr(connection, "REFERENCE_ALWAYS", 0)
-    monkeypatch.setattr(connection, "REFERENCE_BUDGET", budget)
+    monkeypatch.setattr(verification, "REFERENCE_ALWAYS", 0)
+    monkeypatch.setattr(verification, "REFERENCE_BUDGET", budget)
     if sizes == [1] and chunked:
         sizes = [997]  # byte by byte through the chunked path is only slow, not different
     loop, run, conn = make_connection(manifest_dir)
@@ -124,12 +124,12 @@ def test_local_corpus_files_become_references(tmp_path) -> None:
         with open(os.path.join(tmp_path, "3MiB.bin"), "rb") as f:
             data = f.read()
         target.expect_length, target.expect_sha256 = len(data), hashlib.sha256(data).digest()
-        assert connection.preload_references(run.targets, str(tmp_path)) == len(data)
+        assert verification.preload_references(run.targets, str(tmp_path)) == len(data)
         assert target.reference == data
         with open(os.path.join(tmp_path, "3MiB.bin"), "r+b") as f:  # a local file that differs is not used
             f.write(b"X")
         target.reference = None
-        assert connection.preload_references(run.targets, str(tmp_path)) == 0 and target.reference is None
+        assert verification.preload_references(run.targets, str(tmp_path)) == 0 and target.reference is None
     finally:
         loop.close()
 
