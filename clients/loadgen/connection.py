@@ -28,11 +28,12 @@ from .verification import CORRUPT_BODY
 CONNECT_REFUSED = "connect_refused"
 CONNECT_TIMEOUT = "connect_timeout"
 CONNECT_ERROR = "connect_error"
+NO_LOCAL_PORT = "no_local_port"  # connect found no free local port (EADDRNOTAVAIL): the port range ran out
 RESET = "reset"
 READ_TIMEOUT = "read_timeout"
 BAD_STATUS = "bad_status"
 BAD_LENGTH = "bad_length"  # Content-Length differs from the expected size
-ERROR_CLASSES = (CONNECT_REFUSED, CONNECT_TIMEOUT, CONNECT_ERROR, RESET, CLOSED, READ_TIMEOUT, BAD_STATUS,
+ERROR_CLASSES = (CONNECT_REFUSED, CONNECT_TIMEOUT, CONNECT_ERROR, NO_LOCAL_PORT, RESET, CLOSED, READ_TIMEOUT, BAD_STATUS,
                  BAD_LENGTH, SHORT_BODY, CORRUPT_BODY, BAD_RESPONSE)
 LARGE_BODY = 64 * 1024  # from this expected size up, bodies are received into a reused buffer
 

@@ -125,9 +125,11 @@ def parse_head(head: bytes) -> Head | None:
 class ResponseReader:
     """Frames a stream of responses; see the module docstring."""
 
-    __slots__ = ("data", "pos", "state", "need", "eof", "known_head", "known_length", "status_bytes")
+    __slots__ = ("data", "pos", "state", "need", "eof", "known_head", "known_length", "status_bytes", "close_ok")
 
-    def __init__(self, expect_status: int = 200) -> None:
+    def __init__(self, expect_status: int = 200, close_ok: bool = False) -> None:
+        """close_ok: whole_response accepts responses after which the server closes (for a
+        client that closes the connection after one response anyway)."""
         self.data: bytes | memoryview = b""
         self.pos = 0
         self.state = _HEAD
@@ -136,6 +138,7 @@ class ResponseReader:
         self.known_head: bytes | None = None  # the last head whole_response accepted, and its length
         self.known_length = 0
         self.status_bytes = b"%03d" % expect_status
+        self.close_ok = close_ok
 
     @property
     def idle(self) -> bool:
@@ -166,7 +169,8 @@ class ResponseReader:
 
     def whole_response(self, data: bytes) -> int:
         """The keep-alive fast path. When the reader is idle and data begins with a whole response
-        of the expected status, framed by Content-Length, on a connection that stays open,
+        of the expected status, framed by Content-Length, on a connection that stays open (or
+        any connection, with close_ok),
         return where that response ends in data; its body is the known_length bytes before
         that. Otherwise return -1 and leave the reader as it was."""
         if self.state != _HEAD or self.pos < len(self.data):
@@ -183,7 +187,7 @@ class ResponseReader:
             head = data[:end + 2].lower()
             at = head.find(b"\r\ncontent-length:")
             if (at < 0 or head[9:12] != self.status_bytes or not head.startswith(b"http/1.1")
-                    or head.find(b"\r\ntransfer-encoding:") >= 0 or (b"close" in head and says_close(head))):
+                    or head.find(b"\r\ntransfer-encoding:") >= 0 or (not self.close_ok and b"close" in head and says_close(head))):
                 return -1
             try:
                 length = int(head[at + 17:head.find(b"\r\n", at + 17)])

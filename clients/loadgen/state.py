@@ -15,6 +15,7 @@ from time import monotonic_ns
 
 from .connection import LARGE_BODY, BufferedClientConnection, ClientConnection
 from .options import LoadOptions
+from .ports import LoopbackSources
 from .targets import Plan
 from .verification import References, Verifier
 
@@ -84,6 +85,9 @@ class Run:
         self.by_send = opts.requests is not None
         self.open_loop = opts.open_loop
         self.close_each = opts.conn_mode == "new"
+        # workers start at different addresses of the list, so their connections spread out
+        self.sources = (LoopbackSources(opts.loopback_sources, share.index * 7919)
+                        if opts.loopback_sources else None)
         self.depth = opts.depth
         self.think_s = opts.think_s
         self.connect_timeout_s = opts.connect_timeout_s

@@ -6,6 +6,13 @@ a local corpus the references are its files, checked against the manifest before
 starts. References beyond a per-worker memory budget are not kept; those bodies stream
 through sha256. A body that arrives in pieces is checked piece by piece (BodyCheck), so
 pieces may be memoryviews of a reused receive buffer: nothing is copied to check them.
+
+Large references (DIGEST_FROM and up) are not compared byte by byte: a memcmp would read the
+whole reference from main memory for every body, which costs more than receiving it. Their
+pieces go through XXH3-128 while they are still in the CPU cache, and the digest is compared
+with that of the proven reference. Every byte is still read and checked; a random corruption
+goes unnoticed with probability 2^-128 (XXH3 is not a defence against a server crafting
+collisions, which the sha256 of the first body or of the corpus file is).
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ from __future__ import annotations
 import hashlib
 import os
 
+import xxhash
+
 REFERENCE_ALWAYS = 1 << 20  # references up to this size are always kept
 REFERENCE_BUDGET = 256 << 20  # larger ones while a worker holds less than this in references
+DIGEST_FROM = 1 << 20  # streamed bodies with references this large are checked by XXH3-128
 
 CORRUPT_BODY = "corrupt_body"
 
@@ -64,8 +74,13 @@ class References:
 
     def start(self, target, length_known: bool) -> "BodyCheck":
         """A check for a body arriving in pieces."""
-        if target.reference is not None:
-            return _AgainstReference(target.reference)
+        ref = target.reference
+        if ref is not None:
+            if len(ref) < DIGEST_FROM:
+                return _AgainstReference(ref)
+            if target.reference_xxh3 is None:
+                target.reference_xxh3 = xxhash.xxh3_128_digest(ref)
+            return _Digest()
         if length_known and self.may_keep(target.expect_length or 0):
             return _Collect(self)  # joined at the end, hashed once, kept as the reference
         return _Hash()
@@ -98,6 +113,19 @@ class _AgainstReference(BodyCheck):
 
     def result(self, target) -> str | None:
         return None if self.ok and self.offset == len(self.reference) else CORRUPT_BODY
+
+
+class _Digest(BodyCheck):
+    __slots__ = ("digest",)
+
+    def __init__(self) -> None:
+        self.digest = xxhash.xxh3_128()
+
+    def update(self, piece) -> None:
+        self.digest.update(piece)
+
+    def result(self, target) -> str | None:
+        return None if self.digest.digest() == target.reference_xxh3 else CORRUPT_BODY
 
 
 class _Collect(BodyCheck):

@@ -23,6 +23,7 @@ from time import monotonic_ns
 from . import latency
 from .adversaries import start_adversaries
 from .drivers import ClosedLoopDriver, OpenLoopDriver
+from .fresh_connections import FreshConnectionClients
 from .messages import read_message, write_message
 from .options import LoadOptions
 from .state import Run, WorkerShare, is_uvloop
@@ -118,6 +119,10 @@ class Worker:
 
     def _make_drivers(self) -> None:
         run, share, opts = self.run, self.share, self.opts
+        if opts.conn_mode == "new" and not opts.open_loop and not opts.think_s:
+            run.drivers.extend(FreshConnectionClients(run, share.connections, run.sources).slots)
+            run.active_drivers = len(run.drivers)
+            return
         for i in range(share.connections):
             if opts.open_loop:
                 slot = share.first_slot + i
