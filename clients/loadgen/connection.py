@@ -38,6 +38,20 @@ ERROR_CLASSES = (CONNECT_REFUSED, CONNECT_TIMEOUT, CONNECT_ERROR, NO_LOCAL_PORT,
 LARGE_BODY = 64 * 1024  # from this expected size up, bodies are received into a reused buffer
 
 
+def whole_body_error(run, target, data: bytes, stop: int, length: int) -> str | None:
+    """The verdict on a response that arrived whole, its body the `length` bytes before `stop` in data."""
+    expected = target.expect_length
+    if expected is not None and length != expected:
+        return BAD_LENGTH
+    if target.expect_sha256 is None or (run.verify_every != 1 and not run.verifier.take()):
+        return None
+    ref = target.reference
+    start = stop - length
+    if ref is not None and len(ref) == length and data.startswith(ref, start):
+        return None  # the same bytes as a body already proven good (compared in place)
+    return run.references.verify(target, data[start:stop])
+
+
 class ClientConnection(asyncio.Protocol):
     """Requests go out with send(); each completed response calls driver.on_response."""
 
@@ -75,20 +89,7 @@ class ClientConnection(asyncio.Protocol):
             return self._receive(data)
         now = monotonic_ns()
         length = reader.known_length
-        target = self.inflight.popleft()
-        expected = target.expect_length
-        if expected is not None and length != expected:
-            error = BAD_LENGTH
-        elif target.expect_sha256 is None or (run.verify_every != 1 and not run.verifier.take()):
-            error = None
-        else:
-            ref = target.reference
-            start = stop - length
-            if ref is not None and len(ref) == length and data.startswith(ref, start):
-                error = None  # the same bytes as a body already proven good (compared in place)
-            else:
-                error = run.references.verify(target, data[start:stop])
-        self._record(now, length, error)
+        self._record(now, length, whole_body_error(run, self.inflight.popleft(), data, stop, length))
         self.server_closes = False
         if self.driver.on_response(self, now) and stop < len(data):
             self._receive(data[stop:])

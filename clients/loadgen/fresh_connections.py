@@ -30,8 +30,8 @@ import socket
 import struct
 from time import monotonic_ns
 
-from .connection import (BAD_LENGTH, CONNECT_ERROR, CONNECT_REFUSED, CONNECT_TIMEOUT, NO_LOCAL_PORT, READ_TIMEOUT,
-                         ClientConnection)
+from .connection import (CONNECT_ERROR, CONNECT_REFUSED, CONNECT_TIMEOUT, NO_LOCAL_PORT, READ_TIMEOUT,
+                         ClientConnection, whole_body_error)
 from .ports import LoopbackSources
 from .response_reader import ResponseReader
 
@@ -177,19 +177,7 @@ class FreshConnectionClients:
             return
         now = monotonic_ns()
         length = reader.known_length
-        target = slot.target
-        expected = target.expect_length
-        if expected is not None and length != expected:
-            error = BAD_LENGTH
-        elif target.expect_sha256 is None or (run.verify_every != 1 and not run.verifier.take()):
-            error = None
-        else:
-            ref = target.reference
-            start = stop - length
-            if ref is not None and len(ref) == length and data.startswith(ref, start):
-                error = None  # the same bytes as a body already proven good (compared in place)
-            else:
-                error = run.references.verify(target, data[start:stop])
+        error = whole_body_error(run, slot.target, data, stop, length)
         phase = slot.phase if run.by_send else run.phase
         if error is None:
             phase.lat.append((now - slot.start_ns) // 1000)

@@ -204,7 +204,7 @@ class ResponseReader:
         """The next Head, body piece, END, or NEED_DATA; raises FramingError."""
         state = self.state
         if state == _BODY:
-            return self._body()
+            return self._body(_END)
         if state == _HEAD:
             return self._head()
         if state == _END:
@@ -224,12 +224,17 @@ class ResponseReader:
             return NEED_DATA
         return self._chunked()
 
+    def _as_bytes(self) -> tuple[bytes, int]:
+        """What is buffered, as bytes: lines are searched in it, and a fed buffer will be reused."""
+        data, pos = self.data, self.pos
+        if type(data) is memoryview:
+            data = self.data = bytes(data[pos:])
+            pos = self.pos = 0
+        return data, pos
+
     def _head(self):
         while True:
-            data, pos = self.data, self.pos
-            if type(data) is memoryview:
-                data = self.data = bytes(data[pos:])
-                pos = self.pos = 0
+            data, pos = self._as_bytes()
             end = data.find(b"\r\n\r\n", pos)
             if end < 0:
                 if len(data) - pos > MAX_HEAD:
@@ -251,7 +256,8 @@ class ResponseReader:
                 self.state = _END
             return head
 
-    def _body(self):
+    def _body(self, done_state: int):
+        """Up to `need` bytes of a body or chunk; done_state follows the last of them."""
         data, pos = self.data, self.pos
         size = len(data)
         if pos >= size:
@@ -270,18 +276,15 @@ class ResponseReader:
             need = 0
         self.need = need
         if not need:
-            self.state = _END
+            self.state = done_state
         return piece
 
     def _chunked(self):
         while True:
-            data, pos = self.data, self.pos
-            if type(data) is memoryview:
-                data = self.data = bytes(data[pos:])
-                pos = self.pos = 0
+            data, pos = self._as_bytes()
             state = self.state
             if state == _CHUNK_DATA:
-                return self._chunk_data()
+                return self._body(_CHUNK_CRLF)
             eol = data.find(b"\r\n", pos)
             if eol < 0:
                 if len(data) - pos > MAX_HEAD:
@@ -310,17 +313,3 @@ class ResponseReader:
             elif not line:  # the empty line after the trailers: the body is complete
                 self.state = _HEAD
                 return END
-
-    def _chunk_data(self):
-        data, pos = self.data, self.pos
-        size = len(data)
-        if pos >= size:
-            if self.eof:
-                raise FramingError(SHORT_BODY)
-            return NEED_DATA
-        take = min(size - pos, self.need)
-        self.pos = pos + take
-        self.need -= take
-        if not self.need:
-            self.state = _CHUNK_CRLF
-        return data[pos:pos + take]

@@ -80,10 +80,10 @@ class References:
                 return _AgainstReference(ref)
             if target.reference_xxh3 is None:
                 target.reference_xxh3 = xxhash.xxh3_128_digest(ref)
-            return _Digest()
+            return _Digest(xxhash.xxh3_128(), target.reference_xxh3)
         if length_known and self.may_keep(target.expect_length or 0):
             return _Collect(self)  # joined at the end, hashed once, kept as the reference
-        return _Hash()
+        return _Digest(hashlib.sha256(), target.expect_sha256)
 
 
 class BodyCheck:
@@ -116,16 +116,17 @@ class _AgainstReference(BodyCheck):
 
 
 class _Digest(BodyCheck):
-    __slots__ = ("digest",)
+    __slots__ = ("digest", "expected")
 
-    def __init__(self) -> None:
-        self.digest = xxhash.xxh3_128()
+    def __init__(self, digest, expected: bytes) -> None:
+        self.digest = digest
+        self.expected = expected
 
     def update(self, piece) -> None:
         self.digest.update(piece)
 
     def result(self, target) -> str | None:
-        return None if self.digest.digest() == target.reference_xxh3 else CORRUPT_BODY
+        return None if self.digest.digest() == self.expected else CORRUPT_BODY
 
 
 class _Collect(BodyCheck):
@@ -140,19 +141,6 @@ class _Collect(BodyCheck):
 
     def result(self, target) -> str | None:
         return self.references.verify(target, b"".join(self.pieces))
-
-
-class _Hash(BodyCheck):
-    __slots__ = ("digest",)
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-
-    def update(self, piece) -> None:
-        self.digest.update(piece)
-
-    def result(self, target) -> str | None:
-        return None if self.digest.digest() == target.expect_sha256 else CORRUPT_BODY
 
 
 def preload_references(targets: list, corpus_dir: str) -> int:
