@@ -161,3 +161,12 @@ def test_whole_response_only_between_responses() -> None:
 ])
 def test_says_close(head: bytes, closes: bool) -> None:
     assert says_close(head) is closes
+
+
+def test_the_fast_path_is_open_again_after_a_response_in_pieces() -> None:
+    reader = ResponseReader()
+    reader.feed(OK_HEAD + b"he")
+    assert type(reader.next_event()) is Head and reader.next_event() == b"he"
+    reader.feed(b"llo")
+    assert reader.next_event() == b"llo" and reader.next_event() is END
+    assert reader.whole_response(OK_HEAD + b"hello") == len(OK_HEAD) + 5

@@ -89,7 +89,13 @@ class ClientConnection(asyncio.Protocol):
             return self._receive(data)
         now = monotonic_ns()
         length = reader.known_length
-        self._record(now, length, whole_body_error(run, self.inflight.popleft(), data, stop, length))
+        target = self.inflight.popleft()
+        ref = target.reference
+        if ref is not None and run.verify_every == 1 and len(ref) == length and data.startswith(ref, stop - length):
+            error = None  # the usual case, without a call: the bytes of a body proven good, compared in place
+        else:
+            error = whole_body_error(run, target, data, stop, length)
+        self._record(now, length, error)
         self.server_closes = False
         if self.driver.on_response(self, now) and stop < len(data):
             self._receive(data[stop:])

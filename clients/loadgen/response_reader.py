@@ -125,7 +125,8 @@ def parse_head(head: bytes) -> Head | None:
 class ResponseReader:
     """Frames a stream of responses; see the module docstring."""
 
-    __slots__ = ("data", "pos", "state", "need", "eof", "known_head", "known_length", "status_bytes", "close_ok")
+    __slots__ = ("data", "pos", "state", "need", "eof", "known_head", "known_length", "known_stop", "status_bytes",
+                 "close_ok")
 
     def __init__(self, expect_status: int = 200, close_ok: bool = False) -> None:
         """close_ok: whole_response accepts responses after which the server closes (for a
@@ -136,7 +137,7 @@ class ResponseReader:
         self.need = 0  # body (or chunk) bytes still to come
         self.eof = False
         self.known_head: bytes | None = None  # the last head whole_response accepted, and its length
-        self.known_length = 0
+        self.known_length = self.known_stop = 0
         self.status_bytes = b"%03d" % expect_status
         self.close_ok = close_ok
 
@@ -170,34 +171,33 @@ class ResponseReader:
     def whole_response(self, data: bytes) -> int:
         """The keep-alive fast path. When the reader is idle and data begins with a whole response
         of the expected status, framed by Content-Length, on a connection that stays open (or
-        any connection, with close_ok),
-        return where that response ends in data; its body is the known_length bytes before
-        that. Otherwise return -1 and leave the reader as it was."""
-        if self.state != _HEAD or self.pos < len(self.data):
+        any connection, with close_ok), return where that response ends in data; its body is
+        the known_length bytes before that. Otherwise return -1 and leave the reader as it was."""
+        if self.state or self.data:  # not idle (_HEAD is 0; data is b"" when nothing is buffered)
             return -1
         known = self.known_head
         if known is not None and data.startswith(known):
             # byte for byte the head accepted last time (servers repeat it until the Date changes)
-            start = len(known)
-            length = self.known_length
-        else:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                return -1
-            head = data[:end + 2].lower()
-            at = head.find(b"\r\ncontent-length:")
-            if (at < 0 or head[9:12] != self.status_bytes or not head.startswith(b"http/1.1")
-                    or head.find(b"\r\ntransfer-encoding:") >= 0 or (not self.close_ok and b"close" in head and says_close(head))):
-                return -1
-            try:
-                length = int(head[at + 17:head.find(b"\r\n", at + 17)])
-            except ValueError:
-                return -1
-            if length < 0:
-                return -1
-            start = end + 4
-            self.known_head, self.known_length = data[:start], length
+            stop = self.known_stop
+            return stop if len(data) >= stop else -1
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return -1
+        head = data[:end + 2].lower()
+        at = head.find(b"\r\ncontent-length:")
+        if (at < 0 or head[9:12] != self.status_bytes or not head.startswith(b"http/1.1")
+                or head.find(b"\r\ntransfer-encoding:") >= 0
+                or (not self.close_ok and b"close" in head and says_close(head))):
+            return -1
+        try:
+            length = int(head[at + 17:head.find(b"\r\n", at + 17)])
+        except ValueError:
+            return -1
+        if length < 0:
+            return -1
+        start = end + 4
         stop = start + length
+        self.known_head, self.known_length, self.known_stop = data[:start], length, stop
         return stop if len(data) >= stop else -1
 
     def next_event(self):
@@ -209,7 +209,7 @@ class ResponseReader:
             return self._head()
         if state == _END:
             self.state = _HEAD
-            return END
+            return self._end()
         if state == _UNTIL_CLOSE:
             data, pos = self.data, self.pos
             if pos < len(data):
@@ -217,12 +217,17 @@ class ResponseReader:
                 return data[pos:] if pos else data
             if self.eof:
                 self.state = _FINISHED  # the close ended the body, and with it the stream
-                return END
+                return self._end()
             self.data, self.pos = b"", 0
             return NEED_DATA
         if state == _FINISHED:
             return NEED_DATA
         return self._chunked()
+
+    def _end(self):
+        if self.pos >= len(self.data):
+            self.data, self.pos = b"", 0  # nothing buffered: whole_response may be used again
+        return END
 
     def _as_bytes(self) -> tuple[bytes, int]:
         """What is buffered, as bytes: lines are searched in it, and a fed buffer will be reused."""
@@ -241,6 +246,8 @@ class ResponseReader:
                     raise FramingError(BAD_RESPONSE)
                 if self.eof:
                     raise FramingError(CLOSED if pos >= len(data) else BAD_RESPONSE)
+                if pos >= len(data):
+                    self.data, self.pos = b"", 0  # nothing buffered: whole_response may be used
                 return NEED_DATA
             head = parse_head(data[pos:end + 2].lower())
             self.pos = end + 4
@@ -312,4 +319,4 @@ class ResponseReader:
                 self.state = _CHUNK_SIZE
             elif not line:  # the empty line after the trailers: the body is complete
                 self.state = _HEAD
-                return END
+                return self._end()
