@@ -170,3 +170,22 @@ def test_the_fast_path_is_open_again_after_a_response_in_pieces() -> None:
     reader.feed(b"llo")
     assert reader.next_event() == b"llo" and reader.next_event() is END
     assert reader.whole_response(OK_HEAD + b"hello") == len(OK_HEAD) + 5
+
+
+def test_the_middle_of_a_body_can_be_taken_without_events() -> None:
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    assert type(reader.next_event()) is Head and reader.next_event() is NEED_DATA
+    assert reader.take_body(4) and reader.take_body(5)
+    assert not reader.take_body(1)  # the last byte ends the body: that goes through the events
+    reader.feed(b"x" + OK_HEAD + b"hello")
+    events = [reader.next_event() for _ in range(5)]
+    assert events[:2] == [b"x", END] and type(events[2]) is Head and events[3:] == [b"hello", END]
+    assert not reader.take_body(1)  # between responses
+
+
+def test_a_close_delimited_body_is_never_taken() -> None:
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.0 200 OK\r\n\r\n")
+    assert type(reader.next_event()) is Head and reader.next_event() is NEED_DATA
+    assert not reader.take_body(1)

@@ -52,8 +52,10 @@ def whole_body_error(run, target, data: bytes, stop: int, length: int) -> str | 
     return run.references.verify(target, data[start:stop])
 
 
-class ClientConnection(asyncio.Protocol):
-    """Requests go out with send(); each completed response calls driver.on_response."""
+class _Connection:
+    """Requests go out with send(); each completed response calls driver.on_response. The two
+    protocol kinds below share this; it is no asyncio.Protocol itself, since uvloop reads into
+    a protocol's own buffer only if it is not one."""
 
     __slots__ = ("driver", "run", "transport", "reader", "inflight", "start_ns", "sent_ns", "phase", "check",
                  "body_error", "head_error", "server_closes", "length", "ended")
@@ -253,7 +255,13 @@ class ClientConnection(asyncio.Protocol):
         self.driver.on_lost(self)
 
 
-class BufferedClientConnection(ClientConnection, asyncio.BufferedProtocol):
+class ClientConnection(_Connection, asyncio.Protocol):
+    """Each read arrives as bytes (uvloop's fastest path for small responses)."""
+
+    __slots__ = ()
+
+
+class BufferedClientConnection(_Connection, asyncio.BufferedProtocol):
     """Receives into one reused buffer. Body bytes are checked where they landed (memoryviews,
     no copy); only heads are copied out. Used for large bodies, and on the stdlib loop, whose
     plain Protocol path allocates a large buffer per read."""
@@ -269,8 +277,12 @@ class BufferedClientConnection(ClientConnection, asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.reader.in_body and self.inflight and not self.ended:
+        reader = self.reader
+        if reader.in_body and self.inflight and not self.ended:
             self.run.bytes_in += nbytes
-            self._receive(self._view[:nbytes])
+            if reader.take_body(nbytes):  # the middle of a body: checked here, without the reader's events
+                self._piece(self._view[:nbytes])
+            else:
+                self._receive(self._view[:nbytes])
         else:
             self.data_received(bytes(self._view[:nbytes]))

@@ -152,6 +152,16 @@ class ResponseReader:
         bytes (or begins with them), so a reused receive buffer can be fed as a memoryview."""
         return (self.state == _BODY or self.state == _UNTIL_CLOSE) and self.pos >= len(self.data)
 
+    def take_body(self, n: int) -> bool:
+        """The middle of a Content-Length body without events: when the next n bytes would be body
+        bytes short of its end, count them as read and return True (the caller checks them
+        itself); else return False and change nothing. Saves the events' calls per read of a
+        large body."""
+        if self.state == _BODY and n < self.need and self.pos >= len(self.data):
+            self.need -= n
+            return True
+        return False
+
     @property
     def until_close(self) -> bool:
         """In a body that only the server's close ends."""
