@@ -94,8 +94,13 @@ class FreshConnectionClients:
             return
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
         if self.sources is not None:
-            sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((self.sources.next(), 0))
+            try:
+                sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.sources.next(), 0))
+            except OSError as exc:
+                sock.close()
+                slot.connect_failed(connect_error_class(exc.errno))
+                return
         code = sock.connect_ex(self.address)
         if code and code not in _IN_PROGRESS:
             sock.close()
