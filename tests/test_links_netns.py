@@ -165,14 +165,19 @@ def test_cli_without_root_is_one_line():
 
 # SIGINT is restored first: a shell starts background jobs with it ignored, which Python keeps.
 HOLDER = """
-import signal, sys, time
+import signal, subprocess, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from serverzoo.clients.links import LinkedHosts, LinkProfile
 with LinkedHosts(LinkProfile("t-hold", loss_percent=1)) as link:
-    child = link.run_in_server(["sleep", "30"])
+    child = {start}
     print(link.server_ns, link.client_ns, child.pid, flush=True)
     time.sleep(30)
 """
+IN_NAMESPACE = 'link.run_in_server(["sleep", "30"])'
+# The gap behind an old flake of [kill]: `ip netns exec` enters the namespace a moment after it
+# starts, so an owner killed in that moment left a process no namespace scan could find. This
+# child never enters a namespace at all: only the pid the owner handed the watchdog can end it.
+OUTSIDE = 'link._adopt(subprocess.Popen(["sleep", "30"]))'
 
 
 def _alive(pid: str) -> bool:
@@ -184,9 +189,11 @@ def _alive(pid: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "ctrl-c"])
-def test_namespaces_go_away_when_the_owner_dies(sig):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("start, sig", [(IN_NAMESPACE, signal.SIGKILL), (IN_NAMESPACE, signal.SIGTERM),
+                                        (IN_NAMESPACE, signal.SIGINT), (OUTSIDE, signal.SIGKILL)],
+                         ids=["kill", "term", "ctrl-c", "kill-child-outside"])
+def test_namespaces_and_processes_go_away_when_the_owner_dies(start, sig):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(start=start)], stdout=subprocess.PIPE, text=True)
     try:
         assert select.select([proc.stdout], [], [], 20)[0], "the holder never came up"
         server_ns, client_ns, child = proc.stdout.readline().split()
@@ -200,38 +207,6 @@ def test_namespaces_go_away_when_the_owner_dies(sig):
 
         while _alive(child) and time.monotonic() < deadline + 5:  # killed just after the namespaces go
             time.sleep(0.05)
-        assert not _alive(child), "a process started in the namespace outlived its owner"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
-
-
-# The gap behind an old flake of [kill] above: `ip netns exec` enters the namespace a moment after
-# it starts, so an owner killed in that moment left a process no namespace scan could find. Here
-# the process never enters a namespace at all: only the pid the owner handed the watchdog ends it.
-HOLDER_OUTSIDE = """
-import subprocess, time
-from serverzoo.clients.links import LinkedHosts, LinkProfile
-with LinkedHosts(LinkProfile("t-hold", loss_percent=1)) as link:
-    child = link._adopt(subprocess.Popen(["sleep", "30"]))
-    print(link.server_ns, child.pid, flush=True)
-    time.sleep(30)
-"""
-
-
-def test_a_process_started_by_the_owner_dies_with_it_even_outside_the_namespace():
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER_OUTSIDE], stdout=subprocess.PIPE, text=True)
-    try:
-        assert select.select([proc.stdout], [], [], 20)[0], "the holder never came up"
-        server_ns, child = proc.stdout.readline().split()
-        proc.kill()
-        proc.wait(10)
-        deadline = time.monotonic() + 15
-        while (_alive(child) or server_ns in list_namespaces()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server_ns not in list_namespaces()
         assert not _alive(child), "a process the owner started outlived it"
     finally:
         if proc.poll() is None:
