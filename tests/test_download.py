@@ -483,8 +483,10 @@ def test_read_timeout(behave, tmp_path):
 
 def test_ctrl_c_keeps_the_partial_for_resume(tmp_path):
     with RawServer(stall_mid_body) as fake:
+        # SIGINT back to its default: a shell starts background jobs with it ignored, which Python keeps
         proc = subprocess.Popen([sys.executable, "-m", "serverzoo", "get", fake.url + "f.bin"], cwd=tmp_path,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 15
             part = tmp_path / "f.bin.part"

@@ -14,8 +14,8 @@ import os
 
 import pytest
 
-from serverzoo.clients.loadgen import connection
-from serverzoo.clients.loadgen.connection import ClientConnection
+from serverzoo.clients.loadgen import verification
+from serverzoo.clients.loadgen.connection import BufferedClientConnection, ClientConnection
 from serverzoo.clients.loadgen.drivers import ClosedLoopDriver
 from serverzoo.clients.loadgen.options import LoadOptions
 from serverzoo.clients.loadgen.state import Run, WorkerShare
@@ -50,7 +50,7 @@ def manifest_dir(tmp_path) -> str:
     return str(tmp_path)
 
 
-def make_connection(corpus: str):
+def make_connection(corpus: str, conn_class=ClientConnection):
     loop = asyncio.new_event_loop()
     opts = LoadOptions(url="http://127.0.0.1:1/b.bin", corpus=corpus, connections=1, workers=1, requests=1000)
     plan = build_plan(opts)
@@ -59,7 +59,7 @@ def make_connection(corpus: str):
     run.budget = 1000
     driver = ClosedLoopDriver(run, 0)
     driver.connect = lambda: None  # no sockets here: a lost connection is simply not replaced
-    conn = ClientConnection(driver)
+    conn = conn_class(driver)
     conn.connection_made(FakeTransport())
     driver.conn = conn
     conn.send(run.take(), 0, 0, run.phase)
@@ -75,11 +75,21 @@ def response(body: bytes, chunked: bool = False) -> bytes:
 
 
 def feed(conn, data: bytes, sizes: list[int]) -> None:
+    """In reads of the given sizes, in turn; a buffered connection gets them in its reused buffer."""
     i = 0
     k = 0
+    buffered = isinstance(conn, BufferedClientConnection)
     while i < len(data):
         n = sizes[k % len(sizes)]
-        conn.data_received(data[i:i + n])
+        if buffered:
+            buffer = conn.get_buffer(-1)
+            n = min(n, len(buffer))
+            piece = data[i:i + n]
+            buffer[:len(piece)] = piece
+            conn.buffer_updated(len(piece))
+            buffer[:len(piece)] = b"\xff" * len(piece)  # what a later read would overwrite
+        else:
+            conn.data_received(data[i:i + n])
         i += n
         k += 1
 
@@ -90,15 +100,19 @@ def corrupt(body: bytes, at: int) -> bytes:
     return bytes(b)
 
 
-@pytest.mark.parametrize("budget", [connection.REFERENCE_BUDGET, 0], ids=["reference", "hash-only"])
+@pytest.mark.parametrize("conn_class", [ClientConnection, BufferedClientConnection], ids=["bytes", "buffer"])
+@pytest.mark.parametrize("budget", [verification.REFERENCE_BUDGET, 0], ids=["reference", "hash-only"])
 @pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
 @pytest.mark.parametrize("sizes", [[1 << 20], [7, 1000, 65536], [1]], ids=["whole", "odd-pieces", "bytewise"])
-def test_bodies_are_checked_however_they_arrive(manifest_dir, monkeypatch, budget, chunked, sizes) -> None:
-    monkeypatch.setattr(connection, "REFERENCE_ALWAYS", 0)
-    monkeypatch.setattr(connection, "REFERENCE_BUDGET", budget)
-    if sizes == [1] and chunked:
-        sizes = [997]  # byte by byte through the chunked path is only slow, not different
-    loop, run, conn = make_connection(manifest_dir)
+@pytest.mark.parametrize("digest_from", [verification.DIGEST_FROM, 1000], ids=["memcmp", "xxh3"])
+def test_bodies_are_checked_however_they_arrive(manifest_dir, monkeypatch, budget, chunked, sizes, conn_class,
+                                                digest_from) -> None:
+    monkeypatch.setattr(verification, "REFERENCE_ALWAYS", 0)
+    monkeypatch.setattr(verification, "REFERENCE_BUDGET", budget)
+    monkeypatch.setattr(verification, "DIGEST_FROM", digest_from)
+    if sizes == [1] and (chunked or conn_class is BufferedClientConnection or digest_from != 1000):
+        sizes = [997]  # byte by byte through every combination is only slow, not different
+    loop, run, conn = make_connection(manifest_dir, conn_class)
     try:
         good, bad = response(BODY, chunked), response(corrupt(BODY, 123_456), chunked)
         stream = good + bad + good + response(corrupt(BODY, len(BODY) - 1), chunked) + good
@@ -124,12 +138,12 @@ def test_local_corpus_files_become_references(tmp_path) -> None:
         with open(os.path.join(tmp_path, "3MiB.bin"), "rb") as f:
             data = f.read()
         target.expect_length, target.expect_sha256 = len(data), hashlib.sha256(data).digest()
-        assert connection.preload_references(run.targets, str(tmp_path)) == len(data)
+        assert verification.preload_references(run.targets, str(tmp_path)) == len(data)
         assert target.reference == data
         with open(os.path.join(tmp_path, "3MiB.bin"), "r+b") as f:  # a local file that differs is not used
             f.write(b"X")
         target.reference = None
-        assert connection.preload_references(run.targets, str(tmp_path)) == 0 and target.reference is None
+        assert verification.preload_references(run.targets, str(tmp_path)) == 0 and target.reference is None
     finally:
         loop.close()
 

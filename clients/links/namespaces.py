@@ -105,9 +105,8 @@ def namespace_pids(name: str) -> list[int]:
     return pids
 
 
-def remove_namespace(name: str, grace: float = 2.0) -> None:
-    """End the processes inside one of our namespaces (ours: we started them there), then delete it."""
-    pids = namespace_pids(name)
+def end_processes(pids: list[int], grace: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds, for each pid until all are gone."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         for pid in pids:
             try:
@@ -120,6 +119,16 @@ def remove_namespace(name: str, grace: float = 2.0) -> None:
             time.sleep(0.02)
         if not pids:
             break
+
+
+def still_running(started: list[tuple[int, int | None]]) -> list[int]:
+    """Of (pid, start time) pairs, the pids that are still those very processes (not reused)."""
+    return [pid for pid, start in started if start is not None and _start_time(pid) == start]
+
+
+def remove_namespace(name: str, grace: float = 2.0) -> None:
+    """End the processes inside one of our namespaces (ours: we started them there), then delete it."""
+    end_processes(namespace_pids(name), grace)
     if os.path.exists(os.path.join(NETNS_DIR, name)):
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
 
@@ -298,6 +307,17 @@ class LinkedHosts:
             self._watchdog = None
 
     # -- running things on either host --------------------------------------------------------
+    def _adopt(self, proc: subprocess.Popen) -> subprocess.Popen:
+        """Keep proc to stop at close(), and tell the watchdog its pid and start time.
+
+        The namespace scan alone can miss it: `ip netns exec` enters the namespace a moment
+        after it starts, so an owner killed in that moment would leave a process that the
+        scan never sees, living on in a namespace that no longer has a name."""
+        self._procs.append(proc)
+        if self._watchdog_pipe is not None:
+            os.write(self._watchdog_pipe, f"{proc.pid} {_start_time(proc.pid)}\n".encode())
+        return proc
+
     def _prefix(self, side: str) -> list[str]:
         if not self._up:
             raise RuntimeError("the link is not up (use LinkedHosts as a context manager)")
@@ -311,22 +331,17 @@ class LinkedHosts:
 
     def run_in_server(self, argv: list[str], **popen_kwargs) -> subprocess.Popen:
         """Start argv on the server host. The link stops it (SIGTERM, then SIGKILL) when it closes."""
-        proc = subprocess.Popen(self.command("server", argv), **popen_kwargs)
-        self._procs.append(proc)
-        return proc
+        return self._adopt(subprocess.Popen(self.command("server", argv), **popen_kwargs))
 
     def run_in_client(self, argv: list[str], **popen_kwargs) -> subprocess.Popen:
         """Start argv on the client host. The link stops it when it closes."""
-        proc = subprocess.Popen(self.command("client", argv), **popen_kwargs)
-        self._procs.append(proc)
-        return proc
+        return self._adopt(subprocess.Popen(self.command("client", argv), **popen_kwargs))
 
     def start_ready(self, argv: list[str], side: str = "server", timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
         """Start a program that prints `READY URL` (serverzoo's servers do) and wait for that line."""
         err = tempfile.TemporaryFile()
-        proc = subprocess.Popen(self.command(side, argv), stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL)
-        self._procs.append(proc)
+        proc = self._adopt(subprocess.Popen(self.command(side, argv), stdout=subprocess.PIPE, stderr=err,
+                                            stdin=subprocess.DEVNULL))
         line = b""
         deadline = time.monotonic() + timeout
         fd = proc.stdout.fileno()

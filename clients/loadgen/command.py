@@ -54,7 +54,23 @@ class _Size(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-DURATION, CPUS, SIZE = _Duration(), _CpuList(), _Size()
+class _LoopbackCount(click.ParamType):
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        from .ports import LOOPBACK_ADDRESSES
+
+        if isinstance(value, int):
+            return value
+        if value == "all":
+            return LOOPBACK_ADDRESSES
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"not a count of addresses: {value!r} (a number, or all)", param, ctx)
+
+
+DURATION, CPUS, SIZE, LOOPBACK_COUNT = _Duration(), _CpuList(), _Size(), _LoopbackCount()
 
 EPILOG = """\b
 Examples:
@@ -116,6 +132,9 @@ server that did not start, 3 when the --link cannot be built here.
 @click.option("--slow-senders", type=int, default=0, help="Adversary: connections dribbling their request head.")
 @click.option("--slow-send-interval", "slow_send_interval_s", type=DURATION, default=1, show_default=True,
               help="Slow senders send one byte per interval.")
+@click.option("--loopback-sources", type=LOOPBACK_COUNT, default="0",
+              help="Connect from N addresses of 127.0.0.0/8 in turn (or all), each with its own local ports; "
+                   "for long runs of new connections to a loopback server. [0: the kernel's choice]")
 @click.option("-p", "--percentile", "percentiles", type=float, multiple=True, help="Report this percentile too.")
 @click.option("--sample-interval", "sample_interval_s", type=DURATION, default=0.5, show_default=True,
               help="How often the server is sampled.")

@@ -25,7 +25,9 @@ from serverzoo.machine import describe_machine
 
 from . import latency
 from .adversaries import merge_stats
+from .connection import NO_LOCAL_PORT
 from .options import LoadOptions, OptionError
+from .ports import explain_no_local_port
 from .report import LiveLine
 from .server_sampler import ServerSampler
 from .messages import parse_messages, write_message
@@ -373,6 +375,9 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
     errors = m["errors"]
     timeline = _merge_timeline(results, m["start_ns"])
     client = _judge_client(opts, results, elapsed)
+    cpu_s = sum(r["cpu_s"] for r in results)  # the client's cost per request and per byte received
+    client["cpu_us_per_request"] = round(cpu_s * 1e6 / requests, 3) if requests else None
+    client["cpu_us_per_mb"] = round(cpu_s * 1e12 / m["bytes"], 3) if m["bytes"] else None
     warnings: list[str] = []
     if interrupted:
         warnings.append("interrupted: the measured window ended early")
@@ -382,6 +387,8 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
     if errors["total"]:
         warnings.append(f"{errors['total']} requests failed: " +
                         ", ".join(f"{k} {v}" for k, v in errors.items() if k != "total"))
+    if errors.get(NO_LOCAL_PORT):
+        warnings.append(explain_no_local_port(errors[NO_LOCAL_PORT], opts.loopback_sources))
     if opts.cpus and opts.server_cpus and set(opts.cpus) & set(opts.server_cpus):
         warnings.append(f"generator CPUs {opts.cpus} overlap server CPUs {opts.server_cpus}")
     achieved = None

@@ -18,11 +18,12 @@ while our own timer lateness is reported as schedule slip instead of server late
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 from collections import deque
 from time import monotonic_ns
 
-from .connection import CONNECT_ERROR, CONNECT_REFUSED, CONNECT_TIMEOUT, READ_TIMEOUT, RESET
+from .connection import CONNECT_ERROR, CONNECT_REFUSED, CONNECT_TIMEOUT, NO_LOCAL_PORT, READ_TIMEOUT, RESET
 
 # uvloop's timers have millisecond resolution: a request may leave up to this much before its
 # due time (it is then timed from when it really left, so no latency is hidden)
@@ -53,7 +54,8 @@ class Driver:
         run = self.run
         conn = run.conn_class(self)
         try:
-            await self.loop.create_connection(lambda: conn, run.address, run.port)
+            await self.loop.create_connection(lambda: conn, run.address, run.port,
+                                              local_addr=(run.sources.next(), 0) if run.sources else None)
         except asyncio.CancelledError:
             self.connecting = None
             if run.stopping or not self.connect_timed_out:
@@ -63,8 +65,8 @@ class Driver:
             error = CONNECT_REFUSED
         except TimeoutError:
             error = CONNECT_TIMEOUT
-        except OSError:
-            error = CONNECT_ERROR
+        except OSError as exc:
+            error = NO_LOCAL_PORT if exc.errno == errno.EADDRNOTAVAIL else CONNECT_ERROR
         else:
             self.connecting = None
             if run.stopping:

@@ -7,9 +7,11 @@ Settings that cannot mean anything are refused with a one-line OptionError.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 CONN_MODES = ("keepalive", "new", "pipeline")
 ARRIVALS = ("constant", "poisson")
@@ -46,6 +48,8 @@ class LoadOptions:
     server_cpus, sampled, and stopped afterwards; url and urls are then paths (/1KiB.bin).
     link (a profile of links_file) runs that server and the workers on two network
     namespaces joined by the emulated link (root and iproute2).
+    loopback_sources: connect from that many addresses of 127.0.0.0/8 in turn (each has its own
+    local ports), for long runs of short connections to a loopback server.
     """
 
     url: str
@@ -92,6 +96,7 @@ class LoadOptions:
     server_args: list[str] = field(default_factory=list)  # more `serverzoo serve` arguments
     link: str | None = None  # emulated link profile between the server and the workers
     links_file: str | None = None
+    loopback_sources: int = 0  # connect from this many addresses of 127.0.0.0/8 (0: the kernel's choice)
 
     # -- derived -------------------------------------------------------------------
     @property
@@ -197,10 +202,28 @@ class LoadOptions:
         for h in self.headers:
             _check(re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*$", h) is not None,
                    f"not a header line: {h!r} (write 'Name: value')")
+        self._check_sources()
         self._check_cpus()
         self._check_serve()
         if self.server_pid is not None:
             _check(self.server_pid > 0 and _pid_exists(self.server_pid), f"no process with --server-pid {self.server_pid}")
+
+    def _check_sources(self) -> None:
+        if not self.loopback_sources:
+            return
+        from .ports import LOOPBACK_ADDRESSES
+
+        _check(0 < self.loopback_sources <= LOOPBACK_ADDRESSES,
+               f"--loopback-sources must be 1 to {LOOPBACK_ADDRESSES} (got {self.loopback_sources})")
+        if self.serve is None and not self.url.startswith("/"):
+            try:
+                host = urlsplit(self.url).hostname or ""
+                loopback = ipaddress.ip_address(host) in ipaddress.ip_network("127.0.0.0/8")
+            except ValueError:
+                loopback = False
+            _check(loopback, f"--loopback-sources connects from 127.0.0.0/8: the server must be on a "
+                             f"127.x.x.x address (got {self.url})")
+        _check(self.link is None, "--loopback-sources applies to loopback, not to a --link")
 
     def _check_cpus(self) -> None:
         if not hasattr(os, "sched_getaffinity"):

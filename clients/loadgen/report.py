@@ -122,7 +122,9 @@ def summary_text(doc: dict) -> str:
     c = doc["client"]
     per = ", ".join(f"worker {w['worker']}: {w['cpu_percent']:.0f}%" for w in c["workers"])
     verdict = "CLIENT-BOUND: " + "; ".join(c["reasons"]) if c["client_bound"] else "not client-bound"
-    lines.append(f"Generator: {c['cpu_percent']:.0f}% CPU ({per}); {verdict}")
+    cost = (f"; {c['cpu_us_per_request']:.1f} us CPU per request, {c['cpu_us_per_mb']:.0f} us per MB received"
+            if c.get("cpu_us_per_request") is not None and c.get("cpu_us_per_mb") is not None else "")
+    lines.append(f"Generator: {c['cpu_percent']:.0f}% CPU ({per}){cost}; {verdict}")
     s = doc["server"]
     if s:
         rss = f"{s['peak_rss_bytes'] / 2**20:.1f} MiB" if s["peak_rss_bytes"] is not None else "-"

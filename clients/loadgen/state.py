@@ -13,9 +13,11 @@ from collections import Counter
 from dataclasses import dataclass
 from time import monotonic_ns
 
-from .connection import BufferedClientConnection, ClientConnection, Verifier
+from .connection import LARGE_BODY, BufferedClientConnection, ClientConnection
 from .options import LoadOptions
+from .ports import LoopbackSources
 from .targets import Plan
+from .verification import References, Verifier
 
 
 @dataclass
@@ -70,7 +72,8 @@ class Run:
         self.opts = opts
         self.share = share
         self.address, self.port, self.family = address, plan.server.port, family
-        self.conn_class = ClientConnection if is_uvloop(loop) else BufferedClientConnection
+        largest = max((t.expect_length or 0) for t in plan.targets)
+        self.conn_class = ClientConnection if is_uvloop(loop) and largest < LARGE_BODY else BufferedClientConnection
         self.targets = plan.targets
         self.single = plan.targets[0] if len(plan.sequence) == 1 else None
         self.sequence = plan.sequence
@@ -83,6 +86,9 @@ class Run:
         self.open_loop = opts.open_loop
         self.close_each = opts.conn_mode == "new"
         self.reconnect_after = opts.reconnect_after
+        # workers start at different addresses of the list, so their connections spread out
+        self.sources = (LoopbackSources(opts.loopback_sources, share.index * 7919)
+                        if opts.loopback_sources else None)
         self.depth = opts.depth
         self.think_s = opts.think_s
         self.connect_timeout_s = opts.connect_timeout_s
@@ -93,7 +99,7 @@ class Run:
         self.phases = {name: Phase(name) for name in ("ramp_up", "warmup", "measure", "after")}
         self.phase = self.phases["ramp_up"]
         self.bytes_in = 0
-        self.reference_bytes = 0  # bodies kept as references for byte comparison (connection.py)
+        self.references = References()  # bodies kept as references for byte comparison
         self.budget: int | None = None
         self.stopping = False
         self.drivers: list = []

@@ -36,6 +36,7 @@ class Target:
     expect_body: bytes | None = None  # exact body, when known outright
     corpus_name: str | None = None
     reference: bytes | None = None  # a body already proven good: later ones are compared to it
+    reference_xxh3: bytes | None = None  # XXH3-128 of a large reference (verification.py)
 
 
 @dataclass

@@ -22,12 +22,13 @@ from time import monotonic_ns
 
 from . import latency
 from .adversaries import start_adversaries
-from .connection import preload_references
 from .drivers import ClosedLoopDriver, OpenLoopDriver
+from .fresh_connections import FreshConnectionClients
 from .messages import read_message, write_message
 from .options import LoadOptions
 from .state import Run, WorkerShare, is_uvloop
 from .targets import Plan
+from .verification import preload_references
 
 SWEEP_S = 0.1  # how often timeouts are checked
 LAG_PROBE_S = 0.05  # how often the loop's lag is sampled
@@ -56,7 +57,7 @@ class Worker:
         self.internal_errors: list[str] = []
         self.run = Run(self.loop, opts, plan, share, self.address, self.family)
         if opts.corpus and opts.verify_every:
-            self.run.reference_bytes = preload_references(plan.targets, opts.corpus)
+            self.run.references.held = preload_references(plan.targets, opts.corpus)
         self.adversaries: list = []
         self.adversary_stats: dict = {}
         self.ticks_sent = 0
@@ -117,6 +118,10 @@ class Worker:
 
     def _make_drivers(self) -> None:
         run, share, opts = self.run, self.share, self.opts
+        if opts.conn_mode == "new" and not opts.open_loop and not opts.think_s:
+            run.drivers.extend(FreshConnectionClients(run, share.connections, run.sources).slots)
+            run.active_drivers = len(run.drivers)
+            return
         for i in range(share.connections):
             if opts.open_loop:
                 slot = share.first_slot + i
