@@ -177,7 +177,9 @@ def placement(view: RunView, scenario: str) -> str:
     def cpus(sets: list[tuple[int, ...]]) -> str:
         return " or ".join(",".join(map(str, s)) or "any" for s in sets)
 
-    return f"server on CPU {cpus(servers)}, load generator on CPU {cpus(clients)}"
+    where = f"server on CPU {cpus(servers)}, load generator on CPU {cpus(clients)}"
+    words = sorted({c.placement for c in cells if c.placement})
+    return f"{'; '.join(words)} ({where})" if words else where
 
 
 def _side_cell(p: Point | None, metric: str, against: Point | None = None) -> dict[str, Any]:

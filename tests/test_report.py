@@ -293,3 +293,17 @@ def test_a_run_that_does_not_match_the_schema_is_one_line(run, tmp_path):
         line = result.stderr.strip()
         assert "\n" not in line and "Traceback" not in line
         assert "bad.json: not a valid bench run at cells/3/load/requests: 'many' is not of type 'integer'" in line
+
+
+def test_each_scenario_says_where_server_and_generator_ran(run):
+    placed = copy.deepcopy(run)
+    for c in placed["cells"]:
+        if c["scenario"] == "large-stream":
+            c["server_process"]["cpus"], c["generator"]["cpus"] = [0, 1], [1]
+            c["placement"] = {"name": "server-all", "text": "the server on every CPU; the load generator shares one"}
+    md = render(build_report([Run.from_doc(placed)], plots=False), "report.md.j2")
+    large = md.split("## Large-file streaming\n", 1)[1].split("\n## ", 1)[0]
+    assert ("CPU placement: the server on every CPU; the load generator shares one (server on CPU 0,1, load "
+            "generator on CPU 1)") in large
+    small = md.split("## Small files, keep-alive\n", 1)[1].split("\n## ", 1)[0]
+    assert "CPU placement: server on CPU 0, load generator on CPU 1." in small
