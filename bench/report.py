@@ -235,7 +235,8 @@ def _section(view: RunView, name: str, info: Scenario, verdict: Verdict | None, 
         for lv in levels:
             p = view.point(server, name, lv)
             cells.append(None if p is None else {
-                "value": format_value(info.metric, p.median), "interval": format_interval(p),
+                "value": format_value(info.metric, p.median) if p.supported else f"- (n={p.latency_count:,})",
+                "interval": format_interval(p) if p.supported else "-",
                 "p99": format_percentile(p), "flags": p.flags, "point": p,
                 "errors": p.errors, "error_rate": f"{p.error_rate:.2%}" if p.errors else "0",
             })

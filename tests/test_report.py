@@ -307,3 +307,15 @@ def test_each_scenario_says_where_server_and_generator_ran(run):
             "generator on CPU 1)") in large
     small = md.split("## Small files, keep-alive\n", 1)[1].split("\n## ", 1)[0]
     assert "CPU placement: server on CPU 0, load generator on CPU 1." in small
+
+
+def test_a_p99_from_too_few_responses_is_neither_shown_nor_compared(run):
+    from serverzoo.clients.loadgen.latency import encode, histogram_of
+
+    starved = copy.deepcopy(run)
+    for c in starved["cells"]:
+        if (c["server"], c["scenario"], c["level"]) == ("iterative", "wait-work", 1000):
+            c["load"]["histogram"] = encode(histogram_of([4_000_000] * 10))  # 10 responses per repetition
+    md = render(build_report([Run.from_doc(starved)], plots=False), "report.md.j2")
+    row = md_section_rows(md, "Backend-bound requests, open loop")["iterative"]
+    assert row[3].startswith("- (n=30) (") and row[4:6] == ["-", "- (n=30)"] and row[-1] == "n/a", row
