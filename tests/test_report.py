@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import re
 import statistics
@@ -121,7 +120,8 @@ def test_interval_and_ratio_to_a_healthy_baseline_are_recomputed_from_cells(run,
     # nginx is client-bound at c=32 and threading unstable there: neither may be the baseline; of the healthy
     # models (iterative, asyncio) the median is the lower one, iterative
     assert rows["iterative"][-1] == "baseline"
-    ratio = median_metric(run, "asyncio", "small-keepalive", 32) / median_metric(run, "iterative", "small-keepalive", 32)
+    ratio = (median_metric(run, "asyncio", "small-keepalive", 32)
+             / median_metric(run, "iterative", "small-keepalive", 32))
     assert rows["asyncio"][-1] == f"{ratio:.2f}x faster"
     # lower is better for a latency metric; iterative fails the idle scenario, so nginx (healthy there) is its baseline
     wait = md_section_rows(md, "Backend-bound requests, open loop")
