@@ -319,3 +319,24 @@ def test_a_p99_from_too_few_responses_is_neither_shown_nor_compared(run):
     md = render(build_report([Run.from_doc(starved)], plots=False), "report.md.j2")
     row = md_section_rows(md, "Backend-bound requests, open loop")["iterative"]
     assert row[3].startswith("- (n=30) (") and row[4:6] == ["-", "- (n=30)"] and row[-1] == "n/a", row
+
+
+def test_model_cards_are_markdown_without_figures_or_outside_references():
+    import re as _re
+
+    from serverzoo.bench.cards import model_cards
+    from serverzoo.bench.scenarios import ServerSpec
+    from serverzoo.servers import MODELS
+
+    specs = {m: ServerSpec(m, m) for m in MODELS} | {"asyncio-uvloop": ServerSpec("asyncio-uvloop", "asyncio",
+                                                                                   ("--loop", "uvloop"))}
+    cards = {c.server: c for c in model_cards(specs)}
+    for card in cards.values():
+        text = card.html
+        assert "How it works" in text or card.model not in MODELS, card.server
+        for bad in ("ANCHORS", "STYLE.md", "shared/", "../", "GB/s", "MB/s", "req/s", "requests/s", "2026-"):
+            assert bad not in text, (card.server, bad)
+        assert not _re.search(r"\d\s*ms\b", text), card.server
+    assert "<code>selectors</code>" in cards["select"].html  # Markdown, rendered
+    assert "standard library's asyncio event loop" in cards["asyncio"].ran_on
+    assert cards["asyncio-uvloop"].ran_on.startswith("uvloop") and not cards["threading"].ran_on
