@@ -245,6 +245,11 @@ class Point:
         return self._latency[1]
 
     @property
+    def supported(self) -> bool:
+        """Whether the figure stands on enough responses: a p99 metric needs 100 (any throughput figure does)."""
+        return self.metric != "p99_us" or supports(self.latency_count, 99.0)
+
+    @property
     def p99_us(self) -> float | None:
         """The p99 over all responses, only when there are enough of them for one (100)."""
         return self.latency_us.get("p99") if supports(self.latency_count, 99.0) else None
@@ -410,10 +415,10 @@ class RunView:
         for name in (preferred, self.reference):
             if name and name in self.servers_in(scenario) and not self.flagged_in(name, scenario):
                 p = self.point(name, scenario, level)
-                if p is not None and p.median:
+                if p is not None and p.median and p.supported:
                     return name
         healthy = [(p.median, s) for s in self.models if not self.flagged_in(s, scenario)
-                   and (p := self.point(s, scenario, level)) is not None and p.median]
+                   and (p := self.point(s, scenario, level)) is not None and p.median and p.supported]
         if not healthy:
             return None
         healthy.sort()
@@ -425,7 +430,7 @@ class RunView:
         if baseline is None or level is None:
             return None
         a, b = self.point(server, scenario, level), self.point(baseline, scenario, level)
-        if not a or not b or a.failed or b.failed or not a.median or not b.median:
+        if not a or not b or a.failed or b.failed or not (a.median and b.median and a.supported and b.supported):
             return None
         return a.median / b.median if a.higher_is_better else b.median / a.median
 

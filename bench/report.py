@@ -177,7 +177,9 @@ def placement(view: RunView, scenario: str) -> str:
     def cpus(sets: list[tuple[int, ...]]) -> str:
         return " or ".join(",".join(map(str, s)) or "any" for s in sets)
 
-    return f"server on CPU {cpus(servers)}, load generator on CPU {cpus(clients)}"
+    where = f"server on CPU {cpus(servers)}, load generator on CPU {cpus(clients)}"
+    words = sorted({c.placement for c in cells if c.placement})
+    return f"{'; '.join(words)} ({where})" if words else where
 
 
 def _side_cell(p: Point | None, metric: str, against: Point | None = None) -> dict[str, Any]:
@@ -233,7 +235,8 @@ def _section(view: RunView, name: str, info: Scenario, verdict: Verdict | None, 
         for lv in levels:
             p = view.point(server, name, lv)
             cells.append(None if p is None else {
-                "value": format_value(info.metric, p.median), "interval": format_interval(p),
+                "value": format_value(info.metric, p.median) if p.supported else f"- (n={p.latency_count:,})",
+                "interval": format_interval(p) if p.supported else "-",
                 "p99": format_percentile(p), "flags": p.flags, "point": p,
                 "errors": p.errors, "error_rate": f"{p.error_rate:.2%}" if p.errors else "0",
             })

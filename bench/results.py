@@ -155,6 +155,7 @@ class CellRecord:
     rss_at_ready: float | None
     server_cpus: tuple[int, ...]
     client_cpus: tuple[int, ...]
+    placement: str | None  # the scenario's CPU placement in words, when the runner recorded it
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> CellRecord:
@@ -168,6 +169,7 @@ class CellRecord:
             clean_stop=proc.get("clean_stop"), stop_problem=proc.get("problem"),
             rss_at_ready=_num(proc.get("rss_at_ready_bytes")),
             server_cpus=tuple(proc.get("cpus") or ()), client_cpus=tuple(gen.get("cpus") or ()),
+            placement=(d.get("placement") or {}).get("text") if isinstance(d.get("placement"), dict) else None,
         )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import re
 import statistics
@@ -121,7 +120,8 @@ def test_interval_and_ratio_to_a_healthy_baseline_are_recomputed_from_cells(run,
     # nginx is client-bound at c=32 and threading unstable there: neither may be the baseline; of the healthy
     # models (iterative, asyncio) the median is the lower one, iterative
     assert rows["iterative"][-1] == "baseline"
-    ratio = median_metric(run, "asyncio", "small-keepalive", 32) / median_metric(run, "iterative", "small-keepalive", 32)
+    ratio = (median_metric(run, "asyncio", "small-keepalive", 32)
+             / median_metric(run, "iterative", "small-keepalive", 32))
     assert rows["asyncio"][-1] == f"{ratio:.2f}x faster"
     # lower is better for a latency metric; iterative fails the idle scenario, so nginx (healthy there) is its baseline
     wait = md_section_rows(md, "Backend-bound requests, open loop")
@@ -293,3 +293,50 @@ def test_a_run_that_does_not_match_the_schema_is_one_line(run, tmp_path):
         line = result.stderr.strip()
         assert "\n" not in line and "Traceback" not in line
         assert "bad.json: not a valid bench run at cells/3/load/requests: 'many' is not of type 'integer'" in line
+
+
+def test_each_scenario_says_where_server_and_generator_ran(run):
+    placed = copy.deepcopy(run)
+    for c in placed["cells"]:
+        if c["scenario"] == "large-stream":
+            c["server_process"]["cpus"], c["generator"]["cpus"] = [0, 1], [1]
+            c["placement"] = {"name": "server-all", "text": "the server on every CPU; the load generator shares one"}
+    md = render(build_report([Run.from_doc(placed)], plots=False), "report.md.j2")
+    large = md.split("## Large-file streaming\n", 1)[1].split("\n## ", 1)[0]
+    assert ("CPU placement: the server on every CPU; the load generator shares one (server on CPU 0,1, load "
+            "generator on CPU 1)") in large
+    small = md.split("## Small files, keep-alive\n", 1)[1].split("\n## ", 1)[0]
+    assert "CPU placement: server on CPU 0, load generator on CPU 1." in small
+
+
+def test_a_p99_from_too_few_responses_is_neither_shown_nor_compared(run):
+    from serverzoo.clients.loadgen.latency import encode, histogram_of
+
+    starved = copy.deepcopy(run)
+    for c in starved["cells"]:
+        if (c["server"], c["scenario"], c["level"]) == ("iterative", "wait-work", 1000):
+            c["load"]["histogram"] = encode(histogram_of([4_000_000] * 10))  # 10 responses per repetition
+    md = render(build_report([Run.from_doc(starved)], plots=False), "report.md.j2")
+    row = md_section_rows(md, "Backend-bound requests, open loop")["iterative"]
+    assert row[3].startswith("- (n=30) (") and row[4:6] == ["-", "- (n=30)"] and row[-1] == "n/a", row
+
+
+def test_model_cards_are_markdown_without_figures_or_outside_references():
+    import re as _re
+
+    from serverzoo.bench.cards import model_cards
+    from serverzoo.bench.scenarios import ServerSpec
+    from serverzoo.servers import MODELS
+
+    specs = {m: ServerSpec(m, m) for m in MODELS} | {"asyncio-uvloop": ServerSpec("asyncio-uvloop", "asyncio",
+                                                                                   ("--loop", "uvloop"))}
+    cards = {c.server: c for c in model_cards(specs)}
+    for card in cards.values():
+        text = card.html
+        assert "How it works" in text or card.model not in MODELS, card.server
+        for bad in ("ANCHORS", "STYLE.md", "shared/", "../", "GB/s", "MB/s", "req/s", "requests/s", "2026-"):
+            assert bad not in text, (card.server, bad)
+        assert not _re.search(r"\d\s*ms\b", text), card.server
+    assert "<code>selectors</code>" in cards["select"].html  # Markdown, rendered
+    assert "standard library's asyncio event loop" in cards["asyncio"].ran_on
+    assert cards["asyncio-uvloop"].ran_on.startswith("uvloop") and not cards["threading"].ran_on
