@@ -133,6 +133,11 @@ class CellRunner:
 
     def _cgroup(self, server: ServerProcess | NginxServer, info: dict[str, Any]) -> CellCgroup | None:
         """The server's tree moved into a fresh cgroup, or None (CPU then sampled from the live tree)."""
+        if self.hosts is not None:
+            # `ip netns exec` mounts the namespace's own /sys: the generator on the link's client host
+            # cannot see the cgroup tree
+            info["cpu_accounting"] = "live process tree plus reaped children (over a link)"
+            return None
         cgroup = self.cgroups.new()
         if cgroup is not None and not cgroup.adopt(server.pid):
             info["cgroup_problem"] = cgroup.remove()
@@ -191,7 +196,6 @@ class CellRunner:
             info["argv"] = server.argv if isinstance(server, ServerProcess) else server.shown_argv()
             info["rss_at_ready_bytes"] = tree_rss(server.pid)
             info["nice"] = renice_tree(server.pid, SERVER_NICE)
-            # over a link the server runs in another network namespace, but the same cgroup tree
             with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
                 cgroup = self._cgroup(server, info)
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
