@@ -61,6 +61,11 @@ def format_value(metric: str, value: float | None) -> str:
     return f"{value:,.0f}"
 
 
+def metric_unit(metric: str) -> str:
+    """The unit a formatted value of the metric is in, where format_value does not say it ('ms' it does)."""
+    return {"rps": "req/s", "mb_per_s": "MB/s"}.get(metric, "")
+
+
 def supports(responses: int, percentile: float) -> bool:
     """Whether `responses` values can name this percentile: at least one value beyond it (p99 needs 100)."""
     return responses * (1 - percentile / 100) >= 1 - 1e-9

@@ -23,7 +23,7 @@ from serverzoo.machine import machine_line
 
 from . import verdicts as verdict_rules
 from .analysis import (Delta, Point, RunView, deltas, format_value, level_label, link_name, link_summary, link_text,
-                       ratio_text, same_link)
+                       metric_unit, ratio_text, same_link)
 from .cards import ModelCard, model_cards
 from .results import Run
 from .scenarios import METRICS, Scenario
@@ -155,7 +155,8 @@ def summary_line(v: Verdict, title: str) -> str:
         return f"{title}: pick {v.winner}, {lead}{v.margin:.1%} ahead of {runner_up}{at}{sure}."
     if v.kind == "generator-limited":
         return (f"{title}: the load generator was the limit; {', '.join(v.tie)} all reached "
-                f"{format_value(v.metric, v.ceiling)}{at}: any of them, this run cannot rank them{sure}.")
+                f"{format_value(v.metric, v.ceiling)} {metric_unit(v.metric)}{at}: any of them, this run cannot rank "
+                f"them{sure}.")
     within = f"within {v.margin:.0%}" if v.margin is not None else "noise unmeasured"
     return f"{title}: any of {', '.join(v.tie)} ({within}{at}): this run cannot separate them{sure}."
 

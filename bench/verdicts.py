@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import uncertainty
-from .analysis import Point, RunView, format_value, level_label, supports
+from .analysis import Point, RunView, format_value, level_label, metric_unit, supports
 from .results import Run
 from .uncertainty import Estimate
 
@@ -189,7 +189,7 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
             names = [r.server for r in reached]
             shown = format_value(metric, ceiling)
             return verdict("generator-limited", None, names, None, None, ceiling,
-                           f"generator-limited: every model that reached {shown} {_unit(metric)} is tied at >= "
+                           f"generator-limited: every model that reached {shown} {metric_unit(metric)} is tied at >= "
                            f"{shown}{at}: {', '.join(names)}", ranking)
         clean = ranking
     leader, runner_up = clean[0], clean[1]
@@ -204,10 +204,6 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
     within = f"within {margin:.0%}" if math.isfinite(margin) else "noise unmeasured"
     return verdict("tie", None, [r.server for r in tie], margin, None, None,
                    f"tie: {', '.join(r.server for r in tie)} ({within}){at}", clean)
-
-
-def _unit(metric: str) -> str:
-    return {"rps": "req/s", "mb_per_s": "MB/s"}.get(metric, "")
 
 
 def scenario_verdict(view: RunView, scenario: str) -> Verdict:

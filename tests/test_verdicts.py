@@ -205,3 +205,19 @@ def test_run_schema_errors_name_the_place(doc):
     newer["config"]["scenarios"]["wait-work"]["cpu_placement"] = {"server": [0, 1]}
     newer["cells"][0]["load"]["timeline"][0]["something_new"] = 1
     assert Run.from_doc(newer).scenarios["wait-work"].metric == "p99_us"
+
+
+def test_the_summary_says_what_to_pick_and_how_sure():
+    from serverzoo.bench.report import summary_line
+
+    won = decide("s", [c("select", 120), c("asyncio", 100)], "rps", True, 32, "c=32")
+    assert summary_line(won, "Small files") == ("Small files: pick select, 20.0% ahead of asyncio at c=32 (95% intervals "
+                                                "from 5 timeline batches of one repetition).")
+    tie = decide("s", [c("select", 103, 0.03), c("asyncio", 100, 0.03)], "rps", True, 32, "c=32")
+    assert summary_line(tie, "Small files").startswith("Small files: any of select, asyncio (within 3% at c=32): this "
+                                                       "run cannot separate them")
+    bound = decide("s", [c("select", 2_000, 0.02, "client-bound"), c("asyncio", 1_990)], "mb_per_s", True, 4, "c=4")
+    assert summary_line(bound, "Large files").startswith("Large files: the load generator was the limit; select, "
+                                                         "asyncio all reached 2,000.0 MB/s at c=4")
+    none = decide("s", [c("iterative", None, None, "failed")], "rps", True, 16, "c=16")
+    assert summary_line(none, "Idle") == "Idle: no model served it cleanly at c=16."
