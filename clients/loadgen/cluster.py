@@ -485,9 +485,12 @@ def cluster_text(doc: dict) -> str:
     def num(v, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
+    def ms(v) -> str:
+        return "-" if v is None else f"{v:.2f}ms"
+
     for w in c["workers"]:
         bound = "-" if w["client_bound"] is None else ("yes" if w["client_bound"] else "no")
         lines.append(f"  {w['address']:<24}{w['host']:<16}{w['status']:<9}{w['connections']:>6}"
                      f"{num(w['requests'], 'd'):>10}{num(w['rps'], ',.0f'):>11}{num(w['cpu_percent'], '.0f'):>6}"
-                     f"{bound:>6}{num(w['clock_offset_ms'], '.2f') + 'ms':>10}{num(w['rtt_ms'], '.2f') + 'ms':>9}")
+                     f"{bound:>6}{ms(w['clock_offset_ms']):>10}{ms(w['rtt_ms']):>9}")
     return "\n".join(lines)

@@ -185,9 +185,10 @@ def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: st
     try:
         doc = run_cluster_load(opts, cluster)
     except ClusterPartial as exc:
-        if exc.document is not None:
-            _emit(exc.document, summary_text(exc.document) + "\n" + cluster_text(exc.document), json_path)
-        _fail(str(exc), EXIT_CLUSTER)
+        if exc.document is None:
+            _fail(f"{exc}; nothing was measured", EXIT_CLUSTER)
+        _emit(exc.document, summary_text(exc.document) + "\n" + cluster_text(exc.document), json_path)
+        _fail(f"{exc}; the result covers the other workers and is marked partial", EXIT_CLUSTER)
     except ClusterError as exc:
         _fail(str(exc), EXIT_CLUSTER)
     except (OptionError, LoadError) as exc:
