@@ -7,7 +7,6 @@ per worker process) and closes every cluster it starts.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -22,7 +21,7 @@ from serverzoo.clients.loadgen.cluster import ClusterError, ClusterOptions, Clus
 from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.servers.launch import ServerProcess
 
-from .load_helpers import refused_port, run_cli, wait_gone
+from .load_helpers import local_cluster, refused_port, run_cli, wait_gone
 
 distributed = pytest.importorskip("distributed")
 
@@ -87,15 +86,13 @@ def test_cluster_refuses_what_it_cannot_do() -> None:
     r = run_cli("load", "http://127.0.0.1:1/", "--cluster", "local:0")
     assert r.returncode == 2 and "local:N" in r.stderr
     with pytest.raises(ClusterError, match="has only 2 workers"):
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                                      silence_logs=logging.ERROR) as cluster:
+        with local_cluster(2) as cluster:
             run_cluster_load(LoadOptions(url="http://127.0.0.1:1/", connections=4, duration=1),
                              ClusterOptions(cluster.scheduler_address, workers=3))
 
 
 def test_killed_worker_gives_partial_result(server, corpus: str) -> None:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                                  silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
         pids = client.run(os.getpid)
         victim = sorted(pids)[0]
         outcome: dict = {}

@@ -145,10 +145,11 @@ def cluster_client(cluster: ClusterOptions) -> Iterator["Client"]:
 
     n = cluster.local_workers()
     if n is not None:
-        # processes, one thread each: the Dask workers of a real cluster; logs below ERROR stay quiet
+        # processes, one thread each: the Dask workers of a real cluster; logs below ERROR stay quiet;
+        # no dashboard, and the scheduler's own HTTP endpoints on a free port rather than 8787
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, worker_dashboard_address=None, silence_logs=logging.ERROR,
-                          resources={CLIENT_RESOURCE: 1}) as local, Client(local, set_as_default=False) as client:
+                          dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                          silence_logs=logging.ERROR, resources={CLIENT_RESOURCE: 1}) as local, Client(local, set_as_default=False) as client:
             yield client
         return
     try:
