@@ -149,7 +149,8 @@ def cluster_client(cluster: ClusterOptions) -> Iterator["Client"]:
         # no dashboard, and the scheduler's own HTTP endpoints on a free port rather than 8787
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                          silence_logs=logging.ERROR, resources={CLIENT_RESOURCE: 1}) as local, Client(local, set_as_default=False) as client:
+                          silence_logs=logging.ERROR, resources={CLIENT_RESOURCE: 1}) as local, \
+                Client(local, set_as_default=False) as client:
             yield client
         return
     try:
