@@ -15,10 +15,15 @@ generators' machines): the runner passes paths, not files.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import psutil
 
 from serverzoo.clients.loadgen.cluster import ClusterError, ClusterOptions, cluster_client
 from serverzoo.servers.launch import ServerStartError
@@ -161,6 +166,7 @@ def serve_task(names: str, model: str, root: str, args: list[str], cpus: list[in
     except BaseException:
         server.stop()
         raise
+    guard = start_guard(server.pid)
     try:
         argv = server.shown_argv() if model == REFERENCE else server.argv
         Variable(f"{names}-info", client).set({"url": server.url, "pid": server.pid, "argv": argv, "host": host,
@@ -169,6 +175,55 @@ def serve_task(names: str, model: str, root: str, args: list[str], cpus: list[in
         Event(f"{names}-stop", client).wait(lifetime_s)
     finally:
         code = server.stop()
+        guard.stdin.close()  # the server is gone: the guard exits
+        guard.wait(10)
     if model == REFERENCE:  # NginxServer.stop returns nothing; its master's exit code is the answer
         return {"exit_code": server.proc.returncode if server.proc else None, "stderr": ""}
     return {"exit_code": code, "stderr": server.stderr_text()[-STDERR_TAIL:]}
+
+
+def start_guard(pid: int) -> subprocess.Popen:
+    """A process that stops server `pid` if this process dies before it has (a Dask worker can be
+    killed outright, and then no `finally` runs): it waits for its stdin to close. We close it
+    after stopping the server ourselves; a death closes it too."""
+    return subprocess.Popen([sys.executable, "-m", "serverzoo.bench.cluster", str(pid)], stdin=subprocess.PIPE,
+                            start_new_session=True)  # a signal to the worker's process group spares it
+
+
+def guard_main(pid: int) -> int:
+    """The guard: block until stdin closes, then stop the server if it still runs (SIGTERM, then
+    SIGKILL for it and its children). The process is identified with its start time, so a
+    recycled PID is left alone."""
+    try:
+        server = psutil.Process(pid)
+    except psutil.Error:
+        return 0
+    while os.read(0, 4096):
+        pass
+    try:
+        children = server.children(recursive=True)
+        server.terminate()
+    except psutil.Error:
+        return 0  # already gone: the usual case
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and _alive(server):
+        time.sleep(0.05)
+    for p in [server, *children]:
+        if _alive(p):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    return 0
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie (an exited child its parent has not reaped yet)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(guard_main(int(sys.argv[1])))

@@ -100,3 +100,17 @@ def test_bench_cluster_needs_a_server_worker(out_dir: str) -> None:
                            cwd=out_dir, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 4
     assert r.stderr.strip().splitlines()[-1].startswith("serverzoo bench: --cluster") and "server=1" in r.stderr
+
+
+def test_guard_stops_the_server_when_its_worker_dies(tmp_path) -> None:
+    from serverzoo.bench.cluster import start_guard
+    from serverzoo.servers.launch import ServerProcess
+
+    server = ServerProcess("threading", str(tmp_path)).start()
+    try:
+        guard = start_guard(server.pid)
+        guard.stdin.close()  # what the death of the Dask worker that holds the pipe does
+        assert guard.wait(20) == 0
+        assert server.proc.wait(5) is not None, "the server outlived its worker"
+    finally:
+        server.stop()
