@@ -28,6 +28,7 @@ anything is submitted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import selectors
 import time
@@ -145,11 +146,12 @@ def cluster_client(cluster: ClusterOptions) -> Iterator["Client"]:
 
     n = cluster.local_workers()
     if n is not None:
-        # processes, one thread each: the Dask workers of a real cluster; logs below ERROR stay quiet;
-        # no dashboard, and the scheduler's own HTTP endpoints on a free port rather than 8787
+        # processes, one thread each: the Dask workers of a real cluster; Dask's logs stay quiet (the
+        # faults are ours to report in one line); no dashboard, and the scheduler's own HTTP endpoints
+        # on a free port rather than 8787
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                          silence_logs=logging.ERROR, resources={CLIENT_RESOURCE: 1}) as local, \
+                          silence_logs=logging.CRITICAL, resources={CLIENT_RESOURCE: 1}) as local, \
                 Client(local, set_as_default=False) as client:
             yield client
         return
@@ -218,7 +220,7 @@ def _shift_times(result: dict, delta_ns: int) -> None:
 def generator_task(names: str, opts: LoadOptions, plan: Plan, share) -> dict | None:
     """One Dask task: start a generator child process, relay the start and a stop to it, return
     its result with times on the scheduler's wall clock (None: stopped before the start)."""
-    from distributed import Event, Variable, get_client, get_worker
+    from distributed import Event, Variable, get_client
 
     client = get_client()
     stop = Event(f"{names}-stop", client)
@@ -241,7 +243,7 @@ def generator_task(names: str, opts: LoadOptions, plan: Plan, share) -> dict | N
                       if result["phases"][p]["start_ns"]), None)
         _shift_times(result, time.time_ns() - monotonic_ns() + offset_ns)
         return {"result": result, "offset_ns": offset_ns, "rtt_ns": rtt_ns, "stopped": stopped,
-                "late_ns": first - local_start_ns if first is not None else None, "address": get_worker().address}
+                "late_ns": first - local_start_ns if first is not None else None}
     finally:
         proc.finish()
 
@@ -302,7 +304,7 @@ class _ClusterRun:
             start_ns = time.time_ns() + offset_ns + int(self.cluster.lead_s * 1e9)
             self.start_at.set(start_ns)
             self.go.set()
-            fault, interrupted = self._collect(start_ns)
+            fault, interrupted = self._collect()
         finally:
             self._release()
         doc = self._document(fault, interrupted)
@@ -320,11 +322,22 @@ class _ClusterRun:
             for event in (self.go, *self.ready):
                 event.clear()  # an Event that is clear and awaited by nobody is dropped by the scheduler
             self.start_at.delete()
-        except OSError:
+        except (OSError, RuntimeError, asyncio.CancelledError):
             pass  # the scheduler is gone: so are the tasks it would have stopped
+
+    def _ask(self, call: Callable[[], object]):
+        """A call to the scheduler; _Fault when the connection to it is lost (Dask raises OSError,
+        RuntimeError or CancelledError for that, depending on the moment)."""
+        try:
+            return call()
+        except (OSError, RuntimeError, asyncio.CancelledError) as exc:
+            raise _Fault(f"lost the Dask scheduler {self.cluster.scheduler} "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'closed'})") from None
 
     def _check(self) -> None:
         """Raise _Fault for a task that failed or a worker that left the scheduler or fell silent."""
+        if self.client.status != "running":  # it gave up reconnecting, and cancelled every future
+            raise _Fault(f"lost the Dask scheduler {self.cluster.scheduler}")
         for i, f in enumerate(self.futures):
             if f.status in ("error", "cancelled", "lost") and self.outputs[i] is None and self.status[i] == "running":
                 self.status[i] = "failed"
@@ -334,7 +347,7 @@ class _ClusterRun:
                 else:
                     text = f"its task was {f.status} by the scheduler"
                 raise _Fault(f"cluster worker {self.chosen[i].address} (host {self.chosen[i].host}) failed: {text}")
-        info = self.client.scheduler_info()
+        info = self._ask(self.client.scheduler_info)
         now_s = time.time() + self.client_clock["offset_ns"] / 1e9
         for i, w in enumerate(self.chosen):
             if self.status[i] != "running" or self.futures[i].done():
@@ -356,11 +369,11 @@ class _ClusterRun:
                 names = ", ".join(self.chosen[i].address for i in sorted(waiting))
                 raise _Fault(f"cluster workers not ready within {READY_TIMEOUT_S:g} s: {names}")
             self._check()
-            waiting = {i for i in waiting if not self.ready[i].is_set()}
+            waiting = {i for i in waiting if not self._ask(self.ready[i].is_set)}
             if waiting:
                 time.sleep(POLL_S)
 
-    def _collect(self, start_ns: int) -> tuple[_Fault | None, bool]:
+    def _collect(self) -> tuple[_Fault | None, bool]:
         """Wait for every result; on a fault, stop the others and keep what they send."""
         fault: _Fault | None = None
         interrupted = False
@@ -383,7 +396,10 @@ class _ClusterRun:
                 fault = exc
                 break
         if fault is not None:
-            self.stop.set()
+            try:
+                self._ask(self.stop.set)
+            except _Fault:
+                return fault, interrupted  # the scheduler is gone: nothing more comes back
             deadline = time.monotonic() + STOP_GRACE_S
             while time.monotonic() < deadline and any(s == "running" and not f.done()
                                                       for s, f in zip(self.status, self.futures)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 from typing import TYPE_CHECKING, NoReturn
@@ -182,8 +183,11 @@ def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: st
     from .coordinator import LoadError
     from .report import summary_text
 
+    from distributed.utils import silence_logging_cmgr
+
     try:
-        doc = run_cluster_load(opts, cluster)
+        with silence_logging_cmgr(logging.CRITICAL):  # Dask's own reports of a fault: our one line says it
+            doc = run_cluster_load(opts, cluster)
     except ClusterPartial as exc:
         if exc.document is None:
             _fail(f"{exc}; nothing was measured", EXIT_CLUSTER)
