@@ -385,7 +385,11 @@ class _ClusterRun:
                 if interrupted:
                     raise
                 interrupted = True
-                self.stop.set()
+                try:
+                    self._ask(self.stop.set)
+                except _Fault as exc:
+                    fault = exc
+                    break
             self._take_results()
             if self.sampler and time.monotonic() >= next_sample:
                 self.sampler.sample()
