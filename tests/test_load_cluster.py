@@ -108,13 +108,13 @@ def test_killed_worker_gives_partial_result(server, corpus: str) -> None:
         thread = threading.Thread(target=run)
         thread.start()
         generators: list[psutil.Process] = []
-        for _ in range(100):  # the victim's generator process appears once its task has started it
+        for _ in range(300):  # the victim's generator connects to the server once the common start has passed
             generators = psutil.Process(pids[victim]).children()
-            if generators:
+            if generators and _connected(generators[0], server.port):
                 break
             thread.join(0.1)
-        assert generators, "the task started no generator process"
-        thread.join(1.5)  # let it measure
+        assert generators and _connected(generators[0], server.port), "the victim's generator never started"
+        thread.join(1.0)  # let it measure
         os.kill(pids[victim], signal.SIGKILL)
         thread.join(15)  # the other worker is stopped within seconds, not at the end of its 20 s
         assert not thread.is_alive()
@@ -129,3 +129,12 @@ def test_killed_worker_gives_partial_result(server, corpus: str) -> None:
     assert survivor["status"] == "stopped" and survivor["requests"] == doc["requests"] > 0
     assert doc["elapsed_s"] < 10
     assert all(wait_gone(g.pid) for g in generators), "the lost worker's generator process outlived it"
+
+
+def _connected(proc: psutil.Process, port: int) -> bool:
+    connections = getattr(proc, "net_connections", None) or proc.connections  # psutil 6 renamed it
+    try:
+        return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                   for c in connections("tcp"))
+    except psutil.Error:
+        return False
