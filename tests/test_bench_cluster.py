@@ -20,29 +20,9 @@ import pytest
 from serverzoo.bench.nginx import nginx_binary
 
 from .load_helpers import local_cluster
+from .test_bench_smoke import SCENARIOS
 
 distributed = pytest.importorskip("distributed")
-
-SCENARIOS = """
-[run]
-unstable_spread = 0.10
-error_rate_limit = 0.01
-
-[corpus]
-seed = 7
-files = ["1KiB"]
-
-[presets.quick]
-servers = "models"
-repeat = 1
-reference = true
-
-[scenarios.small]
-title = "Small files, keep-alive"
-mode = "closed"
-paths = ["/1KiB.bin"]
-quick = { concurrency = [2], duration = 0.5, warmup = 0.1 }
-"""
 
 
 @pytest.fixture
@@ -76,7 +56,8 @@ def test_bench_places_server_and_load_by_resource(cluster, out_dir: str) -> None
         f.write(SCENARIOS)
     models = "threading,nginx" if nginx_binary() else "threading"
     r = subprocess.run([sys.executable, "-m", "serverzoo", "bench", "--scenarios-file", "scenarios.toml",
-                        "--models", models, "--cluster", scheduler, "--no-report"],
+                        "--scenarios", "small", "--duration", "0.5", "--warmup", "0.1", "--models", models,
+                        "--cluster", scheduler, "--no-report"],
                        cwd=out_dir, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     (path,) = glob.glob(os.path.join(out_dir, "results", "bench-*.json"))
