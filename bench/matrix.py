@@ -23,6 +23,8 @@ from .store import write_atomic
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
 
+    from .cluster import ClusterPlacement
+
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -53,14 +55,15 @@ def cell_line(plan: Plan, record: dict[str, Any]) -> str:
 
 
 def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max_cells: int | None = None,
-               console: Console | None = None, hosts: LinkedHosts | None = None) -> str:
+               console: Console | None = None, hosts: LinkedHosts | None = None,
+               placement: ClusterPlacement | None = None) -> str:
     """Run the pending cells, saving after each. Returns the run's status: complete, partial or interrupted.
-    With `hosts` (the run's link, up), every cell runs across it."""
+    With `hosts` (the run's link, up), every cell runs across it; with `placement` (--cluster), on Dask workers."""
     console = console or Console(stderr=True)
     todo = pending_cells(plan, doc)
     limit = todo if max_cells is None else todo[:max_cells]
     total_cells = len(plan.cells())
-    runner = CellRunner(plan, corpus_root, hosts)
+    runner = CellRunner(plan, corpus_root, hosts, placement)
     doc["status"] = "running"
     write_atomic(path, doc)
     # Ctrl-C and SIGTERM (a CI timeout, `kill PID`) stop the run and keep everything measured; they wait

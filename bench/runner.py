@@ -35,6 +35,8 @@ from .plan import REFERENCE, Cell, Plan
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
 
+    from .cluster import ClusterPlacement
+
 
 class Interrupts:
     """Ctrl-C and SIGTERM, held back while a server starts or stops.
@@ -98,14 +100,21 @@ def _tail(text: str) -> str:
 
 
 class CellRunner:
-    def __init__(self, plan: Plan, corpus_root: str, hosts: LinkedHosts | None = None) -> None:
+    def __init__(self, plan: Plan, corpus_root: str, hosts: LinkedHosts | None = None,
+                 placement: ClusterPlacement | None = None) -> None:
         self.plan = plan
         self.corpus_root = corpus_root
         self.hosts = hosts  # the run's link, up; None: loopback
+        self.placement = placement  # --cluster: the server and the generators on Dask workers
 
     def _server(self, cell: Cell) -> ServerProcess | NginxServer:
         spec = self.plan.servers[cell.server]
         hosts = self.hosts
+        if self.placement is not None:
+            sc = self.plan.scenarios[cell.scenario]
+            args = () if spec.model == REFERENCE else (*self.plan.run.server_args, *sc.server_args, *spec.args)
+            return self.placement.server(spec.model, self.corpus_root, args, self.plan.server_cpus,
+                                         sc.warmup + sc.duration + sc.request_timeout + 2 * GENERATOR_SLACK_S)
         if spec.model == REFERENCE:
             if hosts is None:
                 return NginxServer(self.corpus_root, tuned=True, cpus=self.plan.server_cpus)
@@ -154,8 +163,11 @@ class CellRunner:
             info["pid"] = server.pid
             info["url"] = server.url
             info["argv"] = server.argv if isinstance(server, ServerProcess) else server.shown_argv()
-            info["rss_at_ready_bytes"] = tree_rss(server.pid)
+            info["rss_at_ready_bytes"] = tree_rss(server.pid) if self.placement is None else None
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid)
+            if self.placement is not None:
+                info["host"], info["worker"] = server.host, server.worker
+                opts = self.placement.load_options(opts)
             t1 = time.monotonic()
             record["load"], record["error"], record["generator"] = self._generate(opts, sc.warmup + sc.duration
                                                                                 + sc.request_timeout)
@@ -172,6 +184,8 @@ class CellRunner:
         fd, json_path = tempfile.mkstemp(prefix="serverzoo-load-", suffix=".json")
         os.close(fd)
         argv = load_argv(opts, json_path)
+        if self.placement is not None:
+            argv = self.placement.load_argv(argv)
         gen: dict[str, Any] = {"argv": argv[1:], "cpus": self.plan.client_cpus}
         if self.hosts is not None:
             argv = self.hosts.command("client", argv)
