@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .plan import build_plan, parse_cpus
+from .plan import REFERENCE, build_plan, parse_cpus
 from .scenarios import ConfigError
 
 DEFAULT_SCENARIO = "small-keepalive"
@@ -54,6 +54,8 @@ def profile_command(model: str, scenario: str, level: int | None, json_path: str
     from .scenarios import load_suite
 
     try:
+        if model == REFERENCE:
+            raise ConfigError("nginx is the yardstick, not a Python model: it has no profile here")
         suite = load_suite(scenarios_file)
         if preset not in suite.presets:
             raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(suite.presets)}")
@@ -67,8 +69,6 @@ def profile_command(model: str, scenario: str, level: int | None, json_path: str
                           rates=levels if sc.mode == "open" else None,
                           server_cpus=parse_cpus(server_cpus, "server-cpus"),
                           client_cpus=parse_cpus(client_cpus, "client-cpus"))
-        if model not in plan.servers:
-            raise ConfigError(f"{model!r} is not a Python model (nginx has no profile here)")
         top = max(plan.scenarios[scenario].levels)
         json_path = json_path or os.path.join("results", f"profile-{model}-{scenario}-{sc.level_key(top)}.json")
         out_dir = os.path.dirname(os.path.abspath(json_path))
