@@ -231,6 +231,7 @@ class ProfileSection:
     scenarios: list[ScenarioProfiles]
     code: list[CodeRef]  # every location linked, once each
     caption: str
+    errors: list[str] = field(default_factory=list)  # profiles that could not be taken, one line each
 
 
 def build_section(profiles: list[dict[str, Any]], base_dir: str | None = None, caption: str = "",
@@ -290,10 +291,12 @@ def render_markdown(section: ProfileSection) -> str:
 def where_the_time_goes(run: dict[str, Any] | None, fmt: str = "html", base_dir: str | None = None) -> Markup | str:
     """The section for a bench run with profiles (`serverzoo bench --profile`); empty without them."""
     profiles = (run or {}).get("profiles") or []
-    if not profiles:
+    errors = (run or {}).get("profile_errors") or []
+    if not profiles and not errors:
         return Markup("") if fmt == "html" else ""
     from serverzoo.machine import machine_line
 
     caption = f"run {run.get('run_id')}, {machine_line(run.get('machine') or {})}; profiling passes, not timed"
     section = build_section(profiles, base_dir, caption, charts=fmt == "html")
+    section.errors = [(f"{e['server']}/{e['scenario']}: " if "server" in e else "") + e["error"] for e in errors]
     return render_html(section) if fmt == "html" else render_markdown(section)

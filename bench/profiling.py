@@ -117,7 +117,7 @@ class Profiler:
             "threads_created_per_connection": None, "processes_created_per_connection": None,
             "threads_peak": None, "processes_peak": None, "processes_min": None,
             "rss_per_idle_connection_bytes": None, "pss_per_idle_connection_bytes": None, "idle_memory": None,
-            "flamegraph": None,
+            "flamegraph": None, "flamegraph_written": None,
         }
         if "counters" in self.passes:
             self.log(f"{cell.id}: counters pass")
@@ -249,6 +249,7 @@ class Profiler:
             record["skipped"]["flamegraph"] = graph.problem
         else:
             record["flamegraph"] = os.path.basename(graph.path)  # beside the JSON
+            record["flamegraph_written"] = os.path.abspath(graph.path)
 
     def _memory(self, model: str, args: tuple[str, ...], record: dict) -> None:
         key = (model, args, self.idle)

@@ -277,3 +277,24 @@ def test_cli_writes_the_json_with_machine_and_command(suite_and_corpus, tmp_path
     else:
         assert "flamegraph" in doc["skipped"]
     assert "CPU per request" in out.stdout
+
+
+def test_bench_profile_stores_profiles_and_reports_them(suite_and_corpus, tmp_path):
+    """`serverzoo bench --profile`: the profiles follow the cells, go into the run's JSON and its report."""
+    _, corpus, base = suite_and_corpus
+    out = subprocess.run([sys.executable, "-m", "serverzoo", "bench", "--models", "select", "--scenarios", "keepalive",
+                          "--scenarios-file", os.path.join(base, "scenarios.toml"), "--corpus", corpus, "--out",
+                          str(tmp_path), "--profile"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    [run_path] = tmp_path.glob("bench-*.json")
+    doc = json.loads(run_path.read_text())
+    assert len(doc["cells"]) == 1 and doc["profile_errors"] == []
+    [profile] = doc["profiles"]
+    assert (profile["server"], profile["scenario"], profile["level"]) == ("select", "keepalive", 1)
+    assert profile["cpu_us_per_request"]["user"] > 0
+    assert "profile select/keepalive/c1:" in out.stderr
+    html = run_path.with_suffix(".html").read_text()
+    md = run_path.with_suffix(".md").read_text()
+    assert 'id="where-the-time-goes"' in html and "## Where the time goes" in md
+    if profile["flamegraph"]:
+        assert (tmp_path / profile["flamegraph"]).is_file() and "<iframe" in html
