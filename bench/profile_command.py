@@ -94,6 +94,9 @@ def profile_command(model: str, scenario: str, level: int | None, json_path: str
     except ProfileError as exc:
         _fail(str(exc), 1)
         return
+    except KeyboardInterrupt:  # every pass has stopped its server and its profiler on the way out
+        _fail("interrupted", 130)
+        return
     record["machine"] = describe_machine()
     record["command"] = ["serverzoo", *sys.argv[1:]]
     try:

@@ -11,6 +11,7 @@ need the server's process tree on this machine's loopback, and the cells ran els
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -53,6 +54,8 @@ def profile_run(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str,
         return
     stem = os.path.splitext(path)[0]
     profiler = Profiler(plan, corpus_root, ProfileSession(), window_s=WINDOW_S)
+    # SIGTERM (a CI timeout) ends the profiling as Ctrl-C does: each pass stops its server on the way out
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for sc in plan.scenarios.values():
             level = max(sc.levels)
@@ -73,3 +76,9 @@ def profile_run(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str,
     except KeyboardInterrupt:
         console.print(f"profiling interrupted: {len(doc['profiles'])} profiles kept in {path}", highlight=False)
         write_atomic(path, doc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -169,8 +169,11 @@ class Profiler:
         key = (model, args)
         if key not in self.session.stop_costs:
             server = self._start(model, args)
-            at_ready = live_switches(server.pid)
-            _, total, _ = stop_with_rusage(server)
+            total = None
+            try:
+                at_ready = live_switches(server.pid)
+            finally:
+                _, total, _ = stop_with_rusage(server)
             self.session.stop_costs[key] = (total - at_ready) if total else Switches(0, 0)
         return self.session.stop_costs[key]
 

@@ -134,13 +134,16 @@ def _wait_attached(proc: subprocess.Popen, err, tasks: int) -> None:
     while True:
         err.seek(0)
         text = err.read().decode(errors="replace")
-        if text.count(" attached") >= tasks:
+        attached = text.count(" attached")
+        if attached >= tasks:
             return
+        if proc.poll() is None and attached and time.monotonic() > deadline:
+            return  # a thread listed a moment ago has exited: strace traces all that remain
         if proc.poll() is not None or time.monotonic() > deadline:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             lines = [ln for ln in text.strip().splitlines() if "attached" not in ln]
-            reason = lines[-1] if lines else f"strace attached to {text.count(' attached')} of {tasks} tasks"
+            reason = lines[-1] if lines else "no output"
             raise TracerUnavailable(f"strace could not attach: {reason[:200]}")
         time.sleep(0.01)
