@@ -112,7 +112,7 @@ def profile_command(model: str, scenario: str, level: int | None, json_path: str
 
 def describe_profile(r: dict[str, Any]) -> str:
     """The profile as a few lines of text, skipped parts with their reasons."""
-    from .profile_report import format_bytes
+    from .report import format_bytes
 
     lines = [f"{r['server']} / {r['scenario']} / {r['level_key']} ({r['window_s']:g} s of load per pass)"]
     cpu = r["cpu_us_per_request"]

@@ -30,18 +30,11 @@ import jinja2
 from markupsafe import Markup
 
 from .code_links import ROLE_TITLES, CodeRef, code_for
+from .report import format_bytes
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 TOP_SYSCALLS = 5  # named in the chart; the rest are "other"
 _SVG_SIZE = re.compile(rb'<svg[^>]*?\bheight="(\d+)"')
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _num(v: float | None, digits: int = 2) -> str:
@@ -274,7 +267,7 @@ def _environment() -> jinja2.Environment:
                              autoescape=jinja2.select_autoescape(["html", "html.j2"]),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters["num"] = _num
-    env.filters["bytes"] = lambda v: "-" if v is None else format_bytes(v)
+    env.filters["bytes"] = format_bytes
     env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.globals["role_titles"] = ROLE_TITLES
     return env

@@ -24,7 +24,6 @@ from serverzoo.machine import machine_line
 from .analysis import (BASELINE, Delta, Point, RunView, Verdict, deltas, level_label, link_name, link_summary,
                        link_text, ratio_text, same_link)
 from .cards import ModelCard, model_cards
-from .profile_report import where_the_time_goes
 from .scenarios import METRICS
 from .store import SCHEMA, read_result
 from .tcp_vs_udp import TcpVsUdp, build_section
@@ -260,7 +259,9 @@ def _environment() -> jinja2.Environment:
     env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.globals["level_label"] = level_label
     env.globals["metric_label"] = lambda m: METRICS[m][0]
-    env.globals["where_the_time_goes"] = where_the_time_goes  # `serverzoo bench --profile`'s section
+    from .profile_report import where_the_time_goes  # `serverzoo bench --profile`'s section (it uses this module)
+
+    env.globals["where_the_time_goes"] = where_the_time_goes
     return env
 
 
