@@ -21,7 +21,7 @@ from typing import Any
 
 from .proc_tree import tree_memory, tree_threads
 
-ANSWER_TIMEOUT_S = 0.5  # no answer this long: the server holds no more connections
+ANSWER_TIMEOUT_S = 1.0  # no answer this long: the server holds no more connections
 SETTLE_S = 0.2
 MIN_HELD = 10  # below this many, growth per connection is noise, not a figure
 FD_MARGIN = 64

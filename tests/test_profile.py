@@ -94,7 +94,7 @@ def test_iterative_keepalive_makes_a_few_fixed_syscalls_and_no_extra_switch(suit
 def test_one_process_or_thread_per_connection(suite_and_corpus, model, created, not_created):
     r = _profile(suite_and_corpus, model, "new-connection", ("syscalls",))
     conns = r["passes"]["syscalls"]["connections"]
-    assert conns >= 10
+    assert conns >= 3
     # the request in flight when the window closed may not have been accepted yet
     assert conns - 1 <= r[created] <= conns, r
     assert r[not_created] == 0
@@ -103,7 +103,7 @@ def test_one_process_or_thread_per_connection(suite_and_corpus, model, created, 
 @needs_strace
 def test_select_creates_no_thread_or_process(suite_and_corpus):
     r = _profile(suite_and_corpus, "select", "new-connection", ("counters", "syscalls"), level=2)
-    assert r["passes"]["syscalls"]["connections"] >= 10
+    assert r["passes"]["syscalls"]["connections"] >= 3
     assert (r["threads_created"], r["processes_created"]) == (0, 0)
     assert (r["threads_peak"], r["processes_min"], r["processes_peak"]) == (1, 1, 1)
 
