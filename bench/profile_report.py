@@ -74,15 +74,20 @@ def explain(r: dict[str, Any]) -> str:
     return f"{r['server']}: " + "; ".join(parts) + "."
 
 
-# calls a thread can sleep in: the ones strace counted name where the voluntary switches happen
-WAIT_CALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6", "accept4",
-              "accept", "recvfrom", "read", "wait4", "clock_nanosleep")
+# calls a thread sleeps in, as strace counted them: where the voluntary switches happen. A loop sleeps
+# in its selector (non-blocking accept and recv return at once); a blocking socket with a timeout
+# sleeps in poll; only without either does it sleep in accept or recv itself.
+SELECTOR_CALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6")
+BLOCKING_CALLS = ("accept4", "accept", "recvfrom", "read", "wait4", "clock_nanosleep")
 
 
 def _sleeps_in(r: dict[str, Any]) -> str:
     calls = r.get("syscalls_per_request") or {}
-    waits = sorted((c for c in WAIT_CALLS if calls.get(c, 0) >= 0.05), key=lambda c: -calls[c])
-    return f"{waits[0]} ({calls[waits[0]]:.2g}/request)" if waits else "blocking calls"
+    for group in (SELECTOR_CALLS, BLOCKING_CALLS):
+        found = sorted((c for c in group if calls.get(c, 0) >= 0.02), key=lambda c: -calls[c])
+        if found:
+            return f"{found[0]} ({calls[found[0]]:.2g}/request)"
+    return "blocking calls"
 
 
 def _why_switches(r: dict[str, Any], voluntary: float) -> str:
