@@ -5,11 +5,15 @@ What /proc can and cannot say, and how each figure copes:
   cutime/cstime add the children it has reaped, so a before/after pair of readings of
   the live tree is exact over the window, whatever started and ended inside it.
 - Context switches: /proc/PID/task/TID/status counts one live thread only; a thread or
-  child that exits takes its counts with it. The whole-life total of a tree comes only
-  from wait4() on its root, which adds every thread and every reaped descendant. So the
-  total over a load window is (wait4 at exit) - (live counts at the window's start) -
-  (what a graceful stop of the idle server costs, measured by starting and stopping
-  one): `stop_with_rusage` below gives the first figure.
+  child that exits takes its counts with it. The whole-life total of a process comes
+  only from wait4(), which adds every thread and every descendant it reaped. So the
+  total over a load window is (the tree's total when the window is over) - (the live
+  counts when it began), and `kill_counting_switches` below takes the first figure:
+  once the tree has settled it reads the live counts of the root's child processes
+  (prefork's workers: the root will not reap those), then kills the root with SIGKILL
+  and adds its wait4() figures. SIGKILL, not a graceful stop: an interpreter shutting
+  down switches too, and more so on a busy machine, which no measurement could
+  subtract reliably.
 - Threads and processes alive: sampled (TaskSampler), so a thread that lives less than
   the sampling interval can be missed; creation counts come from strace instead.
 """
@@ -45,6 +49,9 @@ class Switches:
 
     def __sub__(self, other: "Switches") -> "Switches":
         return Switches(self.voluntary - other.voluntary, self.involuntary - other.involuntary)
+
+    def __add__(self, other: "Switches") -> "Switches":
+        return Switches(self.voluntary + other.voluntary, self.involuntary + other.involuntary)
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -93,10 +100,11 @@ def _task_switches(pid: int, tid: str) -> tuple[int, int]:
     return vol, invol
 
 
-def live_switches(pid: int) -> Switches:
-    """Context switches of every live thread of the tree (exited ones are not in /proc any more)."""
+def live_switches(pid: int, recursive: bool = True) -> Switches:
+    """Context switches of every live thread of the tree, or of the one process (exited threads
+    are not in /proc any more)."""
     vol = invol = 0
-    for p in tree_pids(pid):
+    for p in tree_pids(pid) if recursive else [pid]:
         try:
             tids = os.listdir(f"/proc/{p}/task")
         except OSError:
@@ -171,34 +179,42 @@ class TaskSampler:
         self._take()
 
 
-def stop_with_rusage(server: ServerProcess, timeout: float = 10.0) -> tuple[int | None, Switches | None, CpuTimes | None]:
-    """SIGTERM, reap the server with wait4 and return (exit code, whole-life switches, whole-life CPU).
+def kill_counting_switches(server: ServerProcess, settle_s: float = 1.0,
+                           processes: int = 1) -> Switches:
+    """End the server, returning the context switches of its whole tree over its whole life.
 
-    wait4's resource usage covers the process's every thread and every descendant it
-    reaped, which nothing in /proc offers for threads and children that already exited.
-    Past the timeout the server is killed (and its figures are still returned).
+    First up to settle_s for the tree to come back to `processes` processes (the children
+    of finished connections exit and are reaped, adding their counts to the root's),
+    then the live counts of the child processes still there, then SIGKILL to the root
+    and its wait4() figures (its threads, live and exited, and every child it reaped),
+    then SIGKILL to the children left (by PID).
     """
     proc = server.proc
-    if proc is None:
-        return None, None, None
-    if proc.returncode is not None:  # already reaped by someone else: no rusage left to read
-        server.stop()
-        return proc.returncode, None, None
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
+    deadline = time.monotonic() + settle_s
+    while len(tree_pids(proc.pid)) > processes and time.monotonic() < deadline:
         time.sleep(0.01)
+    children = tree_pids(proc.pid)[1:]
+    alive_children = Switches(0, 0)
+    for child in children:
+        alive_children = alive_children + live_switches(child, recursive=False)
+    proc.kill()
+    _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # gone already (its parent's death signal)
+    psutil.wait_procs([p for p in map(_process, children) if p is not None], timeout=5)
     server.stop()  # closes the pipes; the process is already reaped
-    return (proc.returncode, Switches(usage.ru_nvcsw, usage.ru_nivcsw),
-            CpuTimes(usage.ru_utime, usage.ru_stime))
+    return alive_children + Switches(usage.ru_nvcsw, usage.ru_nivcsw)
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def start_server(model: str, root: str, args: tuple[str, ...], cpus: list[int] | None) -> ServerProcess:

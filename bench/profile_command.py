@@ -108,6 +108,10 @@ def profile_command(model: str, scenario: str, level: int | None, json_path: str
         return
     click.echo(describe_profile(record))
     click.echo(f"json: {json_path}")
+    figures = ("cpu_us_per_request", "context_switches_per_request", "syscalls_per_request", "flamegraph",
+               "rss_per_idle_connection_bytes")
+    if all(record[key] is None for key in figures):
+        _fail("no pass gave a figure (see skipped above)", 1)
 
 
 def describe_profile(r: dict[str, Any]) -> str:
@@ -130,9 +134,9 @@ def describe_profile(r: dict[str, Any]) -> str:
     if sys_calls is not None:
         top = ", ".join(f"{name} {n:g}" for name, n in list(sys_calls.items())[:8])
         lines.append(f"  syscalls per request: {r['syscalls_total_per_request']:g} ({top})")
-        conns = r["passes"]["syscalls"]["connections"]
-        lines.append(f"  created: {r['threads_created']} threads, {r['processes_created']} processes "
-                     f"for {conns} connections")
+        info = r["passes"]["syscalls"]
+        lines.append(f"  created: {r['threads_created']} threads, {r['processes_created']} processes for "
+                     f"{info['connections_accepted']} connections accepted ({info['connections']} opened)")
     if r["rss_per_idle_connection_bytes"] is not None:
         m = r["idle_memory"]
         lines.append(f"  per idle connection: RSS {format_bytes(r['rss_per_idle_connection_bytes'])}, "

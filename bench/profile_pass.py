@@ -23,7 +23,7 @@ from .store import write_atomic
 
 # load per pass: a few hundred requests at least in most scenarios, so that every server of a
 # quick run can be profiled in minutes, after a matrix that itself takes minutes
-WINDOW_S = 0.35
+WINDOW_S = 0.25
 
 
 def profile_line(r: dict[str, Any], seconds: float) -> str:

@@ -105,7 +105,8 @@ def _why_switches(r: dict[str, Any], voluntary: float) -> str:
 
 def _creation(r: dict[str, Any]) -> str | None:
     per_proc, per_thread = r.get("processes_created_per_connection"), r.get("threads_created_per_connection")
-    conns = ((r.get("passes") or {}).get("syscalls") or {}).get("connections")
+    syscalls_pass = (r.get("passes") or {}).get("syscalls") or {}
+    conns = syscalls_pass.get("connections_accepted") or syscalls_pass.get("connections")
     if per_proc is None or per_thread is None:
         return None
     if per_proc >= 0.5:

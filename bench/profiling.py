@@ -6,9 +6,9 @@ normalised by the requests it served itself, because a profiler slows the server
 so changes how many requests fit in a window:
 
 - counters (no profiler): server CPU user and system from /proc before and after the
-  load; context switches of the whole tree from wait4() at exit minus the live counts at
-  the start minus what a graceful stop of the same idle server costs (one start and stop
-  of its own, remembered per command line); threads and processes alive, sampled.
+  load; context switches of the whole tree when the load is over (proc_tree.py:
+  kill_counting_switches, wait4() of the root) minus the live counts when it began;
+  threads and processes alive, sampled.
 - syscalls: strace attached to the tree for a second load run: calls by name, and the
   threads and processes created (from the clone calls' flags).
 - flame graph: py-spy attached for a third load run, on the same server once strace has
@@ -18,8 +18,16 @@ so changes how many requests fit in a window:
   it once per server.
 
 Requests served in a window = verified responses + failed requests + requests still in
-flight when the window closed (the server worked on those too). A missing strace or
-py-spy, or no ptrace permission, skips that pass only, with its reason in `skipped`.
+flight when the window closed (the server worked on those too). A window in which not
+one response arrived (a large file under strace, say) is lengthened once. Threads and
+processes created are divided by the connections the server accepted (its successful
+accept calls, from strace), which a slowed server can leave fewer than the clients
+opened. A pass that cannot be taken (no strace or py-spy, no ptrace permission, no
+response even in the longer window) is skipped with its reason in `skipped`; the other
+passes stand.
+
+CPU time in /proc is counted in clock ticks (1/CLK_TCK s), so a pass that used only a
+few ticks has no CPU figure (MIN_CPU_TICKS) rather than a coarse one.
 """
 
 from __future__ import annotations
@@ -36,11 +44,14 @@ from .flamegraph import py_spy_attached
 from .idle_memory import measure_idle_memory, raise_fd_limit
 from .loadargs import load_options
 from .plan import REFERENCE, Cell, Plan
-from .proc_tree import Switches, TaskSampler, live_switches, start_server, stop_with_rusage, tree_cpu
+from .proc_tree import (CLOCK_TICKS, TaskSampler, kill_counting_switches, live_switches, start_server, tree_cpu,
+                        tree_pids)
 from .syscall_counts import TracerUnavailable, strace_attached
 
 SCHEMA = "serverzoo.profile/1"
 WINDOW_MAX_S = 2.0  # a profile needs hundreds of requests, not a benchmark's minutes
+WINDOW_STRETCH = 4  # a window without a single response is run once more, this many times longer
+MIN_CPU_TICKS = 5  # below this, one tick either way is more than a fifth of the figure
 IDLE_SERVER_ARGS = ("--keepalive-timeout", "60", "--header-timeout", "60")
 DEFAULT_IDLE = 1000
 PASSES = ("counters", "syscalls", "flamegraph", "memory")
@@ -52,9 +63,8 @@ class ProfileError(RuntimeError):
 
 @dataclass
 class ProfileSession:
-    """What profiles of one run share: measured stop costs and idle-memory figures, by server command."""
+    """What profiles of one run share: idle-memory figures, by server command (one measurement each)."""
 
-    stop_costs: dict[tuple, Switches] = field(default_factory=dict)
     idle_memory: dict[tuple, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -121,7 +131,7 @@ class Profiler:
         }
         if "counters" in self.passes:
             self.log(f"{cell.id}: counters pass")
-            self._counters(cell, spec.model, args, window, record)
+            self._isolated("counters", record, self._counters, cell, spec.model, args, window, record)
         if "syscalls" in self.passes or "flamegraph" in self.passes:
             self._traced(cell, spec.model, args, window, svg_path, record)
         if "memory" in self.passes:
@@ -132,6 +142,14 @@ class Profiler:
                 record["skipped"]["memory"] = "no idle connections asked for (--idle 0)"
         record["finished"] = _now()
         return record
+
+    @staticmethod
+    def _isolated(name: str, record: dict, run: Callable[..., None], *args: Any) -> None:
+        """Run a pass; a ProfileError skips it (and only it), with the reason."""
+        try:
+            run(*args)
+        except ProfileError as exc:
+            record["skipped"].setdefault(name, str(exc))
 
     # -- passes ---------------------------------------------------------------------
 
@@ -144,6 +162,18 @@ class Profiler:
             raise ProfileError(f"{model} did not start: {str(exc).splitlines()[0][:300]}") from None
 
     def _load(self, cell: Cell, server: ServerProcess, window: float) -> dict[str, Any]:
+        """One load run of the window; once more, longer, when not one response came back in it."""
+        doc = self._load_once(cell, server, window)
+        longer = max(window, min(window * WINDOW_STRETCH, WINDOW_MAX_S))
+        if doc["requests"] == 0 and longer > window:
+            doc = self._load_once(cell, server, longer)
+            window = longer
+        if doc["requests"] == 0:
+            raise ProfileError(f"the server answered no request in a {window:g} s window")
+        doc["profile_window_s"] = window
+        return doc
+
+    def _load_once(self, cell: Cell, server: ServerProcess, window: float) -> dict[str, Any]:
         from serverzoo.clients.loadgen.coordinator import LoadError
         from serverzoo.clients.loadgen.options import OptionError
 
@@ -152,56 +182,42 @@ class Profiler:
         # would be retried on a new connection, which is another workload
         opts.update(warmup_s=0.0, duration=window, server_pid=None, timeout_s=max(opts["timeout_s"], window))
         try:
-            doc = run_load(LoadOptions(**opts))
+            return run_load(LoadOptions(**opts))
         except (LoadError, OptionError) as exc:
-            raise ProfileError(f"{cell.id}: the load failed: {str(exc).splitlines()[0][:300]}") from None
-        if doc["requests"] == 0:
-            raise ProfileError(f"{cell.id}: the server answered no request in the {window:g} s window")
-        return doc
+            raise ProfileError(f"the load failed: {str(exc).splitlines()[0][:300]}") from None
 
     def _pass_record(self, cell: Cell, doc: dict[str, Any]) -> dict[str, Any]:
         return {"requests_served": served(doc), "responses": doc["requests"], "errors": doc["errors"]["total"],
                 "in_flight_at_end": (doc.get("unfinished") or {}).get("count", 0),
-                "connections": connections_of(self.plan, cell, doc), "elapsed_s": doc["elapsed_s"]}
-
-    def _stop_cost(self, model: str, args: tuple[str, ...]) -> Switches:
-        """Context switches a graceful stop of this idle server costs (one start and stop, remembered)."""
-        key = (model, args)
-        if key not in self.session.stop_costs:
-            server = self._start(model, args)
-            total = None
-            try:
-                at_ready = live_switches(server.pid)
-            finally:
-                _, total, _ = stop_with_rusage(server)
-            self.session.stop_costs[key] = (total - at_ready) if total else Switches(0, 0)
-        return self.session.stop_costs[key]
+                "connections": connections_of(self.plan, cell, doc), "window_s": doc["profile_window_s"],
+                "elapsed_s": doc["elapsed_s"]}
 
     def _counters(self, cell: Cell, model: str, args: tuple[str, ...], window: float, record: dict) -> None:
-        stop_cost = self._stop_cost(model, args)
         server = self._start(model, args)
         try:
+            processes = len(tree_pids(server.pid))
             at_start = live_switches(server.pid)
             cpu0 = tree_cpu(server.pid)
             with TaskSampler(server.pid) as tasks:
                 doc = self._load(cell, server, window)
             cpu = tree_cpu(server.pid) - cpu0
         finally:
-            code, total, _ = stop_with_rusage(server)
+            total = kill_counting_switches(server, processes=processes)
         n = served(doc)
-        info = self._pass_record(cell, doc) | {"exit_code": code}
+        ticks = round((cpu.user_s + cpu.system_s) * CLOCK_TICKS)
+        info = self._pass_record(cell, doc) | {"cpu_clock_ticks": ticks,
+                                               "cpu_s": {"user": cpu.user_s, "system": cpu.system_s}}
         record["passes"]["counters"] = info
-        record["cpu_us_per_request"] = {"user": round(cpu.user_s * 1e6 / n, 1),
-                                        "system": round(cpu.system_s * 1e6 / n, 1)}
-        if total is not None:
-            switches = total - at_start - stop_cost
-            info["context_switches"] = {"voluntary": switches.voluntary, "involuntary": switches.involuntary,
-                                        "stop_cost_subtracted": {"voluntary": stop_cost.voluntary,
-                                                                 "involuntary": stop_cost.involuntary}}
-            record["context_switches_per_request"] = {"voluntary": round(switches.voluntary / n, 3),
-                                                      "involuntary": round(switches.involuntary / n, 3)}
+        if ticks >= MIN_CPU_TICKS:
+            record["cpu_us_per_request"] = {"user": round(cpu.user_s * 1e6 / n, 1),
+                                            "system": round(cpu.system_s * 1e6 / n, 1)}
         else:
-            record["skipped"]["context_switches"] = "the server was reaped elsewhere: no wait4 figures"
+            record["skipped"]["cpu"] = (f"{ticks} clock ticks of CPU in the window (fewer than {MIN_CPU_TICKS}): "
+                                        "too coarse to divide")
+        switches = total - at_start
+        info["context_switches"] = {"voluntary": switches.voluntary, "involuntary": switches.involuntary}
+        record["context_switches_per_request"] = {"voluntary": round(switches.voluntary / n, 3),
+                                                  "involuntary": round(switches.involuntary / n, 3)}
         record["threads_peak"] = tasks.threads_peak
         record["processes_peak"] = tasks.processes_max
         record["processes_min"] = tasks.processes_min
@@ -209,14 +225,20 @@ class Profiler:
 
     def _traced(self, cell: Cell, model: str, args: tuple[str, ...], window: float, svg_path: str,
                 record: dict) -> None:
-        server = self._start(model, args)
+        try:
+            server = self._start(model, args)
+        except ProfileError as exc:
+            for name in ("syscalls", "flamegraph"):
+                if name in self.passes:
+                    record["skipped"][name] = str(exc)
+            return
         try:
             if "syscalls" in self.passes:
                 self.log(f"{cell.id}: strace pass")
-                self._syscalls(cell, server, window, record)
+                self._isolated("syscalls", record, self._syscalls, cell, server, window, record)
             if "flamegraph" in self.passes:
                 self.log(f"{cell.id}: py-spy pass")
-                self._flamegraph(cell, server, window, svg_path, record)
+                self._isolated("flamegraph", record, self._flamegraph, cell, server, window, svg_path, record)
         finally:
             server.stop()
 
@@ -227,9 +249,9 @@ class Profiler:
         except TracerUnavailable as exc:
             record["skipped"]["syscalls"] = str(exc)
             return
-        info = self._pass_record(cell, doc)
+        info = self._pass_record(cell, doc) | {"connections_accepted": counts.accepted}
         record["passes"]["syscalls"] = info
-        n, conns = info["requests_served"], info["connections"]
+        n, conns = info["requests_served"], counts.accepted or info["connections"]
         per = {name: round(calls / n, 3) for name, calls in counts.calls.most_common()}
         record["syscalls_per_request"] = per
         record["syscalls_total_per_request"] = round(sum(counts.calls.values()) / n, 3)
@@ -247,6 +269,10 @@ class Profiler:
         except TracerUnavailable as exc:
             record["skipped"]["flamegraph"] = str(exc)
             return
+        except ProfileError:
+            if os.path.exists(svg_path):
+                os.unlink(svg_path)  # a graph of a pass that served nothing is no figure
+            raise
         record["passes"]["flamegraph"] = self._pass_record(cell, doc) | {"samples": graph.samples}
         if graph.path is None:
             record["skipped"]["flamegraph"] = graph.problem

@@ -27,7 +27,7 @@ from .proc_tree import tree_pids
 ATTACH_TIMEOUT_S = 5.0
 DETACH_TIMEOUT_S = 15.0
 
-_SUMMARY_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
+_SUMMARY_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:(\d+)\s+)?(\w+)\s*$")
 _CLONE_START = re.compile(r"^(\d+)\s+(clone3|clone|fork|vfork)\((.*)$")
 _CLONE_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (clone3|clone|fork|vfork) resumed>(.*)$")
 _RESULT = re.compile(r"= (-?\d+)(?:\s.*)?$")
@@ -40,8 +40,14 @@ class TracerUnavailable(RuntimeError):
 @dataclass
 class SyscallCounts:
     calls: Counter = field(default_factory=Counter)  # syscall name -> calls
+    errors: Counter = field(default_factory=Counter)  # syscall name -> calls that failed (EAGAIN included)
     threads_created: int = 0
     processes_created: int = 0
+
+    @property
+    def accepted(self) -> int:
+        """Connections the server accepted: accept calls that did not fail."""
+        return sum(self.calls[n] - self.errors[n] for n in ("accept", "accept4"))
 
 
 def strace_binary() -> str | None:
@@ -59,8 +65,10 @@ def parse_strace_output(text: str) -> SyscallCounts:
             continue
         if in_summary:
             m = _SUMMARY_ROW.match(line)
-            if m and m.group(2) != "total":
-                out.calls[m.group(2)] += int(m.group(1))
+            if m and m.group(3) != "total":
+                out.calls[m.group(3)] += int(m.group(1))
+                if m.group(2):
+                    out.errors[m.group(3)] += int(m.group(2))
             continue
         start = _CLONE_START.match(line)
         if start:
@@ -124,8 +132,8 @@ def strace_attached(pid: int) -> Iterator[SyscallCounts]:
                     parsed = parse_strace_output(f.read())
             finally:
                 os.unlink(out_path)
-    counts.calls, counts.threads_created, counts.processes_created = (
-        parsed.calls, parsed.threads_created, parsed.processes_created)
+    counts.calls, counts.errors, counts.threads_created, counts.processes_created = (
+        parsed.calls, parsed.errors, parsed.threads_created, parsed.processes_created)
 
 
 def _wait_attached(proc: subprocess.Popen, err, tasks: int) -> None:

@@ -93,10 +93,11 @@ def test_iterative_keepalive_makes_a_few_fixed_syscalls_and_no_extra_switch(suit
                                                          ("threading", "threads_created", "processes_created")])
 def test_one_process_or_thread_per_connection(suite_and_corpus, model, created, not_created):
     r = _profile(suite_and_corpus, model, "new-connection", ("syscalls",))
-    conns = r["passes"]["syscalls"]["connections"]
-    assert conns >= 3
-    # the request in flight when the window closed may not have been accepted yet
-    assert conns - 1 <= r[created] <= conns, r
+    accepted = r["passes"]["syscalls"]["connections_accepted"]
+    # the client's connection in flight when the window closed may not have been accepted yet
+    assert r["passes"]["syscalls"]["connections"] - 1 <= accepted <= r["passes"]["syscalls"]["connections"], r
+    assert accepted >= 3
+    assert r[created] == accepted and r[f"{created}_per_connection"] == 1.0, r
     assert r[not_created] == 0
 
 
@@ -164,9 +165,16 @@ STRACE_OUTPUT = """\
 """
 
 
+def test_accepted_connections_are_the_accept_calls_that_did_not_fail():
+    text = STRACE_OUTPUT.replace(" 0.00    0.000000           0         1           recvfrom",
+                                 " 1.00    0.000100           1        12         4 accept4")
+    assert syscall_counts.parse_strace_output(text).accepted == 8
+
+
 def test_strace_output_gives_counts_and_what_was_created():
     counts = syscall_counts.parse_strace_output(STRACE_OUTPUT)
     assert dict(counts.calls) == {"futex": 28, "clone": 3, "clone3": 2, "recvfrom": 1}
+    assert dict(counts.errors) == {"futex": 2, "clone": 1}
     assert (counts.threads_created, counts.processes_created) == (2, 1)  # the failed fork created nothing
 
 
