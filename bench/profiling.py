@@ -19,7 +19,7 @@ so changes how many requests fit in a window:
 
 Requests served in a window = verified responses + failed requests + requests still in
 flight when the window closed (the server worked on those too). A window in which not
-one response arrived (a large file under strace, say) is lengthened once. Threads and
+one response arrived (a large file under strace, say) is taken again, once, longer. Threads and
 processes created are divided by the connections the server accepted (its successful
 accept calls, from strace), which a slowed server can leave fewer than the clients
 opened. A pass that cannot be taken (no strace or py-spy, no ptrace permission, no
@@ -59,6 +59,10 @@ PASSES = ("counters", "syscalls", "flamegraph", "memory")
 
 class ProfileError(RuntimeError):
     """A profile could not be taken (the server did not start, the load failed); one line."""
+
+
+class NoResponse(ProfileError):
+    """Not one response came back in the window: a pass is taken again with a longer one."""
 
 
 @dataclass
@@ -131,7 +135,7 @@ class Profiler:
         }
         if "counters" in self.passes:
             self.log(f"{cell.id}: counters pass")
-            self._isolated("counters", record, self._counters, cell, spec.model, args, window, record)
+            self._isolated("counters", record, self._counters, window, cell, spec.model, args, record)
         if "syscalls" in self.passes or "flamegraph" in self.passes:
             self._traced(cell, spec.model, args, window, svg_path, record)
         if "memory" in self.passes:
@@ -144,10 +148,17 @@ class Profiler:
         return record
 
     @staticmethod
-    def _isolated(name: str, record: dict, run: Callable[..., None], *args: Any) -> None:
-        """Run a pass; a ProfileError skips it (and only it), with the reason."""
+    def _isolated(name: str, record: dict, run: Callable[..., None], window: float, *args: Any) -> None:
+        """Run a pass, run(window, *args); once more with a longer window if not one response came
+        back (NoResponse), measuring afresh; any other ProfileError skips it (only it), with the reason."""
+        longer = max(window, min(window * WINDOW_STRETCH, WINDOW_MAX_S))
         try:
-            run(*args)
+            try:
+                run(window, *args)
+            except NoResponse:
+                if longer == window:
+                    raise
+                run(longer, *args)
         except ProfileError as exc:
             record["skipped"].setdefault(name, str(exc))
 
@@ -162,18 +173,7 @@ class Profiler:
             raise ProfileError(f"{model} did not start: {str(exc).splitlines()[0][:300]}") from None
 
     def _load(self, cell: Cell, server: ServerProcess, window: float) -> dict[str, Any]:
-        """One load run of the window; once more, longer, when not one response came back in it."""
-        doc = self._load_once(cell, server, window)
-        longer = max(window, min(window * WINDOW_STRETCH, WINDOW_MAX_S))
-        if doc["requests"] == 0 and longer > window:
-            doc = self._load_once(cell, server, longer)
-            window = longer
-        if doc["requests"] == 0:
-            raise ProfileError(f"the server answered no request in a {window:g} s window")
-        doc["profile_window_s"] = window
-        return doc
-
-    def _load_once(self, cell: Cell, server: ServerProcess, window: float) -> dict[str, Any]:
+        """One load run of the window (NoResponse if not one response came back in it)."""
         from serverzoo.clients.loadgen.coordinator import LoadError
         from serverzoo.clients.loadgen.options import OptionError
 
@@ -182,9 +182,13 @@ class Profiler:
         # would be retried on a new connection, which is another workload
         opts.update(warmup_s=0.0, duration=window, server_pid=None, timeout_s=max(opts["timeout_s"], window))
         try:
-            return run_load(LoadOptions(**opts))
+            doc = run_load(LoadOptions(**opts))
         except (LoadError, OptionError) as exc:
             raise ProfileError(f"the load failed: {str(exc).splitlines()[0][:300]}") from None
+        if doc["requests"] == 0:
+            raise NoResponse(f"the server answered no request in a {window:g} s window")
+        doc["profile_window_s"] = window
+        return doc
 
     def _pass_record(self, cell: Cell, doc: dict[str, Any]) -> dict[str, Any]:
         return {"requests_served": served(doc), "responses": doc["requests"], "errors": doc["errors"]["total"],
@@ -192,7 +196,7 @@ class Profiler:
                 "connections": connections_of(self.plan, cell, doc), "window_s": doc["profile_window_s"],
                 "elapsed_s": doc["elapsed_s"]}
 
-    def _counters(self, cell: Cell, model: str, args: tuple[str, ...], window: float, record: dict) -> None:
+    def _counters(self, window: float, cell: Cell, model: str, args: tuple[str, ...], record: dict) -> None:
         server = self._start(model, args)
         try:
             processes = len(tree_pids(server.pid))
@@ -235,14 +239,14 @@ class Profiler:
         try:
             if "syscalls" in self.passes:
                 self.log(f"{cell.id}: strace pass")
-                self._isolated("syscalls", record, self._syscalls, cell, server, window, record)
+                self._isolated("syscalls", record, self._syscalls, window, cell, server, record)
             if "flamegraph" in self.passes:
                 self.log(f"{cell.id}: py-spy pass")
-                self._isolated("flamegraph", record, self._flamegraph, cell, server, window, svg_path, record)
+                self._isolated("flamegraph", record, self._flamegraph, window, cell, server, svg_path, record)
         finally:
             server.stop()
 
-    def _syscalls(self, cell: Cell, server: ServerProcess, window: float, record: dict) -> None:
+    def _syscalls(self, window: float, cell: Cell, server: ServerProcess, record: dict) -> None:
         try:
             with strace_attached(server.pid) as counts:
                 doc = self._load(cell, server, window)
@@ -260,7 +264,7 @@ class Profiler:
         record["threads_created_per_connection"] = round(counts.threads_created / conns, 3)
         record["processes_created_per_connection"] = round(counts.processes_created / conns, 3)
 
-    def _flamegraph(self, cell: Cell, server: ServerProcess, window: float, svg_path: str, record: dict) -> None:
+    def _flamegraph(self, window: float, cell: Cell, server: ServerProcess, svg_path: str, record: dict) -> None:
         if os.path.exists(svg_path):
             os.unlink(svg_path)  # a stale graph must not pass for this one
         try:
