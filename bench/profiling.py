@@ -216,8 +216,8 @@ class Profiler:
             record["cpu_us_per_request"] = {"user": round(cpu.user_s * 1e6 / n, 1),
                                             "system": round(cpu.system_s * 1e6 / n, 1)}
         else:
-            record["skipped"]["cpu"] = (f"{ticks} clock ticks of CPU in the window (fewer than {MIN_CPU_TICKS}): "
-                                        "too coarse to divide")
+            record["skipped"]["cpu"] = (f"{ticks} clock tick{'s' if ticks != 1 else ''} of CPU in the window "
+                                        f"(fewer than {MIN_CPU_TICKS}): too coarse to divide")
         switches = total - at_start
         info["context_switches"] = {"voluntary": switches.voluntary, "involuntary": switches.involuntary}
         record["context_switches_per_request"] = {"voluntary": round(switches.voluntary / n, 3),
