@@ -61,6 +61,8 @@ def _fail(command: str, message: str, code: int = 2) -> None:
 @click.option("--max-cells", type=click.IntRange(1), help="Stop after N cells; the run stays resumable.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the time estimate, run nothing.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML and Markdown report.")
+@click.option("--profile", is_flag=True, help="After the cells, profile every server at each scenario's top level "
+              "(untimed passes: CPU, switches, syscalls, memory, flame graph; `serverzoo profile`).")
 @click.pass_context
 def bench_command(ctx: click.Context, **o: Any) -> None:
     """Run the benchmark matrix: server x scenario x level x repetition.
@@ -138,6 +140,10 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
     if status == "partial":
         click.echo(f"stopped after --max-cells: {len(doc['cells'])} cells in {path}; "
                    f"resume with: serverzoo bench --resume {path}", err=True)
+    if o["profile"] and status == "complete":
+        from .profile_pass import profile_run
+
+        profile_run(plan, doc, path, corpus_root)
     if o["report"]:
         from .report import write_reports
 
