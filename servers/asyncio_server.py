@@ -39,10 +39,11 @@ from collections import deque
 
 from ..protocol import cpu_kernel
 from .runtime.context import ServerContext
+from .runtime.io_sizes import RECV_BYTES
+from .runtime.stderr_log import report
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
 
 INF = float("inf")
-RECV_BYTES = 64 * 1024
 SENDFILE_SEGMENT = 1024 * 1024  # loop.sendfile reports no progress until it returns
 
 
@@ -186,6 +187,8 @@ class HttpProtocol(asyncio.Protocol):
         if t.is_closing():
             return
         while not self.write_paused:
+            if t.is_closing():  # a write failed (the client is gone): not one more chunk
+                return
             f = self.file
             if f is not None:
                 if f.left:
@@ -355,7 +358,8 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     peer); the full default report, traceback included, for anything else (a bug)."""
     exc = context.get("exception")
     if isinstance(exc, OSError):
-        print(f"serverzoo: {context.get('message', 'event loop error')}: {exc}", file=sys.stderr)
+        message = context.get("message", "event loop error")
+        report(message, f"serverzoo: {message}: {exc}")
     else:
         loop.default_exception_handler(context)
 

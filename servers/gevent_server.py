@@ -47,7 +47,8 @@ from gevent.socket import socket as GeventSocket
 from gevent.socket import wait_write
 
 from .runtime.blocking import serve_connection
-from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
+from .runtime.accepting import AcceptBackoff
+from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import raise_open_files_limit
 
@@ -113,23 +114,23 @@ class _Socket(GeventSocket):
 class _Server(StreamServer):
     """StreamServer handing out _Socket, and out of descriptors without a traceback."""
 
-    backoff = 0.0  # seconds before accepting again after running out of descriptors
     _retry = None  # the timer that resumes accepting
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.backoff = AcceptBackoff()
 
     def do_read(self):
         try:
             fd, address = self.socket._accept()  # as gevent's own do_read: the listener said it is ready
         except OSError as exc:
-            if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: stop watching the listener a while
+            pause = self.backoff.pause_after(exc)
+            if pause:  # out of fds or memory: stop watching the listener a while
                 self.stop_accepting()
-                self.backoff = min(max(self.backoff * 2, 0.01), 1.0)
-                self._retry = self.loop.timer(self.backoff)
+                self._retry = self.loop.timer(pause)
                 self._retry.start(self._resume_accepting)
-                return None
-            if exc.errno in ACCEPT_SKIP:  # EAGAIN: a sibling worker took it; or it was already gone
-                return None
-            raise
-        self.backoff = 0.0
+            return None  # else EAGAIN (a sibling worker took it) or it was already gone
+        self.backoff.accepted()
         return _Socket(self.socket.family, self.socket.type, self.socket.proto, fileno=fd), address
 
     def _resume_accepting(self) -> None:

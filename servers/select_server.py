@@ -39,7 +39,9 @@ from time import monotonic
 from typing import Callable
 
 from ..protocol import cpu_kernel
-from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
+from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.context import ServerContext
+from .runtime.io_sizes import RECV_BYTES
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, refusal
 
@@ -49,8 +51,6 @@ SELECTORS = {
     "select": selectors.SelectSelector,
 }
 FD_SETSIZE = 1024  # select(2) cannot watch a descriptor at or above this (a fixed-size bitmap)
-RECV_BYTES = 64 * 1024
-ACCEPT_BATCH = 64  # accepts per wake-up: absorb a burst of connections without starving the others
 INF = float("inf")
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READING, WRITING, WAITING = 0, 1, 2  # what a connection is waiting for
@@ -90,7 +90,7 @@ class SelectLoop:
         self.now = monotonic()
         self.stop_at: float | None = None  # the grace deadline, once shutdown began
         self.accepting = False
-        self._backoff = 0.0
+        self._backoff = AcceptBackoff()
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -156,16 +156,14 @@ class SelectLoop:
             except OSError as exc:
                 if self.ctx.stopping:
                     return
-                if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: stop watching for a while
-                    self._backoff = min(max(self._backoff * 2, 0.01), 1.0)
+                pause = self._backoff.pause_after(exc)
+                if pause:  # out of fds or memory: stop watching for a while
                     self.sel.unregister(listener)
                     self.accepting = False
-                    self._call_at(self.now + self._backoff, lambda _c, _w: self.stop_at or self._listen(), None)
+                    self._call_at(self.now + pause, lambda _c, _w: self.stop_at or self._listen(), None)
                     return
-                if exc.errno in ACCEPT_SKIP:
-                    continue
-                raise
-            self._backoff = 0.0
+                continue
+            self._backoff.accepted()
             self._admit(sock)
 
     def _admit(self, sock: socket.socket) -> None:

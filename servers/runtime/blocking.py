@@ -15,9 +15,8 @@ from typing import Callable
 
 from ...protocol import ResponsePlan, cpu_kernel
 from .context import ServerContext
+from .io_sizes import RECV_BYTES
 from .sendfile import open_slice, stream_file
-
-RECV_BYTES = 64 * 1024
 
 
 def serve_connection(sock: socket.socket, ctx: ServerContext, sleep: Callable[[float], None] = time.sleep,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import sys
@@ -13,14 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ...protocol import Docroot, FileApp, HttpConnection, Limits
+from .accepting import AcceptBackoff
 from .clock import http_date
 from .listener import tune_connection
-
-# accept() errors that mean "out of a resource for now": back off and try again
-# rather than die (the same list trio's serve_listeners uses)
-ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-# errors about one connection that was gone before we accepted it
-ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
 
 
 @dataclass
@@ -97,21 +91,16 @@ class ServerContext:
     def accept_loop(self) -> Iterator[socket.socket]:
         """Yield accepted, tuned, blocking sockets until shutdown is requested."""
         self._accepting_in_main_thread = threading.current_thread() is threading.main_thread()
-        backoff = 0.0
+        backoff = AcceptBackoff()
         while not self.stopping:
             try:
                 sock, _ = self.listener.accept()
             except OSError as exc:
                 if self.stopping:
                     break
-                if exc.errno in ACCEPT_BACKOFF:
-                    backoff = min(max(backoff * 2, 0.01), 1.0)
-                    time.sleep(backoff)
-                    continue
-                if exc.errno in ACCEPT_SKIP:
-                    continue
-                raise
-            backoff = 0.0
+                time.sleep(backoff.pause_after(exc))
+                continue
+            backoff.accepted()
             tune_connection(sock)
             yield sock
         try:

@@ -14,9 +14,8 @@ import resource
 from ...protocol import FileSlice, HttpConnection, Limits
 from ...protocol.responses import HeadWriter
 from .clock import http_date
+from .io_sizes import READ_CHUNK
 from .sendfile import open_slice
-
-READ_CHUNK = 256 * 1024  # one read-and-send step of a file body
 
 
 def raise_open_files_limit() -> int:

@@ -7,6 +7,7 @@ import signal
 from .. import get_model
 from .context import ServerConfig, ServerContext
 from .listener import announce_ready, make_listener
+from .stderr_log import install as install_bounded_stderr
 from .workers import Supervisor
 
 
@@ -30,6 +31,7 @@ def serve_in_this_process(config: ServerConfig, listener, on_ready=None, *, shar
 
 def run_server(config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
+    install_bounded_stderr()  # before any worker forks: every process of the server inherits it
     info = get_model(config.model)
     listener = make_listener(config.host, config.port, backlog=config.backlog)
     try:
