@@ -18,12 +18,13 @@ Breaks down: CPU-bound work runs on the loop thread and stalls every other conne
 With --selector select, a descriptor >= FD_SETSIZE (1024) cannot be watched, so such
 a connection is answered 503 and closed; select and poll also rescan every watched
 descriptor on each call, which "idle connections" shows against epoll.
-File bodies: a read-and-send loop by default (256 KiB pread + send, resumed where a
+File bodies: a read-and-send loop by default (READ_CHUNK pread + send, resumed where a
 partial send stopped); --file-send sendfile uses os.sendfile on the non-blocking
 socket, resumed at the file offset it reached. sendfile halves this server's CPU per
-byte, but on loopback the receiving client then spends ~1.6x more CPU per byte, and
-the client's core is what limits the 64 MiB scenario (measured here, 64 MiB x 4
-connections: server 31 vs 15 ms, wrk 30 vs 49 ms of CPU per file, read vs sendfile).
+byte, but on loopback the receiving client then spends more CPU per byte, and the
+client's core is what limits the large-file scenario, so copying is the default.
+What to send next comes from the shared Outbox (runtime/outbox.py); this file only
+says how a step waits.
 """
 
 from __future__ import annotations
@@ -31,19 +32,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import selectors
-import signal
 import socket
 import traceback
-from collections import deque
 from time import monotonic
 from typing import Callable
 
-from ..protocol import cpu_kernel
 from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
 from .runtime.io_sizes import RECV_BYTES
 from .runtime.listener import tune_connection
-from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, refusal
+from .runtime.nonblocking import deadline_after_read, drain, raise_open_files_limit, refuse, signal_wakeup
+from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
 
 SELECTORS = {
     "epoll": getattr(selectors, "EpollSelector", selectors.DefaultSelector),
@@ -60,17 +59,16 @@ _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 class Client:
     """One connection: its core, what is left to send, and its deadline."""
 
-    __slots__ = ("sock", "fd", "http", "state", "queue", "out", "file", "close_after", "deadline", "armed_at")
+    __slots__ = ("sock", "fd", "http", "state", "box", "out", "flags", "deadline", "armed_at")
 
-    def __init__(self, sock: socket.socket, http, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, http, deadline: float, use_sendfile: bool) -> None:
         self.sock: socket.socket | None = sock  # None once closed
         self.fd = sock.fileno()
         self.http = http
         self.state = READING
-        self.queue: deque = deque()  # planned responses not started yet (pipelining)
-        self.out: bytes | memoryview = b""  # unsent bytes of the current response
-        self.file: FileSource | None = None  # the current response's file body, sent after out
-        self.close_after = False  # the current response ends the connection
+        self.box = Outbox(use_sendfile)
+        self.out: bytes | memoryview = b""  # unsent bytes of the current step
+        self.flags = 0  # MSG_MORE while a file body follows them
         self.deadline: float | None = deadline  # None while a work wait runs
         self.armed_at = INF  # when this client's entry in the timer heap fires
 
@@ -169,28 +167,16 @@ class SelectLoop:
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         tune_connection(sock)
-        c = Client(sock, self.ctx.new_connection(), self.now + self.limits.header_timeout)
+        c = Client(sock, self.ctx.new_connection(), self.now + self.limits.header_timeout, self.use_sendfile)
         try:
             if c.fd >= self.fd_ceiling:
                 raise ValueError(f"descriptor {c.fd} is beyond select()'s FD_SETSIZE")
             self.sel.register(sock, READ, c)
         except (ValueError, OSError) as exc:
-            self._refuse(sock, f"server cannot watch more connections ({exc})")
+            refuse(sock, self.ctx.server_name, f"server cannot watch more connections ({exc})")
             return
         self.clients.add(c)
         self._arm(c)
-
-    def _refuse(self, sock: socket.socket, reason: str) -> None:
-        """Answer 503 and close, best effort, without ever blocking the loop."""
-        try:
-            sock.recv(RECV_BYTES)  # a request already here would turn our close into a reset
-        except OSError:
-            pass
-        try:
-            sock.send(refusal(self.ctx.server_name, reason))
-        except OSError:
-            pass
-        sock.close()
 
     # -- reading -------------------------------------------------------------------
     def _readable(self, c: Client) -> None:
@@ -230,20 +216,21 @@ class SelectLoop:
                     return
                 c.out = memoryview(out)[sent:]
                 return self._blocked(c)
-        c.queue.extend(plans)
+        c.box.add(plans)
         self._pump(c)
 
     # -- writing -------------------------------------------------------------------
     def _pump(self, c: Client) -> None:
-        """Send queued responses in order until all are sent, the socket is full, or a wait starts."""
+        """Send the outbox's steps in order until all are sent, the socket is full, or a wait starts."""
         sock = c.sock
         if sock is None:
             return
+        box = c.box
         while True:
             out = c.out
             if out:
                 try:
-                    sent = sock.send(out, _MSG_MORE if c.file is not None else 0)
+                    sent = sock.send(out, c.flags)
                 except (BlockingIOError, InterruptedError):
                     return self._blocked(c)
                 except OSError:
@@ -252,45 +239,30 @@ class SelectLoop:
                     c.out = memoryview(out)[sent:]
                     return self._blocked(c)
                 c.out = b""
-            f = c.file
-            if f is not None:
-                if f.left:
-                    try:
-                        if self.use_sendfile:
-                            if not f.sendfile_to(c.fd):
-                                return self._close(c)  # the file shrank: a short body, then drop
-                            if f.left:
-                                return self._blocked(c)
-                        else:
-                            c.out = f.read_chunk()
-                            if not c.out:
-                                return self._close(c)
-                            continue
-                    except (BlockingIOError, InterruptedError):
-                        return self._blocked(c)
-                    except OSError:
-                        return self._close(c)
-                f.close()
-                c.file = None
-            # the current response is complete
-            if c.close_after:
-                return self._close(c)
-            if not c.queue:
-                break
-            plan = c.queue.popleft()
-            c.out = plan.head + plan.body if plan.body else plan.head
-            c.close_after = plan.close
-            if plan.work is not None:
-                cpu_kernel(plan.work.cpu)  # on the loop thread: every other client waits meanwhile
-                self.now = monotonic()
-                if plan.work.wait_s > 0:
-                    return self._wait(c, plan.work.wait_s)
-            elif plan.file is not None:
+            step = box.step()
+            if step == SEND:
+                c.out = box.data
+                c.flags = _MSG_MORE if box.more else 0
+            elif step == SENDFILE:
+                f = box.data
                 try:
-                    c.file = FileSource(plan.file)
-                except OSError:  # gone since it was planned; the head already promised a body
+                    if not f.sendfile_to(c.fd):
+                        return self._close(c)  # the file shrank: a short body, then drop
+                except (BlockingIOError, InterruptedError):
+                    return self._blocked(c)
+                except OSError:
                     return self._close(c)
+                if f.left:
+                    return self._blocked(c)
+            elif step == DONE:
+                break
+            elif step == WAIT:
+                self.now = monotonic()  # the work's CPU kernel ran in step()
+                return self._wait(c, box.data)
+            else:  # CLOSE, ABORT
+                return self._close(c)
         # all sent: back to reading, or done if the server is stopping
+        self.now = monotonic()
         http = c.http
         if self.stop_at is not None and not http.has_partial_request:
             return self._close(c)
@@ -344,7 +316,7 @@ class SelectLoop:
             late = c.http.error_for_timeout()  # 408 if a head was half sent, else a quiet close
             if late is None:
                 return self._close(c)
-            c.queue.append(late)
+            c.box.add((late,))
             return self._pump(c)
         self._close(c)  # no progress sending for write_timeout
 
@@ -370,9 +342,7 @@ class SelectLoop:
             self.sel.unregister(sock)
         sock.close()
         c.sock = None
-        if c.file is not None:
-            c.file.close()
-            c.file = None
+        c.box.discard()
         self.clients.discard(c)
 
 
@@ -381,26 +351,10 @@ def serve(ctx: ServerContext) -> None:
     selector = SELECTORS[ctx.options.get("selector", "epoll")]()
     use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     ctx.listener.setblocking(False)
-    # the runtime's SIGTERM/SIGINT handlers set ctx.stopping; a byte on this socket
-    # pair wakes the selector so the loop sees it at once
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    previous = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     try:
-        loop = SelectLoop(ctx, selector, use_sendfile)
-        selector.register(wake_r, READ, lambda: _drain(wake_r))
-        loop.run()
+        with signal_wakeup() as wake:
+            loop = SelectLoop(ctx, selector, use_sendfile)
+            selector.register(wake, READ, lambda: drain(wake))
+            loop.run()
     finally:
-        signal.set_wakeup_fd(previous)
         selector.close()
-        wake_r.close()
-        wake_w.close()
-
-
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(4096):
-            pass
-    except OSError:
-        pass
