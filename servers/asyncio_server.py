@@ -96,7 +96,7 @@ class HttpProtocol(asyncio.Protocol):
         self.limits = srv.limits
         self.transport: asyncio.Transport | None = None
         self.http = srv.ctx.new_connection()
-        self.box = Outbox(srv.use_sendfile)
+        self.box: Outbox | None = None  # made when a response needs more than one write
         self.busy = False  # a response is in progress beyond one plain write
         self.reading = True
         self.eof = False  # the client half-closed while a response was in progress
@@ -134,16 +134,21 @@ class HttpProtocol(asyncio.Protocol):
             return
         if len(plans) == 1 and not self.busy:
             plan = plans[0]
-            if plan.file is None and plan.work is None and not plan.close:
-                # the keep-alive fast path: one small response, one write
+            if plan.file is None and plan.work is None:
+                # the fast path: one small response, one write
                 out = plan.head + plan.body if plan.body else plan.head
                 self.written += len(out)
                 self.transport.write(out)
+                if plan.close:
+                    self._close_when_flushed()
+                    return
                 self.deadline = deadline_after_read(http, was_partial, True, self.deadline, self.loop.time(),
                                                     self.limits)
                 if self.deadline < self.armed_at:
                     self._arm()
                 return
+        if self.box is None:
+            self.box = Outbox(self.srv.use_sendfile)
         self.box.add(plans)
         if not self.busy:
             self._pump()
@@ -173,7 +178,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        self.box.discard()  # the response ends here: its file is closed, nothing more is written
+        if self.box is not None:
+            self.box.discard()  # the response ends here: its file is closed, nothing more is written
         self.srv.forget(self)
 
     # -- sending responses --------------------------------------------------------------
@@ -181,6 +187,8 @@ class HttpProtocol(asyncio.Protocol):
         """Write the outbox's steps in order until done, the transport pushes back, or a wait starts."""
         t = self.transport
         box = self.box
+        if box is None:
+            box = self.box = Outbox(self.srv.use_sendfile)
         while not self.write_paused:
             if t.is_closing():  # a write failed (the client is gone), or we closed: not one more step
                 return
@@ -301,7 +309,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         t = self.transport
         buffered = t.get_write_buffer_size()
-        if buffered or self.write_paused or self.box.file is not None or t.is_closing():
+        if buffered or self.write_paused or (self.box is not None and self.box.file is not None) or t.is_closing():
             if self.written - buffered != self.progress:  # the client took some bytes: carry on
                 self._expect_progress()
                 return

@@ -58,8 +58,8 @@ class ServerProcess:
         # stderr goes to an unlinked temporary file: a pipe nobody drains could fill and block the server
         if self._stderr_fd is None:
             self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
-                                     stderr=self._stderr if self._stderr_fd is None else self._stderr_fd, stdin=subprocess.DEVNULL,
+        stderr = self._stderr if self._stderr_fd is None else self._stderr_fd
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
                                      preexec_fn=preexec, env=self.env)
         deadline = time.monotonic() + self.start_timeout
         line = b""

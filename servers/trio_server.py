@@ -9,16 +9,17 @@ trio.sleep. Sockets are plain non-blocking sockets awaited with trio.lowlevel's
 wait_readable/wait_writable, the primitives trio.socket is built on, so the one
 scheduler turn per request can come before the read instead of after each call: by
 then the next request has usually arrived and no epoll round trip is needed.
-Read deadlines are rounded up to DEADLINE_STEP, so a busy keep-alive connection moves
-its scope's deadline a few times a second instead of once per request. This is what
-keeps many idle connections from slowing the active ones: trio keeps deadlines in a
-heap and every move pushes a new entry, leaving the old one behind until a periodic
-prune (only once the stale entries outnumber twice the live ones). Each entry is a
-tuple the cyclic garbage collector tracks, so with a move per request thousands of
-them survive into the oldest generation, and each full collection then walks every
-idle connection's task, coroutine and scope: pauses long enough to dominate active
-p99. With rounding the heap stays near one entry per connection, full collections
-become rare, and a timeout fires at most DEADLINE_STEP late, never early.
+Read deadlines are rounded up to DEADLINE_STEP (runtime/deadlines.py), so a busy
+keep-alive connection moves its scope's deadline a few times a second instead of once
+per request. This is what keeps many idle connections from slowing the active ones:
+trio keeps deadlines in a heap and every move pushes a new entry, leaving the old one
+behind until a periodic prune (only once the stale entries outnumber twice the live
+ones). Each entry is a tuple the cyclic garbage collector tracks, so with a move per
+request thousands of them survive into the oldest generation, and each full
+collection then walks every idle connection's task, coroutine and scope: pauses long
+enough to dominate the active connections' p99. With rounding the heap stays near one
+entry per connection, full collections become rare, and a timeout fires at most
+DEADLINE_STEP late, never early.
 Shutdown is structured too: trio.open_signal_receiver sees SIGTERM/SIGINT, the accept
 loop's scope is cancelled, idle connections' scopes are cancelled, busy ones close
 after the response in flight, and the nursery's own deadline cancels whatever still
@@ -59,10 +60,10 @@ from ..protocol import ResponsePlan, cpu_kernel
 from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
+from .runtime.deadlines import rounded_up
 from .runtime.io_sizes import READ_CHUNK, RECV_BYTES
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
 
-DEADLINE_STEP = 0.25  # read deadlines are rounded up to a multiple of this (see the module docstring)
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+; 0 makes every read a plain one
 
 
@@ -127,7 +128,7 @@ class _Conversation:
         self.ctx = ctx
         self.sock = sock
         self.conn = ctx.new_connection()
-        self.guard = trio.CancelScope(deadline=_rounded_up(trio.current_time() + ctx.limits.header_timeout))
+        self.guard = trio.CancelScope(deadline=rounded_up(trio.current_time() + ctx.limits.header_timeout))
         self.reading = True  # the guard's deadline is a read deadline (not a write timeout)
         self.idle = False  # waiting for a request to start: shutdown may end the wait
         self.use_sendfile = use_sendfile
@@ -187,7 +188,7 @@ class _Conversation:
                     if not await self._send_plan(plan):
                         return
                 self.reading = True
-            new = _rounded_up(deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(),
+            new = rounded_up(deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(),
                                                   limits))
             if new != deadline or self.moved:
                 guard.deadline = deadline = new
@@ -248,10 +249,6 @@ class _Conversation:
         self.moved = True
         self.guard.deadline = trio.current_time() + self.ctx.limits.write_timeout
         await wait_writable(self.sock)
-
-
-def _rounded_up(when: float) -> float:
-    return math.ceil(when / DEADLINE_STEP) * DEADLINE_STEP
 
 
 async def _read_chunk(source: FileSource, buf: bytearray) -> bytes | memoryview:

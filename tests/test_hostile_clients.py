@@ -74,7 +74,8 @@ def test_aborted_downloads_write_a_bounded_number_of_log_lines(start, variant, a
         assert r.status == 200 and sha(r.body) == sha(content_for("big.bin", FILES["big.bin"]))
     assert srv.stop(timeout=15) == 0
     lines = srv.stderr_text().splitlines()
-    assert len(lines) <= 50, f"{variant} wrote {len(lines)} lines for 1,200 aborted downloads:\n" + "\n".join(lines[:20])
+    assert len(lines) <= 50, f"{variant} wrote {len(lines)} lines for 1,200 aborted downloads:\n" + "\n".join(
+        lines[:20])
 
 
 def full_pipe() -> tuple[int, int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ...protocol import Docroot, FileApp, HttpConnection, Limits
+from ...protocol.responses import HeadWriter
 from .accepting import AcceptBackoff
 from .clock import http_date
 from .listener import tune_connection
@@ -47,11 +48,12 @@ class ServerContext:
                                               cache_bytes=config.limits.cache_bytes))
         self.stopping = False
         self.connections = ConnectionTracker()
+        self._writer = HeadWriter(self.server_name, http_date)  # shared: it holds no per-connection state
 
     def new_connection(self) -> HttpConnection:
         """A fresh sans-IO connection for one accepted socket."""
         return HttpConnection(self.app, self.server_name, http_date, max_head=self.limits.max_head_bytes,
-                              parse_cache=self.config.parse_cache)
+                              parse_cache=self.config.parse_cache, writer=self._writer)
 
     # -- shutdown ------------------------------------------------------------------------
     def request_shutdown(self) -> None:

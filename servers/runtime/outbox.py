@@ -39,7 +39,7 @@ class Outbox:
     __slots__ = ("queue", "file", "close_after", "held", "use_sendfile", "data", "more")
 
     def __init__(self, use_sendfile: bool = False) -> None:
-        self.queue: deque[ResponsePlan] = deque()  # planned responses not started yet (pipelining)
+        self.queue: deque[ResponsePlan] | None = None  # planned responses not started yet (pipelining)
         self.file: FileSource | None = None  # the current response's file body, after its head
         self.close_after = False  # the current response ends the connection
         self.held: ResponsePlan | None = None  # a work response whose wait is running
@@ -53,6 +53,8 @@ class Outbox:
         return bool(self.queue) or self.file is not None or self.held is not None
 
     def add(self, plans: Iterable[ResponsePlan]) -> None:
+        if self.queue is None:
+            self.queue = deque()  # made at first use: a deque is large, and most connections never queue
         self.queue.extend(plans)
 
     def step(self) -> int:
@@ -108,6 +110,6 @@ class Outbox:
         if self.file is not None:
             self.file.close()
             self.file = None
-        self.queue.clear()
+        self.queue = None
         self.held = None
         self.data = None
