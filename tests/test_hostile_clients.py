@@ -97,9 +97,24 @@ def lowest_free_descriptor(pid: int) -> int:
     return min(set(range(len(used) + 1)) - used)
 
 
-def server_processes(pid: int) -> list[psutil.Process]:
+def server_nofile_limits(pid: int) -> dict[psutil.Process, tuple[int, int]]:
+    """RLIMIT_NOFILE of the server and its children (prefork's workers; forking's
+    per-connection children, which may exit while we look)."""
     proc = psutil.Process(pid)
-    return [proc, *proc.children()]
+    out = {}
+    for p in [proc, *proc.children()]:
+        try:
+            out[p] = p.rlimit(psutil.RLIMIT_NOFILE)
+        except (psutil.NoSuchProcess, FileNotFoundError):
+            pass
+    return out
+
+
+def set_nofile(proc: psutil.Process, limits) -> None:
+    try:
+        proc.rlimit(psutil.RLIMIT_NOFILE, limits())
+    except (psutil.NoSuchProcess, FileNotFoundError):
+        pass  # a forking child whose connection has ended meanwhile
 
 
 @pytest.mark.parametrize("variant,args", EVERY_MODEL, ids=[v[0] for v in EVERY_MODEL])
@@ -112,10 +127,10 @@ def test_a_full_stderr_pipe_does_not_stop_the_server(start, variant, args):
         with Client(srv.url) as c:
             assert c.request("/odd.bin").status == 200
         # no descriptor to spare: each accept() now fails with EMFILE and is reported
-        procs = server_processes(srv.pid)
-        limits = {p: p.rlimit(psutil.RLIMIT_NOFILE) for p in procs}
+        limits = server_nofile_limits(srv.pid)
+        procs = list(limits)
         for p in procs:
-            p.rlimit(psutil.RLIMIT_NOFILE, (lowest_free_descriptor(p.pid), limits[p][1]))
+            set_nofile(p, lambda: (lowest_free_descriptor(p.pid), limits[p][1]))
         # (a blocking accept() already waiting got its descriptor before the limit: it takes
         # the first, which closes after its response, so the next accept fails)
         triggers = [connect(srv) for _ in range(3)]
@@ -123,7 +138,7 @@ def test_a_full_stderr_pipe_does_not_stop_the_server(start, variant, args):
             s.sendall(b"GET /one.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         time.sleep(1.0)  # accepts fail, are reported, back off
         for p in procs:
-            p.rlimit(psutil.RLIMIT_NOFILE, limits[p])
+            set_nofile(p, lambda: limits[p])
         for s in triggers:
             s.close()
         with Client(srv.url, timeout=10) as c:  # bounded: the back-off is at most a second
