@@ -20,6 +20,9 @@ collection then walks every idle connection's task, coroutine and scope: pauses 
 enough to dominate the active connections' p99. With rounding the heap stays near one
 entry per connection, full collections become rare, and a timeout fires at most
 DEADLINE_STEP late, never early.
+Accepted sockets are the C-level _socket.socket, which is all this file uses of a
+socket: the socket.socket wrapper adds a Python __init__, enum conversions and a
+Python close to every connection.
 Shutdown is structured too: trio.open_signal_receiver sees SIGTERM/SIGINT, the accept
 loop's scope is cancelled, idle connections' scopes are cancelled, busy ones close
 after the response in flight, and the nursery's own deadline cancels whatever still
@@ -52,6 +55,7 @@ import math
 import os
 import signal
 import socket
+import _socket
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
@@ -97,12 +101,14 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
     listener.setblocking(False)
     use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     backoff = AcceptBackoff()
+    accept = listener._accept  # (fd, address): the C-level accept, without the socket.socket wrapper
+    family, type_, proto = int(listener.family), int(listener.type), listener.proto
     with accepting:
         while True:
             await wait_readable(listener)
             for _ in range(ACCEPT_BATCH):  # take a burst of connections per wake-up, but not forever
                 try:
-                    sock, _ = listener.accept()
+                    fd, _ = accept()
                 except OSError as exc:
                     if ctx.stopping:  # woken just before shutdown closed the listener (EBADF): done
                         return
@@ -111,6 +117,7 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
                         await trio.sleep(pause)
                     break
                 backoff.accepted()
+                sock = _socket.socket(family, type_, proto, fd)  # see the module docstring
                 sock.setblocking(False)
                 tune_connection(sock)
                 nursery.start_soon(_Conversation(ctx, sock, use_sendfile).run, live)
@@ -124,7 +131,7 @@ class _Conversation:
 
     __slots__ = ("ctx", "sock", "conn", "guard", "reading", "idle", "use_sendfile", "moved")
 
-    def __init__(self, ctx: ServerContext, sock: socket.socket, use_sendfile: bool) -> None:
+    def __init__(self, ctx: ServerContext, sock: _socket.socket, use_sendfile: bool) -> None:
         self.ctx = ctx
         self.sock = sock
         self.conn = ctx.new_connection()
@@ -143,18 +150,18 @@ class _Conversation:
     async def run(self, live: set[_Conversation]) -> None:
         live.add(self)
         try:
-            with self.sock:
-                with self.guard:
-                    await self._serve_requests()
-                if self.guard.cancelled_caught and self.reading:
-                    late = self.conn.error_for_timeout()  # a 408 if a head was cut off; None if idle
-                    if late is not None:
-                        self.guard = trio.CancelScope()
-                        with self.guard:
-                            await self._send_plan(late)
+            with self.guard:
+                await self._serve_requests()
+            if self.guard.cancelled_caught and self.reading:
+                late = self.conn.error_for_timeout()  # a 408 if a head was cut off; None if idle
+                if late is not None:
+                    self.guard = trio.CancelScope()
+                    with self.guard:
+                        await self._send_plan(late)
         except OSError:
             pass  # reset by peer, broken pipe: this client is gone, the server is not
         finally:
+            self.sock.close()
             live.discard(self)
 
     async def _serve_requests(self) -> None:

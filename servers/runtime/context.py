@@ -7,7 +7,6 @@ import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -117,25 +116,29 @@ class ConnectionTracker:
 
     def __init__(self) -> None:
         # reentrant: drain() runs in a signal handler in the main thread, which in the
-        # iterative and process models may itself be inside track() when the signal lands
+        # iterative and process models may itself be between add() and remove() when the signal lands
         self._lock = threading.RLock()
         self._idle_changed = threading.Condition(self._lock)
         self._live: dict[socket.socket, list] = {}  # sock -> [conn, idle]
         self._draining = False
 
-    @contextmanager
-    def track(self, sock: socket.socket, conn: HttpConnection) -> Iterator[list]:
+    def add(self, sock: socket.socket, conn: HttpConnection) -> list:
+        """Track a connection until remove(sock); returns its [conn, idle] state to update.
+
+        (Two calls rather than a context manager: a suspended generator per connection
+        is memory that thousands of idle greenlets or threads would each hold.)
+        """
         state = [conn, True]
         with self._lock:
             self._live[sock] = state
             if self._draining:
                 conn.draining = True
-        try:
-            yield state
-        finally:
-            with self._lock:
-                self._live.pop(sock, None)
-                self._idle_changed.notify_all()
+        return state
+
+    def remove(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._live.pop(sock, None)
+            self._idle_changed.notify_all()
 
     def drain(self) -> None:
         """Mark every connection to close after its response; wake the idle ones now.
