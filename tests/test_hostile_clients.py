@@ -5,7 +5,6 @@ stop it through a stderr nobody reads, or (event loops) overwhelm it with idle c
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import time
 
@@ -14,25 +13,13 @@ import pytest
 
 from serverzoo.servers import MODELS
 
-from .support import FILES, Client, content_for, open_fds, settles_to, sha
+from .support import FILES, Client, content_for, model_of, open_fds, raise_nofile, settles_to, sha
 
 # every model once, in its default shape (prefork with its own default worker count)
 EVERY_MODEL = [(name, ()) for name in MODELS] + [("asyncio-uvloop", ("--loop", "uvloop"))]
 EVENT_LOOPS = [("select", ()), ("asyncio", ()), ("asyncio-uvloop", ("--loop", "uvloop")), ("trio", ()),
                ("gevent", ())]
 RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a RST
-
-
-def model_of(variant: str) -> str:
-    return variant.split("-")[0]
-
-
-def raise_nofile(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {wanted} descriptors this test needs")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def connect(srv, rcvbuf: int | None = None) -> socket.socket:
