@@ -38,11 +38,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+
 from .runtime.context import ServerContext
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.stderr_log import report
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
+from .runtime.stderr_log import report
 
 INF = float("inf")
 SENDFILE_SEGMENT = 1024 * 1024  # loop.sendfile reports no progress until it returns

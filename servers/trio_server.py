@@ -50,12 +50,12 @@ the server's core is the limit (many connections of mid-sized files).
 
 from __future__ import annotations
 
+import _socket
 import errno
 import math
 import os
 import signal
 import socket
-import _socket
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
