@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -60,9 +61,13 @@ def _fail(command: str, message: str, code: int = 2) -> None:
               "one network namespace, the load generator in another (root and iproute2; `serverzoo net links`).")
 @click.option("--links-file", type=click.Path(dir_okay=False),
               help="TOML file with [links.NAME] tables. [the scenarios file]")
+@click.option("--cluster", metavar="SCHED", help="Run each cell's server on the Dask worker with resource server=1 "
+              "and its load on the workers with client=1, via the scheduler tcp://HOST:8786 (docs/cluster.md).")
 @click.option("--max-cells", type=click.IntRange(1), help="Stop after N cells; the run stays resumable.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the time estimate, run nothing.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the HTML and Markdown report.")
+@click.option("--profile", is_flag=True, help="After the cells, profile every server at each scenario's top level "
+              "(untimed passes: CPU, switches, syscalls, memory, flame graph; `serverzoo profile`).")
 @click.pass_context
 def bench_command(ctx: click.Context, **o: Any) -> None:
     started = time.monotonic()
@@ -109,12 +114,16 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
             click.echo(cell.id)
         return
     from serverzoo.clients.links.cli_support import NoLinkError, linked_hosts_or_exit
+    from serverzoo.clients.loadgen.cluster import EXIT_CLUSTER, ClusterError
 
     from .matrix import run_matrix
 
+    if o["cluster"] is not None and plan.link is not None:
+        _fail("bench", "--cluster and --link cannot be combined: a link joins two namespaces of this machine")
+        return
     try:
         # one link for the whole run: up before the first cell, removed after the last, on Ctrl-C and on errors
-        with linked_hosts_or_exit(plan.link) as hosts:
+        with linked_hosts_or_exit(plan.link) as hosts, _cluster_placement(o["cluster"]) as placement:
             if hosts is not None:
                 _record_link(doc, hosts, resumed=bool(o["resume"]))
                 click.echo(f"link {plan.link.name} up: server host {hosts.server_addr}, client host "
@@ -124,9 +133,12 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
             budget = plan.adaptive.budget
             deadline = started + budget - REPORT_RESERVE_S if budget is not None else None  # per invocation
             status = run_matrix(plan, doc, path, corpus_root, max_cells=o["max_cells"], hosts=hosts,
-                                deadline=deadline)
+                                deadline=deadline, placement=placement)
     except NoLinkError as exc:
         _fail("bench", exc.message, EXIT_NO_LINK)
+        return
+    except ClusterError as exc:
+        _fail("bench", str(exc), EXIT_CLUSTER)
         return
     except KeyboardInterrupt:  # while the link was being built: nothing was measured
         _fail("bench", "interrupted before the first cell", EXIT_INTERRUPTED)
@@ -140,6 +152,10 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
     if status == "partial":
         click.echo(f"stopped after --max-cells: {len(doc['cells'])} cells in {path}; "
                    f"resume with: serverzoo bench --resume {path}", err=True)
+    if o["profile"] and status == "complete":
+        from .profile_pass import profile_run
+
+        profile_run(plan, doc, path, corpus_root)
     if o["report"]:
         from .report import write_reports
 
@@ -182,6 +198,15 @@ def _check_link_support(plan: Plan, dry_run: bool) -> None:
         if not dry_run:
             raise LinkError(f"--link {plan.link.name}: {exc}") from None
         plan.notes.append(f"--link {plan.link.name} cannot run here: {exc}")
+
+
+def _cluster_placement(scheduler: str | None) -> AbstractContextManager:
+    """--cluster: the run's Dask placement (one Client for every cell), or None on this machine."""
+    if scheduler is None:
+        return nullcontext(None)
+    from .cluster import open_placement
+
+    return open_placement(scheduler)
 
 
 def _record_link(doc: dict[str, Any], hosts: LinkedHosts, resumed: bool) -> None:

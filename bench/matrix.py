@@ -30,6 +30,8 @@ from .verdicts import run_verdicts
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
 
+    from .cluster import ClusterPlacement
+
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -98,16 +100,17 @@ class _Loop:
 
 def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max_cells: int | None = None,
                console: Console | None = None, hosts: LinkedHosts | None = None,
-               deadline: float | None = None) -> str:
+               deadline: float | None = None, placement: ClusterPlacement | None = None) -> str:
     """Run the pending cells, then the extra repetitions close races need, saving after each.
 
     Returns the run's status: complete, partial (--max-cells) or interrupted. With `hosts`
-    (the run's link, up), every cell runs across it. `deadline` (time.monotonic()) is when
-    the preset's budget runs out: no extra repetition starts that would end after it.
+    (the run's link, up), every cell runs across it; with `placement` (--cluster), on Dask
+    workers. `deadline` (time.monotonic()) is when the preset's budget runs out: no extra
+    repetition starts that would end after it.
     """
     console = console or Console(stderr=True)
     todo = pending_cells(plan, doc)
-    runner = CellRunner(plan, corpus_root, hosts)
+    runner = CellRunner(plan, corpus_root, hosts, placement)
     doc["status"] = "running"
     doc["config"]["cpu_accounting"] = runner.cgroups.describe()
     write_atomic(path, doc)

@@ -310,6 +310,9 @@ def _environment() -> jinja2.Environment:
     env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.globals["level_label"] = level_label
     env.globals["metric_label"] = lambda m: METRICS[m][0]
+    from .profile_report import where_the_time_goes  # `serverzoo bench --profile`'s section (it uses this module)
+
+    env.globals["where_the_time_goes"] = where_the_time_goes
     return env
 
 

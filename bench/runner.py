@@ -39,6 +39,8 @@ from .plan import REFERENCE, Cell, Plan
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
 
+    from .cluster import ClusterPlacement
+
 
 class Interrupts:
     """Ctrl-C and SIGTERM, held back while a server starts or stops.
@@ -110,16 +112,22 @@ def _tail(text: str) -> str:
 
 class CellRunner:
     def __init__(self, plan: Plan, corpus_root: str, hosts: LinkedHosts | None = None,
-                 cgroups: CgroupPlacer | None = None) -> None:
+                 placement: ClusterPlacement | None = None, cgroups: CgroupPlacer | None = None) -> None:
         self.plan = plan
         self.corpus_root = corpus_root
         self.hosts = hosts  # the run's link, up; None: loopback
+        self.placement = placement  # --cluster: the server and the generators on Dask workers
         self.cgroups = cgroups or CgroupPlacer()
 
     def _server(self, cell: Cell) -> ServerProcess | NginxServer:
         spec = self.plan.servers[cell.server]
         hosts = self.hosts
         cpus, _ = self.plan.cpus_for(cell.scenario)
+        if self.placement is not None:
+            sc = self.plan.scenarios[cell.scenario]
+            args = () if spec.model == REFERENCE else (*self.plan.run.server_args, *sc.server_args, *spec.args)
+            return self.placement.server(spec.model, self.corpus_root, args, cpus,
+                                         sc.warmup + sc.duration + sc.request_timeout + 2 * GENERATOR_SLACK_S)
         if spec.model == REFERENCE:
             if hosts is None:
                 return NginxServer(self.corpus_root, tuned=True, cpus=cpus)
@@ -194,12 +202,18 @@ class CellRunner:
             info["pid"] = server.pid
             info["url"] = server.url
             info["argv"] = server.argv if isinstance(server, ServerProcess) else server.shown_argv()
-            info["rss_at_ready_bytes"] = tree_rss(server.pid)
-            info["nice"] = renice_tree(server.pid, SERVER_NICE)
-            with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
-                cgroup = self._cgroup(server, info)
+            if self.placement is None:  # a server on this machine: its memory, priority and cgroup
+                info["rss_at_ready_bytes"] = tree_rss(server.pid)
+                info["nice"] = renice_tree(server.pid, SERVER_NICE)
+                with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
+                    cgroup = self._cgroup(server, info)
+            else:
+                info["rss_at_ready_bytes"] = None
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
                                 cgroup.path if cgroup else None)
+            if self.placement is not None:
+                info["host"], info["worker"] = server.host, server.worker
+                opts = self.placement.load_options(opts)
             t1 = time.monotonic()
             placement = record["placement"]
             record["load"], record["error"], record["generator"] = self._generate(
@@ -223,6 +237,8 @@ class CellRunner:
         fd, json_path = tempfile.mkstemp(prefix="serverzoo-load-", suffix=".json")
         os.close(fd)
         argv = load_argv(opts, json_path)
+        if self.placement is not None:
+            argv = self.placement.load_argv(argv)
         gen: dict[str, Any] = {"argv": argv[1:], "cpus": cpus}
         if nice:
             gen["nice"] = nice if _can_renice(nice) else None  # None: not allowed here, ran at the default

@@ -39,26 +39,29 @@ class HttpConnection:
     ``has_partial_request`` tells the model which timeout applies: the header timeout
     while a request head is incomplete, the keep-alive timeout while idle.
     ``closed`` becomes true once a plan with ``close`` was returned; feed no more.
+
+    Slots, and no per-request state set up front (the parser callbacks set it): an
+    event loop holds one of these per open connection, idle ones included.
     """
 
+    __slots__ = ("_app", "_parse_cache", "_writer", "_max_head", "_parser", "_buf", "closed", "draining", "_url",
+                 "_headers", "_complete", "_dup_host", "_keep_alive", "_version", "_method")
+
     def __init__(self, app: FileApp, server_name: str, date: DateSource, *, max_head: int = MAX_HEAD_BYTES,
-                 parse_cache: bool = True):
+                 parse_cache: bool = True, writer: HeadWriter | None = None):
+        """writer: a HeadWriter to share between connections (it holds no per-connection state)."""
         self._app = app
         self._parse_cache = parse_cache
-        self._writer = HeadWriter(server_name, date)
+        self._writer = writer or HeadWriter(server_name, date)
         self._max_head = max_head
-        self._parser = httptools.HttpRequestParser(self)
+        # created at the first head the parse cache does not know: a client that repeats
+        # known heads (or sends one and leaves) never pays for a parser of its own
+        self._parser: httptools.HttpRequestParser | None = None
         self._buf = b""
         self.closed = False
         self.draining = False  # set by a model on shutdown: answer what is in flight, then close
-        # per-request parser state
-        self._url = b""
-        self._headers: dict[bytes, bytes] = {}
-        self._complete = False
-        self._dup_host = False
-        self._keep_alive = True
-        self._version = "1.1"
-        self._method = b"GET"
+        # per-request parser state (_url, _headers, _complete, _dup_host) is set in _parse before
+        # each feed; _keep_alive, _version and _method by on_headers_complete
 
     @property
     def has_partial_request(self) -> bool:
@@ -121,8 +124,11 @@ class HttpConnection:
         self._headers = {}
         self._complete = False
         self._dup_host = False
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(head)
+            parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             pass  # no upgrades here; the head is complete and is answered as a plain request
         except httptools.HttpParserInvalidMethodError:

@@ -14,20 +14,23 @@ busy ones the grace period.
 Good at: the same as select (many idle or slow clients, small keep-alive requests);
 uvloop's C loop and transports cost less per request than select's Python loop
 ("small files keep-alive", "new connection per request"). User-space instructions
-per 1 KiB keep-alive request, counted here with callgrind: uvloop 43k, select 47k,
-stdlib asyncio 57k, of which the shared core is about 34k.
+per request (callgrind) put uvloop below select below the stdlib loop, with the shared
+core the larger part of each.
 Breaks down: CPU-bound work blocks the loop and every client on it ("cpu work");
 one process uses one core (--workers N runs N loops on the listener).
-File bodies: a read-and-write loop by default (256 KiB pread chunks written to the
+File bodies: a read-and-write loop by default (READ_CHUNK pread chunks written to the
 transport under its flow control, so memory stays bounded); --file-send sendfile
-uses loop.sendfile (os.sendfile under the stdlib loop, in 1 MiB segments so the write
-timeout sees progress). uvloop has no loop.sendfile, so with --loop uvloop files are
-always read and written. The read loop is the default for the reason select gives:
-on loopback a client receiving sendfile'd data spends ~1.6x more CPU per byte, and
-the client's core limits the 64 MiB scenario (measured here: wrk 27 vs 41 ms of CPU
-per 64 MiB file, read vs sendfile; this server 37 vs 23 ms).
-Reads: BufferedProtocol on the stdlib loop (its plain Protocol allocates 256 KiB per
-read), a plain Protocol on uvloop (which already reads into a buffer of its own).
+uses loop.sendfile (os.sendfile under the stdlib loop, in SENDFILE_SEGMENT steps so
+the write timeout sees progress). uvloop has no loop.sendfile, so with --loop uvloop
+files are always read and written. The read loop is the default for the reason select
+gives: on loopback a client receiving sendfile'd data spends more CPU per byte, and
+the client's core limits the large-file scenario.
+What to send next comes from the shared Outbox (runtime/outbox.py), as in select; when
+the client is gone (a write failed, or connection_lost) not one more step is taken and
+the file is closed.
+Reads: BufferedProtocol on the stdlib loop (its plain Protocol allocates a fresh
+256 KiB buffer per read), a plain Protocol on uvloop (which already reads into a
+buffer of its own).
 """
 
 from __future__ import annotations
@@ -35,14 +38,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections import deque
 
-from ..protocol import cpu_kernel
 from .runtime.context import ServerContext
+from .runtime.io_sizes import RECV_BYTES
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
+from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
+from .runtime.stderr_log import report
 
 INF = float("inf")
-RECV_BYTES = 64 * 1024
 SENDFILE_SEGMENT = 1024 * 1024  # loop.sendfile reports no progress until it returns
 
 
@@ -85,8 +88,8 @@ class Server:
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("srv", "loop", "limits", "transport", "http", "queue", "busy", "reading", "file", "close_after",
-                 "eof", "write_paused", "written", "progress", "deadline", "timer", "armed_at", "pending")
+    __slots__ = ("srv", "loop", "limits", "transport", "http", "box", "busy", "reading", "eof", "write_paused",
+                 "written", "progress", "deadline", "timer", "armed_at", "pending")
 
     def __init__(self, srv: Server) -> None:
         self.srv = srv
@@ -94,11 +97,9 @@ class HttpProtocol(asyncio.Protocol):
         self.limits = srv.limits
         self.transport: asyncio.Transport | None = None
         self.http = srv.ctx.new_connection()
-        self.queue: deque = deque()  # planned responses not started yet (pipelining)
+        self.box: Outbox | None = None  # made when a response needs more than one write
         self.busy = False  # a response is in progress beyond one plain write
         self.reading = True
-        self.file: FileSource | None = None
-        self.close_after = False  # the current response ends the connection
         self.eof = False  # the client half-closed while a response was in progress
         self.write_paused = False
         self.written = 0  # bytes handed to the transport; minus what it still buffers = sent
@@ -134,17 +135,22 @@ class HttpProtocol(asyncio.Protocol):
             return
         if len(plans) == 1 and not self.busy:
             plan = plans[0]
-            if plan.file is None and plan.work is None and not plan.close:
-                # the keep-alive fast path: one small response, one write
+            if plan.file is None and plan.work is None:
+                # the fast path: one small response, one write
                 out = plan.head + plan.body if plan.body else plan.head
                 self.written += len(out)
                 self.transport.write(out)
+                if plan.close:
+                    self._close_when_flushed()
+                    return
                 self.deadline = deadline_after_read(http, was_partial, True, self.deadline, self.loop.time(),
                                                     self.limits)
                 if self.deadline < self.armed_at:
                     self._arm()
                 return
-        self.queue.extend(plans)
+        if self.box is None:
+            self.box = Outbox(self.srv.use_sendfile)
+        self.box.add(plans)
         if not self.busy:
             self._pump()
 
@@ -173,59 +179,43 @@ class HttpProtocol(asyncio.Protocol):
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        self.queue.clear()
+        if self.box is not None:
+            self.box.discard()  # the response ends here: its file is closed, nothing more is written
         self.srv.forget(self)
 
     # -- sending responses --------------------------------------------------------------
     def _pump(self) -> None:
-        """Write queued responses in order until done, the transport pushes back, or a wait starts."""
+        """Write the outbox's steps in order until done, the transport pushes back, or a wait starts."""
         t = self.transport
-        if t.is_closing():
-            return
+        box = self.box
+        if box is None:
+            box = self.box = Outbox(self.srv.use_sendfile)
         while not self.write_paused:
-            f = self.file
-            if f is not None:
-                if f.left:
-                    if self.srv.use_sendfile:
-                        self._hold()
-                        self._expect_progress()
-                        self.pending = self.loop.create_task(self._send_file(f))
-                        return
-                    chunk = f.read_chunk()
-                    if not chunk:  # the file shrank: a short body, then drop
-                        t.abort()
-                        return
-                    self.written += len(chunk)
-                    t.write(chunk)
-                    continue
-                f.close()
-                self.file = None
-            if self.close_after:
+            if t.is_closing():  # a write failed (the client is gone), or we closed: not one more step
+                return
+            step = box.step()
+            if step == SEND:
+                data = box.data
+                self.written += len(data)
+                t.write(data)
+            elif step == DONE:
+                break
+            elif step == SENDFILE:
+                self._hold()
+                self._expect_progress()
+                self.pending = self.loop.create_task(self._send_file(box.data))
+                return
+            elif step == WAIT:
+                self._hold()
+                self.deadline = INF  # no timeout while the work endpoint waits
+                self.pending = self.loop.call_later(box.data, self._resume)
+                return
+            elif step == CLOSE:
                 self._close_when_flushed()
                 return
-            if not self.queue:
-                break
-            plan = self.queue.popleft()
-            self.close_after = plan.close
-            if plan.work is not None:
-                cpu_kernel(plan.work.cpu)  # on the loop: every other client waits meanwhile
-                if plan.work.wait_s > 0:
-                    self._hold()
-                    self.deadline = INF  # no timeout while the work endpoint waits
-                    self.pending = self.loop.call_later(plan.work.wait_s, self._resume, plan)
-                    return
-            out = plan.head + plan.body if plan.body else plan.head
-            self.written += len(out)
-            t.write(out)
-            if plan.file is not None:
-                try:
-                    self.file = FileSource(plan.file)
-                except OSError:  # gone since it was planned; the head already promised a body
-                    t.abort()
-                    return
+            else:  # ABORT: the file vanished or shrank since it was planned
+                t.abort()
+                return
         else:
             self._hold()  # resume_writing calls _pump again
             return
@@ -244,12 +234,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.deadline < self.armed_at:
             self._arm()
 
-    def _resume(self, plan) -> None:
+    def _resume(self) -> None:
         """The work endpoint's wait is over: send its response and carry on."""
         self.pending = None
-        out = plan.head + plan.body if plan.body else plan.head
-        self.written += len(out)
-        self.transport.write(out)
         self._expect_progress()
         self._pump()
 
@@ -323,7 +310,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         t = self.transport
         buffered = t.get_write_buffer_size()
-        if buffered or self.write_paused or self.file is not None or t.is_closing():
+        if buffered or self.write_paused or (self.box is not None and self.box.file is not None) or t.is_closing():
             if self.written - buffered != self.progress:  # the client took some bytes: carry on
                 self._expect_progress()
                 return
@@ -338,8 +325,8 @@ class HttpProtocol(asyncio.Protocol):
 
 class BufferedHttpProtocol(HttpProtocol, asyncio.BufferedProtocol):
     """The stdlib loop's reads for a plain Protocol are recv(256 KiB): a fresh 256 KiB
-    allocation per read, measured here at about 14 us each, as much as the rest of a
-    request. recv_into a shared buffer and copying out the few bytes costs ~0.3 us."""
+    allocation per read, which costs as much as the rest of a small request.
+    recv_into a shared buffer and copying out the few bytes read costs next to nothing."""
 
     __slots__ = ()
 
@@ -355,7 +342,8 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     peer); the full default report, traceback included, for anything else (a bug)."""
     exc = context.get("exception")
     if isinstance(exc, OSError):
-        print(f"serverzoo: {context.get('message', 'event loop error')}: {exc}", file=sys.stderr)
+        message = context.get("message", "event loop error")
+        report(message, f"serverzoo: {message}: {exc}")
     else:
         loop.default_exception_handler(context)
 

@@ -18,10 +18,9 @@ which `small-new-connection` shows. Each keep-alive client holds a process, so p
 the cap clients wait (`idle-connections`; `small-keepalive` and `wait-work` with more
 connections than the cap). What a child caches (small files) dies with it.
 File bodies: read-and-send by default (--file-send sendfile to switch). Zero-copy
-sendfile was the textbook pick, but on loopback here a read loop moved 3.5 GB/s against
-1.8 GB/s for sendfile (shared/ANCHORS.md, threaded prototype), and interleaved runs of
-this model on a busy 2-core machine could not separate the two (spread 2-3x);
-`large-stream` with a `--file-send sendfile` server variant settles it on a quiet one.
+sendfile was the textbook pick, but on loopback a copying loop is faster for the
+reason `threading` gives; `large-stream` with a `--file-send sendfile` server variant
+compares the two on a quiet machine.
 """
 
 from __future__ import annotations

@@ -20,17 +20,15 @@ stalls every connection in the process ("cpu work" scenario; --workers N is the
 answer on many cores), and so would any blocking call a library makes outside gevent.
 Connection churn costs a greenlet and gevent's Python-level socket set-up and close per
 connection ("new connection per request": no faster than a bare gevent StreamServer).
-File bodies: a 256 KiB read-and-send loop by default, zero-copy sendfile with
+File bodies: a READ_CHUNK read-and-send loop by default, zero-copy sendfile with
 --file-send sendfile. gevent's own socket.sendfile is not zero-copy (it falls back to
-8 KiB read/send steps, since a blocking os.sendfile would stall the hub), so _Socket
+small read/send steps, since a blocking os.sendfile would stall the hub), so _Socket
 calls os.sendfile on the non-blocking socket and waits in the hub whenever the socket
-buffer is full. Measured 2026-11-22 against stock nginx (sendfile on) on loopback, the
-server on one core, wrk on the other: 64 MiB to 4 connections, read 2362 MB/s (1.23x
-nginx), sendfile 1729 MB/s (0.90x): copied data is cheaper for the receiving side; but
-300 KiB to 64 connections, where the server's core is the limit, sendfile 3253 MB/s
-against read 1804, as it costs half the server CPU per byte (13.7 vs 24.9 ms per 64 MiB
-response). The default follows the large-file floor of the models issue. Either way a
-file not in the page cache stalls the hub for the disk read.
+buffer is full. Copying is the default: on loopback copied data is cheaper for the
+receiving client, whose core limits the large-file scenario; sendfile costs about half
+the server CPU per byte and wins where the server's core is the limit (many
+connections of mid-sized files). Either way a file not in the page cache stalls the
+hub for the disk read.
 """
 
 from __future__ import annotations
@@ -47,7 +45,8 @@ from gevent.socket import socket as GeventSocket
 from gevent.socket import wait_write
 
 from .runtime.blocking import serve_connection
-from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
+from .runtime.accepting import AcceptBackoff
+from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import raise_open_files_limit
 
@@ -56,11 +55,10 @@ class _Socket(GeventSocket):
     """A gevent socket with a cheaper recv and sendall and a zero-copy sendfile.
 
     recv and sendall are gevent's own minus per-call set-up that costs more than the
-    request: measured under wrk (1 KiB keep-alive, 64 connections), gevent's recv with a
-    timeout spent about 7 us per request creating a gevent.Timeout for each wait, and its
-    sendall about 6 us on a getsockopt and chunking. recv uses the same internals as
-    gevent's (_sock, _read_event, hub.wait) with a bare libev timer instead, and yields
-    before reading, which took the model from 43k to 57k requests/s there.
+    request: gevent's recv with a timeout creates a gevent.Timeout for each wait, and its
+    sendall spends a getsockopt and chunking on every call. recv uses the same internals
+    as gevent's (_sock, _read_event, hub.wait) with a bare libev timer instead, and
+    yields before reading, so the next request has usually arrived when it reads.
     """
 
     def recv(self, *args) -> bytes:
@@ -113,23 +111,23 @@ class _Socket(GeventSocket):
 class _Server(StreamServer):
     """StreamServer handing out _Socket, and out of descriptors without a traceback."""
 
-    backoff = 0.0  # seconds before accepting again after running out of descriptors
     _retry = None  # the timer that resumes accepting
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.backoff = AcceptBackoff()
 
     def do_read(self):
         try:
             fd, address = self.socket._accept()  # as gevent's own do_read: the listener said it is ready
         except OSError as exc:
-            if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: stop watching the listener a while
+            pause = self.backoff.pause_after(exc)
+            if pause:  # out of fds or memory: stop watching the listener a while
                 self.stop_accepting()
-                self.backoff = min(max(self.backoff * 2, 0.01), 1.0)
-                self._retry = self.loop.timer(self.backoff)
+                self._retry = self.loop.timer(pause)
                 self._retry.start(self._resume_accepting)
-                return None
-            if exc.errno in ACCEPT_SKIP:  # EAGAIN: a sibling worker took it; or it was already gone
-                return None
-            raise
-        self.backoff = 0.0
+            return None  # else EAGAIN (a sibling worker took it) or it was already gone
+        self.backoff.accepted()
         return _Socket(self.socket.family, self.socket.type, self.socket.proto, fileno=fd), address
 
     def _resume_accepting(self) -> None:

@@ -25,7 +25,9 @@ class ServerProcess:
     """A running `serverzoo serve MODEL` child. Use as a context manager."""
 
     def __init__(self, model: str, root: str, *args: str, host: str = "127.0.0.1", cpus: Sequence[int] | None = None,
-                 start_timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
+                 start_timeout: float = 20.0, env: dict[str, str] | None = None, stderr: int | None = None) -> None:
+        """stderr: a descriptor to hand the server as its stderr (a test's pipe); by default a
+        temporary file that stderr_text() reads."""
         self.model = model
         self.argv = [sys.executable, "-m", "serverzoo", "serve", model, "--root", str(root), "--host", host,
                      "--port", "0", *args]
@@ -35,6 +37,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self._stderr = None
+        self._stderr_fd = stderr
 
     @property
     def pid(self) -> int:
@@ -53,8 +56,10 @@ class ServerProcess:
         cpus = self.cpus
         preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         # stderr goes to an unlinked temporary file: a pipe nobody drains could fill and block the server
-        self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
+        if self._stderr_fd is None:
+            self._stderr = tempfile.TemporaryFile()
+        stderr = self._stderr if self._stderr_fd is None else self._stderr_fd
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
                                      preexec_fn=preexec, env=self.env)
         deadline = time.monotonic() + self.start_timeout
         line = b""
@@ -78,7 +83,7 @@ class ServerProcess:
 
     def stderr_text(self) -> str:
         """What the server wrote to stderr so far (the last 4000 characters)."""
-        if self.proc is None:
+        if self.proc is None or self._stderr is None:
             return ""
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")[-4000:]

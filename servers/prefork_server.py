@@ -16,10 +16,9 @@ client N+1 waits in the listen backlog until one leaves or idles past the keep-a
 timeout: `small-keepalive` and `wait-work` with more connections than workers serve N
 of them and starve the rest, and `idle-connections` stalls the server outright.
 File bodies: read-and-send by default (--file-send sendfile to switch), as in
-`threading`, which runs the same blocking loop: on loopback here a read loop moved
-3.5 GB/s against 1.8 GB/s for sendfile (shared/ANCHORS.md). Interleaved runs of this
-model on a busy 2-core machine could not separate the two (spread 2-3x);
-`large-stream` with a `--file-send sendfile` server variant settles it on a quiet one.
+`threading`, which runs the same blocking loop, for the reason it gives;
+`large-stream` with a `--file-send sendfile` server variant compares the two on a
+quiet machine.
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
-"""select: one thread, non-blocking sockets, a `selectors` event loop with timers.
+"""select: one thread, non-blocking sockets, an epoll (or poll, or select) loop with timers.
 
-How it works: one thread asks the selector (epoll by default; --selector poll|select)
-which sockets are ready and moves each ready connection's state machine a step:
+How it works: one thread asks the kernel which sockets are ready (epoll by default;
+--selector poll|select) and moves each ready connection's state machine a step:
 recv -> core -> send. A connection is READING (watched for input), WRITING (a response
 did not fit in the socket buffer: watched for output only, so a client that does not
 read is not read either - write back-pressure) or WAITING (the work endpoint's wait:
 not watched at all; a timer resumes it). Every timeout is a deadline on the
-connection, checked by one lazy entry per connection in a timer heap that is pushed
-again only when it fires early, so the keep-alive fast path (one recv, one send)
-touches neither the heap nor the selector.
+connection, checked in buckets (runtime/deadlines.py), so the keep-alive fast path
+(one recv, one send) touches no timer and no registration. What to send beyond one
+small response comes from the shared Outbox (runtime/outbox.py).
+Per connection the loop does as little as Python allows: accepted sockets are the
+C-level _socket.socket (the socket.socket wrapper adds a Python __init__, enum
+conversions and a Python close, none of which the loop uses), they inherit
+TCP_NODELAY from the listener, epoll is used directly with the descriptor as key
+(the selectors module wraps each registration and event in Python objects), the core
+creates its HTTP parser only for a head its parse cache does not know, and a small
+response that ends the connection is sent and closed without an Outbox.
 
 Good at: many idle or slow connections for the price of a socket each ("idle
 connections", "slow readers"), and small keep-alive requests, with no thread switch
@@ -18,106 +25,126 @@ Breaks down: CPU-bound work runs on the loop thread and stalls every other conne
 With --selector select, a descriptor >= FD_SETSIZE (1024) cannot be watched, so such
 a connection is answered 503 and closed; select and poll also rescan every watched
 descriptor on each call, which "idle connections" shows against epoll.
-File bodies: a read-and-send loop by default (256 KiB pread + send, resumed where a
+File bodies: a read-and-send loop by default (READ_CHUNK pread + send, resumed where a
 partial send stopped); --file-send sendfile uses os.sendfile on the non-blocking
 socket, resumed at the file offset it reached. sendfile halves this server's CPU per
-byte, but on loopback the receiving client then spends ~1.6x more CPU per byte, and
-the client's core is what limits the 64 MiB scenario (measured here, 64 MiB x 4
-connections: server 31 vs 15 ms, wrk 30 vs 49 ms of CPU per file, read vs sendfile).
+byte, but on loopback the receiving client then spends more CPU per byte, and the
+client's core is what limits the large-file scenario, so copying is the default.
 """
 
 from __future__ import annotations
 
+import _socket
 import heapq
 import itertools
+import select
 import selectors
-import signal
 import socket
 import traceback
-from collections import deque
 from time import monotonic
 from typing import Callable
 
-from ..protocol import cpu_kernel
-from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
-from .runtime.listener import tune_connection
-from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, refusal
+from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.context import ServerContext
+from .runtime.deadlines import INF, DeadlineBuckets
+from .runtime.io_sizes import RECV_BYTES
+from .runtime.nonblocking import deadline_after_read, drain, raise_open_files_limit, refuse, signal_wakeup
+from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
 
-SELECTORS = {
-    "epoll": getattr(selectors, "EpollSelector", selectors.DefaultSelector),
-    "poll": selectors.PollSelector,
-    "select": selectors.SelectSelector,
-}
 FD_SETSIZE = 1024  # select(2) cannot watch a descriptor at or above this (a fixed-size bitmap)
-RECV_BYTES = 64 * 1024
-ACCEPT_BATCH = 64  # accepts per wake-up: absorb a burst of connections without starving the others
-INF = float("inf")
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READING, WRITING, WAITING = 0, 1, 2  # what a connection is waiting for
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
+class Poller:
+    """Descriptors watched for input or output: epoll itself, or a selectors selector
+    (--selector poll|select) behind the same four calls."""
+
+    def __init__(self, kind: str) -> None:
+        if kind == "epoll" and hasattr(select, "epoll"):
+            ep = select.epoll()
+            self.register, self.modify, self.unregister, self.poll, self.close = (
+                ep.register, ep.modify, ep.unregister, ep.poll, ep.close)
+            self.READ, self.WRITE = select.EPOLLIN, select.EPOLLOUT
+            self.fd_ceiling = INF
+            return
+        sel = selectors.SelectSelector() if kind == "select" else selectors.PollSelector()
+        self.register, self.modify, self.unregister, self.close = sel.register, sel.modify, sel.unregister, sel.close
+        self.poll = lambda timeout: [(key.fd, events) for key, events in sel.select(timeout)]
+        self.READ, self.WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+        self.fd_ceiling = FD_SETSIZE if kind == "select" else INF
 
 
 class Client:
     """One connection: its core, what is left to send, and its deadline."""
 
-    __slots__ = ("sock", "fd", "http", "state", "queue", "out", "file", "close_after", "deadline", "armed_at")
+    __slots__ = ("sock", "fd", "http", "state", "box", "out", "flags", "deadline", "armed_at")
 
-    def __init__(self, sock: socket.socket, http, deadline: float) -> None:
-        self.sock: socket.socket | None = sock  # None once closed
-        self.fd = sock.fileno()
+    def __init__(self, sock: _socket.socket, fd: int, http, deadline: float) -> None:
+        self.sock: _socket.socket | None = sock  # None once closed
+        self.fd = fd
         self.http = http
         self.state = READING
-        self.queue: deque = deque()  # planned responses not started yet (pipelining)
-        self.out: bytes | memoryview = b""  # unsent bytes of the current response
-        self.file: FileSource | None = None  # the current response's file body, sent after out
-        self.close_after = False  # the current response ends the connection
+        self.box: Outbox | None = None  # made when a response needs more than one send
+        self.out: bytes | memoryview = b""  # unsent bytes of the current step
+        self.flags = 0  # MSG_MORE while a file body follows them
         self.deadline: float | None = deadline  # None while a work wait runs
-        self.armed_at = INF  # when this client's entry in the timer heap fires
+        self.armed_at = INF  # the deadline bucket it is filed in
 
 
 class SelectLoop:
-    def __init__(self, ctx: ServerContext, selector: selectors.BaseSelector, use_sendfile: bool) -> None:
+    def __init__(self, ctx: ServerContext, poller: Poller, use_sendfile: bool) -> None:
         self.ctx = ctx
         self.limits = ctx.limits
         self.header_timeout = ctx.limits.header_timeout
         self.keepalive_timeout = ctx.limits.keepalive_timeout
-        self.sel = selector
-        self.fd_ceiling = FD_SETSIZE if isinstance(selector, selectors.SelectSelector) else INF
+        self.poller = poller
         self.use_sendfile = use_sendfile
+        self.watched: dict[int, Client | Callable[[], None]] = {}  # fd -> its client, or the listener's callback
         self.clients: set[Client] = set()
-        self.timers: list[tuple[float, int, Callable, Client | None]] = []  # (when, seq, callback, client)
+        self.deadlines = DeadlineBuckets()
+        self.timers: list[tuple[float, int, Callable, Client | None]] = []  # waits and wake-ups
         self._seq = itertools.count()
         self.now = monotonic()
         self.stop_at: float | None = None  # the grace deadline, once shutdown began
         self.accepting = False
-        self._backoff = 0.0
+        self._backoff = AcceptBackoff()
+        listener = ctx.listener
+        self._accept_raw = listener._accept  # (fd, address), without the socket.socket wrapper
+        self._family, self._type, self._proto = int(listener.family), int(listener.type), listener.proto
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
-        sel, timers, ctx = self.sel, self.timers, self.ctx
+        poll, watched, timers, deadlines, ctx = self.poller.poll, self.watched, self.timers, self.deadlines, self.ctx
         self._listen()
         while True:
-            timeout = max(timers[0][0] - monotonic(), 0.0) if timers else None
-            events = sel.select(timeout)
+            first = min(timers[0][0] if timers else INF, deadlines.next_time())
+            events = poll(max(first - monotonic(), 0.0) if first < INF else None)
             self.now = now = monotonic()
-            for key, _ in events:
-                c = key.data
+            for fd, _ in events:
+                c = watched.get(fd)
                 try:
                     if c.__class__ is Client:
                         if c.state == READING:
                             self._readable(c)
                         else:
                             self._pump(c)
-                    else:
+                    elif c is not None:
                         c()  # the listener or the signal wake-up
                 except Exception:
                     self._fault(c)
             while timers and timers[0][0] <= now:
-                when, _, callback, c = heapq.heappop(timers)
+                _, _, callback, c = heapq.heappop(timers)
                 try:
-                    callback(c, when)
+                    callback(c)
                 except Exception:
                     self._fault(c)
+            if deadlines.next_time() <= now:
+                for c in deadlines.pop_due(now):
+                    try:
+                        self._on_deadline(c)
+                    except Exception:
+                        self._fault(c)
             if ctx.stopping:
                 if self.stop_at is None:
                     self._begin_shutdown()
@@ -126,7 +153,7 @@ class SelectLoop:
         for c in list(self.clients):
             self._close(c)
 
-    def _fault(self, c: Client | None) -> None:
+    def _fault(self, c: Client | Callable | None) -> None:
         """A bug in handling one connection must not take the others down: report it, drop it."""
         traceback.print_exc()
         if isinstance(c, Client):
@@ -143,56 +170,43 @@ class SelectLoop:
 
     # -- accepting -----------------------------------------------------------------
     def _listen(self) -> None:
-        self.sel.register(self.ctx.listener, READ, self._accept)
+        fd = self.ctx.listener.fileno()
+        self.poller.register(fd, self.poller.READ)
+        self.watched[fd] = self._accept
         self.accepting = True
 
     def _accept(self) -> None:
-        listener = self.ctx.listener
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, _ = listener.accept()
+                fd, _ = self._accept_raw()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if self.ctx.stopping:
                     return
-                if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: stop watching for a while
-                    self._backoff = min(max(self._backoff * 2, 0.01), 1.0)
-                    self.sel.unregister(listener)
-                    self.accepting = False
-                    self._call_at(self.now + self._backoff, lambda _c, _w: self.stop_at or self._listen(), None)
+                pause = self._backoff.pause_after(exc)
+                if pause:  # out of fds or memory: stop watching for a while
+                    self._unwatch_listener()
+                    self._call_at(self.now + pause, lambda _c: self.stop_at or self._listen(), None)
                     return
-                if exc.errno in ACCEPT_SKIP:
-                    continue
-                raise
-            self._backoff = 0.0
-            self._admit(sock)
+                continue
+            self._backoff.accepted()
+            self._admit(fd)
 
-    def _admit(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        tune_connection(sock)
-        c = Client(sock, self.ctx.new_connection(), self.now + self.limits.header_timeout)
+    def _admit(self, fd: int) -> None:
+        sock = _socket.socket(self._family, self._type, self._proto, fd)
+        sock.setblocking(False)  # TCP_NODELAY came from the listener (runtime/listener.py)
+        c = Client(sock, fd, self.ctx.new_connection(), self.now + self.header_timeout)
         try:
-            if c.fd >= self.fd_ceiling:
-                raise ValueError(f"descriptor {c.fd} is beyond select()'s FD_SETSIZE")
-            self.sel.register(sock, READ, c)
+            if fd >= self.poller.fd_ceiling:
+                raise ValueError(f"descriptor {fd} is beyond select()'s FD_SETSIZE")
+            self.poller.register(fd, self.poller.READ)
         except (ValueError, OSError) as exc:
-            self._refuse(sock, f"server cannot watch more connections ({exc})")
+            refuse(sock, self.ctx.server_name, f"server cannot watch more connections ({exc})")
             return
+        self.watched[fd] = c
         self.clients.add(c)
-        self._arm(c)
-
-    def _refuse(self, sock: socket.socket, reason: str) -> None:
-        """Answer 503 and close, best effort, without ever blocking the loop."""
-        try:
-            sock.recv(RECV_BYTES)  # a request already here would turn our close into a reset
-        except OSError:
-            pass
-        try:
-            sock.send(refusal(self.ctx.server_name, reason))
-        except OSError:
-            pass
-        sock.close()
+        self.deadlines.file(c, c.deadline)
 
     # -- reading -------------------------------------------------------------------
     def _readable(self, c: Client) -> None:
@@ -210,12 +224,12 @@ class SelectLoop:
                 return self._close(c)
             c.deadline = deadline_after_read(http, was_partial, False, c.deadline, self.now, self.limits)
             if c.deadline < c.armed_at:
-                self._arm(c)
+                self.deadlines.file(c, c.deadline)
             return
         if len(plans) == 1:
             plan = plans[0]
-            if plan.file is None and plan.work is None and not plan.close:
-                # the keep-alive fast path: one small response in one send, no state change
+            if plan.file is None and plan.work is None:
+                # the fast path: one small response in one send, no state change
                 out = plan.head + plan.body if plan.body else plan.head
                 try:
                     sent = c.sock.send(out)
@@ -224,28 +238,34 @@ class SelectLoop:
                 except OSError:
                     return self._close(c)
                 if sent == len(out):
+                    if plan.close:
+                        return self._close(c)
                     # inline: this runs once per request
                     c.deadline = self.now + (self.header_timeout if http.has_partial_request
                                              else self.keepalive_timeout)
                     if c.deadline < c.armed_at:
-                        self._arm(c)
+                        self.deadlines.file(c, c.deadline)
                     return
                 c.out = memoryview(out)[sent:]
+                c.box = c.box or Outbox(self.use_sendfile)
+                c.box.close_after = plan.close
                 return self._blocked(c)
-        c.queue.extend(plans)
+        c.box = c.box or Outbox(self.use_sendfile)
+        c.box.add(plans)
         self._pump(c)
 
     # -- writing -------------------------------------------------------------------
     def _pump(self, c: Client) -> None:
-        """Send queued responses in order until all are sent, the socket is full, or a wait starts."""
+        """Send the outbox's steps in order until all are sent, the socket is full, or a wait starts."""
         sock = c.sock
         if sock is None:
             return
+        box = c.box
         while True:
             out = c.out
             if out:
                 try:
-                    sent = sock.send(out, _MSG_MORE if c.file is not None else 0)
+                    sent = sock.send(out, c.flags)
                 except (BlockingIOError, InterruptedError):
                     return self._blocked(c)
                 except OSError:
@@ -254,45 +274,30 @@ class SelectLoop:
                     c.out = memoryview(out)[sent:]
                     return self._blocked(c)
                 c.out = b""
-            f = c.file
-            if f is not None:
-                if f.left:
-                    try:
-                        if self.use_sendfile:
-                            if not f.sendfile_to(c.fd):
-                                return self._close(c)  # the file shrank: a short body, then drop
-                            if f.left:
-                                return self._blocked(c)
-                        else:
-                            c.out = f.read_chunk()
-                            if not c.out:
-                                return self._close(c)
-                            continue
-                    except (BlockingIOError, InterruptedError):
-                        return self._blocked(c)
-                    except OSError:
-                        return self._close(c)
-                f.close()
-                c.file = None
-            # the current response is complete
-            if c.close_after:
-                return self._close(c)
-            if not c.queue:
-                break
-            plan = c.queue.popleft()
-            c.out = plan.head + plan.body if plan.body else plan.head
-            c.close_after = plan.close
-            if plan.work is not None:
-                cpu_kernel(plan.work.cpu)  # on the loop thread: every other client waits meanwhile
-                self.now = monotonic()
-                if plan.work.wait_s > 0:
-                    return self._wait(c, plan.work.wait_s)
-            elif plan.file is not None:
+            step = box.step()
+            if step == SEND:
+                c.out = box.data
+                c.flags = _MSG_MORE if box.more else 0
+            elif step == SENDFILE:
+                f = box.data
                 try:
-                    c.file = FileSource(plan.file)
-                except OSError:  # gone since it was planned; the head already promised a body
+                    if not f.sendfile_to(c.fd):
+                        return self._close(c)  # the file shrank: a short body, then drop
+                except (BlockingIOError, InterruptedError):
+                    return self._blocked(c)
+                except OSError:
                     return self._close(c)
+                if f.left:
+                    return self._blocked(c)
+            elif step == DONE:
+                break
+            elif step == WAIT:
+                self.now = monotonic()  # the work's CPU kernel ran in step()
+                return self._wait(c, box.data)
+            else:  # CLOSE, ABORT
+                return self._close(c)
         # all sent: back to reading, or done if the server is stopping
+        self.now = monotonic()
         http = c.http
         if self.stop_at is not None and not http.has_partial_request:
             return self._close(c)
@@ -300,7 +305,7 @@ class SelectLoop:
         if c.state != READING:
             self._set_state(c, READING)
         if c.deadline < c.armed_at:
-            self._arm(c)
+            self.deadlines.file(c, c.deadline)
 
     def _blocked(self, c: Client) -> None:
         """The socket is full: watch it for output only until the client reads."""
@@ -308,45 +313,38 @@ class SelectLoop:
         if c.state != WRITING:
             self._set_state(c, WRITING)
         if c.deadline < c.armed_at:
-            self._arm(c)
+            self.deadlines.file(c, c.deadline)
 
     def _wait(self, c: Client, seconds: float) -> None:
         """The work endpoint's wait: unwatched, no deadline, a timer resumes the response."""
         c.deadline = None
+        self.deadlines.remove(c)
         if c.state != WAITING:
             self._set_state(c, WAITING)
-        self._call_at(self.now + seconds, self._resume, c)
-
-    def _resume(self, c: Client, _when: float) -> None:
-        self._pump(c)
+        self._call_at(self.now + seconds, self._pump, c)
 
     def _set_state(self, c: Client, state: int) -> None:
+        poller = self.poller
         if state == WAITING:
-            self.sel.unregister(c.sock)
+            poller.unregister(c.fd)
         elif c.state == WAITING:
-            self.sel.register(c.sock, READ if state == READING else WRITE, c)
+            poller.register(c.fd, poller.READ if state == READING else poller.WRITE)
         else:
-            self.sel.modify(c.sock, READ if state == READING else WRITE, c)
+            poller.modify(c.fd, poller.READ if state == READING else poller.WRITE)
         c.state = state
 
     # -- deadlines -----------------------------------------------------------------
-    def _arm(self, c: Client) -> None:
-        c.armed_at = c.deadline
-        self._call_at(c.deadline, self._on_deadline, c)
-
-    def _on_deadline(self, c: Client, when: float) -> None:
-        if c.sock is None or when != c.armed_at:
-            return  # closed, or superseded by an earlier entry
-        c.armed_at = INF
-        if c.deadline is None:
-            return  # waiting: _pump sets a deadline when the response resumes
+    def _on_deadline(self, c: Client) -> None:
+        if c.sock is None or c.deadline is None:
+            return  # closed, or waiting: _pump sets a deadline when the response resumes
         if c.deadline > self.now:
-            return self._arm(c)  # the deadline moved on since this entry was pushed
+            return self.deadlines.file(c, c.deadline)  # the deadline moved on since it was filed
         if c.state == READING:
             late = c.http.error_for_timeout()  # 408 if a head was half sent, else a quiet close
             if late is None:
                 return self._close(c)
-            c.queue.append(late)
+            c.box = c.box or Outbox(self.use_sendfile)
+            c.box.add((late,))
             return self._pump(c)
         self._close(c)  # no progress sending for write_timeout
 
@@ -354,55 +352,46 @@ class SelectLoop:
     def _begin_shutdown(self) -> None:
         """Stop accepting, close idle connections, let the others finish within the grace period."""
         self.stop_at = self.now + self.limits.grace
-        self._call_at(self.stop_at, lambda _c, _w: None, None)  # wake the loop at the deadline
+        self._call_at(self.stop_at, lambda _c: None, None)  # wake the loop at the deadline
         if self.accepting:
-            self.sel.unregister(self.ctx.listener)
-            self.accepting = False
+            self._unwatch_listener()
         self.ctx.listener.close()
         for c in list(self.clients):
             c.http.draining = True  # responses from now on say Connection: close
             if c.state == READING and not c.http.has_partial_request:
                 self._close(c)
 
+    def _unwatch_listener(self) -> None:
+        fd = self.ctx.listener.fileno()
+        self.poller.unregister(fd)
+        del self.watched[fd]
+        self.accepting = False
+
     def _close(self, c: Client) -> None:
         sock = c.sock
         if sock is None:
             return
         if c.state != WAITING:
-            self.sel.unregister(sock)
+            self.poller.unregister(c.fd)
+        del self.watched[c.fd]
         sock.close()
         c.sock = None
-        if c.file is not None:
-            c.file.close()
-            c.file = None
+        if c.box is not None:
+            c.box.discard()
+        self.deadlines.remove(c)
         self.clients.discard(c)
 
 
 def serve(ctx: ServerContext) -> None:
     raise_open_files_limit()
-    selector = SELECTORS[ctx.options.get("selector", "epoll")]()
+    poller = Poller(ctx.options.get("selector", "epoll"))
     use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     ctx.listener.setblocking(False)
-    # the runtime's SIGTERM/SIGINT handlers set ctx.stopping; a byte on this socket
-    # pair wakes the selector so the loop sees it at once
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    previous = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     try:
-        loop = SelectLoop(ctx, selector, use_sendfile)
-        selector.register(wake_r, READ, lambda: _drain(wake_r))
-        loop.run()
+        with signal_wakeup() as wake:
+            loop = SelectLoop(ctx, poller, use_sendfile)
+            poller.register(wake.fileno(), poller.READ)
+            loop.watched[wake.fileno()] = lambda: drain(wake)
+            loop.run()
     finally:
-        signal.set_wakeup_fd(previous)
-        selector.close()
-        wake_r.close()
-        wake_w.close()
-
-
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(4096):
-            pass
-    except OSError:
-        pass
+        poller.close()

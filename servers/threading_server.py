@@ -10,9 +10,10 @@ Breaks down: CPU-bound Python (the GIL runs one thread at a time, and with many
 runnable threads p99 latency grows: see the "cpu work" and "small files keep-alive"
 scenarios at high concurrency), thread start-up on connection churn ("new connection
 per request"), and memory per thread when thousands of clients stay connected.
-File bodies: read-and-send by default (--file-send sendfile to switch): on loopback
-here a threaded prototype moved 3.5 GB/s that way against 1.8 GB/s with sendfile
-(shared/ANCHORS.md, 2026-11-22); bench/ measures both for this model.
+File bodies: read-and-send by default (--file-send sendfile to switch): on loopback a
+copying loop moves large files faster than sendfile, because the receiving client
+spends less CPU per byte of copied data and its core is the limit; bench/ measures
+both for this model.
 """
 
 from __future__ import annotations

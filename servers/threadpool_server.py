@@ -16,11 +16,9 @@ clients than threads the extra ones starve until a holder leaves or idles past t
 keep-alive timeout: `small-keepalive` and `wait-work` with more connections than
 threads, and `idle-connections` fills the pool outright. CPU-bound work still queues
 on the GIL as in `threading` (`cpu-work`).
-File bodies: read-and-send by default (--file-send sendfile to switch), as in
-`threading`: on loopback here a threaded prototype moved 3.5 GB/s that way against
-1.8 GB/s with sendfile (shared/ANCHORS.md). Interleaved runs of this model on a busy
-2-core machine could not separate the two (run-to-run spread 2-3x); `large-stream`
-with a `--file-send sendfile` server variant settles it on a quiet one.
+File bodies: read-and-send by default (--file-send sendfile to switch), for the reason
+`threading` gives; `large-stream` with a `--file-send sendfile` server variant compares
+the two on a quiet machine.
 """
 
 from __future__ import annotations

@@ -8,9 +8,21 @@ the last progress while a send waits, none during the work endpoint's wait, whic
 trio.sleep. Sockets are plain non-blocking sockets awaited with trio.lowlevel's
 wait_readable/wait_writable, the primitives trio.socket is built on, so the one
 scheduler turn per request can come before the read instead of after each call: by
-then the next request has usually arrived and no epoll round trip is needed. Under wrk
-(1 KiB keep-alive, 64 connections, 2026-11-22) that made 56k requests/s of what was
-30k with trio.socket, above a bare trio.serve_tcp echo of cached bytes (51k).
+then the next request has usually arrived and no epoll round trip is needed.
+Read deadlines are rounded up to DEADLINE_STEP (runtime/deadlines.py), so a busy
+keep-alive connection moves its scope's deadline a few times a second instead of once
+per request. This is what keeps many idle connections from slowing the active ones:
+trio keeps deadlines in a heap and every move pushes a new entry, leaving the old one
+behind until a periodic prune (only once the stale entries outnumber twice the live
+ones). Each entry is a tuple the cyclic garbage collector tracks, so with a move per
+request thousands of them survive into the oldest generation, and each full
+collection then walks every idle connection's task, coroutine and scope: pauses long
+enough to dominate the active connections' p99. With rounding the heap stays near one
+entry per connection, full collections become rare, and a timeout fires at most
+DEADLINE_STEP late, never early.
+Accepted sockets are the C-level _socket.socket, which is all this file uses of a
+socket: the socket.socket wrapper adds a Python __init__, enum conversions and a
+Python close to every connection.
 Shutdown is structured too: trio.open_signal_receiver sees SIGTERM/SIGINT, the accept
 loop's scope is cancelled, idle connections' scopes are cancelled, busy ones close
 after the response in flight, and the nursery's own deadline cancels whatever still
@@ -23,23 +35,22 @@ Breaks down: connection churn: each connection costs a task, a cancel scope and 
 registrations, so it trails nginx most on "new connection per request"; and the CPU
 kernel blocks the one thread like any single-threaded loop ("cpu work" scenario;
 --workers N spreads it over cores).
-File bodies: a bounded read-and-send loop (256 KiB chunks) by default; its reads come
+File bodies: a bounded read-and-send loop (READ_CHUNK steps) by default; its reads come
 straight from the page cache (preadv with RWF_NOWAIT, a memcpy) and go to a worker
-thread only when the data is not cached, so a cold disk never stalls the loop (reading
-every chunk in trio.to_thread cost 1.4-1.8x the server CPU of an in-loop read,
-trio.open_file 1.9-2.6x). trio has no sendfile API, but its I/O layer allows one:
---file-send sendfile calls os.sendfile on the non-blocking socket and waits with
+thread only when the data is not cached, so a cold disk never stalls the loop (a
+thread hand-off for every chunk, or trio.open_file, costs several times the CPU of the
+in-loop copy). trio has no sendfile API, but its I/O layer allows one: --file-send
+sendfile calls os.sendfile on the non-blocking socket and waits with
 trio.lowlevel.wait_writable whenever the socket buffer is full (a file not in the page
-cache then stalls the loop for the disk read). Measured 2026-11-22 against stock nginx
-(sendfile on) on loopback, the server on one core, wrk on the other: 64 MiB to 4
-connections, read 2394 MB/s (1.25x nginx), sendfile 1874 MB/s (0.98x): copied data is
-cheaper for the receiving side; but 300 KiB to 64 connections, where the server's core
-is the limit, sendfile 3608 MB/s against read 1428, as it costs well under half the
-server CPU per byte. The default follows the large-file floor of the models issue.
+cache then stalls the loop for the disk read). Copying is the default because on
+loopback copied data is cheaper for the receiving client, whose core limits the large
+file scenario; sendfile costs well under half the server CPU per byte, and wins where
+the server's core is the limit (many connections of mid-sized files).
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import math
 import os
@@ -50,12 +61,13 @@ import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 from ..protocol import ResponsePlan, cpu_kernel
-from .runtime.context import ACCEPT_BACKOFF, ACCEPT_SKIP, ServerContext
+from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
-from .runtime.nonblocking import READ_CHUNK, FileSource, deadline_after_read, raise_open_files_limit
+from .runtime.deadlines import rounded_up
+from .runtime.io_sizes import READ_CHUNK, RECV_BYTES
+from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
 
-RECV_BYTES = 64 * 1024
-ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+; 0 makes every read a plain one
 
 
@@ -88,23 +100,24 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
     listener = ctx.listener
     listener.setblocking(False)
     use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
-    backoff = 0.0
+    backoff = AcceptBackoff()
+    accept = listener._accept  # (fd, address): the C-level accept, without the socket.socket wrapper
+    family, type_, proto = int(listener.family), int(listener.type), listener.proto
     with accepting:
         while True:
             await wait_readable(listener)
             for _ in range(ACCEPT_BATCH):  # take a burst of connections per wake-up, but not forever
                 try:
-                    sock, _ = listener.accept()
+                    fd, _ = accept()
                 except OSError as exc:
                     if ctx.stopping:  # woken just before shutdown closed the listener (EBADF): done
                         return
-                    if exc.errno in ACCEPT_BACKOFF:  # out of fds or memory: wait for some to be freed
-                        backoff = min(max(backoff * 2, 0.01), 1.0)
-                        await trio.sleep(backoff)
-                    elif exc.errno not in ACCEPT_SKIP:  # EAGAIN: none left, or a sibling worker took it
-                        raise
+                    pause = backoff.pause_after(exc)  # 0: none left, a sibling worker took it, or it was gone
+                    if pause:  # out of fds or memory: wait for some to be freed
+                        await trio.sleep(pause)
                     break
-                backoff = 0.0
+                backoff.accepted()
+                sock = _socket.socket(family, type_, proto, fd)  # see the module docstring
                 sock.setblocking(False)
                 tune_connection(sock)
                 nursery.start_soon(_Conversation(ctx, sock, use_sendfile).run, live)
@@ -116,16 +129,17 @@ class _Conversation:
     while a send waits, none during the work endpoint's wait. Moving one deadline costs
     less than a scope per call, which matters on the per-request path."""
 
-    __slots__ = ("ctx", "sock", "conn", "guard", "reading", "idle", "use_sendfile")
+    __slots__ = ("ctx", "sock", "conn", "guard", "reading", "idle", "use_sendfile", "moved")
 
-    def __init__(self, ctx: ServerContext, sock: socket.socket, use_sendfile: bool) -> None:
+    def __init__(self, ctx: ServerContext, sock: _socket.socket, use_sendfile: bool) -> None:
         self.ctx = ctx
         self.sock = sock
         self.conn = ctx.new_connection()
-        self.guard = trio.CancelScope(deadline=trio.current_time() + ctx.limits.header_timeout)
+        self.guard = trio.CancelScope(deadline=rounded_up(trio.current_time() + ctx.limits.header_timeout))
         self.reading = True  # the guard's deadline is a read deadline (not a write timeout)
         self.idle = False  # waiting for a request to start: shutdown may end the wait
         self.use_sendfile = use_sendfile
+        self.moved = False  # sending moved the guard's deadline off the read deadline
 
     def drain(self) -> None:
         """Shutdown: close at once if idle, else after the response in flight (later ones say close)."""
@@ -136,18 +150,18 @@ class _Conversation:
     async def run(self, live: set[_Conversation]) -> None:
         live.add(self)
         try:
-            with self.sock:
-                with self.guard:
-                    await self._serve_requests()
-                if self.guard.cancelled_caught and self.reading:
-                    late = self.conn.error_for_timeout()  # a 408 if a head was cut off; None if idle
-                    if late is not None:
-                        self.guard = trio.CancelScope()
-                        with self.guard:
-                            await self._send_plan(late)
+            with self.guard:
+                await self._serve_requests()
+            if self.guard.cancelled_caught and self.reading:
+                late = self.conn.error_for_timeout()  # a 408 if a head was cut off; None if idle
+                if late is not None:
+                    self.guard = trio.CancelScope()
+                    with self.guard:
+                        await self._send_plan(late)
         except OSError:
             pass  # reset by peer, broken pipe: this client is gone, the server is not
         finally:
+            self.sock.close()
             live.discard(self)
 
     async def _serve_requests(self) -> None:
@@ -170,8 +184,10 @@ class _Conversation:
             plans = conn.receive(data)
             if plans:
                 self.reading = False
+                self.moved = False
                 for plan in plans:
                     if plan.work is not None:
+                        self.moved = True
                         guard.deadline = math.inf  # the wait is the work, not a stalled write
                         cpu_kernel(plan.work.cpu)
                         if plan.work.wait_s:
@@ -179,9 +195,11 @@ class _Conversation:
                     if not await self._send_plan(plan):
                         return
                 self.reading = True
-            new = deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(), limits)
-            if plans or new != deadline:  # (sending may have moved the guard's deadline)
+            new = rounded_up(deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(),
+                                                  limits))
+            if new != deadline or self.moved:
                 guard.deadline = deadline = new
+                self.moved = False
 
     async def _wait_and_recv(self) -> bytes:
         while True:
@@ -214,6 +232,7 @@ class _Conversation:
                         return False  # the file shrank since the plan
                     await self._send_all(chunk)
                 # progress: restart the write timeout, and let the others run even if this client keeps up
+                self.moved = True
                 self.guard.deadline = trio.current_time() + self.ctx.limits.write_timeout
                 await checkpoint()
             return True
@@ -234,6 +253,7 @@ class _Conversation:
 
     async def _wait_writable(self) -> None:
         # no progress for write_timeout from here: the guard cancels and the client is dropped
+        self.moved = True
         self.guard.deadline = trio.current_time() + self.ctx.limits.write_timeout
         await wait_writable(self.sock)
 

@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("serverzoo.bench.command", "bench_command", "Run the benchmark matrix (quick: about 5 min)."),
     "report": ("serverzoo.bench.command", "report_command", "Write the HTML and Markdown report of runs."),
     "compare": ("serverzoo.bench.command", "compare_command", "Compare two runs; exit 1 on a regression."),
+    "profile": ("serverzoo.bench.profile_command", "profile_command",
+                "Where one model's time goes: CPU, syscalls, switches, memory, flame graph."),
     "udp": ("serverzoo.clients.udp.command", "udp_group", "UDP responder and tester: UDP beside TCP, measured."),
     "net": ("serverzoo.clients.links.command", "net_group", "Emulated network links: list, check, up, fetch, cleanup (root)."),
 }

@@ -57,8 +57,8 @@ def _private_servers(corpus_root: str, check_clean: bool):
     check_clean: each must also have exited 0 without a traceback."""
     started: list[ServerProcess] = []
 
-    def start(model: str, *args: str, root: str | None = None) -> ServerProcess:
-        proc = ServerProcess(model, root or corpus_root, *args)
+    def start(model: str, *args: str, root: str | None = None, **options) -> ServerProcess:
+        proc = ServerProcess(model, root or corpus_root, *args, **options)
         started.append(proc)
         return proc.start()
 

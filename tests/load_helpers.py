@@ -75,3 +75,15 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def local_cluster(workers: int, **extra):
+    """A Dask LocalCluster on loopback: worker processes of one thread, no dashboard, the scheduler's
+    HTTP endpoints on a free port (not 8787, which parallel tests would contend for), quiet logs."""
+    import logging
+
+    import distributed
+
+    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                    silence_logs=logging.ERROR, **extra)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import h11
+import pytest
 
 FILES = {  # name -> size; contents are deterministic pseudo-random bytes
     "empty.bin": 0,
@@ -237,3 +239,17 @@ def check_stalled_reader_is_dropped(srv) -> None:
         assert settles_to(srv.pid, fds) == fds  # closed by the server while we still hold it open
     finally:
         c.close()
+
+
+def model_of(variant: str) -> str:
+    """The model of a variant id such as "asyncio-uvloop"."""
+    return variant.split("-")[0]
+
+
+def raise_nofile(wanted: int) -> None:
+    """Lift this test process's descriptor limit to `wanted`, or skip if the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {wanted} descriptors this test needs")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

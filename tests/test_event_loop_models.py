@@ -7,7 +7,6 @@ the FD_SETSIZE ceiling of select() shown as a clean refusal rather than a crash.
 
 from __future__ import annotations
 
-import resource
 import selectors
 import socket
 import time
@@ -16,8 +15,8 @@ import psutil
 import pytest
 
 
-from .support import (FILES, Client, check_stalled_reader_is_dropped, check_variant_serves, content_for, open_fds,
-                      settles_to, sha)
+from .support import (FILES, Client, check_stalled_reader_is_dropped, check_variant_serves, content_for, model_of,
+                      open_fds, raise_nofile, settles_to, sha)
 
 LOOPS = [("select", ()), ("asyncio", ()), ("asyncio-uvloop", ("--loop", "uvloop"))]
 FILE_SENDING = [
@@ -27,18 +26,6 @@ FILE_SENDING = [
     ("asyncio-sendfile", "asyncio", ("--file-send", "sendfile")),
     ("asyncio-uvloop", "asyncio", ("--loop", "uvloop")),
 ]
-
-
-def model_of(variant: str) -> str:
-    return variant.split("-")[0]
-
-
-def raise_nofile(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {wanted} descriptors this test needs")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def read_small_response(sock: socket.socket) -> bytes:

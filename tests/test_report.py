@@ -337,6 +337,6 @@ def test_model_cards_are_markdown_without_figures_or_outside_references():
         for bad in ("ANCHORS", "STYLE.md", "shared/", "../", "GB/s", "MB/s", "req/s", "requests/s", "2026-"):
             assert bad not in text, (card.server, bad)
         assert not _re.search(r"\d\s*ms\b", text), card.server
-    assert "<code>selectors</code>" in cards["select"].html  # Markdown, rendered
+    assert "<code>threading</code>" in cards["threadpool"].html  # Markdown, rendered
     assert "standard library's asyncio event loop" in cards["asyncio"].ran_on
     assert cards["asyncio-uvloop"].ran_on.startswith("uvloop") and not cards["threading"].ran_on

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from ..links.cli_support import EXIT_NO_LINK, link_options
 from .corpus import DEFAULT_SIZES, CorpusError, parse_size
-from .options import ARRIVALS, CONN_MODES, LOOPS, OptionError, parse_cpu_list, parse_duration
+from .options import ARRIVALS, CONN_MODES, LOOPS, LoadOptions, OptionError, parse_cpu_list, parse_duration
+
+if TYPE_CHECKING:
+    from .cluster import ClusterOptions
 
 
 class _Duration(click.ParamType):
@@ -80,13 +84,15 @@ Examples:
   serverzoo load 'http://127.0.0.1:8000/_/work?cpu=20&wait=5' -c 32 --cpus 1 --server-pid 1234
   serverzoo load /1KiB.bin --serve asyncio-uvloop --corpus corpus -c 64 -d 10s --server-cpus 0 --cpus 1
   serverzoo load /64KiB.bin --serve threading --corpus corpus --link lossy -n 2000
+  serverzoo load http://10.0.0.5:8000/1KiB.bin -c 256 -d 30s --cluster tcp://10.0.0.2:8786
 \b
 With --serve MODEL the run starts its own server (on --root, or the --corpus directory),
 samples it, and stops it afterwards; the targets are then paths. --link NAME (root) puts
 that server and the generator on the two ends of an emulated link (`serverzoo net links`).
 \b
 Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad settings or a
-server that did not start, 3 when the --link cannot be built here.
+server that did not start, 3 when the --link cannot be built here, 4 when the --cluster
+cannot be reached or lost a worker mid-run (then the --json result is written, marked partial).
 """
 
 
@@ -147,10 +153,17 @@ server that did not start, 3 when the --link cannot be built here.
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mix draws and Poisson arrivals.")
 @click.option("--loop", type=click.Choice(LOOPS), default="auto", show_default=True,
               help="Workers' event loop (auto: uvloop when installed).")
+@click.option("--cluster", metavar="SCHED",
+              help="Generate on a Dask cluster: tcp://HOST:8786 (its scheduler), or local:N (N worker processes "
+                   "here). One generator process per Dask worker; -c and -R are split between them.")
+@click.option("--cluster-workers", type=int,
+              help="How many Dask workers generate (those with resource client=1 if any has it). [all]")
+@click.option("--cluster-timeout", type=DURATION, default=10, show_default=True,
+              help="How long to try reaching the --cluster scheduler.")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the result document (- for stdout).")
 @click.option("--live/--quiet", default=None, help="Live status line. [on when stderr is a terminal]")
 def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, server_args: str | None,
-                 **kwargs) -> None:
+                 cluster: str | None, cluster_workers: int | None, cluster_timeout: float, **kwargs) -> None:
     """Load URL's server (or, with --serve, one started for the run) with HTTP/1.1 requests
     and report throughput, latency and errors.
 
@@ -161,7 +174,8 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     """
     from ..links import LinkUnavailable
     from ..links.profiles import ProfileError
-    from . import LoadError, LoadOptions, run_load
+    from . import LoadError, run_load
+    from .cluster import ClusterOptions
     from .coordinator import check_options
     from .report import summary_text
 
@@ -174,6 +188,10 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     except ValueError as exc:
         _fail(f"--server-args {server_args!r}: {exc}", 2)
     opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, server_args=extra, **kwargs)
+    if cluster is not None:
+        _load_on_cluster(opts, ClusterOptions(cluster, cluster_workers, cluster_timeout), json_path)
+    if cluster_workers is not None:
+        _fail("--cluster-workers applies to --cluster", 2)
     try:
         check_options(opts)  # before a link is built: that takes a moment
         doc = run_load(opts)
@@ -181,7 +199,35 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
         _fail(str(exc), 2)
     except (LinkUnavailable, ProfileError) as exc:
         _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
-    text = summary_text(doc)
+    _emit(doc, summary_text(doc), json_path)
+    sys.exit(1 if doc["errors"]["total"] else 0)
+
+
+def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: str | None) -> NoReturn:
+    from .cluster import EXIT_CLUSTER, ClusterError, ClusterPartial, cluster_text, run_cluster_load
+    from .coordinator import LoadError
+    from .report import summary_text
+
+    from distributed.utils import silence_logging_cmgr
+
+    try:
+        with silence_logging_cmgr(logging.CRITICAL):  # Dask's own reports of a fault: our one line says it
+            doc = run_cluster_load(opts, cluster)
+    except ClusterPartial as exc:
+        if exc.document is None:
+            _fail(f"{exc}; nothing was measured", EXIT_CLUSTER)
+        _emit(exc.document, summary_text(exc.document) + "\n" + cluster_text(exc.document), json_path)
+        _fail(f"{exc}; the result covers the other workers and is marked partial", EXIT_CLUSTER)
+    except ClusterError as exc:
+        _fail(str(exc), EXIT_CLUSTER)
+    except (OptionError, LoadError) as exc:
+        _fail(str(exc), 2)
+    _emit(doc, summary_text(doc) + "\n" + cluster_text(doc), json_path)
+    sys.exit(1 if doc["errors"]["total"] else 0)
+
+
+def _emit(doc: dict, text: str, json_path: str | None) -> None:
+    """The summary on stdout (stderr when the JSON goes to stdout), and the JSON document."""
     if json_path == "-":
         click.echo(text, err=True)
         json.dump(doc, sys.stdout, indent=1)
@@ -196,7 +242,6 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
             except OSError as exc:
                 click.echo(f"serverzoo load: cannot write {json_path}: {exc.strerror or exc}", err=True)
                 sys.exit(2)
-    sys.exit(1 if doc["errors"]["total"] else 0)
 
 
 def _fail(message: str, code: int) -> NoReturn:

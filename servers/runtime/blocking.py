@@ -15,9 +15,8 @@ from typing import Callable
 
 from ...protocol import ResponsePlan, cpu_kernel
 from .context import ServerContext
+from .io_sizes import RECV_BYTES
 from .sendfile import open_slice, stream_file
-
-RECV_BYTES = 64 * 1024
 
 
 def serve_connection(sock: socket.socket, ctx: ServerContext, sleep: Callable[[float], None] = time.sleep,
@@ -25,47 +24,48 @@ def serve_connection(sock: socket.socket, ctx: ServerContext, sleep: Callable[[f
     """Answer requests on sock until the client leaves, a timeout fires, or shutdown; then close it."""
     conn = ctx.new_connection()
     limits = ctx.limits
+    state = ctx.connections.add(sock, conn)
     try:
-        with ctx.connections.track(sock, conn) as state:
-            deadline = time.monotonic() + limits.header_timeout
-            while not conn.closed:
-                # idle from here on: a shutdown that comes now wakes recv() by shutting it down; one
-                # that came before shows in ctx.stopping (set before drain() looks at this flag)
-                state[1] = not conn.has_partial_request
-                if ctx.stopping and state[1]:
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    late = conn.error_for_timeout()
-                    if late is not None:
-                        sock.settimeout(limits.write_timeout)
-                        send_plan(sock, late, use_sendfile)
-                    break
-                sock.settimeout(left)
-                try:
-                    data = sock.recv(RECV_BYTES)
-                except TimeoutError:
-                    continue  # the deadline check above decides between 408 and a quiet close
-                state[1] = False
-                was_partial = conn.has_partial_request
-                plans = conn.receive(data)
-                if plans:
+        deadline = time.monotonic() + limits.header_timeout
+        while not conn.closed:
+            # idle from here on: a shutdown that comes now wakes recv() by shutting it down; one
+            # that came before shows in ctx.stopping (set before drain() looks at this flag)
+            state[1] = not conn.has_partial_request
+            if ctx.stopping and state[1]:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late = conn.error_for_timeout()
+                if late is not None:
                     sock.settimeout(limits.write_timeout)
-                    for plan in plans:
-                        if plan.work is not None:
-                            cpu_kernel(plan.work.cpu)
-                            if plan.work.wait_s:
-                                sleep(plan.work.wait_s)
-                        if not send_plan(sock, plan, use_sendfile):
-                            return
-                if conn.has_partial_request:
-                    if not was_partial or plans:  # a new request head started: its clock starts now
-                        deadline = time.monotonic() + limits.header_timeout
-                else:
-                    deadline = time.monotonic() + limits.keepalive_timeout
+                    send_plan(sock, late, use_sendfile)
+                break
+            sock.settimeout(left)
+            try:
+                data = sock.recv(RECV_BYTES)
+            except TimeoutError:
+                continue  # the deadline check above decides between 408 and a quiet close
+            state[1] = False
+            was_partial = conn.has_partial_request
+            plans = conn.receive(data)
+            if plans:
+                sock.settimeout(limits.write_timeout)
+                for plan in plans:
+                    if plan.work is not None:
+                        cpu_kernel(plan.work.cpu)
+                        if plan.work.wait_s:
+                            sleep(plan.work.wait_s)
+                    if not send_plan(sock, plan, use_sendfile):
+                        return
+            if conn.has_partial_request:
+                if not was_partial or plans:  # a new request head started: its clock starts now
+                    deadline = time.monotonic() + limits.header_timeout
+            else:
+                deadline = time.monotonic() + limits.keepalive_timeout
     except OSError:
         pass  # reset by peer, broken pipe, write timeout: this client is gone, the server is not
     finally:
+        ctx.connections.remove(sock)
         sock.close()
 
 

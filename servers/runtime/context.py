@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ...protocol import Docroot, FileApp, HttpConnection, Limits
+from ...protocol.responses import HeadWriter
+from .accepting import AcceptBackoff
 from .clock import http_date
 from .listener import tune_connection
-
-# accept() errors that mean "out of a resource for now": back off and try again
-# rather than die (the same list trio's serve_listeners uses)
-ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-# errors about one connection that was gone before we accepted it
-ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
 
 
 @dataclass
@@ -53,11 +47,12 @@ class ServerContext:
                                               cache_bytes=config.limits.cache_bytes))
         self.stopping = False
         self.connections = ConnectionTracker()
+        self._writer = HeadWriter(self.server_name, http_date)  # shared: it holds no per-connection state
 
     def new_connection(self) -> HttpConnection:
         """A fresh sans-IO connection for one accepted socket."""
         return HttpConnection(self.app, self.server_name, http_date, max_head=self.limits.max_head_bytes,
-                              parse_cache=self.config.parse_cache)
+                              parse_cache=self.config.parse_cache, writer=self._writer)
 
     # -- shutdown ------------------------------------------------------------------------
     def request_shutdown(self) -> None:
@@ -97,21 +92,16 @@ class ServerContext:
     def accept_loop(self) -> Iterator[socket.socket]:
         """Yield accepted, tuned, blocking sockets until shutdown is requested."""
         self._accepting_in_main_thread = threading.current_thread() is threading.main_thread()
-        backoff = 0.0
+        backoff = AcceptBackoff()
         while not self.stopping:
             try:
                 sock, _ = self.listener.accept()
             except OSError as exc:
                 if self.stopping:
                     break
-                if exc.errno in ACCEPT_BACKOFF:
-                    backoff = min(max(backoff * 2, 0.01), 1.0)
-                    time.sleep(backoff)
-                    continue
-                if exc.errno in ACCEPT_SKIP:
-                    continue
-                raise
-            backoff = 0.0
+                time.sleep(backoff.pause_after(exc))
+                continue
+            backoff.accepted()
             tune_connection(sock)
             yield sock
         try:
@@ -126,25 +116,29 @@ class ConnectionTracker:
 
     def __init__(self) -> None:
         # reentrant: drain() runs in a signal handler in the main thread, which in the
-        # iterative and process models may itself be inside track() when the signal lands
+        # iterative and process models may itself be between add() and remove() when the signal lands
         self._lock = threading.RLock()
         self._idle_changed = threading.Condition(self._lock)
         self._live: dict[socket.socket, list] = {}  # sock -> [conn, idle]
         self._draining = False
 
-    @contextmanager
-    def track(self, sock: socket.socket, conn: HttpConnection) -> Iterator[list]:
+    def add(self, sock: socket.socket, conn: HttpConnection) -> list:
+        """Track a connection until remove(sock); returns its [conn, idle] state to update.
+
+        (Two calls rather than a context manager: a suspended generator per connection
+        is memory that thousands of idle greenlets or threads would each hold.)
+        """
         state = [conn, True]
         with self._lock:
             self._live[sock] = state
             if self._draining:
                 conn.draining = True
-        try:
-            yield state
-        finally:
-            with self._lock:
-                self._live.pop(sock, None)
-                self._idle_changed.notify_all()
+        return state
+
+    def remove(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._live.pop(sock, None)
+            self._idle_changed.notify_all()
 
     def drain(self) -> None:
         """Mark every connection to close after its response; wake the idle ones now.

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
+import socket
+from contextlib import contextmanager
+from typing import Iterator
 
 from ...protocol import FileSlice, HttpConnection, Limits
 from ...protocol.responses import HeadWriter
 from .clock import http_date
+from .io_sizes import READ_CHUNK, RECV_BYTES
 from .sendfile import open_slice
-
-READ_CHUNK = 256 * 1024  # one read-and-send step of a file body
 
 
 def raise_open_files_limit() -> int:
@@ -50,10 +53,44 @@ def deadline_after_read(http: HttpConnection, was_partial: bool, had_plans: bool
     return now + limits.keepalive_timeout
 
 
-def refusal(server_name: str, reason: str) -> bytes:
-    """A complete 503 response (head and body) for a connection the loop cannot take."""
+def refuse(sock: socket.socket, server_name: str, reason: str) -> None:
+    """Answer 503 to a connection the loop cannot take, and close it: best effort, never blocking."""
     plan = HeadWriter(server_name, http_date).error(503, reason, close=True)
-    return plan.head + plan.body
+    try:
+        sock.recv(RECV_BYTES)  # a request already here would turn our close into a reset
+    except OSError:
+        pass
+    try:
+        sock.send(plan.head + plan.body)
+    except OSError:
+        pass
+    sock.close()
+
+
+@contextmanager
+def signal_wakeup() -> Iterator[socket.socket]:
+    """A socket that becomes readable when a signal arrives (signal.set_wakeup_fd), for a
+    loop that waits in select(): the runtime's handlers only set ctx.stopping, and the
+    byte on this socket wakes the loop so it sees that at once. Read it with drain()."""
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    previous = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    try:
+        yield wake_r
+    finally:
+        signal.set_wakeup_fd(previous)
+        wake_r.close()
+        wake_w.close()
+
+
+def drain(sock: socket.socket) -> None:
+    """Read and forget whatever a non-blocking socket holds."""
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
 
 
 class FileSource:

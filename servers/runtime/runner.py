@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 
 from .. import get_model
 from .context import ServerConfig, ServerContext
 from .listener import announce_ready, make_listener
+from .stderr_log import install as install_bounded_stderr
 from .workers import Supervisor
 
 
@@ -23,6 +25,11 @@ def serve_in_this_process(config: ServerConfig, listener, on_ready=None, *, shar
     install_shutdown_signals(ctx)
     if on_ready is not None:
         on_ready()
+    # Everything alive now (modules, the model's imports, the core's tables) lives as long
+    # as the process: move it out of the collector's generations, so a full collection
+    # walks only what serving created, and forked workers do not write to the shared
+    # pages by touching those objects' GC headers.
+    gc.freeze()
     model.serve(ctx)
     # blocking models return once accepting stopped; let responses in flight finish
     ctx.connections.wait_closed(ctx.limits.grace)
@@ -30,6 +37,7 @@ def serve_in_this_process(config: ServerConfig, listener, on_ready=None, *, shar
 
 def run_server(config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
+    install_bounded_stderr()  # before any worker forks: every process of the server inherits it
     info = get_model(config.model)
     listener = make_listener(config.host, config.port, backlog=config.backlog)
     try:

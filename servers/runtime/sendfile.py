@@ -13,8 +13,7 @@ import os
 import socket
 
 from ...protocol import FileSlice
-
-READ_CHUNK = 256 * 1024
+from .io_sizes import READ_CHUNK
 
 
 def open_slice(fs: FileSlice) -> int:

@@ -1,0 +1,83 @@
+"""Deadlines for thousands of connections, checked in buckets rather than one timer each.
+
+An event loop must notice when a connection's header, keep-alive or write deadline has
+passed, but nearly every deadline is moved before it fires (each request pushes the
+keep-alive deadline on), and nearly every connection closes before its deadline. So a
+deadline is only a number on the connection, and the loop checks it when the
+connection's bucket comes due: buckets are DEADLINE_STEP apart, a connection sits in
+the bucket at or after its deadline, and moves only when its deadline moves earlier.
+A bucket that comes due early for a connection (its deadline moved on) re-files it.
+
+What this saves over a timer entry per deadline: no heap entry per connection or per
+request (the heap holds bucket times, plain floats the garbage collector never
+visits); a closed connection leaves its bucket at once instead of lingering in a heap
+until its old deadline; and a deadline that moves later costs nothing. The price: a
+timeout fires up to DEADLINE_STEP late, never early.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Protocol
+
+DEADLINE_STEP = 0.25  # seconds between buckets: how late a timeout may fire
+INF = math.inf
+
+
+def rounded_up(when: float) -> float:
+    """The bucket time for a deadline: the next multiple of DEADLINE_STEP at or after it."""
+    return math.ceil(when / DEADLINE_STEP) * DEADLINE_STEP
+
+
+class Filed(Protocol):
+    armed_at: float  # the bucket it is in (INF: none)
+
+
+class DeadlineBuckets:
+    """Connections filed by when their deadline must next be checked."""
+
+    __slots__ = ("_due", "_times")
+
+    def __init__(self) -> None:
+        self._due: dict[float, set] = {}  # bucket time -> connections in it
+        self._times: list[float] = []  # heap of the bucket times in _due
+
+    def file(self, item: Filed, deadline: float) -> None:
+        """Check item at its deadline (rounded up); leaves the bucket it was in."""
+        key = rounded_up(deadline)
+        if item.armed_at == key:
+            return
+        if item.armed_at != INF:
+            self._due[item.armed_at].discard(item)
+        item.armed_at = key
+        bucket = self._due.get(key)
+        if bucket is None:
+            bucket = self._due[key] = set()
+            heapq.heappush(self._times, key)
+        bucket.add(item)
+
+    def remove(self, item: Filed) -> None:
+        if item.armed_at != INF:
+            bucket = self._due.get(item.armed_at)
+            if bucket is not None:
+                bucket.discard(item)
+            item.armed_at = INF
+
+    def next_time(self) -> float:
+        """When the earliest bucket comes due (INF if none)."""
+        return self._times[0] if self._times else INF
+
+    def pop_due(self, now: float) -> list:
+        """Every item whose bucket time has come, taken out of its bucket (armed_at INF)."""
+        out: list = []
+        times, due = self._times, self._due
+        while times and times[0] <= now:
+            bucket = due.pop(heapq.heappop(times))
+            for item in bucket:
+                item.armed_at = INF
+            out.extend(bucket)
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._due.values())

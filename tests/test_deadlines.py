@@ -1,0 +1,60 @@
+"""Deadline buckets of the select loop (servers/runtime/deadlines.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from serverzoo.servers.runtime.deadlines import DEADLINE_STEP, INF, DeadlineBuckets, rounded_up
+
+
+class Conn:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.armed_at = INF
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("when", [0.0, 0.01, DEADLINE_STEP, DEADLINE_STEP + 1e-9, 10.7, 12345.678])
+def test_rounding_is_up_to_a_step_never_down(when):
+    r = rounded_up(when)
+    assert when <= r < when + DEADLINE_STEP + 1e-9
+    assert math.isclose(r / DEADLINE_STEP, round(r / DEADLINE_STEP))
+
+
+def test_due_in_order_of_buckets_never_early():
+    b = DeadlineBuckets()
+    a, c, d = Conn("a"), Conn("c"), Conn("d")
+    b.file(a, 10.1)
+    b.file(c, 5.0)
+    b.file(d, 10.2)
+    assert b.next_time() == rounded_up(5.0)
+    assert b.pop_due(4.99) == []
+    assert b.pop_due(5.0) == [c] and c.armed_at == INF
+    assert b.pop_due(10.1) == []  # a's bucket is at or after its deadline
+    assert sorted(b.pop_due(rounded_up(10.2)), key=repr) == [a, d]
+    assert b.next_time() == INF and len(b) == 0
+
+
+def test_moving_earlier_refiles_and_removing_forgets():
+    b = DeadlineBuckets()
+    a, c = Conn("a"), Conn("c")
+    b.file(a, 30.0)
+    b.file(a, 5.0)  # earlier: leaves the 30 s bucket
+    b.file(c, 7.0)
+    b.remove(c)
+    b.remove(c)  # twice is harmless
+    assert len(b) == 1
+    assert b.pop_due(100.0) == [a]
+
+
+def test_a_connection_refiled_while_its_bucket_is_due_is_not_lost():
+    b = DeadlineBuckets()
+    a = Conn("a")
+    b.file(a, 1.0)
+    for item in b.pop_due(1.0):
+        b.file(item, 3.0)  # its deadline moved on meanwhile
+    assert b.pop_due(2.0) == [] and b.pop_due(3.0) == [a]
