@@ -82,9 +82,10 @@ def test_iterative_keepalive_makes_a_few_fixed_syscalls_and_no_extra_switch(suit
     # every call made about once per request or more is a socket call or the wait for one
     assert {n for n, v in calls.items() if v >= 0.5} <= {"recvfrom", "sendto", "sendfile", "poll", "ioctl"}, calls
     switches = r["context_switches_per_request"]
-    # at most the one sleep waiting for the client's next request; never a hand-off to another thread
+    # at most the one sleep waiting for the client's next request; never a hand-off to another thread.
+    # Involuntary switches are not the model's: they count preemptions by whatever else runs on that
+    # core (the client waking up, other tests), so they are reported but not a known answer.
     assert switches["voluntary"] <= 1.2, switches
-    assert switches["involuntary"] < 0.5, switches
     assert (r["threads_created"], r["processes_created"], r["threads_peak"], r["processes_peak"]) == (0, 0, 1, 1)
 
 
