@@ -136,13 +136,28 @@ def strace_attached(pid: int) -> Iterator[SyscallCounts]:
         parsed.calls, parsed.errors, parsed.threads_created, parsed.processes_created)
 
 
+_ATTACHED_WITH = re.compile(r" attached with (\d+) threads")
+
+
+def attached_tasks(stderr: str) -> int:
+    """How many tasks strace says it attached to. Attaching to a process by -p reports all its
+    threads in one line ("Process N attached with 33 threads"); a task born later, one line each."""
+    total = 0
+    for line in stderr.splitlines():
+        if " attached" not in line:
+            continue
+        many = _ATTACHED_WITH.search(line)
+        total += int(many.group(1)) if many else 1
+    return total
+
+
 def _wait_attached(proc: subprocess.Popen, err, tasks: int) -> None:
     """Until strace reports every task attached ("Process N attached" on stderr)."""
     deadline = time.monotonic() + ATTACH_TIMEOUT_S
     while True:
         err.seek(0)
         text = err.read().decode(errors="replace")
-        attached = text.count(" attached")
+        attached = attached_tasks(text)
         if attached >= tasks:
             return
         if proc.poll() is None and attached and time.monotonic() > deadline:

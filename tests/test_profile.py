@@ -300,3 +300,14 @@ def test_bench_profile_stores_profiles_and_reports_them(suite_and_corpus, tmp_pa
     assert 'id="where-the-time-goes"' in html and "## Where the time goes" in md
     if profile["flamegraph"]:
         assert (tmp_path / profile["flamegraph"]).is_file() and "<iframe" in html
+
+
+@pytest.mark.parametrize("stderr, tasks", [
+    ("strace: Process 19004 attached with 33 threads\n", 33),  # -p on a threaded process: one line for all
+    ("strace: Process 7 attached\nstrace: Process 9 attached\n", 2),
+    ("strace: Process 7 attached with 3 threads\nstrace: Process 12 attached\n", 4),  # a thread born later
+    ("strace: attach: ptrace(PTRACE_SEIZE, 7): Operation not permitted\n", 0),
+    ("", 0),
+])
+def test_strace_attach_lines_count_every_task(stderr, tasks):
+    assert syscall_counts.attached_tasks(stderr) == tasks
