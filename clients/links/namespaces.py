@@ -315,7 +315,10 @@ class LinkedHosts:
         scan never sees, living on in a namespace that no longer has a name."""
         self._procs.append(proc)
         if self._watchdog_pipe is not None:
-            os.write(self._watchdog_pipe, f"{proc.pid} {_start_time(proc.pid)}\n".encode())
+            try:
+                os.write(self._watchdog_pipe, f"{proc.pid} {_start_time(proc.pid)}\n".encode())
+            except BrokenPipeError:
+                pass  # the watchdog is gone: close() still stops proc, by pid like everything here
         return proc
 
     def _prefix(self, side: str) -> list[str]:
