@@ -215,7 +215,7 @@ def _shift_times(result: dict, delta_ns: int) -> None:
         for key in ("start_ns", "end_ns"):
             if phase[key]:
                 phase[key] += delta_ns
-    for piece in result["timeline"]:
+    for piece in result["timeline"] + result["stages"]:
         piece["start_ns"] += delta_ns
         piece["end_ns"] += delta_ns
 

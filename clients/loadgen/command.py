@@ -13,6 +13,7 @@ import click
 from ..links.cli_support import EXIT_NO_LINK, link_options
 from .corpus import DEFAULT_SIZES, CorpusError, parse_size
 from .options import ARRIVALS, CONN_MODES, LOOPS, LoadOptions, OptionError, parse_cpu_list, parse_duration
+from .stages import parse_rate
 
 if TYPE_CHECKING:
     from .cluster import ClusterOptions
@@ -101,7 +102,9 @@ cannot be reached or lost a worker mid-run (then the --json result is written, m
 @click.option("-c", "--connections", type=int, default=10, show_default=True, help="Connections (virtual clients).")
 @click.option("-d", "--duration", type=DURATION, help="Measured time, e.g. 10s, 500ms, 2m. [10s]")
 @click.option("-n", "--requests", type=int, help="Measure exactly this many requests instead of a duration.")
-@click.option("-R", "--rate", type=float, help="Open loop: requests per second in total (wrk2's -R).")
+@click.option("-R", "--rate", "rate_text", metavar="RATE",
+              help="Open loop: requests per second in total (wrk2's -R); 1000,2000,4000 with --stage, "
+                   "or 1000..8000 with --ramp.")
 @click.option("--arrivals", type=click.Choice(ARRIVALS), default="constant", show_default=True,
               help="Open loop: evenly spaced or Poisson arrivals.")
 @click.option("--conn-mode", type=click.Choice(CONN_MODES), default="keepalive", show_default=True,
@@ -161,9 +164,23 @@ cannot be reached or lost a worker mid-run (then the --json result is written, m
 @click.option("--cluster-timeout", type=DURATION, default=10, show_default=True,
               help="How long to try reaching the --cluster scheduler.")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the result document (- for stdout).")
-@click.option("--live/--quiet", default=None, help="Live status line. [on when stderr is a terminal]")
+@click.option("--live/--quiet", default=None,
+              help="Live view, redrawn every second (on a pipe: a plain line a second). [on when stderr is a terminal]")
+# -- live figures, exports and rate stages (docs/live-and-timeseries.md) --
+@click.option("--stage", "stage_s", type=DURATION,
+              help="Rate stages: each rate of -R 1000,2000,4000 held this long; with a --ramp, the length of its "
+                   "reported segments. Each stage is reported apart.")
+@click.option("--ramp", "ramp_s", type=DURATION, help="A linear ramp of -R FROM..TO over this long (the measured time).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Write the per-interval timeline (--timeline-interval) as CSV.")
+@click.option("--hdr-log", "hdr_log_path", type=click.Path(dir_okay=False),
+              help="Write the timeline's interval histograms as an HdrHistogram log (microseconds).")
+@click.option("--progress-fd", type=int, hidden=True,
+              help="Write the live figures as one JSON line a second to this inherited file descriptor.")
 def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, server_args: str | None,
-                 cluster: str | None, cluster_workers: int | None, cluster_timeout: float, **kwargs) -> None:
+                 cluster: str | None, cluster_workers: int | None, cluster_timeout: float, rate_text: str | None,
+                 stage_s: float | None, ramp_s: float | None, csv_path: str | None, hdr_log_path: str | None,
+                 progress_fd: int | None, **kwargs) -> None:
     """Load URL's server (or, with --serve, one started for the run) with HTTP/1.1 requests
     and report throughput, latency and errors.
 
@@ -187,9 +204,17 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
         extra = shlex.split(server_args or "")
     except ValueError as exc:
         _fail(f"--server-args {server_args!r}: {exc}", 2)
-    opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, server_args=extra, **kwargs)
+    if rate_text is None and (stage_s is not None or ramp_s is not None):
+        _fail("--stage and --ramp are rate stages of the open loop: give -R too", 2)
+    try:
+        rate, schedule = parse_rate(rate_text, stage_s, ramp_s) if rate_text is not None else (None, None)
+    except OptionError as exc:
+        _fail(str(exc), 2)
+    opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, server_args=extra, rate=rate,
+                       rate_schedule=schedule, progress_fd=progress_fd, **kwargs)
     if cluster is not None:
-        _load_on_cluster(opts, ClusterOptions(cluster, cluster_workers, cluster_timeout), json_path)
+        _load_on_cluster(opts, ClusterOptions(cluster, cluster_workers, cluster_timeout), json_path,
+                         (csv_path, hdr_log_path))
     if cluster_workers is not None:
         _fail("--cluster-workers applies to --cluster", 2)
     try:
@@ -200,10 +225,24 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     except (LinkUnavailable, ProfileError) as exc:
         _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
     _emit(doc, summary_text(doc), json_path)
+    _export(doc, csv_path, hdr_log_path)
     sys.exit(1 if doc["errors"]["total"] else 0)
 
 
-def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: str | None) -> NoReturn:
+def _export(doc: dict, csv_path: str | None, hdr_log_path: str | None) -> None:
+    from .exports import write_hdr_log, write_timeline_csv
+
+    for path, write in ((csv_path, write_timeline_csv), (hdr_log_path, write_hdr_log)):
+        if path is None:
+            continue
+        try:
+            write(doc, path)
+        except OSError as exc:
+            _fail(f"cannot write {path}: {exc.strerror or exc}", 2)
+
+
+def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: str | None,
+                     exports: tuple[str | None, str | None]) -> NoReturn:
     from .cluster import EXIT_CLUSTER, ClusterError, ClusterPartial, cluster_text, run_cluster_load
     from .coordinator import LoadError
     from .report import summary_text
@@ -223,6 +262,7 @@ def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: st
     except (OptionError, LoadError) as exc:
         _fail(str(exc), 2)
     _emit(doc, summary_text(doc) + "\n" + cluster_text(doc), json_path)
+    _export(doc, *exports)
     sys.exit(1 if doc["errors"]["total"] else 0)
 
 

@@ -16,6 +16,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import time
 from time import monotonic_ns
 from typing import TYPE_CHECKING
 
@@ -27,8 +28,8 @@ from . import latency
 from .adversaries import merge_stats
 from .connection import NO_LOCAL_PORT
 from .options import LoadOptions, OptionError
+from .live import LiveFigures, displays_for
 from .ports import explain_no_local_port
-from .report import LiveLine
 from .server_sampler import ServerSampler
 from .messages import parse_messages, write_message
 from .state import WorkerShare, split
@@ -67,7 +68,6 @@ class _WorkerProcess:
         self.buffer = b""
         self.ready = False
         self.result: dict | None = None
-        self.last_tick: dict | None = None
         self.last_message_ns = monotonic_ns()
         self.send((opts, plan, share))
 
@@ -162,14 +162,16 @@ def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
             sampler = ServerSampler(server_pid, opts.server_cgroup)
         except psutil.Error as exc:
             raise OptionError(f"cannot watch --server-pid {server_pid}: {exc}") from None
-    live = LiveLine(sys.stderr) if opts.live else None
     workers = [_WorkerProcess(s, opts, plan) for s in shares]
+    live = None
     try:
         _wait_ready(workers)
         start_ns = monotonic_ns() + START_MARGIN_NS
-        if live:
-            live.start_ns = start_ns
         measure_ns = start_ns + int((opts.ramp_up_s + opts.warmup_s) * 1e9)
+        where = f"http://{plan.server.host}:{plan.server.port}"
+        displays = displays_for(opts, f"serverzoo load {where} ({len(plan.targets)} target(s))")
+        if displays:
+            live = LiveFigures(opts, [w.proc.pid for w in workers], start_ns, measure_ns, displays)
         if sampler:
             sampler.sample()
         for w in workers:
@@ -179,7 +181,7 @@ def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
         for w in workers:
             w.finish()
         if live:
-            live.clear()
+            live.close()
     return build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
 
 
@@ -210,14 +212,12 @@ def _handle(w: _WorkerProcess, msg: tuple) -> None:
         tail = w.stderr_tail().strip().splitlines()
         raise LoadError(f"load worker {w.share.index} exited with code {w.proc.returncode}"
                         + (f": {tail[-1]}" if tail else ""))
-    if kind == "tick":
-        w.last_tick = msg[1]
-    elif kind == "result":
+    if kind == "result":
         w.result = msg[1]
 
 
 def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
-             live, measure_ns: int) -> bool:
+             live: LiveFigures | None, measure_ns: int) -> bool:
     """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short."""
     interval_ns = int(opts.sample_interval_s * 1e9)
     next_sample = measure_ns
@@ -236,16 +236,18 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
                             sel.unregister(w.fd)
                             break
                         _handle(w, msg)
+                        if live and msg[0] == "tick":
+                            live.add(w.share.index, msg[1])
                         if msg[0] == "result":
                             sel.unregister(w.fd)
+                            if live:
+                                live.finished(w.share.index)
                             break
                 if sampler and monotonic_ns() >= next_sample:
                     sampler.sample()
                     next_sample += interval_ns
                     if next_sample < monotonic_ns():
                         next_sample = monotonic_ns() + interval_ns
-                if live and events:
-                    live.update([w.last_tick for w in workers], measure_ns)
                 _check_alive(workers)
             except KeyboardInterrupt:
                 if stopping:
@@ -333,6 +335,37 @@ def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
     return out
 
 
+def _merge_stages(opts: LoadOptions, results: list[dict], extra: list[float]) -> list[dict] | None:
+    """Rate stages, each apart: its target, the rate achieved (responses and errors a second), latency, errors."""
+    schedule = opts.rate_schedule
+    if schedule is None:
+        return None
+    out = []
+    for i, (begin, end, target) in enumerate(schedule.stages()):
+        parts = [r["stages"][i] for r in results if i < len(r["stages"])]
+        if not parts:
+            break  # the window was cut short (Ctrl-C) before this stage
+        elapsed = (max(p["end_ns"] for p in parts) - min(p["start_ns"] for p in parts)) / 1e9
+        errors: dict[str, int] = {}
+        for p in parts:
+            for k, v in p["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        requests = sum(p["requests"] for p in parts)
+        stage = {"stage": i + 1, "target_rate": round(target, 3), "start_s": round(begin, 3), "end_s": round(end, 3),
+                 "elapsed_s": round(elapsed, 6), "requests": requests,
+                 "errors": {"total": sum(errors.values()), **dict(sorted(errors.items()))},
+                 "scheduled": sum(p["scheduled"] for p in parts),
+                 "achieved_rate": round((requests + sum(errors.values())) / elapsed, 3) if elapsed > 0 else 0.0}
+        for key, raw_key, hist_key in (("latency_us", "raw", "histogram"),
+                                       ("latency_uncorrected_us", "raw_uncorrected", "histogram_uncorrected")):
+            raw = latency.RawStats()
+            for p in parts:
+                raw.add(latency.RawStats.from_dict(p[raw_key]))
+            stage[key] = latency.summary(latency.merge(p[hist_key] for p in parts), raw, extra)
+        out.append(stage)
+    return out
+
+
 def _judge_client(opts: LoadOptions, results: list[dict], elapsed: float) -> dict:
     reasons = []
     per_worker = []
@@ -404,8 +437,9 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
                     "slip_mean_us": round(slip.total / slip.count, 1) if slip.count else None,
                     "slip_p99_us": max((r["open_loop"]["slip"]["p99_us"] or 0 for r in results), default=None),
                     "slip_max_us": slip.high if slip.count else None}
-        if opts.requests is None and achieved < 0.95 * opts.rate:
-            warnings.append(f"target rate not reached: {achieved:.0f} of {opts.rate:g} req/s "
+        target = opts.rate_schedule.mean if opts.rate_schedule is not None else opts.rate
+        if opts.requests is None and achieved < 0.95 * target:
+            warnings.append(f"target rate not reached: {achieved:.0f} of {target:g} req/s "
                             f"({queued} requests waited for a busy connection)")
     unfinished = _unfinished(results, m["latency_us"]["max"])
     if unfinished["longer_than_max"]:
@@ -435,6 +469,8 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
         "errors": errors,
         "unfinished": unfinished,
         "elapsed_s": elapsed,
+        # wall clock at the measured window's start (the timeline's zero), for logs that want a date
+        "started_unix_s": round(time.time() - (monotonic_ns() - m["start_ns"]) / 1e9, 3) if m["start_ns"] else None,
         "rps": round(requests / elapsed, 3) if elapsed > 0 else 0.0,
         "bytes": m["bytes"],
         "body_bytes": m["body_bytes"],
@@ -445,8 +481,9 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
         "timeline": timeline,
         "client": client,
         "server": server,
-        "target_rate": opts.rate,
+        "target_rate": round(opts.rate_schedule.mean, 3) if opts.rate_schedule is not None else opts.rate,
         "achieved_rate": achieved,
+        "stages": _merge_stages(opts, results, extra),
         "schedule": schedule,
         "warmup": _phase_brief(warm),
         "ramp_up": _phase_brief(ramp),

@@ -264,6 +264,21 @@ class OpenLoopDriver(Driver):
     def _arm(self, now: int) -> None:
         self.handle = self.loop.call_later(max(self.due - now, 0) / 1e9, self.tick)
 
+    def set_rate(self, rate: float) -> None:
+        """A new target (rate stages): the next request is due one new interval after the previous one
+        (Poisson arrivals: a fresh draw from now, as they have no memory)."""
+        old = self.interval_ns
+        self.rate, self.interval_ns = rate, 1e9 / rate
+        if self.handle is None or self.done or self.exhausted:
+            return  # not started yet (start() uses the new rate), or finished
+        now = monotonic_ns()
+        due = now + self.rng.expovariate(rate) * 1e9 if self.rng else self.due - old + self.interval_ns
+        earlier = due < self.due
+        self.due = due
+        if earlier:  # a later due time needs nothing: the timer, firing early, re-arms itself
+            self.handle.cancel()
+            self._arm(now)
+
     def tick(self) -> None:
         now = monotonic_ns()
         if self.run.stopping:

@@ -11,7 +11,11 @@ import ipaddress
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .stages import RateSchedule
 
 CONN_MODES = ("keepalive", "new", "pipeline")
 ARRIVALS = ("constant", "poisson")
@@ -97,6 +101,9 @@ class LoadOptions:
     link: str | None = None  # emulated link profile between the server and the workers
     links_file: str | None = None
     loopback_sources: int = 0  # connect from this many addresses of 127.0.0.0/8 (0: the kernel's choice)
+    # rate stages (stages.py): the open loop's target steps or ramps over the window; rate is then its first rate
+    rate_schedule: RateSchedule | None = None
+    progress_fd: int | None = None  # an inherited descriptor: the live figures as a JSON line a second
 
     # -- derived -------------------------------------------------------------------
     @property
@@ -113,7 +120,15 @@ class LoadOptions:
     def measured_duration(self) -> float | None:
         if self.requests is not None:
             return None
+        if self.rate_schedule is not None:
+            return self.rate_schedule.duration_s
         return 10.0 if self.duration is None else self.duration
+
+    @property
+    def lowest_rate(self) -> float:
+        """The open loop's lowest target (the rate itself unless it has stages)."""
+        assert self.rate is not None
+        return self.rate_schedule.lowest if self.rate_schedule is not None else self.rate
 
     def resolved_workers(self) -> int:
         """workers if given; else one per CPU (of cpus, or usable here), but never more than the
@@ -125,8 +140,8 @@ class LoadOptions:
         else:
             n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         n = min(n, max(self.connections, 1))
-        if self.rate is not None and self.rate >= 1:
-            n = min(n, int(self.rate))
+        if self.rate is not None and self.lowest_rate >= 1:
+            n = min(n, int(self.lowest_rate))
         return max(n, 1)
 
     def to_dict(self) -> dict:
@@ -152,13 +167,17 @@ class LoadOptions:
                f"--connections {self.connections} is below --workers {workers}: a worker would have no connection")
         if self.rate is not None:
             _check(self.rate > 0, f"--rate must be positive (got {self.rate:g})")
-            _check(self.rate >= workers,
-                   f"--rate {self.rate:g} is below --workers {workers}: each worker process would send "
+            _check(self.lowest_rate >= workers,
+                   f"--rate {self.lowest_rate:g} is below --workers {workers}: each worker process would send "
                    f"less than one request per second")
             _check(self.conn_mode != "pipeline", "pipelining is a closed-loop setting; drop --rate or the pipeline")
             _check(self.think_s == 0, "--think is a closed-loop setting; the open loop sends on a schedule")
         else:
             _check(self.arrivals == "constant", "--arrivals applies to the open loop; give --rate too")
+            _check(self.rate_schedule is None, "rate stages need an open loop: give -R")
+        if self.rate_schedule is not None:
+            _check(self.duration is None and self.requests is None,
+                   "--stage and --ramp set the measured time; drop --duration and --requests")
         if self.requests is not None and self.rate is None:
             _check(self.requests >= self.connections,
                    f"--requests {self.requests} is below --connections {self.connections}: "

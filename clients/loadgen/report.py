@@ -1,9 +1,6 @@
-"""Human output: the live line on a terminal, and the wrk-like summary at the end."""
+"""Human output: the wrk-like summary at the end (the live view during the run is live.py)."""
 
 from __future__ import annotations
-
-from time import monotonic_ns
-from typing import TextIO
 
 from .latency import percentile_key
 
@@ -24,43 +21,6 @@ def fmt_bytes(n: float) -> str:
         if n >= factor:
             return f"{n / factor:.2f}{unit}"
     return f"{n:.0f}B"
-
-
-class LiveLine:
-    """One self-overwriting status line on stderr, refreshed as worker ticks arrive."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.seen: dict[int, dict] = {}  # worker -> its last tick
-        self.rates: dict[int, float] = {}  # worker -> requests/s between its last two ticks
-        self.width = 0
-        self.start_ns = 0  # when the workers started: the baseline of each one's first tick
-
-    def update(self, ticks: list[dict | None], measure_ns: int) -> None:
-        for worker, tick in enumerate(ticks):
-            if not tick or self.seen.get(worker) is tick:
-                continue
-            prev = self.seen.get(worker) or {"ns": self.start_ns, "completed": 0}
-            if prev is not None and tick["ns"] > prev["ns"]:
-                self.rates[worker] = (tick["completed"] - prev["completed"]) / ((tick["ns"] - prev["ns"]) / 1e9)
-            self.seen[worker] = tick
-        if not self.seen:
-            return
-        latest = list(self.seen.values())
-        errors = sum(t["errors"] for t in latest)
-        p99 = max((t["p99_us"] for t in latest if t["p99_us"] is not None), default=None)
-        phase = latest[0]["phase"].replace("_", "-")
-        t = (monotonic_ns() - measure_ns) / 1e9
-        text = (f"  {t:6.1f}s  {phase:<8} {sum(self.rates.values()):>10,.0f} req/s  p99 {fmt_us(p99):>8}  "
-                f"errors {errors}")
-        self.width = max(self.width, len(text))
-        self.stream.write("\r" + text.ljust(self.width))
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
 
 
 def _latency_rows(label: str, lat: dict, keys: list[str]) -> list[str]:
@@ -87,6 +47,8 @@ def summary_text(doc: dict) -> str:
     conn = {"keepalive": "keep-alive", "new": "a new connection per request",
             "pipeline": f"pipelined x{o['pipeline_depth_resolved']}"}[o["conn_mode"]]
     mode = f"open loop at {o['rate']:g} req/s ({o['arrivals']})" if doc["mode"] == "open" else "closed loop"
+    if o.get("rate_schedule"):
+        mode = f"open loop, {_schedule_text(o['rate_schedule'])} ({o['arrivals']})"
     nw = o["workers_resolved"]
     lines.append(f"  {mode}, {nw} worker process{'es' if nw != 1 else ''} ({'/'.join(loops)}{where}), "
                  f"{o['connections']} connections, {conn}, {len(doc['targets'])} target(s)")
@@ -114,6 +76,8 @@ def summary_text(doc: dict) -> str:
         lines.append(f"Rate: target {doc['target_rate']:g} req/s, achieved {doc['achieved_rate']:.1f} req/s; "
                      f"{s['queued_sends']} of {s['scheduled']} requests waited for a busy connection; "
                      f"schedule slip p99 {fmt_us(s['slip_p99_us'])}")
+    if doc.get("stages"):
+        lines += stages_lines(doc["stages"])
     for name, label in (("ramp_up", "Ramp-up"), ("warmup", "Warm-up")):
         p = doc[name]
         if p:
@@ -149,3 +113,24 @@ def summary_text(doc: dict) -> str:
     for w in doc["warnings"]:
         lines.append(f"Warning: {w}")
     return "\n".join(lines)
+
+
+def _schedule_text(schedule: dict) -> str:
+    rates = schedule["rates"]
+    if schedule["ramp_s"] is not None:
+        return f"a ramp from {rates[0]:g} to {rates[1]:g} req/s over {schedule['ramp_s']:g}s"
+    return f"{len(rates)} stages of {schedule['stage_s']:g}s at " + ", ".join(f"{r:g}" for r in rates) + " req/s"
+
+
+def stages_lines(stages: list[dict]) -> list[str]:
+    """The rate stages, one row each: target, achieved, corrected latency, errors."""
+    lines = [f"  {'Stage':<6}{'time':>12}{'target/s':>10}{'achieved/s':>12}{'p50':>9}{'p99':>9}{'max':>9}  errors"]
+    for st in stages:
+        lat = st["latency_us"]
+        errors = st["errors"]
+        detail = ", ".join(f"{k} {v}" for k, v in errors.items() if k != "total")
+        span = f"{st['start_s']:g}-{st['end_s']:g}s"
+        lines.append(f"  {st['stage']:<6}{span:>12}{st['target_rate']:>10,.0f}{st['achieved_rate']:>12,.1f}"
+                     f"{fmt_us(lat['p50']):>9}{fmt_us(lat['p99']):>9}{fmt_us(lat['max']):>9}  "
+                     f"{errors['total']}" + (f" ({detail})" if detail else ""))
+    return lines

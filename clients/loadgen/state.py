@@ -63,6 +63,18 @@ class Phase:
         self.error_count += n
 
 
+@dataclass
+class StageMark:
+    """The measured window's counters at a rate stage's boundary."""
+
+    ns: int
+    completed: int
+    uncorrected: int
+    errors: dict[str, int]
+    bytes_in: int
+    scheduled: int
+
+
 class Run:
     """The state every connection and driver of this worker shares."""
 
@@ -109,6 +121,7 @@ class Run:
         self.slip = array("q")  # open loop: how late our timer sent a request to a free connection (us)
         self.lag = array("q")  # loop lag probes (us)
         self.marks: list[tuple[int, int, int, int, int]] = []  # (ns, completed, uncorrected, errors, bytes)
+        self.stage_marks: list[StageMark] = []  # rate stages: the window's start, each stage's end
         self.unfinished_us: list[int] = []  # ages of the requests still owed when the window closed
         self.finished = loop.create_future()
 
@@ -163,10 +176,17 @@ class Run:
         p = self.phases["measure"]
         self.marks.append((monotonic_ns(), len(p.lat), len(p.lat_uncorrected), p.error_count, self.bytes_in))
 
+    def stage_mark(self) -> StageMark:
+        p = self.phases["measure"]
+        return StageMark(monotonic_ns(), len(p.lat), len(p.lat_uncorrected), dict(p.errors), self.bytes_in,
+                         self.scheduled)
+
     def end_measure(self) -> None:
         if self.phase.name != "measure":
             return
         self.mark()
+        if self.opts.rate_schedule is not None:
+            self.stage_marks.append(self.stage_mark())
         # requests still owed now are in no latency figure: their ages are reported instead,
         # so a server that leaves some clients waiting cannot look faster for it
         now = monotonic_ns()

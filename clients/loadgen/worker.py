@@ -18,6 +18,7 @@ import socket
 import sys
 import traceback
 from array import array
+from collections import Counter
 from time import monotonic_ns
 
 from . import latency
@@ -61,6 +62,8 @@ class Worker:
         self.adversaries: list = []
         self.adversary_stats: dict = {}
         self.ticks_sent = 0
+        self.live_figures = opts.live or opts.progress_fd is not None  # someone watches: send tick histograms
+        self.ticked: dict[str, int] = {}  # phase -> its latency count at the last tick
 
     def _on_loop_error(self, loop, context: dict) -> None:
         """An exception escaped a callback: a bug in the generator. Stop rather than report a lie."""
@@ -163,6 +166,23 @@ class Worker:
             self._at(measure_ns + int(self.opts.measured_duration * 1e9), run.end_measure)
         step = int(self.opts.timeline_interval_s * 1e9)
         self._at(measure_ns + step, self._slice_end, measure_ns + step, step)
+        schedule = self.opts.rate_schedule
+        if schedule is not None:
+            run.stage_marks.append(run.stage_mark())
+            for t, rate in schedule.changes():
+                self._at(measure_ns + int(t * 1e9), self._set_rate, rate)
+            for _start, end, _rate in schedule.stages()[:-1]:  # the last one ends with the window
+                self._at(measure_ns + int(end * 1e9), self._stage_end)
+
+    def _set_rate(self, total: float) -> None:
+        per_connection = total / self.opts.connections
+        for d in self.run.drivers:
+            d.set_rate(per_connection)
+
+    def _stage_end(self) -> None:
+        run = self.run
+        if run.phase.name == "measure":
+            run.stage_marks.append(run.stage_mark())
 
     def _slice_end(self, when_ns: int, step: int) -> None:
         """Close one slice of the timeline (every --timeline-interval, from the window's start)."""
@@ -191,21 +211,33 @@ class Worker:
             run.lag.append(max(now - expected_ns, 0) // 1000)
         self.loop.call_later(LAG_PROBE_S, self._probe_lag, now + int(LAG_PROBE_S * 1e9))
 
-    def _tick(self, when_ns: int) -> None:
-        """Once a second: progress for the coordinator's live line."""
+    def _tick(self, when_ns: int, seq: int = 1) -> None:
+        """Once a second: progress for the coordinator's live figures (live.py).
+
+        With a live display, the latencies completed since the last tick go along as one
+        histogram per phase, built in bulk: the coordinator merges them into the second's
+        percentiles, and the measured ones into the window's.
+        """
         run = self.run
         if run.stopping or self.out_fd is None:
             return
         p = run.phase
         done = sum(len(ph.lat) for ph in run.phases.values())
-        errors = sum(ph.error_count for ph in run.phases.values())
-        p99 = None
-        if self.opts.live and p.lat:
-            tail = sorted(p.lat[-20000:])
-            p99 = tail[min(len(tail) - 1, int(len(tail) * 0.99))]
-        write_message(self.out_fd, ("tick", {"phase": p.name, "completed": done, "errors": errors, "p99_us": p99,
-                                             "ns": monotonic_ns()}))
-        self._at(when_ns + 1_000_000_000, self._tick, when_ns + 1_000_000_000)
+        errors: Counter = Counter()
+        for ph in run.phases.values():
+            errors.update(ph.errors)
+        recent = []
+        if self.live_figures:
+            for name in ("ramp_up", "warmup", "measure"):
+                values = run.phases[name].lat
+                since = self.ticked.get(name, 0)
+                if len(values) > since:
+                    recent.append((name, latency.encode(latency.histogram_of(values[since:]))))
+                    self.ticked[name] = len(values)
+        write_message(self.out_fd, ("tick", {"seq": seq, "phase": p.name, "completed": done,
+                                             "measured": len(run.phases["measure"].lat), "errors": dict(errors),
+                                             "recent": recent, "ns": monotonic_ns()}))
+        self._at(when_ns + 1_000_000_000, self._tick, when_ns + 1_000_000_000, seq + 1)
 
     def _on_stop_message(self, fd: int) -> None:
         try:
@@ -249,6 +281,17 @@ class Worker:
             timeline.append({"start_ns": prev[0], "end_ns": cur[0], "requests": cur[1] - prev[1],
                              "errors": cur[3] - prev[3], "bytes": cur[4] - prev[4],
                              "histogram": latency.encode(latency.histogram_of(values))})
+        stages = []
+        for a, b in zip(run.stage_marks, run.stage_marks[1:]):
+            stages.append({"start_ns": a.ns, "end_ns": b.ns, "requests": b.completed - a.completed,
+                           "errors": {k: n - a.errors.get(k, 0) for k, n in b.errors.items() if n > a.errors.get(k, 0)},
+                           "bytes": b.bytes_in - a.bytes_in, "scheduled": b.scheduled - a.scheduled,
+                           "raw": latency.RawStats.of(m.lat[a.completed:b.completed]).to_dict(),
+                           "histogram": latency.encode(latency.histogram_of(m.lat[a.completed:b.completed])),
+                           "raw_uncorrected": latency.RawStats.of(m.lat_uncorrected[a.uncorrected:b.uncorrected]
+                                                                  ).to_dict(),
+                           "histogram_uncorrected": latency.encode(latency.histogram_of(
+                               m.lat_uncorrected[a.uncorrected:b.uncorrected]))})
         cpu_s = run.cpu_window[1] - run.cpu_window[0] if len(run.cpu_window) == 2 else 0.0
         waits = run.wait_window
         wait_s = waits[1] - waits[0] if len(waits) == 2 and None not in waits else None
@@ -259,6 +302,7 @@ class Worker:
             "loop": "uvloop" if is_uvloop(self.loop) else "asyncio",
             "phases": phases,
             "timeline": timeline,
+            "stages": stages,
             "cpu_s": cpu_s,
             "unfinished_us": run.unfinished_us,
             "runqueue_wait_s": wait_s,
