@@ -87,3 +87,46 @@ def local_cluster(workers: int, **extra):
     return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                     silence_logs=logging.ERROR, **extra)
+
+
+def run_in_pty(argv: list[str], timeout: float = 60, columns: int = 100) -> tuple[int, str]:
+    """Run argv with stdin, stdout and stderr on a new pseudo-terminal of `columns` x 30; (exit code, output).
+
+    The output is everything the terminal received, escape codes included. A process still
+    running at the timeout is killed (its session, which it leads) and the test fails.
+    """
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM", "COLUMNS")}
+    env["TERM"] = "xterm-256color"
+    try:
+        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    finally:
+        os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every holder of the terminal's other side has closed it
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+            raise AssertionError(f"{argv} still running after {timeout} s; output so far: {bytes(out[-2000:])!r}")
+        return proc.wait(10), out.decode(errors="replace")
+    finally:
+        os.close(master)

@@ -113,7 +113,7 @@ class LiveFigures:
         for seq in sorted(self.pending):
             got = self.pending[seq]
             # complete, or a later second has begun arriving (a worker that is behind is not waited for)
-            if not (self.active <= got.keys() or any(s > seq + 1 for s in self.pending)):
+            if not (self.active <= got.keys() or any(s > seq for s in self.pending)):
                 break
             del self.pending[seq]
             self._show(seq, got)
