@@ -2,7 +2,8 @@
 
 First the plan's cells (the first pass); then rounds of extra repetitions where a
 scenario's contenders are close (bench/sequential.py), for as long as the preset's budget
-lasts. Progress shows the current cell, cells done and an ETA; the ETA's unit is estimated
+lasts. Progress shows the current cell with its live figures (each second's requests/s and
+p99, from the generator), cells done and an ETA; the ETA's unit is estimated
 seconds (warm-up + measured + start/stop per cell, plus the budget left for extra rounds),
 so rich's rate estimate turns it into real remaining time as the run learns how long cells
 really take here.
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from serverzoo.clients.loadgen.report import fmt_us
 
 from .analysis import metric_value, summarize
 from .plan import CELL_OVERHEAD_S, Cell, Plan
@@ -61,6 +64,14 @@ def cell_line(plan: Plan, record: dict[str, Any]) -> str:
     return ", ".join(parts) + f" ({record['seconds']:.1f} s)"
 
 
+def live_text(figures: dict[str, Any]) -> str:
+    """The running cell's last second, for the progress line: phase, requests/s, p99, errors."""
+    phase = "measuring" if figures["phase"] == "measure" else figures["phase"].replace("_", "-")
+    errors = sum(figures["errors"].values())
+    return (f"{phase} {max(figures['t'], 0):.0f}s: {figures['rps']:,.0f} req/s, p99 {fmt_us(figures['p99_us'])}"
+            + (f", {errors} errors" if errors else ""))
+
+
 def cell_cost(plan: Plan, doc: dict[str, Any], cell: Cell) -> float:
     """Expected seconds for a cell: its warm-up and duration plus the start/stop overhead seen so far."""
     overheads = []
@@ -88,6 +99,8 @@ class _Loop:
                 return False
             self.left -= 1
         self.progress.update(self.task, description=cell.id)
+        self.runner.on_live = lambda figures: self.progress.update(self.task,
+                                                                   description=f"{cell.id}  {live_text(figures)}")
         record = self.runner.run(cell)
         self.doc["cells"].append(record)
         with interrupts.critical():

@@ -21,11 +21,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import select
 import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import psutil
 
@@ -118,6 +119,8 @@ class CellRunner:
         self.hosts = hosts  # the run's link, up; None: loopback
         self.placement = placement  # --cluster: the server and the generators on Dask workers
         self.cgroups = cgroups or CgroupPlacer()
+        # called with each second's live figures of the running cell (clients/loadgen/live.py's Second, as a dict)
+        self.on_live: Callable[[dict[str, Any]], None] | None = None
 
     def _server(self, cell: Cell) -> ServerProcess | NginxServer:
         spec = self.plan.servers[cell.server]
@@ -245,6 +248,9 @@ class CellRunner:
         if self.hosts is not None:
             argv = self.hosts.command("client", argv)
             gen["netns"] = self.hosts.client_ns  # the link's client host
+        # the generator's live figures come back on a pipe of their own, one JSON line a second
+        live_read, live_write = os.pipe()
+        argv = [*argv, "--progress-fd", str(live_write)]
         try:
             with tempfile.TemporaryFile() as err:
                 # its own session: a terminal's Ctrl-C reaches the runner only, which ends the generator itself
@@ -252,11 +258,13 @@ class CellRunner:
                 try:
                     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                             preexec_fn=lambda: _pin_and_nice(cpus, gen.get("nice") or 0),
-                                            start_new_session=True)
+                                            start_new_session=True, pass_fds=(live_write,))
                 except (OSError, subprocess.SubprocessError) as exc:
                     return None, f"load generator did not start: {exc}", gen
+                finally:
+                    os.close(live_write)
                 try:
-                    code = proc.wait(expected_s + GENERATOR_SLACK_S)
+                    code = self._wait_reading_live(proc, live_read, expected_s + GENERATOR_SLACK_S)
                 except subprocess.TimeoutExpired:
                     _kill_group(proc)
                     return None, f"load generator overran its {expected_s + GENERATOR_SLACK_S:.0f} s deadline", gen
@@ -276,10 +284,42 @@ class CellRunner:
                 return None, f"load generator wrote no result: {last[:300]}", gen
             return doc, None, gen
         finally:
+            os.close(live_read)
             try:
                 os.unlink(json_path)
             except OSError:
                 pass
+
+    def _wait_reading_live(self, proc: subprocess.Popen, fd: int, timeout: float) -> int:
+        """proc.wait(timeout), passing the live figures read from fd meanwhile to on_live."""
+        deadline = time.monotonic() + timeout
+        buffer, reading = b"", True
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            if not reading:
+                return proc.wait(left)
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if not ready:
+                if proc.poll() is not None:
+                    return proc.returncode
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:  # the generator has exited (its workers do not inherit the pipe)
+                reading = False
+                continue
+            *lines, buffer = (buffer + chunk).split(b"\n")
+            for line in lines:
+                self._pass_live(line)
+
+    def _pass_live(self, line: bytes) -> None:
+        try:
+            figures = json.loads(line)
+        except ValueError:
+            return  # not ours to judge: the cell's result is the JSON document, not these lines
+        if self.on_live is not None and isinstance(figures, dict):
+            self.on_live(figures)
 
     @staticmethod
     def _stop(server: ServerProcess | NginxServer, info: dict[str, Any], timing: dict[str, float]) -> None:

@@ -1,0 +1,35 @@
+"""serverzoo bench's progress: the running cell's live figures, read from the generator each second."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from serverzoo.bench.corpus import ensure_corpus
+from serverzoo.bench.matrix import live_text
+from serverzoo.bench.plan import Plan
+from serverzoo.bench.runner import CellRunner
+from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec
+
+
+@pytest.mark.timeout(60)
+def test_a_running_cell_reports_its_live_figures(tmp_path) -> None:
+    sc = Scenario("small", "small", "", "closed", ("/1KiB.bin",), None, "keep-alive", "rps", False, (), (2,), 0,
+                  2.2, 0.3)
+    plan = Plan(preset="t", servers={"asyncio": ServerSpec("asyncio", "asyncio")}, scenarios={"small": sc},
+                repeat=1, run=RunSettings(0.1, 0.01, ()), corpus=CorpusSpec(seed=1, files=("1KiB",)),
+                server_cpus=[0], client_cpus=[0])
+    root = ensure_corpus(os.path.join(str(tmp_path), "corpus"), plan.corpus)
+    runner = CellRunner(plan, root)
+    seen: list[dict] = []
+    runner.on_live = seen.append
+    (cell,) = plan.cells()
+    record = runner.run(cell)
+    assert record["status"] == "ok", record["error"]
+    assert "--progress-fd" not in record["generator"]["argv"]  # the command to reproduce the cell stays clean
+    measured = [f for f in seen if f["phase"] == "measure"]
+    assert len(measured) >= 2, seen
+    assert all(f["rps"] > 0 and f["p99_us"] is not None for f in measured), measured
+    assert measured[-1]["completed"] <= record["load"]["requests"]
+    assert live_text(measured[-1]).startswith(f"measuring {measured[-1]['t']:.0f}s: ")
