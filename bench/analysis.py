@@ -81,6 +81,47 @@ def merge_histograms(encoded: Sequence[str]) -> Any:
         return None
 
 
+# -- a cell over time -------------------------------------------------------------------
+
+SERIES_MIN_S = 3.0  # a cell's measured window must be this long to be drawn over time
+SERIES_MAX_POINTS = 60  # longer timelines are drawn in bins of adjacent slices
+
+
+@dataclass(frozen=True)
+class Series:
+    """A cell's measured window over time: at the end of each bin, its throughput and p99."""
+
+    t: list[float]  # seconds from the window's start
+    rps: list[float]
+    mb_per_s: list[float | None]
+    p99_us: list[float | None]  # None: the bin has too few responses to name a p99
+
+
+def time_series(load: Load, max_points: int = SERIES_MAX_POINTS) -> Series | None:
+    """The cell's timeline as a Series, or None when it is shorter than SERIES_MIN_S or its slices
+    do not say how long they were."""
+    slices = load.timeline
+    if not slices or any(s.seconds is None for s in slices):
+        return None
+    if sum(s.seconds or 0.0 for s in slices) < SERIES_MIN_S:
+        return None
+    per_bin = -(-len(slices) // max_points)
+    out = Series([], [], [], [])
+    end = 0.0
+    for i in range(0, len(slices), per_bin):
+        group = slices[i:i + per_bin]
+        seconds = sum(s.seconds or 0.0 for s in group)
+        requests = sum(s.requests for s in group)
+        end += seconds
+        out.t.append(round(end, 3))
+        out.rps.append(requests / seconds)
+        nbytes = [s.bytes for s in group]
+        out.mb_per_s.append(sum(b for b in nbytes if b is not None) / seconds / 1e6 if None not in nbytes else None)
+        hist = merge_histograms([s.histogram for s in group if s.histogram]) if supports(requests, 99.0) else None
+        out.p99_us.append(float(hist.get_value_at_percentile(99)) if hist is not None else None)
+    return out
+
+
 # -- the network a run went over -----------------------------------------------------
 
 LOOPBACK = "loopback"

@@ -18,7 +18,7 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
-from .analysis import Point, RunView, level_label, merge_histograms, supports  # noqa: E402
+from .analysis import Point, RunView, Series, level_label, merge_histograms, supports, time_series  # noqa: E402
 from .scenarios import METRICS  # noqa: E402
 
 REFERENCE_STYLE = {"color": "black", "linestyle": "--", "marker": "s"}
@@ -197,6 +197,54 @@ def spectrum_chart(view: RunView, scenario: str, level: int, caption: str) -> st
                  "dotted: a flagged cell)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(view.servers_in(scenario)))
+    return _svg(fig, caption)
+
+
+def timeseries_chart(view: RunView, scenario: str, level: int, caption: str) -> str | None:
+    """Throughput (top) and p99 (bottom) over each cell's measured window at one level, a line per
+    cell (repetitions of a server share its colour, later ones fainter), so warm-up effects,
+    pauses and stalls show; None when no cell there ran long enough (analysis.SERIES_MIN_S)."""
+    sc = view.scenarios[scenario]
+    by_server: dict[str, list[tuple[int, Series]]] = {}
+    for c in view.run.cells:
+        if c.scenario == scenario and c.level == level and c.ok and c.load is not None:
+            series = time_series(c.load)
+            if series is not None:
+                by_server.setdefault(c.server, []).append((c.repetition, series))
+    if not by_server:
+        return None
+    bytes_metric = sc.metric == "mb_per_s"
+    fig = _figure(width=6.0, height=5.2)  # narrower than the others, larger type: read on a phone too
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    servers = [s for s in view.servers_in(scenario) if s in by_server]
+    p99_values: list[float] = []
+    for server in servers:
+        style = {"color": _color(view, server), "linestyle": "--" if server == view.reference else "-"}
+        for i, (_rep, series) in enumerate(sorted(by_server[server], key=lambda x: x[0])):
+            label = server if i == 0 else None
+            alpha = 1.0 if i == 0 else 0.45
+            throughput = series.mb_per_s if bytes_metric else series.rps
+            top.plot(series.t, [float("nan") if v is None else v for v in throughput], label=label, alpha=alpha,
+                     linewidth=1.2, **style)
+            p99 = [float("nan") if v is None else v / 1e3 for v in series.p99_us]
+            p99_values += [v for v in p99 if v == v]
+            bottom.plot(series.t, p99, alpha=alpha, linewidth=1.2, **style)
+    top.set_ylabel("MB/s" if bytes_metric else "requests/s")
+    top.set_ylim(bottom=0)
+    bottom.set_ylabel("p99 (ms)")
+    if p99_values and max(p99_values) / max(min(p99_values), 1e-3) >= 20:
+        bottom.set_yscale("log")  # a stall's spike would flatten the rest on a linear axis
+    else:
+        bottom.set_ylim(bottom=0)
+    bottom.set_xlabel("seconds into the measured window")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=9)
+        ax.yaxis.label.set_size(10)
+    bottom.xaxis.label.set_size(10)
+    top.set_title(f"{sc.title} at {level_label(sc, level)}: each cell over time\n"
+                  f"(later repetitions fainter; gaps: too few responses for a p99)", fontsize=10)
+    _legend(top, len(servers))
     return _svg(fig, caption)
 
 

@@ -77,6 +77,7 @@ class ScenarioSection:
     chart: str | None = None
     spectrum: str | None = None
     spectrum_level: str = ""
+    over_time: list[tuple[str, str]] = field(default_factory=list)  # (level label, chart) of cells long enough
 
 
 @dataclass
@@ -270,6 +271,10 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
                              else charts.open_loop_chart(view, name, caption))
             section.spectrum = charts.spectrum_chart(view, name, levels[-1], caption)
             section.spectrum_level = level_label(info, levels[-1])
+            for lv in levels:
+                chart = charts.timeseries_chart(view, name, lv, caption)
+                if chart is not None:
+                    section.over_time.append((level_label(info, lv), chart))
         sections.append(section)
     summary_rows = [{"scenario": sec.name, "baseline": sec.baseline, "level": sec.basis_label,
                      "cells": {row["server"]: row["vs_baseline"] for row in sec.rows}} for sec in sections]
