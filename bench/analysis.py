@@ -333,7 +333,9 @@ def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Po
     p.p99_uncorrected_us = _median(unc) if unc and None not in unc else None
     cpu = [x.server_cpu_s for x in loads if x.server_cpu_s]
     p.cpu_s = _median(cpu)
-    p.requests_per_cpu_s = _median([x.requests / x.server_cpu_s for x in loads if x.server_cpu_s])
+    # the CPU rate over the request rate; runs from before the rate was stored: CPU over the window's requests
+    p.requests_per_cpu_s = _median([1 / c if (c := x.server_cpu_per_request_s) else x.requests / x.server_cpu_s
+                                    for x in loads if x.server_cpu_s])
     p.peak_rss = _median([x.peak_rss_bytes for x in loads if x.peak_rss_bytes])
     p.rss_at_ready = _median([c.rss_at_ready for c in measured if c.rss_at_ready])
     active = p.level if scenario.mode == "closed" else scenario.connections

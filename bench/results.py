@@ -95,12 +95,21 @@ class Load:
     timeline: tuple[Slice, ...]
     client_bound: bool
     client_reasons: tuple[str, ...]
-    server_cpu_s: float | None
+    server_cpu_s: float | None  # over the sampler's span, which runs a sample or two past the window
+    server_cpu_percent: float | None  # of one CPU, over that same span: the server's CPU rate
     peak_rss_bytes: float | None
     target_rate: float | None
     achieved_rate: float | None
     timeout_s: float | None
     left_waiting: int  # requests owed when the window closed, older than the slowest response
+
+    @property
+    def server_cpu_per_request_s(self) -> float | None:
+        """Server CPU seconds per request: its CPU rate over the request rate. Dividing cpu_s by the
+        window's requests would overstate it, since the sampler's span is longer than the window."""
+        if not (self.server_cpu_percent and self.rps):
+            return None
+        return self.server_cpu_percent / 100 / self.rps
 
     def metric(self, name: str) -> float | None:
         if name == "rps":
@@ -126,7 +135,8 @@ class Load:
             histogram=d.get("histogram") if isinstance(d.get("histogram"), str) else None,
             timeline=_slices(d.get("timeline") or []),
             client_bound=bool(client.get("client_bound")), client_reasons=tuple(client.get("reasons") or ()),
-            server_cpu_s=_num(server.get("cpu_s")), peak_rss_bytes=_num(server.get("peak_rss_bytes")),
+            server_cpu_s=_num(server.get("cpu_s")), server_cpu_percent=_num(server.get("cpu_percent")),
+            peak_rss_bytes=_num(server.get("peak_rss_bytes")),
             target_rate=_num(d.get("target_rate")), achieved_rate=_num(d.get("achieved_rate")),
             timeout_s=_num((d.get("options") or {}).get("timeout_s")),
             left_waiting=int((d.get("unfinished") or {}).get("longer_than_max") or 0),
