@@ -281,11 +281,11 @@ def _flag_problems(p: Point, cells: Sequence[CellRecord], error_rate_limit: floa
         timeout = next((c.load.timeout_s for c in cells if c.load and c.load.timeout_s), None)
         p.reasons.append(f"{stalls} requests unanswered after {timeout:g} s" if timeout else
                          f"{stalls} requests timed out")
-    if p.left_waiting:  # starved within the window: waited longer than every response that came back
+    if p.left_waiting:  # starved within the window: waited far longer than every response that came back
         if "stalled" not in p.flags:
             p.flags.append("stalled")
-        p.reasons.append(f"{p.left_waiting} requests still waiting when the window closed, longer than the "
-                         f"slowest measured response")
+        p.reasons.append(f"{p.left_waiting} requests still waiting when the window closed, more than "
+                         f"{latency.STALLED_BEYOND_SLOWEST}x as long as the slowest measured response")
     wrong = {k: p.error_classes[k] for k in WRONG if p.error_classes.get(k)}
     if wrong:
         p.flags.append("wrong-answers")
