@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from serverzoo.clients.links.profiles import LinkProfile
-from serverzoo.servers import MODELS
+from serverzoo.servers import MODELS, resolve, server_names
 
 from .scenarios import Adaptive, ConfigError, CorpusSpec, RunSettings, Scenario, ServerSpec, Suite
 
@@ -250,7 +250,7 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
         raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(suite.presets)}")
     p = suite.presets[preset]
     notes: list[str] = []
-    known = {name: ServerSpec(name, name) for name in MODELS} | dict(suite.variants)
+    known = {v.name: ServerSpec(v.name, v.model.name, v.args) for v in map(resolve, server_names())}
     if models:
         for name in models:
             if name == REFERENCE:
@@ -264,7 +264,7 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
         if REFERENCE in models and reference is None:
             reference = True
     else:
-        pool = {n: s for n, s in known.items() if p.servers == "all" or n in MODELS}
+        pool = {n: s for n, s in known.items() if n in MODELS or (p.servers == "all" and n in suite.variants)}
         chosen = {n: s for n, s in pool.items() if implemented(s.model)}
         missing = [n for n in pool if n not in chosen]
         if missing:
