@@ -417,7 +417,7 @@ def test_gevent_is_loaded_only_in_a_gevent_server_process(start):
 
 
 def test_the_registry_and_launcher_do_not_import_gevent():
-    code = ("import sys; import serverzoo.servers, serverzoo.servers.launch, serverzoo.servers.runtime.command, "
+    code = ("import sys; import serverzoo.servers, serverzoo.servers.launch, serverzoo.servers.runtime.serve_cli, "
             "serverzoo.servers.runtime.runner; print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('gevent', 'trio')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
