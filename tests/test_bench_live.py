@@ -8,7 +8,7 @@ import pytest
 
 from serverzoo.bench.corpus import ensure_corpus
 from serverzoo.bench.matrix import live_text
-from serverzoo.bench.plan import Plan
+from serverzoo.bench.plan import BenchPlan
 from serverzoo.bench.runner import CellRunner
 from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec
 
@@ -17,7 +17,7 @@ from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerS
 def test_a_running_cell_reports_its_live_figures(tmp_path) -> None:
     sc = Scenario("small", "small", "", "closed", ("/1KiB.bin",), None, "keep-alive", "rps", False, (), (2,), 0,
                   2.2, 0.3)
-    plan = Plan(preset="t", servers={"asyncio": ServerSpec("asyncio", "asyncio")}, scenarios={"small": sc},
+    plan = BenchPlan(preset="t", servers={"asyncio": ServerSpec("asyncio", "asyncio")}, scenarios={"small": sc},
                 repeat=1, run=RunSettings(0.1, 0.01, ()), corpus=CorpusSpec(seed=1, files=("1KiB",)),
                 server_cpus=[0], client_cpus=[0])
     root = ensure_corpus(os.path.join(str(tmp_path), "corpus"), plan.corpus)
