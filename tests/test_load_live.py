@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
+from serverzoo.clients.loadgen import latency
 from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.clients.loadgen.live import LiveFigures, Second, sparkline
 from serverzoo.clients.loadgen.options import LoadOptions
-from serverzoo.clients.loadgen import latency
 from serverzoo.servers.launch import ServerProcess
 
 from .load_helpers import run_cli, run_in_pty

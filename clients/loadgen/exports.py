@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+from typing import Any
 
 from hdrh.log import HistogramLogWriter
 
@@ -21,7 +22,7 @@ from . import latency
 CSV_COLUMNS = ("start_s", "end_s", "requests", "errors", "bytes", "requests_per_s", "p50_us", "p99_us", "max_us")
 
 
-def timeline_rows(doc: dict) -> list[dict]:
+def timeline_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The timeline's slices as flat rows: start and end (seconds from the window's start), counts, latency."""
     rows = []
     for piece in doc["timeline"]:
@@ -34,7 +35,7 @@ def timeline_rows(doc: dict) -> list[dict]:
     return rows
 
 
-def write_timeline_csv(doc: dict, path: str) -> None:
+def write_timeline_csv(doc: dict[str, Any], path: str) -> None:
     """The per-interval timeline as CSV with a header row (empty cells: no response in that slice)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -42,14 +43,14 @@ def write_timeline_csv(doc: dict, path: str) -> None:
         writer.writerows(timeline_rows(doc))
 
 
-def write_hdr_log(doc: dict, path: str) -> None:
+def write_hdr_log(doc: dict[str, Any], path: str) -> None:
     """The timeline's interval histograms as an HdrHistogram log (format 1.2, relative timestamps)."""
     started = doc.get("started_unix_s") or 0.0
     with open(path, "w") as f:
         log = HistogramLogWriter(f)
         log.output_log_format_version()
         # written here rather than with output_start_time, which mis-formats the date in hdrh 0.10
-        when = _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(sep=" ", timespec="milliseconds")
+        when = _dt.datetime.fromtimestamp(started, _dt.UTC).isoformat(sep=" ", timespec="milliseconds")
         log.output_comment(f"[StartTime: {started:.3f} (seconds since epoch), {when}]")
         log.output_base_time(started * 1000)
         log.output_comment(f"[serverzoo load {doc['url']}: latency in microseconds; interval max in ms]")

@@ -17,7 +17,7 @@ import os
 from collections import deque
 from dataclasses import asdict, dataclass
 from time import monotonic_ns
-from typing import Protocol, TextIO
+from typing import IO, Any, Protocol
 
 import psutil
 from hdrh.histogram import HdrHistogram
@@ -58,7 +58,7 @@ class Display(Protocol):
 
 
 class _WorkerState:
-    __slots__ = ("completed", "measured", "ns", "errors", "proc", "cpu_s")
+    __slots__ = ("completed", "cpu_s", "errors", "measured", "ns", "proc")
 
     def __init__(self, pid: int | None, start_ns: int) -> None:
         self.completed = 0
@@ -75,7 +75,7 @@ class _WorkerState:
             t = self.proc.cpu_times()
         except psutil.Error:
             return None
-        return t.user + t.system
+        return float(t.user + t.system)
 
 
 class LiveFigures:
@@ -88,13 +88,13 @@ class LiveFigures:
         self.displays = displays
         self.workers = [_WorkerState(pid, start_ns) for pid in pids]
         self.active = set(range(len(pids)))  # workers still ticking (not yet sent their result)
-        self.pending: dict[int, dict[int, dict]] = {}  # tick number -> worker -> its tick
+        self.pending: dict[int, dict[int, dict[str, Any]]] = {}  # tick number -> worker -> its tick
         self.shown = -1  # the last tick number shown
         self.overall = latency.new_histogram()
         self.history: deque[float] = deque(maxlen=SPARK_SECONDS)
         self.cpu_ns = start_ns
 
-    def add(self, worker: int, tick: dict) -> None:
+    def add(self, worker: int, tick: dict[str, Any]) -> None:
         for phase, encoded in tick["recent"]:
             if phase == "measure":
                 self.overall.add(latency.decode(encoded))
@@ -118,7 +118,7 @@ class LiveFigures:
             del self.pending[seq]
             self._show(seq, got)
 
-    def _fold(self, worker: int, tick: dict) -> float:
+    def _fold(self, worker: int, tick: dict[str, Any]) -> float:
         """Take a worker's tick into its state; its requests/s since its previous tick."""
         w = self.workers[worker]
         dt = (tick["ns"] - w.ns) / 1e9
@@ -127,7 +127,7 @@ class LiveFigures:
         w.measured = tick["measured"]
         return rps
 
-    def _show(self, seq: int, ticks: dict[int, dict]) -> None:
+    def _show(self, seq: int, ticks: dict[int, dict[str, Any]]) -> None:
         self.shown = seq
         rps = sum(self._fold(worker, tick) for worker, tick in ticks.items())
         recent = latency.merge(encoded for tick in ticks.values() for _phase, encoded in tick["recent"])
@@ -234,7 +234,7 @@ class RichView:
 class PlainLines:
     """One line a second, no escape codes: for pipes and logs (--live when stderr is not a terminal)."""
 
-    def __init__(self, stream: TextIO, opts: LoadOptions) -> None:
+    def __init__(self, stream: IO[str], opts: LoadOptions) -> None:
         self.stream, self.opts = stream, opts
 
     def show(self, second: Second, history: list[float]) -> None:

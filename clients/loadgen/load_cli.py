@@ -170,7 +170,8 @@ cannot be reached or lost a worker mid-run (then the --json result is written, m
 @click.option("--stage", "stage_s", type=DURATION,
               help="Rate stages: each rate of -R 1000,2000,4000 held this long; with a --ramp, the length of its "
                    "reported segments. Each stage is reported apart.")
-@click.option("--ramp", "ramp_s", type=DURATION, help="A linear ramp of -R FROM..TO over this long (the measured time).")
+@click.option("--ramp", "ramp_s", type=DURATION,
+              help="A linear ramp of -R FROM..TO over this long (the measured time).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="Write the per-interval timeline (--timeline-interval) as CSV.")
 @click.option("--hdr-log", "hdr_log_path", type=click.Path(dir_okay=False),

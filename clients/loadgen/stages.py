@@ -81,11 +81,6 @@ class RateSchedule:
             return self.rates[0]
         return self.rate_at(min(RAMP_STEP_S, self.ramp_s / 20) / 2)
 
-    def describe(self) -> str:
-        if self.ramp_s is not None:
-            return f"ramp {self.rates[0]:g}..{self.rates[1]:g} req/s over {self.ramp_s:g} s"
-        return f"{len(self.rates)} stages of {self.stage_s:g} s at " + ", ".join(f"{r:g}" for r in self.rates) + " req/s"
-
 
 def parse_rate(text: str, stage_s: float | None, ramp_s: float | None) -> tuple[float, RateSchedule | None]:
     """-R's text with --stage and --ramp -> (the first rate, the schedule or None). OptionError when malformed.

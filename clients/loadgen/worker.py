@@ -282,7 +282,7 @@ class Worker:
                              "errors": cur[3] - prev[3], "bytes": cur[4] - prev[4],
                              "histogram": latency.encode(latency.histogram_of(values))})
         stages = []
-        for a, b in zip(run.stage_marks, run.stage_marks[1:]):
+        for a, b in zip(run.stage_marks, run.stage_marks[1:], strict=False):
             stages.append({"start_ns": a.ns, "end_ns": b.ns, "requests": b.completed - a.completed,
                            "errors": {k: n - a.errors.get(k, 0) for k, n in b.errors.items() if n > a.errors.get(k, 0)},
                            "bytes": b.bytes_in - a.bytes_in, "scheduled": b.scheduled - a.scheduled,
