@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 SERVERS = os.path.join(os.path.dirname(__file__), "loadgen_servers.py")
 
@@ -130,3 +132,14 @@ def run_in_pty(argv: list[str], timeout: float = 60, columns: int = 100) -> tupl
         return proc.wait(10), out.decode(errors="replace")
     finally:
         os.close(master)
+
+
+@contextlib.contextmanager
+def one_kib_server(root: str) -> Iterator[str]:
+    """A corpus of one 1 KiB file in root, served by a real asyncio server process: yields the file's URL."""
+    from serverzoo.clients.loadgen.corpus import write_corpus
+    from serverzoo.servers.launch import ServerProcess
+
+    write_corpus(root, ["1KiB"])
+    with ServerProcess("asyncio", root) as srv:
+        yield srv.url.rstrip("/") + "/1KiB.bin"

@@ -10,19 +10,15 @@ import pytest
 from hdrh.log import HistogramLogReader
 
 from serverzoo.clients.loadgen import latency
-from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.clients.loadgen.exports import CSV_COLUMNS
-from serverzoo.servers.launch import ServerProcess
 
-from .load_helpers import run_cli
+from .load_helpers import one_kib_server, run_cli
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory):
-    root = str(tmp_path_factory.mktemp("exports-corpus"))
-    write_corpus(root, ["1KiB"])
-    with ServerProcess("asyncio", root) as srv:
-        yield srv.url.rstrip("/") + "/1KiB.bin"
+    with one_kib_server(str(tmp_path_factory.mktemp("exports-corpus"))) as file_url:
+        yield file_url
 
 
 def test_timeline_as_csv_and_hdr_log(url: str, tmp_path) -> None:

@@ -12,12 +12,10 @@ import sys
 import pytest
 
 from serverzoo.clients.loadgen import latency
-from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.clients.loadgen.live import LiveFigures, Second, sparkline
 from serverzoo.clients.loadgen.options import LoadOptions
-from serverzoo.servers.launch import ServerProcess
 
-from .load_helpers import run_cli, run_in_pty
+from .load_helpers import one_kib_server, run_cli, run_in_pty
 
 ESCAPE = "\x1b"
 PLAIN_LINE = re.compile(r"^\s+-?\d+\.\d+s (ramp-up|warmup|measure)\s+[\d,]+ req/s  p50 \S+  p99 \S+  "
@@ -25,16 +23,9 @@ PLAIN_LINE = re.compile(r"^\s+-?\d+\.\d+s (ramp-up|warmup|measure)\s+[\d,]+ req/
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = str(tmp_path_factory.mktemp("live-corpus"))
-    write_corpus(root, ["1KiB"])
-    return root
-
-
-@pytest.fixture(scope="module")
-def url(corpus: str):
-    with ServerProcess("asyncio", corpus) as srv:
-        yield srv.url.rstrip("/") + "/1KiB.bin"
+def url(tmp_path_factory: pytest.TempPathFactory):
+    with one_kib_server(str(tmp_path_factory.mktemp("live-corpus"))) as file_url:
+        yield file_url
 
 
 def _load(url: str, *args: str) -> list[str]:

@@ -6,20 +6,16 @@ import json
 
 import pytest
 
-from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.clients.loadgen.options import OptionError
 from serverzoo.clients.loadgen.stages import RateSchedule, parse_rate
-from serverzoo.servers.launch import ServerProcess
 
-from .load_helpers import run_cli
+from .load_helpers import one_kib_server, run_cli
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory):
-    root = str(tmp_path_factory.mktemp("stages-corpus"))
-    write_corpus(root, ["1KiB"])
-    with ServerProcess("asyncio", root) as srv:
-        yield srv.url.rstrip("/") + "/1KiB.bin"
+    with one_kib_server(str(tmp_path_factory.mktemp("stages-corpus"))) as file_url:
+        yield file_url
 
 
 def _run(url: str, *args: str) -> tuple[dict, str]:
