@@ -66,9 +66,10 @@ class _WorkerState:
         self.ns = start_ns
         self.errors: dict[str, int] = {}
         self.proc = psutil.Process(pid) if pid is not None else None
-        self.cpu_s = self._cpu()
+        self.cpu_s = self.cpu_now()
 
-    def _cpu(self) -> float | None:
+    def cpu_now(self) -> float | None:
+        """This worker process's CPU time so far (user + system, seconds), None once it is gone."""
         if self.proc is None:
             return None
         try:
@@ -159,7 +160,7 @@ class LiveFigures:
         now = monotonic_ns()
         used = 0.0
         for w in self.workers:
-            before, w.cpu_s = w.cpu_s, w._cpu()
+            before, w.cpu_s = w.cpu_s, w.cpu_now()
             if before is None or w.cpu_s is None:
                 return None
             used += w.cpu_s - before
