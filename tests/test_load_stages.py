@@ -34,11 +34,12 @@ def test_steps_are_reported_apart(url: str) -> None:
     assert sum(s["requests"] for s in stages) == doc["requests"]
     for s in stages:
         assert s["errors"]["total"] == 0
-        assert s["elapsed_s"] == pytest.approx(0.5, abs=0.05)
+        # the boundaries are timers of busy event loops on a shared machine: late by a little at most
+        assert s["elapsed_s"] == pytest.approx(0.5, abs=0.15)
         # a few hundred requests a second is far below what the server and the generator can do:
         # each stage's own rate is achieved, not the run's average
         assert s["achieved_rate"] == pytest.approx(s["target_rate"], rel=0.2), s
-        assert s["scheduled"] == pytest.approx(s["target_rate"] * 0.5, rel=0.2), s
+        assert s["scheduled"] / s["elapsed_s"] == pytest.approx(s["target_rate"], rel=0.2), s
         assert s["latency_us"]["count"] == s["requests"] and s["latency_us"]["p99"] is not None
         assert s["latency_uncorrected_us"]["p99"] is not None
     assert doc["target_rate"] == pytest.approx(1400 / 3, abs=0.01)
@@ -48,13 +49,13 @@ def test_steps_are_reported_apart(url: str) -> None:
 
 
 def test_a_ramp_is_reported_in_segments(url: str) -> None:
-    doc, text = _run(url, "-R", "100..900", "--ramp", "1s", "--stage", "0.25s")
+    doc, text = _run(url, "-R", "100..900", "--ramp", "2s", "--stage", "0.5s")
     stages = doc["stages"]
     assert [s["target_rate"] for s in stages] == [200, 400, 600, 800]  # the line's mean over each quarter
     assert sum(s["requests"] for s in stages) == doc["requests"]
     for s in stages:
         assert s["achieved_rate"] == pytest.approx(s["target_rate"], rel=0.25), stages
-    assert "a ramp from 100 to 900 req/s over 1s" in text
+    assert "a ramp from 100 to 900 req/s over 2s" in text
 
 
 @pytest.mark.parametrize("args, message", [
