@@ -134,7 +134,8 @@ def run_cluster_load(opts: LoadOptions, cluster: ClusterOptions) -> dict:
     check_cluster_options(opts, cluster)
     with cluster_client(cluster) as client:
         chosen = choose_workers(client, cluster.workers)
-        opts = replace(opts, workers=len(chosen), live=False)  # the live line needs local ticks
+        # the live figures need local ticks: none are drawn, so the workers need not send histograms
+        opts = replace(opts, workers=len(chosen), live=False, progress_fd=None)
         replace(opts, cpus=None).validate()
         return _ClusterRun(client, opts, build_plan(opts), chosen, cluster).run()
 
