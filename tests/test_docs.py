@@ -17,19 +17,24 @@ repository.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from markdown_it import MarkdownIt
-from markdown_it.token import Token
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from markdown_it.token import Token
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = sorted([REPO / "README.md", REPO / "PROTOCOL.md", *(REPO / "docs").glob("*.md")])
@@ -139,7 +144,7 @@ def github_anchor(text: str) -> str:
 def anchors(page: Path) -> set[str]:
     tokens = _tokens(page)
     seen: dict[str, int] = {}
-    for heading, inline in zip(tokens, tokens[1:]):
+    for heading, inline in itertools.pairwise(tokens):
         if heading.type != "heading_open":
             continue
         text = "".join(child.content for child in inline.children or [] if child.type in ("text", "code_inline"))
