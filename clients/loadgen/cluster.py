@@ -39,8 +39,8 @@ from time import monotonic_ns
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import latency
-from .coordinator import LoadError, _check_alive, _handle, _judge_client, _wait_ready, _WorkerProcess, \
-    build_document, make_shares
+from .coordinator import LoadError, WorkerProcess, build_document, check_alive, judge_client, make_shares, \
+    wait_ready
 from .options import LoadOptions, OptionError
 from .server_sampler import ServerSampler
 from .targets import Plan, build_plan
@@ -228,9 +228,9 @@ def generator_task(names: str, opts: LoadOptions, plan: Plan, share) -> dict | N
     client = get_client()
     stop = Event(f"{names}-stop", client)
     start_at = Variable(f"{names}-start", client)  # set before the go event
-    proc = _WorkerProcess(share, opts, plan)
+    proc = WorkerProcess(share, opts, plan)
     try:
-        _wait_ready([proc])
+        wait_ready([proc])
         offset_ns, rtt_ns = measure_offset(lambda: client.run_on_scheduler(time.time_ns))
         Event(f"{names}-ready-{share.index}", client).set()
         go = Event(f"{names}-go", client)
@@ -251,7 +251,7 @@ def generator_task(names: str, opts: LoadOptions, plan: Plan, share) -> dict | N
         proc.finish()
 
 
-def _follow(proc: _WorkerProcess, stop) -> bool:
+def _follow(proc: WorkerProcess, stop) -> bool:
     """Relay the child's messages until its result, passing the stop signal on; True if it was stopped."""
     stopped = False
     with selectors.DefaultSelector() as sel:
@@ -259,13 +259,13 @@ def _follow(proc: _WorkerProcess, stop) -> bool:
         while proc.result is None:
             if sel.select(POLL_S):
                 for msg in proc.feed():
-                    _handle(proc, msg)
+                    proc.handle(msg)
                     if msg[0] == "result":
                         break
             if proc.result is None and not stopped and stop.is_set():
                 proc.send(("stop",))
                 stopped = True
-            _check_alive([proc])
+            check_alive([proc])
     return stopped
 
 
@@ -464,7 +464,7 @@ class _ClusterRun:
                 r = out["result"]
                 m = r["phases"]["measure"]
                 elapsed = (m["end_ns"] - m["start_ns"]) / 1e9 if m["start_ns"] and m["end_ns"] else 0.0
-                judged = _judge_client(self.opts, [r], elapsed)
+                judged = judge_client(self.opts, [r], elapsed)
                 late = out["late_ns"] / 1e6 if out["late_ns"] is not None else None
                 if late is not None:
                     lates.append(late)
