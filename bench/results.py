@@ -156,6 +156,8 @@ class CellRecord:
     server_cpus: tuple[int, ...]
     client_cpus: tuple[int, ...]
     placement: str | None  # the scenario's CPU placement in words, when the runner recorded it
+    server_host: str | None = None  # bench --cluster: the host of the server's Dask worker
+    client_hosts: tuple[str, ...] = ()  # bench --cluster: the hosts of the generators' Dask workers
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> CellRecord:
@@ -170,6 +172,9 @@ class CellRecord:
             rss_at_ready=_num(proc.get("rss_at_ready_bytes")),
             server_cpus=tuple(proc.get("cpus") or ()), client_cpus=tuple(gen.get("cpus") or ()),
             placement=(d.get("placement") or {}).get("text") if isinstance(d.get("placement"), dict) else None,
+            server_host=proc.get("host"),
+            client_hosts=tuple(sorted({w["host"] for w in ((d.get("load") or {}).get("cluster") or {}).get("workers", [])
+                                       if w.get("host")})),
         )
 
 
