@@ -173,9 +173,14 @@ class CellRecord:
             server_cpus=tuple(proc.get("cpus") or ()), client_cpus=tuple(gen.get("cpus") or ()),
             placement=(d.get("placement") or {}).get("text") if isinstance(d.get("placement"), dict) else None,
             server_host=proc.get("host"),
-            client_hosts=tuple(sorted({w["host"] for w in ((d.get("load") or {}).get("cluster") or {}).get("workers", [])
-                                       if w.get("host")})),
+            client_hosts=_generator_hosts(d.get("load")),
         )
+
+
+def _generator_hosts(load: dict[str, Any] | None) -> tuple[str, ...]:
+    """The hosts of a --cluster load's generators (none for a load run on this machine)."""
+    workers = ((load or {}).get("cluster") or {}).get("workers") or []
+    return tuple(sorted({w["host"] for w in workers if w.get("host")}))
 
 
 _SCENARIO_FIELDS = {f.name for f in dataclasses.fields(Scenario)}
