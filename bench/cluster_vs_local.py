@@ -36,7 +36,7 @@ import time
 
 import psutil
 
-from .loadgen_vs_wrk import make_root
+from .loadgen_vs_wrk import make_root, write_result
 from .nginx import NginxServer
 
 SIDES = {
@@ -181,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     out.update(c, finished_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
     say(format_comparison(c))
     if args.json:
-        from serverzoo.machine import describe_machine
-
-        with open(args.json, "w") as f:
-            json.dump({"machine": describe_machine(), **out}, f, indent=1)
+        write_result(args.json, out)
     return 0
 
 
