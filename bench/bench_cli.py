@@ -165,7 +165,8 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
 
 
 def _link_profile(name: str | None, links_file: str | None, suite: Suite) -> LinkProfile | None:
-    """The LinkProfile --link names: from --links-file when given, else from the scenarios file's [links]."""
+    """The LinkProfile --link names: from --links-file when given, else the scenarios file's own
+    [links.NAME] tables, else serverzoo's link profiles (serverzoo.clients.links)."""
     from serverzoo.clients.links.profiles import ProfileError, get_profile
 
     if not name:
@@ -177,13 +178,13 @@ def _link_profile(name: str | None, links_file: str | None, suite: Suite) -> Lin
             return get_profile(name, links_file)
         except ProfileError as exc:
             raise LinkError(f"--link {name}: {exc}") from None
-    where = os.path.basename(suite.path)
-    if not suite.links:
-        raise LinkError(f"--link {name}: {where} has no [links.NAME] tables (copy them from bench/scenarios.toml, "
-                        "or give --links-file)")
-    if name not in suite.links:
-        raise LinkError(f"--link {name}: no link named {name!r} in {where} (known: {', '.join(suite.links)})")
-    return suite.links[name]
+    if name in suite.links:
+        return suite.links[name]
+    try:
+        return get_profile(name)
+    except ProfileError as exc:
+        own = f"; {os.path.basename(suite.path)} adds {', '.join(suite.links)}" if suite.links else ""
+        raise LinkError(f"--link {name}: {exc}{own}") from None
 
 
 def _check_link_support(plan: BenchPlan, dry_run: bool) -> None:

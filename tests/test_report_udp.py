@@ -47,9 +47,11 @@ def compared(tmp_path_factory, worker_id) -> dict:
             # the smallest settings it takes: a one-rate sweep, 0.3 s parts
             done = subprocess.run([*PY, "udp", "compare", "--links", f"veth,{NO_SUCH_LINK}", "--time", "0.3",
                                    "--step-time", "0.2", "--sweep-from", "4M", "--sweep-to", "4M", "--count", "50",
-                                   "--cpus", "", "--json", paths["json"], "--html", paths["html"], "--md", paths["md"]],
-                                  capture_output=True, text=True, timeout=50)
+                                   "--cpus", "", "--json", paths["json"]], capture_output=True, text=True, timeout=50)
             assert done.returncode == 0, done.stderr
+            rendered = subprocess.run([*PY, "report", paths["json"], "--html", paths["html"], "--md", paths["md"]],
+                                      capture_output=True, text=True, timeout=50)
+            assert rendered.returncode == 0, rendered.stderr
             with open(paths["stdout"] + ".part", "w") as f:
                 f.write(done.stdout)
             os.replace(paths["stdout"] + ".part", paths["stdout"])
@@ -233,8 +235,8 @@ def test_bad_files_give_one_line_and_exit_2(compared, tmp_path):
     assert not (tmp_path / "r.md").exists()
 
 
-def test_compare_refuses_an_unwritable_report_path_before_measuring(tmp_path):
-    done = subprocess.run([*PY, "udp", "compare", "--links", "", "--html", str(tmp_path / "no" / "such" / "r.html")],
+def test_compare_refuses_an_unwritable_json_path_before_measuring(tmp_path):
+    done = subprocess.run([*PY, "udp", "compare", "--links", "", "--json", str(tmp_path / "no" / "such" / "r.json")],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "--html" in done.stderr and "no folder" in done.stderr and "Traceback" not in done.stderr
+    assert "--json" in done.stderr and "no folder" in done.stderr and "Traceback" not in done.stderr

@@ -8,7 +8,7 @@ delay without netem, by two TUN devices and the userspace delay line).
         with link.client_namespace():                   # sockets made here live in the client host
             ...                                         # connect to url
 
-profiles.py    link profiles ([links.NAME] in bench/scenarios.toml): delay, jitter, rate, loss
+profiles.py    link profiles ([links.NAME] in links.toml): delay, jitter, rate, loss
 shaping.py     what the kernel offers (netem? tbf? nftables? TUN?) and the commands for a profile
 namespaces.py  LinkedHosts, leftover cleanup
 delay_line.py  the userspace delay line: a forwarder between two TUN devices (delay without netem)

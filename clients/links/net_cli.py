@@ -54,7 +54,7 @@ def _support():
 
 
 @net_group.command("links")
-@click.option("--links-file", type=click.Path(dir_okay=False), default=None, help="[bench/scenarios.toml]")
+@click.option("--links-file", type=click.Path(dir_okay=False), default=None, help="[clients/links/links.toml]")
 def links_command(links_file: str | None) -> None:
     """List the link profiles, and whether (and how) each can be built on this machine."""
     from .shaping import measured_notes, plan
@@ -134,7 +134,7 @@ def check_command(measure: bool, seconds: float) -> None:
 @net_group.command("up")
 @click.argument("name")
 @click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")
+              help="TOML file with [links.NAME] tables. [clients/links/links.toml]")
 @click.option("--time", "seconds", type=click.FloatRange(1, 3600), default=300, show_default=True,
               help="Remove the link after this many seconds.")
 def up_command(name: str, links_file: str | None, seconds: float) -> None:
@@ -163,7 +163,7 @@ def up_command(name: str, links_file: str | None, seconds: float) -> None:
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Directory to serve.")
 @click.option("--model", default="threading", show_default=True, help="Server model on the server host.")
 @click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")
+              help="TOML file with [links.NAME] tables. [clients/links/links.toml]")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120, show_default=True,
               help="Give up on the download after this many seconds.")
 def fetch_command(name: str, path: str, root: str, model: str, links_file: str | None, timeout: float) -> None:
