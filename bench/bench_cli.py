@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -32,7 +32,7 @@ class LinkError(ConfigError):
     """--link names no profile, or this machine cannot build links (one line, exit code 3)."""
 
 
-def _fail(command: str, message: str, code: int = 2) -> None:
+def _fail(command: str, message: str, code: int = 2) -> NoReturn:
     click.echo(f"serverzoo {command}: {message}", err=True)
     sys.exit(code)
 
@@ -96,10 +96,8 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
             plan, doc, path, corpus_root = _new_run(o)
     except LinkError as exc:
         _fail("bench", str(exc), EXIT_NO_LINK)
-        return
     except (ConfigError, ResultsError) as exc:
         _fail("bench", str(exc))
-        return
     from .matrix import pending_cells
 
     todo = pending_cells(plan, doc)
@@ -120,7 +118,6 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
 
     if o["cluster"] is not None and plan.link is not None:
         _fail("bench", "--cluster and --link cannot be combined: a link joins two namespaces of this machine")
-        return
     try:
         # one link for the whole run: up before the first cell, removed after the last, on Ctrl-C and on errors
         with linked_hosts_or_exit(plan.link) as hosts, _cluster_placement(o["cluster"]) as placement:
@@ -136,13 +133,10 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
                                 deadline=deadline, placement=placement)
     except NoLinkError as exc:
         _fail("bench", exc.message, EXIT_NO_LINK)
-        return
     except ClusterError as exc:
         _fail("bench", str(exc), EXIT_CLUSTER)
-        return
     except KeyboardInterrupt:  # while the link was being built: nothing was measured
         _fail("bench", "interrupted before the first cell", EXIT_INTERRUPTED)
-        return
     if plan.link is not None:
         click.echo(f"link {plan.link.name} removed", err=True)
     if status == "interrupted":
@@ -358,10 +352,8 @@ def report_command(runs: tuple[str, ...], html_path: str | None, md_path: str | 
         written = write_reports(list(runs), html_path, md_path, baseline=baseline, noise_floor=noise_floor)
     except ResultsError as exc:
         _fail("report", str(exc))
-        return
     except OSError as exc:
         _fail("report", f"cannot write the report: {exc.strerror or exc} ({exc.filename})")
-        return
     for path in written:
         click.echo(path)
 
@@ -396,7 +388,6 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
         a, b = RunView(load_run(before)), RunView(load_run(after))
     except ResultsError as exc:
         _fail("compare", str(exc), EXIT_BAD_INPUT)
-        return
     try:
         rows = deltas(a, b, floor=threshold)
         broken = newly_failed(a, b)
@@ -404,10 +395,8 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
         # a gate over two networks would call the link's effect a regression (or hide one behind it)
         _fail("compare", f"{exc}: a regression gate compares runs over the same network "
                          f"(`serverzoo report {before} {after}` puts them side by side)", EXIT_BAD_INPUT)
-        return
     if not rows and not broken:
         _fail("compare", "the two runs have no successfully measured cell in common", EXIT_BAD_INPUT)
-        return
     click.echo(f"{a.run.run_id} -> {b.run.run_id} (both over {b.link}): {len(rows)} cells compared "
                f"(a change must exceed the 95% interval of the difference and {threshold:.0%})")
     ma, mb = a.run.machine, b.run.machine

@@ -1,4 +1,4 @@
-"""Every model against nginx under wrk: the speed floors of the models issue, as ratios.
+"""Every model against nginx under wrk, as ratios, each checked against its speed floor.
 
     python -m serverzoo.bench.model_speed                      # all workloads, medians of 3 x 5 s
     python -m serverzoo.bench.model_speed --workload keepalive --models select,asyncio-uvloop -r 1 -d 2
@@ -9,7 +9,7 @@ wrk (-t1) to --client-cpu. Within each repetition every server runs once, in tur
 drift on a shared machine hits them alike; the figure per server is the median over
 repetitions, and each model is shown as a ratio to nginx measured in the same run.
 
-Workloads (from the models issue):
+Workloads:
   keepalive  1 KiB file, 64 keep-alive connections; ratio to nginx tuned
              (`sendfile off; open_file_cache`)
   close      1 KiB file, a new connection per request (Connection: close), 64
@@ -43,7 +43,7 @@ class Workload:
     close: bool
     metric: str  # "rps" or "mbps"
     nginx_tuned: bool
-    floors: dict[str, float]  # variant -> least acceptable ratio to nginx (the issue's numbers)
+    floors: dict[str, float]  # variant -> least acceptable ratio to nginx
 
 
 WORKLOADS = {

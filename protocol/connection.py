@@ -177,7 +177,7 @@ class HttpConnection:
     def _respond(self, method: bytes, target: bytes, version: str, headers: dict[bytes, bytes],
                  keep_alive: bool) -> ResponsePlan:
         close = not keep_alive or self.draining
-        req = Request(method, target, version, headers, not close)
+        req = Request(method, target, version, headers)
         plan = self._app.respond(req, self._writer, close)
         if close:
             self.closed = True

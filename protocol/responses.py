@@ -43,10 +43,6 @@ class ResponsePlan:
     work: WorkOrder | None = None
     close: bool = False  # close the connection once this response is sent
 
-    @property
-    def body_length(self) -> int:
-        return len(self.body) + (self.file.length if self.file else 0)
-
 
 @functools.lru_cache(maxsize=None)
 def _server_line(server_name: str) -> bytes:

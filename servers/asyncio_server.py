@@ -13,9 +13,7 @@ busy ones the grace period.
 
 Good at: the same as select (many idle or slow clients, small keep-alive requests);
 uvloop's C loop and transports cost less per request than select's Python loop
-("small files keep-alive", "new connection per request"). User-space instructions
-per request (callgrind) put uvloop below select below the stdlib loop, with the shared
-core the larger part of each.
+("small files keep-alive", "new connection per request").
 Breaks down: CPU-bound work blocks the loop and every client on it ("cpu work");
 one process uses one core (--workers N runs N loops on the listener).
 File bodies: a read-and-write loop by default (READ_CHUNK pread chunks written to the

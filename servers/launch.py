@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import IO, Sequence
 
 
 class ServerStartError(RuntimeError):
@@ -36,8 +36,9 @@ class ServerProcess:
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
-        self._stderr = None
+        self._stderr: IO[bytes] | None = None
         self._stderr_fd = stderr
+        self._stderr_at_stop = ""  # what stderr_text() returns once stop() has closed the file
 
     @property
     def pid(self) -> int:
@@ -75,7 +76,7 @@ class ServerProcess:
                     break
                 line += chunk
         if not line.startswith(b"READY "):
-            err = self._collect_stderr()
+            err = self.stderr_text()
             self.stop(timeout=2)
             raise ServerStartError(f"{' '.join(self.argv[2:])} did not become ready: {line!r} {err}")
         self.url = line.split()[1].decode()
@@ -83,13 +84,10 @@ class ServerProcess:
 
     def stderr_text(self) -> str:
         """What the server wrote to stderr so far (the last 4000 characters)."""
-        if self.proc is None or self._stderr is None:
-            return ""
+        if self._stderr is None:
+            return self._stderr_at_stop
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")[-4000:]
-
-    def _collect_stderr(self) -> str:
-        return self.stderr_text()
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -108,6 +106,10 @@ class ServerProcess:
                 self.proc.wait(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self._stderr is not None:  # the server is gone: keep what it wrote, free the file
+            self._stderr_at_stop = self.stderr_text()
+            self._stderr.close()
+            self._stderr = None
         return self.proc.returncode
 
     def __enter__(self) -> "ServerProcess":

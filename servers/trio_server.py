@@ -38,13 +38,13 @@ kernel blocks the one thread like any single-threaded loop ("cpu work" scenario;
 File bodies: a bounded read-and-send loop (READ_CHUNK steps) by default; its reads come
 straight from the page cache (preadv with RWF_NOWAIT, a memcpy) and go to a worker
 thread only when the data is not cached, so a cold disk never stalls the loop (a
-thread hand-off for every chunk, or trio.open_file, costs several times the CPU of the
+thread hand-off for every chunk, or trio.open_file, costs far more CPU than the
 in-loop copy). trio has no sendfile API, but its I/O layer allows one: --file-send
 sendfile calls os.sendfile on the non-blocking socket and waits with
 trio.lowlevel.wait_writable whenever the socket buffer is full (a file not in the page
 cache then stalls the loop for the disk read). Copying is the default because on
 loopback copied data is cheaper for the receiving client, whose core limits the large
-file scenario; sendfile costs well under half the server CPU per byte, and wins where
+file scenario; sendfile costs the server less CPU per byte, and wins where
 the server's core is the limit (many connections of mid-sized files).
 """
 
@@ -262,7 +262,7 @@ async def _read_chunk(source: FileSource, buf: bytearray) -> bytes | memoryview:
     """The next chunk of a file: from the page cache without waiting for the disk (RWF_NOWAIT),
     which is a plain memcpy; only when the data is not cached, in a worker thread, so a
     cold disk never stalls the loop. A thread hand-off per chunk costs far more CPU than
-    the copy itself (measured, see the module docstring)."""
+    the copy itself."""
     view = memoryview(buf)[:source.left]  # buf is reused: the caller sends each chunk before the next
     try:
         n = os.preadv(source.fd, [view], source.offset, _RWF_NOWAIT)

@@ -1,7 +1,7 @@
 """Latency histograms: raw values recorded cheaply, bucketed in bulk, saved lossless and mergeable.
 
-During a run a connection only appends integer microseconds to an array('q') (about
-0.16 us, against 1.4 us for HdrHistogram.record_value). After the run the values are
+During a run a connection only appends integer microseconds to an array('q') (far
+cheaper per call than HdrHistogram.record_value). After the run the values are
 counted with collections.Counter (C speed) and each distinct value enters the histogram
 once with its count. The histogram is HdrHistogram (microseconds, 1 us to 1 hour,
 3 significant digits); its encoded form (V2, compressed, base64) is what results carry,

@@ -172,6 +172,12 @@ class ChildProcesses:
         os.close(self._wake_w)
 
 
+def _stopped_cleanly(status: int, killed: bool) -> bool:
+    """A worker's exit at the stop: status 0, the stop's SIGTERM, or its SIGKILL if it sent one."""
+    code = os.waitstatus_to_exitcode(status)
+    return code in (0, -signal.SIGTERM) or (killed and code == -signal.SIGKILL)
+
+
 class Supervisor:
     """N worker processes running worker(index), each replaced if it dies unexpectedly.
 
@@ -192,7 +198,10 @@ class Supervisor:
         self.stopping = True  # the wakeup fd ends the main loop's wait
 
     def run(self, on_started: Callable[[], None] = lambda: None) -> int:
-        """Start the workers, call on_started, supervise until SIGTERM/SIGINT. Returns an exit code."""
+        """Start the workers, call on_started, supervise until SIGTERM/SIGINT. Returns the exit
+        code: 0 when every worker stopped with status 0, or was ended by the stop itself (its
+        SIGTERM before the worker had set up its own handling, its SIGKILL once the grace period
+        was over); 1 when a worker failed (an error status, or another signal)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         children = ChildProcesses(on_exit=lambda pid, index, status: self._exits.append((pid, index, status)))
@@ -210,16 +219,23 @@ class Supervisor:
                     if self.stopping:
                         break
                     children.start(self.worker, index, tag=index, default_signals=True)
-            children.stop(self.grace)
+            killed = not children.stop(self.grace)
         finally:
             children.close()
-        return 0
+        failed = [status for _pid, _index, status in self._exits if not _stopped_cleanly(status, killed)]
+        self._report_exits(killed)
+        return 1 if failed else 0
 
-    def _report_exits(self) -> None:
+    def _report_exits(self, killed: bool | None = None) -> None:
+        """Say why workers exited: while serving (they are replaced), or at the stop (None: serving)."""
         exits, self._exits = self._exits, []
         for pid, index, status in exits:
-            print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)}; starting a new one",
-                  file=sys.stderr, flush=True)
+            if killed is None:
+                print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)}; starting a new one",
+                      file=sys.stderr, flush=True)
+            elif not _stopped_cleanly(status, killed):
+                print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)} while stopping",
+                      file=sys.stderr, flush=True)
 
     def _pace_restarts(self, children: ChildProcesses) -> None:
         now = time.monotonic()
