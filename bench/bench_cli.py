@@ -218,9 +218,8 @@ def _record_link(doc: dict[str, Any], hosts: LinkedHosts, resumed: bool) -> None
 
 
 def _new_run(o: dict[str, Any]) -> tuple[BenchPlan, dict[str, Any], str, str]:
-    from serverzoo.machine import describe_machine
-
     from serverzoo.clients.links.namespaces import SERVER_ADDR
+    from serverzoo.machine import describe_machine
 
     from .corpus import check_corpus, default_corpus_dir, ensure_corpus
     from .nginx import NginxError, NginxServer, check_world_readable, nginx_binary
@@ -264,7 +263,7 @@ def _new_run(o: dict[str, Any]) -> tuple[BenchPlan, dict[str, Any], str, str]:
         except (NginxError, OSError) as exc:
             del plan.servers[REFERENCE]
             plan.notes.append(f"no nginx yardstick: {exc}")
-    created = _dt.datetime.now(_dt.timezone.utc)
+    created = _dt.datetime.now(_dt.UTC)
     run_id = f"{created:%Y%m%dT%H%M%SZ}-{plan.preset}"
     config = plan.to_config() | {
         "scenarios_file": suite.path, "scenarios_sha256": suite.sha256, "scenarios_toml": suite.text,
@@ -307,7 +306,7 @@ def _resume(path: str, dry_run: bool = False) -> tuple[BenchPlan, dict[str, Any]
         ensure_corpus(corpus_root, plan.corpus)  # the same seed writes the same bytes
     if REFERENCE in plan.servers and not doc["config"].get("reference"):
         del plan.servers[REFERENCE]
-    doc["resumed"].append({"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    doc["resumed"].append({"date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                            "git_commit": here.get("git_commit"), "cells_before": len(doc["cells"])})
     return plan, doc, path, corpus_root
 

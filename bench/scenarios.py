@@ -90,7 +90,7 @@ class Scenario:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Scenario":
+    def from_dict(cls, d: dict[str, Any]) -> Scenario:
         d = dict(d)
         d["paths"] = tuple(d["paths"])
         d["levels"] = tuple(d["levels"])

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 CONFIDENCE = 0.95
 MIN_BATCHES = 3  # fewer batches than this give an interval too wide to mean anything

@@ -79,15 +79,31 @@ class Server:
         if self.protocols:
             try:
                 await asyncio.wait_for(asyncio.shield(self.all_closed), self.limits.grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for proto in list(self.protocols):
                     proto.abort()
                 await asyncio.sleep(0)  # let connection_lost run
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("srv", "loop", "limits", "transport", "http", "box", "busy", "reading", "eof", "write_paused",
-                 "written", "progress", "deadline", "timer", "armed_at", "pending")
+    __slots__ = (
+        "armed_at",
+        "box",
+        "busy",
+        "deadline",
+        "eof",
+        "http",
+        "limits",
+        "loop",
+        "pending",
+        "progress",
+        "reading",
+        "srv",
+        "timer",
+        "transport",
+        "write_paused",
+        "written",
+    )
 
     def __init__(self, srv: Server) -> None:
         self.srv = srv

@@ -41,11 +41,11 @@ from gevent import getcurrent
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
-from gevent.socket import socket as GeventSocket
+from gevent.socket import socket as GeventSocket  # noqa: N812 (a class, named as one here)
 from gevent.socket import wait_write
 
-from .runtime.blocking import serve_connection
 from .runtime.accepting import AcceptBackoff
+from .runtime.blocking import serve_connection
 from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import raise_open_files_limit

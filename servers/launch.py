@@ -14,7 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO, Sequence
+from collections.abc import Sequence
+from typing import IO
 
 
 class ServerStartError(RuntimeError):
@@ -53,7 +54,7 @@ class ServerProcess:
     def host(self) -> str:
         return self.url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         cpus = self.cpus
         preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         # stderr goes to an unlinked temporary file: a pipe nobody drains could fill and block the server
@@ -112,7 +113,7 @@ class ServerProcess:
             self._stderr = None
         return self.proc.returncode
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

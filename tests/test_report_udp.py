@@ -19,8 +19,8 @@ import subprocess
 import sys
 
 import pytest
-from markupsafe import escape
 from click.testing import CliRunner
+from markupsafe import escape
 
 from serverzoo.bench.report import build_any, render
 from serverzoo.bench.store import read_result
@@ -88,10 +88,10 @@ def md_rows(md: str) -> dict[str, list[str]]:
 
 
 def html_rows(page: str) -> dict[str, list[str]]:
-    table = re.search(r'<table class="tcp-vs-udp">(.*?)</table>', page, flags=re.S).group(1)
+    table = re.search(r'<table class="tcp-vs-udp">(.*?)</table>', page, flags=re.DOTALL).group(1)
     rows = {}
-    for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1], flags=re.S):
-        cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", tr, flags=re.S)]
+    for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1], flags=re.DOTALL):
+        cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", tr, flags=re.DOTALL)]
         rows[cells[0]] = cells[1:]
     return rows
 
@@ -103,7 +103,7 @@ def test_compare_writes_both_formats_with_the_section(compared):
     assert '<h2 id="tcp-vs-udp">TCP vs UDP</h2>' in page
     assert "<script" not in page and "<link" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", page), "the report must not load anything"
-    figures = re.findall(r"<figure>(.*?)</figure>", page, flags=re.S)
+    figures = re.findall(r"<figure>(.*?)</figure>", page, flags=re.DOTALL)
     assert len(figures) == 2  # rates, round trips
     when = f"{doc['machine']['date'][:10]} {doc['machine']['date'][11:16]} UTC"
     for fig in figures:  # each chart says where its numbers come from

@@ -19,9 +19,16 @@ watchdog.py    removes a run's namespaces if the process that made them dies wit
 net_cli.py     `serverzoo net` (cleanup, links, check, up)
 """
 
+from .namespaces import LinkedHosts, cleanup_leftovers, require_support
 from .profiles import LinkProfile, get_profile, load_profiles
 from .shaping import LinkUnavailable
-from .namespaces import LinkedHosts, cleanup_leftovers, require_support
 
-__all__ = ["LinkProfile", "LinkedHosts", "LinkUnavailable", "cleanup_leftovers", "get_profile", "load_profiles",
-           "require_support"]
+__all__ = [
+           "LinkProfile",
+           "LinkUnavailable",
+           "LinkedHosts",
+           "cleanup_leftovers",
+           "get_profile",
+           "load_profiles",
+           "require_support",
+]

@@ -3,8 +3,8 @@ or stops the command with one line (exit code 3) saying why it cannot."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import click
 

@@ -176,25 +176,24 @@ def fetch_command(name: str, path: str, root: str, model: str, links_file: str |
     local = os.path.join(root, path.lstrip("/"))
     if not os.path.isfile(local):
         raise click.BadParameter(f"{path} is not a file under {root}")
-    with linked_hosts_or_exit(name, links_file) as hosts:
-        with hosts.server_process(model, root) as server:
-            with hosts.client_namespace():
-                start = time.monotonic()
-                conn = http.client.HTTPConnection(hosts.server_addr, server.port, timeout=timeout)
-                try:
-                    conn.request("GET", "/" + quote(path.lstrip("/")))
-                    resp = conn.getresponse()
-                    digest, size = hashlib.sha256(), 0
-                    while chunk := resp.read(1 << 20):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        if time.monotonic() - start > timeout:
-                            raise click.ClickException(f"download exceeded --timeout {timeout:g} s")
-                except OSError as exc:
-                    raise click.ClickException(f"download failed: {exc}") from None
-                finally:
-                    conn.close()
-                seconds = time.monotonic() - start
+    with (linked_hosts_or_exit(name, links_file) as hosts, hosts.server_process(model, root) as server,
+          hosts.client_namespace()):
+        start = time.monotonic()
+        conn = http.client.HTTPConnection(hosts.server_addr, server.port, timeout=timeout)
+        try:
+            conn.request("GET", "/" + quote(path.lstrip("/")))
+            resp = conn.getresponse()
+            digest, size = hashlib.sha256(), 0
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                if time.monotonic() - start > timeout:
+                    raise click.ClickException(f"download exceeded --timeout {timeout:g} s")
+        except OSError as exc:
+            raise click.ClickException(f"download failed: {exc}") from None
+        finally:
+            conn.close()
+        seconds = time.monotonic() - start
     with open(local, "rb") as f:
         expected = hashlib.file_digest(f, "sha256").hexdigest()
     same = resp.status == 200 and digest.hexdigest() == expected

@@ -7,8 +7,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ...protocol import Docroot, FileApp, HttpConnection, Limits
 from ...protocol.responses import HeadWriter

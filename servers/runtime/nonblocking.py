@@ -12,8 +12,8 @@ import os
 import resource
 import signal
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from ...protocol import FileSlice, HttpConnection, Limits
 from ...protocol.responses import HeadWriter
@@ -100,7 +100,7 @@ class FileSource:
     then drops the connection so the client sees a short body, never wrong bytes.
     """
 
-    __slots__ = ("fd", "offset", "left")
+    __slots__ = ("fd", "left", "offset")
 
     def __init__(self, fs: FileSlice) -> None:
         self.fd = open_slice(fs)

@@ -21,7 +21,8 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 _PR_SET_PDEATHSIG = 1
 _FORK_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
