@@ -63,9 +63,9 @@ from trio.lowlevel import checkpoint, wait_readable, wait_writable
 from ..protocol import ResponsePlan, cpu_kernel
 from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
-from .runtime.listener import tune_connection
 from .runtime.deadlines import rounded_up
 from .runtime.io_sizes import READ_CHUNK, RECV_BYTES
+from .runtime.listener import tune_connection
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+; 0 makes every read a plain one
@@ -97,6 +97,10 @@ async def _serve(ctx: ServerContext) -> None:
 
 async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery: trio.Nursery,
                        live: set[_Conversation]) -> None:
+    if ctx.stopping:
+        # a signal during start-up, before _serve's receiver existed: shutdown has already
+        # closed the listener, and this task's first run comes after that
+        return
     listener = ctx.listener
     listener.setblocking(False)
     use_sendfile = ctx.use_sendfile
@@ -129,7 +133,7 @@ class _Conversation:
     while a send waits, none during the work endpoint's wait. Moving one deadline costs
     less than a scope per call, which matters on the per-request path."""
 
-    __slots__ = ("ctx", "sock", "conn", "guard", "reading", "idle", "use_sendfile", "moved")
+    __slots__ = ("conn", "ctx", "guard", "idle", "moved", "reading", "sock", "use_sendfile")
 
     def __init__(self, ctx: ServerContext, sock: _socket.socket, use_sendfile: bool) -> None:
         self.ctx = ctx
