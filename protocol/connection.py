@@ -136,7 +136,7 @@ class HttpConnection:
             if known is not None:
                 return self._respond(*known)
         self._url = b""
-        self._headers = {}
+        self._headers: dict[bytes, bytes] = {}
         self._complete = False
         self._dup_host = False
         parser = self._parser
@@ -218,6 +218,7 @@ class HttpConnection:
     def on_headers_complete(self) -> None:
         # read these now: llhttp resets its flags once the message is complete
         p = self._parser
+        assert p is not None  # it is the parser that calls this
         self._keep_alive = p.should_keep_alive()
         self._version = p.get_http_version()
         self._method = p.get_method()

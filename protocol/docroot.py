@@ -89,7 +89,7 @@ class FileEntry:
     validators: bytes  # Last-Modified, ETag and Accept-Ranges header lines
     fields: bytes  # every header line of a whole-file 200 response but Date/Server/Connection
     checked: object = None  # the tick at which the signature was last confirmed
-    hot_head: tuple | None = None  # (date, server line, head) of the last plain keep-alive 200
+    hot_head: tuple[bytes, bytes, bytes] | None = None  # (date, server line, head) of the last plain keep-alive 200
 
 
 @dataclass(slots=True)

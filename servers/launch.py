@@ -65,6 +65,7 @@ class ServerProcess:
                                      preexec_fn=preexec, env=self.env)
         deadline = time.monotonic() + self.start_timeout
         line = b""
+        assert self.proc.stdout is not None  # stdout=PIPE
         fd = self.proc.stdout.fileno()
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()

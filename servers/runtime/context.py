@@ -123,10 +123,10 @@ class ConnectionTracker:
         # iterative and process models may itself be between add() and remove() when the signal lands
         self._lock = threading.RLock()
         self._idle_changed = threading.Condition(self._lock)
-        self._live: dict[socket.socket, list] = {}  # sock -> [conn, idle]
+        self._live: dict[socket.socket, list[Any]] = {}  # sock -> [conn, idle]
         self._draining = False
 
-    def add(self, sock: socket.socket, conn: HttpConnection) -> list:
+    def add(self, sock: socket.socket, conn: HttpConnection) -> list[Any]:
         """Track a connection until remove(sock); returns its [conn, idle] state to update.
 
         (Two calls rather than a context manager: a suspended generator per connection

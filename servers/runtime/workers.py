@@ -40,7 +40,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _run_child(run: Callable[..., None], args: tuple) -> NoReturn:
+def _run_child(run: Callable[..., None], args: tuple[Any, ...]) -> NoReturn:
     code = 0
     try:
         run(*args)
