@@ -14,10 +14,6 @@ from .conftest import VARIANTS
 from .support import FILES, Client, content_for, sha
 
 
-# Known to fail about once in several full runs on a loaded 2-core machine (trio-w2: an
-# ExceptionGroup from a worker; threadpool: no exit within 12 s of SIGTERM). Causes not yet
-# found; one retry keeps CI meaningful while they are investigated: two failures in a row fail.
-@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_sigterm_during_a_download_lets_it_finish(fresh_server, variant):
     _id, model, args = variant
@@ -31,16 +27,12 @@ def test_sigterm_during_a_download_lets_it_finish(fresh_server, variant):
         time.sleep(0.3)
         rest = busy.read_until_close(limit=20)
     raw = first + rest
-    head, _, body = raw.partition(b"\r\n\r\n")
+    _head, _, body = raw.partition(b"\r\n\r\n")
     assert sha(body) == expected, f"{_id}: got {len(body)} of {FILES['big.bin']} bytes after SIGTERM"
     assert srv.proc.wait(15) == 0
     assert "Traceback" not in srv.stderr_text()
 
 
-# Known to fail about once in several full runs on a loaded 2-core machine (trio-w2: an
-# ExceptionGroup from a worker; threadpool: no exit within 12 s of SIGTERM). Causes not yet
-# found; one retry keeps CI meaningful while they are investigated: two failures in a row fail.
-@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_sigterm_closes_idle_connections_and_stops_accepting(fresh_server, variant):
     _id, model, args = variant
