@@ -48,7 +48,7 @@ from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import deadline_after_read, drain, raise_open_files_limit, refuse, signal_wakeup
+from .runtime.nonblocking import deadline_after_read, drain_fd, raise_open_files_limit, refuse, signal_wakeup
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
 
 FD_SETSIZE = 1024  # select(2) cannot watch a descriptor at or above this (a fixed-size bitmap)
@@ -392,7 +392,7 @@ def serve(ctx: ServerContext) -> None:
         with signal_wakeup() as wake:
             loop = SelectLoop(ctx, poller, ctx.use_sendfile)
             poller.register(wake.fileno(), poller.READ)
-            loop.watched[wake.fileno()] = lambda: drain(wake)
+            loop.watched[wake.fileno()] = lambda: drain_fd(wake.fileno())
             loop.run()
     finally:
         poller.close()

@@ -84,10 +84,10 @@ def signal_wakeup() -> Iterator[socket.socket]:
         wake_w.close()
 
 
-def drain(sock: socket.socket) -> None:
-    """Read and forget whatever a non-blocking socket holds."""
+def drain_fd(fd: int) -> None:
+    """Read and forget whatever a non-blocking descriptor (a wake-up pipe or socket) holds."""
     try:
-        while sock.recv(4096):
+        while os.read(fd, 512):
             pass
     except OSError:
         pass

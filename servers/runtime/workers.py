@@ -84,6 +84,11 @@ class ChildProcesses:
     def __len__(self) -> int:
         return len(self.live)
 
+    @property
+    def wakeup_fd(self) -> int:
+        """The descriptor signals wake this process through (signal.set_wakeup_fd)."""
+        return self._wake_r
+
     def start(self, run: Callable[..., None], *args: Any, tag: Any = None, default_signals: bool = False) -> int:
         """Fork a child that runs run(*args) and exits; return its pid in the parent.
 
