@@ -126,6 +126,7 @@ def test_requests_left_waiting_are_reported_not_dropped(corpus: str, validator) 
     waiting = doc["unfinished"]
     assert 3 <= waiting["count"] <= 4, waiting
     assert waiting["longer_than_max"] >= 3 and waiting["oldest_us"] > doc["latency_us"]["max"]
+    assert waiting["stalled"] >= 3  # waiting the whole window: far beyond the slowest response
     assert waiting["oldest_us"] >= 0.5 * doc["elapsed_s"] * 1e6  # waiting since the window opened
     assert "requests still waiting at the end" in err and "the latency figures leave them out" in err
 

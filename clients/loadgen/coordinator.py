@@ -306,7 +306,8 @@ def _unfinished(results: list[dict], slowest_us: int | None) -> dict:
     ages = sorted(age for r in results for age in r["unfinished_us"])
     return {"count": len(ages), "oldest_us": ages[-1] if ages else None,
             "median_age_us": ages[len(ages) // 2] if ages else None,
-            "longer_than_max": sum(age > (slowest_us or 0) for age in ages)}
+            "longer_than_max": sum(age > (slowest_us or 0) for age in ages),
+            "stalled": sum(age > latency.STALLED_BEYOND_SLOWEST * (slowest_us or 0) for age in ages)}
 
 
 def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
