@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -49,7 +50,7 @@ SAMPLE_INTERVAL_S = 0.5  # the server's CPU and RSS, as `serverzoo load --server
 class ClusterPlacement:
     """Where a cell's server and generator run when the bench has --cluster."""
 
-    def __init__(self, client: "Client", scheduler: str) -> None:
+    def __init__(self, client: Client, scheduler: str) -> None:
         self.client = client
         self.scheduler = scheduler
         workers = client.scheduler_info()["workers"]
@@ -64,7 +65,7 @@ class ClusterPlacement:
                                f"(start them with: dask worker ... --resources \"client=1\")")
 
     def server(self, model: str, root: str, args: Sequence[str], cpus: Sequence[int] | None,
-               lifetime_s: float) -> "RemoteServer":
+               lifetime_s: float) -> RemoteServer:
         return RemoteServer(self.client, model, root, list(args), list(cpus) if cpus else None, lifetime_s)
 
     def load_options(self, opts: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +88,7 @@ class RemoteServer:
     """The ServerProcess interface (start, url, pid, shown_argv, stop, stderr_text) for a server run by a
     Dask task on a `server=1` worker."""
 
-    def __init__(self, client: "Client", model: str, root: str, args: list[str], cpus: list[int] | None,
+    def __init__(self, client: Client, model: str, root: str, args: list[str], cpus: list[int] | None,
                  lifetime_s: float) -> None:
         from distributed import Event, Variable
 
@@ -108,7 +109,7 @@ class RemoteServer:
         self.rss_at_ready: int | None = None
         self.samples: list[dict] = []  # the server's process tree, t_ns on the scheduler's clock
 
-    def start(self) -> "RemoteServer":
+    def start(self) -> RemoteServer:
         self.future = self.client.submit(serve_task, self.names, self.model, self.root, self.args, self.cpus,
                                          self.lifetime_s, resources={SERVER_RESOURCE: 1}, pure=False,
                                          key=self.names)

@@ -23,8 +23,20 @@ from serverzoo.machine import machine_line
 
 from . import agreement, explanations
 from . import verdicts as verdict_rules
-from .analysis import (Delta, Point, RunView, deltas, format_value, level_label, link_name, link_summary, link_text,
-                       metric_unit, ratio_text, same_link)
+from .analysis import (
+    Delta,
+    Point,
+    RunView,
+    deltas,
+    format_value,
+    level_label,
+    link_name,
+    link_summary,
+    link_text,
+    metric_unit,
+    ratio_text,
+    same_link,
+)
 from .cards import ModelCard, model_cards
 from .results import Run
 from .scenarios import METRICS, Scenario
@@ -300,7 +312,7 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
         sections.append(section)
     summary_rows = [{"scenario": sec.name, "baseline": sec.baseline, "level": sec.basis_label,
                      "cells": {row["server"]: row["vs_baseline"] for row in sec.rows}} for sec in sections]
-    report = Report(run, view, caption, sections, summary_rows, [v for v in verdicts.values()],
+    report = Report(run, view, caption, sections, summary_rows, list(verdicts.values()),
                     model_cards(view.run.servers),
                     sorted(view.flagged_points(), key=lambda p: (p.scenario, p.server, p.level)))
     if plots:

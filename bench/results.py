@@ -14,9 +14,10 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from ..clients.loadgen.latency import STALLED_BEYOND_SLOWEST
 from .scenarios import METRICS, Scenario, ServerSpec

@@ -24,8 +24,9 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -34,7 +35,7 @@ from serverzoo.servers.launch import ServerProcess, ServerStartError
 from .cgroups import CellCgroup, CgroupPlacer
 from .loadargs import load_argv, load_options
 from .nginx import NginxError, NginxServer
-from .plan import REFERENCE, Cell, BenchPlan
+from .plan import REFERENCE, BenchPlan, Cell
 
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
@@ -90,7 +91,7 @@ def tree_rss(pid: int) -> int | None:
     """Resident memory of a process and its descendants, in bytes."""
     try:
         proc = psutil.Process(pid)
-        procs = [proc] + proc.children(recursive=True)
+        procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         return None
     total = 0
@@ -103,7 +104,7 @@ def tree_rss(pid: int) -> int | None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _tail(text: str) -> str:

@@ -24,8 +24,9 @@ with). The rules, in order:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from . import uncertainty
 from .analysis import Point, RunView, format_value, level_label, metric_unit, supports

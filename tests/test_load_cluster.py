@@ -17,8 +17,13 @@ import psutil
 import pytest
 
 from serverzoo.clients.loadgen import LoadOptions, latency, schema_path
-from serverzoo.clients.loadgen.cluster import ClusterError, ClusterOptions, ClusterPartial, cluster_client, \
-    run_cluster_load
+from serverzoo.clients.loadgen.cluster import (
+    ClusterError,
+    ClusterOptions,
+    ClusterPartial,
+    cluster_client,
+    run_cluster_load,
+)
 from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.servers.launch import ServerProcess
 
@@ -86,16 +91,15 @@ def test_cluster_refuses_what_it_cannot_do() -> None:
     assert r.returncode == 2 and "--cluster loads a server that is already running" in r.stderr
     r = run_cli("load", "http://127.0.0.1:1/", "--cluster", "local:0")
     assert r.returncode == 2 and "local:N" in r.stderr
-    with pytest.raises(ClusterError, match="has only 2 workers"):
-        with local_cluster(2) as cluster:
-            run_cluster_load(LoadOptions(url="http://127.0.0.1:1/", connections=4, duration=1),
-                             ClusterOptions(cluster.scheduler_address, workers=3))
+    with pytest.raises(ClusterError, match="has only 2 workers"), local_cluster(2) as cluster:
+        run_cluster_load(LoadOptions(url="http://127.0.0.1:1/", connections=4, duration=1),
+                         ClusterOptions(cluster.scheduler_address, workers=3))
 
 
 def test_killed_worker_gives_partial_result(server, corpus: str) -> None:
     with local_cluster(2) as cluster, distributed.Client(cluster) as client:
         pids = client.run(os.getpid)
-        victim = sorted(pids)[0]
+        victim = min(pids)
         outcome: dict = {}
 
         def run() -> None:

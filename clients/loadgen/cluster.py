@@ -33,14 +33,14 @@ import logging
 import selectors
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from time import monotonic_ns
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from . import latency
-from .coordinator import LoadError, WorkerProcess, build_document, check_alive, judge_client, make_shares, \
-    wait_ready
+from .coordinator import LoadError, WorkerProcess, build_document, check_alive, judge_client, make_shares, wait_ready
 from .options import LoadOptions, OptionError
 from .server_sampler import ServerSampler
 from .targets import LoadPlan, build_plan
@@ -166,7 +166,7 @@ def run_cluster_load(opts: LoadOptions, cluster: ClusterOptions) -> dict:
 
 
 @contextmanager
-def cluster_client(cluster: ClusterOptions) -> Iterator["Client"]:
+def cluster_client(cluster: ClusterOptions) -> Iterator[Client]:
     """A distributed Client: of a LocalCluster on loopback for local:N, else of the scheduler given."""
     import dask
     from distributed import Client, LocalCluster
@@ -193,7 +193,7 @@ def cluster_client(cluster: ClusterOptions) -> Iterator["Client"]:
         yield client
 
 
-def choose_workers(client: "Client", wanted: int | None) -> list[ClusterWorker]:
+def choose_workers(client: Client, wanted: int | None) -> list[ClusterWorker]:
     """The Dask workers that generate: those with the client resource (all, when none has it),
     taken round-robin over hosts so that N workers spread over as many machines as possible."""
     workers = client.scheduler_info()["workers"]
@@ -306,7 +306,7 @@ class _Fault(Exception):
 
 
 class _ClusterRun:
-    def __init__(self, client: "Client", opts: LoadOptions, plan: LoadPlan, chosen: list[ClusterWorker],
+    def __init__(self, client: Client, opts: LoadOptions, plan: LoadPlan, chosen: list[ClusterWorker],
                  cluster: ClusterOptions) -> None:
         from distributed import Event, Variable
 

@@ -30,11 +30,11 @@ from serverzoo.machine import describe_machine
 from . import latency
 from .adversaries import merge_stats
 from .connection import NO_LOCAL_PORT
+from .messages import parse_messages, write_message
 from .options import LoadOptions, OptionError
 from .ports import explain_no_local_port
 from .report import LiveLine
 from .server_sampler import ServerSampler
-from .messages import parse_messages, write_message
 from .state import WorkerShare, split
 from .targets import LoadPlan, build_plan, served_url
 
@@ -150,7 +150,7 @@ def check_options(opts: LoadOptions) -> None:
     build_plan(opts, PLACEHOLDER_BASE if opts.serve is not None else None)
 
 
-def run_load(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> dict:
+def run_load(opts: LoadOptions, hosts: LinkedHosts | None = None) -> dict:
     """Run a load test and return its result document (schema serverzoo.load/1). Blocks until done.
 
     With opts.serve it starts that server for the run and stops it afterwards; with opts.link

@@ -203,12 +203,12 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     sys.exit(1 if doc["errors"]["total"] else 0)
 
 
-def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: str | None) -> NoReturn:
+def _load_on_cluster(opts: LoadOptions, cluster: ClusterOptions, json_path: str | None) -> NoReturn:
+    from distributed.utils import silence_logging_cmgr
+
     from .cluster import EXIT_CLUSTER, ClusterError, ClusterPartial, cluster_text, run_cluster_load
     from .coordinator import LoadError
     from .report import summary_text
-
-    from distributed.utils import silence_logging_cmgr
 
     try:
         with silence_logging_cmgr(logging.CRITICAL):  # Dask's own reports of a fault: our one line says it

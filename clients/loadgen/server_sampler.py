@@ -38,7 +38,7 @@ class ServerSampler:
     def sample(self) -> dict | None:
         now = monotonic_ns()
         try:
-            procs = [self.root] + self.root.children(recursive=True)
+            procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             return None  # the server is gone
         cpu = 0.0
