@@ -14,8 +14,8 @@ A scenario with no clean model in either run counts as "same" only when neither 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .verdicts import Verdict
 

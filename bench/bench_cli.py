@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -32,7 +32,7 @@ class LinkError(ConfigError):
     """--link names no profile, or this machine cannot build links (one line, exit code 3)."""
 
 
-def _fail(command: str, message: str, code: int = 2) -> None:
+def _fail(command: str, message: str, code: int = 2) -> NoReturn:
     click.echo(f"serverzoo {command}: {message}", err=True)
     sys.exit(code)
 
@@ -96,10 +96,8 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
             plan, doc, path, corpus_root = _new_run(o)
     except LinkError as exc:
         _fail("bench", str(exc), EXIT_NO_LINK)
-        return
     except (ConfigError, ResultsError) as exc:
         _fail("bench", str(exc))
-        return
     from .matrix import pending_cells
 
     todo = pending_cells(plan, doc)
@@ -120,7 +118,6 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
 
     if o["cluster"] is not None and plan.link is not None:
         _fail("bench", "--cluster and --link cannot be combined: a link joins two namespaces of this machine")
-        return
     try:
         # one link for the whole run: up before the first cell, removed after the last, on Ctrl-C and on errors
         with linked_hosts_or_exit(plan.link) as hosts, _cluster_placement(o["cluster"]) as placement:
@@ -136,13 +133,10 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
                                 deadline=deadline, placement=placement)
     except NoLinkError as exc:
         _fail("bench", exc.message, EXIT_NO_LINK)
-        return
     except ClusterError as exc:
         _fail("bench", str(exc), EXIT_CLUSTER)
-        return
     except KeyboardInterrupt:  # while the link was being built: nothing was measured
         _fail("bench", "interrupted before the first cell", EXIT_INTERRUPTED)
-        return
     if plan.link is not None:
         click.echo(f"link {plan.link.name} removed", err=True)
     if status == "interrupted":
@@ -165,7 +159,8 @@ def bench_command(ctx: click.Context, **o: Any) -> None:
 
 
 def _link_profile(name: str | None, links_file: str | None, suite: Suite) -> LinkProfile | None:
-    """The LinkProfile --link names: from --links-file when given, else from the scenarios file's [links]."""
+    """The LinkProfile --link names: from --links-file when given, else the scenarios file's own
+    [links.NAME] tables, else serverzoo's link profiles (serverzoo.clients.links)."""
     from serverzoo.clients.links.profiles import ProfileError, get_profile
 
     if not name:
@@ -177,13 +172,13 @@ def _link_profile(name: str | None, links_file: str | None, suite: Suite) -> Lin
             return get_profile(name, links_file)
         except ProfileError as exc:
             raise LinkError(f"--link {name}: {exc}") from None
-    where = os.path.basename(suite.path)
-    if not suite.links:
-        raise LinkError(f"--link {name}: {where} has no [links.NAME] tables (copy them from bench/scenarios.toml, "
-                        "or give --links-file)")
-    if name not in suite.links:
-        raise LinkError(f"--link {name}: no link named {name!r} in {where} (known: {', '.join(suite.links)})")
-    return suite.links[name]
+    if name in suite.links:
+        return suite.links[name]
+    try:
+        return get_profile(name)
+    except ProfileError as exc:
+        own = f"; {os.path.basename(suite.path)} adds {', '.join(suite.links)}" if suite.links else ""
+        raise LinkError(f"--link {name}: {exc}{own}") from None
 
 
 def _check_link_support(plan: BenchPlan, dry_run: bool) -> None:
@@ -223,9 +218,8 @@ def _record_link(doc: dict[str, Any], hosts: LinkedHosts, resumed: bool) -> None
 
 
 def _new_run(o: dict[str, Any]) -> tuple[BenchPlan, dict[str, Any], str, str]:
-    from serverzoo.machine import describe_machine
-
     from serverzoo.clients.links.namespaces import SERVER_ADDR
+    from serverzoo.machine import describe_machine
 
     from .corpus import check_corpus, default_corpus_dir, ensure_corpus
     from .nginx import NginxError, NginxServer, check_world_readable, nginx_binary
@@ -269,7 +263,7 @@ def _new_run(o: dict[str, Any]) -> tuple[BenchPlan, dict[str, Any], str, str]:
         except (NginxError, OSError) as exc:
             del plan.servers[REFERENCE]
             plan.notes.append(f"no nginx yardstick: {exc}")
-    created = _dt.datetime.now(_dt.timezone.utc)
+    created = _dt.datetime.now(_dt.UTC)
     run_id = f"{created:%Y%m%dT%H%M%SZ}-{plan.preset}"
     config = plan.to_config() | {
         "scenarios_file": suite.path, "scenarios_sha256": suite.sha256, "scenarios_toml": suite.text,
@@ -312,7 +306,7 @@ def _resume(path: str, dry_run: bool = False) -> tuple[BenchPlan, dict[str, Any]
         ensure_corpus(corpus_root, plan.corpus)  # the same seed writes the same bytes
     if REFERENCE in plan.servers and not doc["config"].get("reference"):
         del plan.servers[REFERENCE]
-    doc["resumed"].append({"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    doc["resumed"].append({"date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                            "git_commit": here.get("git_commit"), "cells_before": len(doc["cells"])})
     return plan, doc, path, corpus_root
 
@@ -357,10 +351,8 @@ def report_command(runs: tuple[str, ...], html_path: str | None, md_path: str | 
         written = write_reports(list(runs), html_path, md_path, baseline=baseline, noise_floor=noise_floor)
     except ResultsError as exc:
         _fail("report", str(exc))
-        return
     except OSError as exc:
         _fail("report", f"cannot write the report: {exc.strerror or exc} ({exc.filename})")
-        return
     for path in written:
         click.echo(path)
 
@@ -396,7 +388,6 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
         a, b = RunView(load_run(before)), RunView(load_run(after))
     except ResultsError as exc:
         _fail("compare", str(exc), EXIT_BAD_INPUT)
-        return
     try:
         rows = deltas(a, b, floor=threshold)
         broken = newly_failed(a, b)
@@ -404,10 +395,8 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
         # a gate over two networks would call the link's effect a regression (or hide one behind it)
         _fail("compare", f"{exc}: a regression gate compares runs over the same network "
                          f"(`serverzoo report {before} {after}` puts them side by side)", EXIT_BAD_INPUT)
-        return
     if not rows and not broken:
         _fail("compare", "the two runs have no successfully measured cell in common", EXIT_BAD_INPUT)
-        return
     click.echo(f"{a.run.run_id} -> {b.run.run_id} (both over {b.link}): {len(rows)} cells compared "
                f"(a change must exceed the 95% interval of the difference and {threshold:.0%})")
     ma, mb = a.run.machine, b.run.machine

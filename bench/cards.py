@@ -14,9 +14,9 @@ from __future__ import annotations
 import ast
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
 
 from serverzoo.servers import MODELS
 
@@ -50,7 +50,7 @@ class ModelCard:
 
 
 @lru_cache(maxsize=1)
-def _markdown():  # noqa: ANN202 - markdown_it's own type
+def _markdown():
     from markdown_it import MarkdownIt
 
     return MarkdownIt("commonmark", {"html": False})
@@ -77,7 +77,7 @@ def ran_on(model: str, args: tuple[str, ...]) -> str:
 
 
 def _servers_dir() -> str:
-    import serverzoo.servers as servers  # the registry package only; it imports no model
+    from serverzoo import servers  # the registry package only; it imports no model
 
     return os.path.dirname(os.path.abspath(servers.__file__))
 

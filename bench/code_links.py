@@ -14,7 +14,7 @@ import importlib
 import inspect
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from serverzoo.servers import MODELS
 
@@ -65,7 +65,7 @@ def _repository_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(servers.__file__)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def resolve(target: str) -> CodeRef:
     """The source location of "module:qualified.name" (ImportError or AttributeError if it is gone)."""
     module_name, qualname = target.split(":", 1)

@@ -26,8 +26,8 @@ say whether the runner-up's CPU was busy enough for requests to queue for it.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from .analysis import Point, RunView
 from .verdicts import Verdict

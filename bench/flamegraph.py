@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from .syscall_counts import TracerUnavailable
 
@@ -96,5 +96,5 @@ def _samples(text: str) -> int | None:
     marker = "Samples: "
     if marker not in text:
         return None
-    digits = text.split(marker, 1)[1].split()[0]
+    digits = text.split(marker, 1)[1].split(maxsplit=1)[0]
     return int(digits) if digits.isdigit() else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .plan import Cell, BenchPlan
+from .plan import BenchPlan, Cell
 
 # LoadOptions field -> `serverzoo load` flag (see clients/loadgen/options.py)
 FLAGS = {
@@ -87,4 +87,4 @@ def load_argv(opts: dict[str, Any], json_path: str) -> list[str]:
         if isinstance(value, list):
             value = ",".join(map(str, value))
         argv += [flag, str(value)]
-    return argv + ["--json", json_path]
+    return [*argv, "--json", json_path]

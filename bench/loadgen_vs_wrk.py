@@ -57,7 +57,7 @@ MODES = {
 }
 _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _READ = re.compile(r"(\d+) requests in ([\d.]+)(us|ms|s|m), ([\d.]+)([KMGT]?B) read")
-_P99 = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_P99 = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1e6}
 _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 _BINARY = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}  # wrk prints powers of 1024
@@ -218,11 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     out["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     if args.json:
-        from serverzoo.machine import describe_machine
-
-        with open(args.json, "w") as f:
-            json.dump({"machine": describe_machine(), **out}, f, indent=1)
+        write_result(args.json, out)
     return 0
+
+
+def write_result(path: str, out: dict) -> None:
+    """A comparison's runs and medians as JSON, with the machine they ran on."""
+    from serverzoo.machine import describe_machine
+
+    with open(path, "w") as f:
+        json.dump({"machine": describe_machine(), **out}, f, indent=1)
 
 
 if __name__ == "__main__":

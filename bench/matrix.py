@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from serverzoo.clients.loadgen.report import fmt_us
 
 from .analysis import metric_value, summarize
-from .plan import CELL_OVERHEAD_S, Cell, BenchPlan
+from .plan import CELL_OVERHEAD_S, BenchPlan, Cell
 from .runner import CellRunner, interrupts
 from .scenarios import METRICS
 from .sequential import next_round, race_summary
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def pending_cells(plan: BenchPlan, doc: dict[str, Any]) -> list[Cell]:

@@ -1,4 +1,4 @@
-"""Every model against nginx under wrk: the speed floors of the models issue, as ratios.
+"""Every model against nginx under wrk, as ratios, each checked against its speed floor.
 
     python -m serverzoo.bench.model_speed                      # all workloads, medians of 3 x 5 s
     python -m serverzoo.bench.model_speed --workload keepalive --models select,asyncio-uvloop -r 1 -d 2
@@ -9,7 +9,7 @@ wrk (-t1) to --client-cpu. Within each repetition every server runs once, in tur
 drift on a shared machine hits them alike; the figure per server is the median over
 repetitions, and each model is shown as a ratio to nginx measured in the same run.
 
-Workloads (from the models issue):
+Workloads:
   keepalive  1 KiB file, 64 keep-alive connections; ratio to nginx tuned
              (`sendfile off; open_file_cache`)
   close      1 KiB file, a new connection per request (Connection: close), 64
@@ -31,9 +31,10 @@ import tempfile
 from dataclasses import dataclass
 
 from ..machine import describe_machine, machine_line
-from ..servers import server_names, resolve
+from ..servers import resolve, server_names
 from ..servers.launch import ServerProcess
 from .nginx import NginxServer
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -43,7 +44,7 @@ class Workload:
     close: bool
     metric: str  # "rps" or "mbps"
     nginx_tuned: bool
-    floors: dict[str, float]  # variant -> least acceptable ratio to nginx (the issue's numbers)
+    floors: dict[str, float]  # variant -> least acceptable ratio to nginx
 
 
 WORKLOADS = {
@@ -53,7 +54,7 @@ WORKLOADS = {
     "close": Workload("close", "/1KiB.bin", 64, True, "rps", False,
                       {"select": 0.8, "asyncio-uvloop": 0.8, "asyncio": 0.8, "gevent": 0.8, "trio": 0.8}),
     "large": Workload("large", "/64MiB.bin", 4, False, "mbps", False,
-                      {v: 1.0 for v in server_names()}),
+                      dict.fromkeys(server_names(), 1.0)),
 }
 
 _UNITS = {"B": 1e-6, "KB": 1024 / 1e6, "MB": 1024**2 / 1e6, "GB": 1024**3 / 1e6}
@@ -66,8 +67,7 @@ def make_root() -> str:
     with open(os.path.join(root, "1KiB.bin"), "wb") as f:
         f.write(os.urandom(1024))
     with open(os.path.join(root, "64MiB.bin"), "wb") as f:
-        for _ in range(64):
-            f.write(os.urandom(1024 * 1024))
+        f.writelines(os.urandom(1024 * 1024) for _ in range(64))
     for name in os.listdir(root):
         os.chmod(os.path.join(root, name), 0o644)
     return root
@@ -77,7 +77,7 @@ def run_wrk(url: str, w: Workload, duration: float, cpu: int) -> dict:
     cmd = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{w.connections}", f"-d{duration:g}s", "--latency"]
     if w.close:
         cmd += ["-H", "Connection: close"]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 60).stdout
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=duration + 60).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     tr = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             w = WORKLOADS[wname]
             runs: dict[str, list[dict]] = {v: [] for v in ["nginx", *variants]}
             for rep in range(opts.repeat):
-                for v in runs:
-                    runs[v].append(measure(v, w, root, opts.duration, opts.server_cpu, opts.client_cpu))
-                    print(f"  {wname} rep {rep + 1} {v:15s} {runs[v][-1][w.metric]:>10.1f} "
+                for v, measured in runs.items():
+                    measured.append(measure(v, w, root, opts.duration, opts.server_cpu, opts.client_cpu))
+                    print(f"  {wname} rep {rep + 1} {v:15s} {measured[-1][w.metric]:>10.1f} "
                           f"{'req/s' if w.metric == 'rps' else 'MB/s'}", file=sys.stderr, flush=True)
             med = {v: statistics.median(r[w.metric] for r in rs) for v, rs in runs.items()}
             unit = "req/s" if w.metric == "rps" else "MB/s"

@@ -26,8 +26,8 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable, Sequence
 
 import psutil
 
@@ -139,20 +139,19 @@ class NginxServer:
         except OSError:
             return ""
 
-    def start(self) -> "NginxServer":
+    def start(self) -> NginxServer:
         self.prefix = tempfile.mkdtemp(prefix="serverzoo-nginx-")
-        for attempt in range(5):  # a free port can be taken between probing and nginx binding it
+        for _attempt in range(5):  # a free port can be taken between probing and nginx binding it
             with self.namespace():
                 self.port = _free_port(self.host)
             conf = os.path.join(self.prefix, "nginx.conf")
             with open(conf, "w") as f:
                 f.write(self.config_text())
-            cpus = self.cpus
             self.proc = subprocess.Popen(
                 self.wrap([self.binary, "-p", self.prefix, "-e", os.path.join(self.prefix, "error.log"), "-c", conf,
                            "-g", "daemon off;"]),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                preexec_fn=(lambda cpus=self.cpus: os.sched_setaffinity(0, cpus)) if self.cpus else None)
             if self._wait_ready():
                 return self
             self._kill()
@@ -201,7 +200,7 @@ class NginxServer:
             shutil.rmtree(self.prefix, ignore_errors=True)
             self.prefix = ""
 
-    def __enter__(self) -> "NginxServer":
+    def __enter__(self) -> NginxServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -56,7 +56,7 @@ class BenchPlan:
     client_cpus: list[int]
     notes: list[str] = field(default_factory=list)  # things said once: missing nginx, skipped models
     link: LinkProfile | None = None  # None: server and generator on this machine's loopback
-    adaptive: Adaptive = Adaptive()
+    adaptive: Adaptive = field(default_factory=Adaptive)
 
     def cpus_for(self, scenario: str) -> tuple[list[int], list[int]]:
         """(server CPUs, generator CPUs) under the scenario's placement."""
@@ -152,7 +152,7 @@ class BenchPlan:
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "BenchPlan":
+    def from_config(cls, config: dict[str, Any]) -> BenchPlan:
         try:
             run = dict(config["run"])
             run["server_args"] = tuple(run["server_args"])
@@ -175,7 +175,7 @@ def _corpus_spec(d: dict[str, Any]) -> CorpusSpec:
 
 
 def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     minutes, s = divmod(seconds, 60)
@@ -187,7 +187,7 @@ def format_duration(seconds: float) -> str:
 
 def implemented(model: str) -> bool:
     """True when the model's file exists (a registered model may still be in progress)."""
-    import serverzoo.servers as servers
+    from serverzoo import servers
 
     return os.path.exists(os.path.join(os.path.dirname(servers.__file__), f"{MODELS[model].module}.py"))
 

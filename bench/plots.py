@@ -14,12 +14,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from .analysis import Point, RunView, Series, level_label, merge_histograms, supports, time_series  # noqa: E402
-from .scenarios import METRICS  # noqa: E402
+from .analysis import Point, RunView, Series, level_label, merge_histograms, supports, time_series
+from .scenarios import METRICS
 
 REFERENCE_STYLE = {"color": "black", "linestyle": "--", "marker": "s"}
 # one colour per model, none of them grey or black (the yardstick's) and none repeated before the 18th:
@@ -364,7 +364,7 @@ def heatmap_chart(view: RunView, baselines: dict[str, str | None], caption: str)
         grid.append(row)
         labels.append(text)
     finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
-    span = min(max(finite + [1.0]), 3.0)  # colours saturate at 8x so that 1.3x stays visible
+    span = min(max([*finite, 1.0]), 3.0)  # colours saturate at 8x so that 1.3x stays visible
     fig = _figure(max(7.5, 1.0 * len(scenarios) + 2), 0.42 * len(servers) + 1.8)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.85")
@@ -378,7 +378,7 @@ def heatmap_chart(view: RunView, baselines: dict[str, str | None], caption: str)
     ax.set_xticklabels([f"{sc}\nvs {baselines.get(sc) or '-'}" for sc in scenarios], fontsize=7, rotation=20,
                        ha="right")
     bar = fig.colorbar(im, ax=ax, shrink=0.8)
-    ticks = [v for v in range(-int(span), int(span) + 1)]
+    ticks = list(range(-int(span), int(span) + 1))
     bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2.0 ** v:g}x"))
     bar.ax.yaxis.set_minor_locator(NullLocator())

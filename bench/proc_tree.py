@@ -38,7 +38,7 @@ class CpuTimes:
     user_s: float
     system_s: float
 
-    def __sub__(self, other: "CpuTimes") -> "CpuTimes":
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
         return CpuTimes(self.user_s - other.user_s, self.system_s - other.system_s)
 
 
@@ -47,10 +47,10 @@ class Switches:
     voluntary: int
     involuntary: int
 
-    def __sub__(self, other: "Switches") -> "Switches":
+    def __sub__(self, other: Switches) -> Switches:
         return Switches(self.voluntary - other.voluntary, self.involuntary - other.involuntary)
 
-    def __add__(self, other: "Switches") -> "Switches":
+    def __add__(self, other: Switches) -> Switches:
         return Switches(self.voluntary + other.voluntary, self.involuntary + other.involuntary)
 
 
@@ -168,7 +168,7 @@ class TaskSampler:
         while not self._stop.wait(self.interval_s):
             self._take()
 
-    def __enter__(self) -> "TaskSampler":
+    def __enter__(self) -> TaskSampler:
         self._take()
         self._thread.start()
         return self

@@ -23,6 +23,7 @@ import io
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,14 @@ def _creation(r: dict[str, Any]) -> str | None:
 
 # -- the chart --------------------------------------------------------------------------
 
+def _syscall_count(name: str) -> Callable[[dict[str, Any]], float | None]:
+    """A row's calls of one system call per request (None when the run counted none)."""
+    def count(r: dict[str, Any]) -> float | None:
+        per_request = r.get("syscalls_per_request")
+        return None if per_request is None else per_request.get(name, 0.0)
+    return count
+
+
 def stacked_chart(rows: list[dict[str, Any]], caption: str) -> str | None:
     """Three panels of horizontal stacked bars, one bar per model: CPU, switches, system calls."""
     rows = [r for r in rows if r.get("cpu_us_per_request") or r.get("syscalls_per_request")]
@@ -147,8 +156,7 @@ def stacked_chart(rows: list[dict[str, Any]], caption: str) -> str | None:
          [("voluntary", lambda r: (r.get("context_switches_per_request") or {}).get("voluntary")),
           ("involuntary", lambda r: (r.get("context_switches_per_request") or {}).get("involuntary"))]),
         ("system calls per request",
-         [(name, (lambda n: lambda r: (r.get("syscalls_per_request") or {}).get(n, 0.0)
-                  if r.get("syscalls_per_request") is not None else None)(name)) for name in top]
+         [(name, _syscall_count(name)) for name in top]
          + [("other", lambda r: (r["syscalls_total_per_request"] - sum(r["syscalls_per_request"].get(n, 0.0)
                                                                        for n in top))
              if r.get("syscalls_per_request") is not None else None)]),

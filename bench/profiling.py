@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from serverzoo.clients.loadgen import LoadOptions, run_load
 from serverzoo.servers.launch import ServerProcess
@@ -43,9 +44,16 @@ from serverzoo.servers.launch import ServerProcess
 from .flamegraph import py_spy_attached
 from .idle_memory import measure_idle_memory, raise_fd_limit
 from .loadargs import load_options
-from .plan import REFERENCE, Cell, BenchPlan
-from .proc_tree import (CLOCK_TICKS, TaskSampler, kill_counting_switches, live_switches, start_server, tree_cpu,
-                        tree_pids)
+from .plan import REFERENCE, BenchPlan, Cell
+from .proc_tree import (
+    CLOCK_TICKS,
+    TaskSampler,
+    kill_counting_switches,
+    live_switches,
+    start_server,
+    tree_cpu,
+    tree_pids,
+)
 from .syscall_counts import TracerUnavailable, strace_attached
 
 SCHEMA = "serverzoo.profile/1"
@@ -73,7 +81,7 @@ class ProfileSession:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def server_args(plan: BenchPlan, server: str, scenario: str) -> tuple[str, ...]:

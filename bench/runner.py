@@ -25,8 +25,9 @@ import select
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -35,7 +36,7 @@ from serverzoo.servers.launch import ServerProcess, ServerStartError
 from .cgroups import CellCgroup, CgroupPlacer
 from .loadargs import load_argv, load_options
 from .nginx import NginxError, NginxServer
-from .plan import REFERENCE, Cell, BenchPlan
+from .plan import REFERENCE, BenchPlan, Cell
 
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
@@ -91,7 +92,7 @@ def tree_rss(pid: int) -> int | None:
     """Resident memory of a process and its descendants, in bytes."""
     try:
         proc = psutil.Process(pid)
-        procs = [proc] + proc.children(recursive=True)
+        procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         return None
     total = 0
@@ -104,7 +105,7 @@ def tree_rss(pid: int) -> int | None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _tail(text: str) -> str:
@@ -210,12 +211,11 @@ class CellRunner:
                 info["nice"] = renice_tree(server.pid, SERVER_NICE)
                 with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
                     cgroup = self._cgroup(server, info)
-            else:
-                info["rss_at_ready_bytes"] = None
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
                                 cgroup.path if cgroup else None)
-            if self.placement is not None:
+            if self.placement is not None:  # sampled on its own machine, from READY to the stop
                 info["host"], info["worker"] = server.host, server.worker
+                info["rss_at_ready_bytes"] = server.rss_at_ready
                 opts = self.placement.load_options(opts)
             t1 = time.monotonic()
             placement = record["placement"]
@@ -230,6 +230,8 @@ class CellRunner:
                 if cgroup is not None:
                     self._remove_cgroup(cgroup, info)
         if record["load"] is not None:
+            if self.placement is not None:  # the samples came back with the stopped server
+                record["load"]["server"] = server.usage(record["load"])
             record["status"] = "ok"
         record["seconds"] = round(time.monotonic() - t0, 3)
         return record

@@ -79,10 +79,6 @@ class Scenario:
             return self.timeout
         return min(10.0, max(0.25, self.duration / 2))
 
-    @property
-    def level_name(self) -> str:
-        return "concurrency" if self.mode == "closed" else "offered load (req/s)"
-
     def level_key(self, level: int) -> str:
         return f"c{level}" if self.mode == "closed" else f"r{level}"
 
@@ -94,7 +90,7 @@ class Scenario:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Scenario":
+    def from_dict(cls, d: dict[str, Any]) -> Scenario:
         d = dict(d)
         d["paths"] = tuple(d["paths"])
         d["levels"] = tuple(d["levels"])

@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from .analysis import RunView
-from .plan import Cell, BenchPlan
+from .plan import BenchPlan, Cell
 from .results import Run
 from .uncertainty import Estimate, combined_half_width
 from .verdicts import Verdict, scenario_verdict

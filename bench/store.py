@@ -71,7 +71,8 @@ def load_run(path: str) -> Run:
 
 def read_result(path: str) -> dict[str, Any]:
     """A bench run or a `serverzoo udp compare` result, told apart by its "schema", checked."""
-    from serverzoo.clients.udp.compare import SCHEMA as UDP_COMPARE, document_problem
+    from serverzoo.clients.udp.compare import SCHEMA as UDP_COMPARE
+    from serverzoo.clients.udp.compare import document_problem
 
     doc = _load_json(path)
     schema = doc.get("schema") if isinstance(doc, dict) else None

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 CONFIDENCE = 0.95
 MIN_BATCHES = 3  # fewer batches than this give an interval too wide to mean anything

@@ -24,8 +24,9 @@ with). The rules, in order:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from . import uncertainty
 from .analysis import Point, RunView, format_value, level_label, metric_unit, supports
@@ -151,9 +152,9 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
     """The verdict among these contenders (the yardstick already left out)."""
     excluded, clean = [], []
     for c in contenders:
-        why = exclusion(c, metric, higher_is_better)
-        if why:
-            excluded.append((c.server, why))
+        why = exclusion(c, metric, higher_is_better)  # not None whenever the estimate is
+        if why or c.estimate is None:
+            excluded.append((c.server, why or "failed: nothing measured"))
         else:
             clean.append(Ranked(c.server, c.estimate, "client-bound" in c.flags))
     sign = 1 if higher_is_better else -1

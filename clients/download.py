@@ -22,10 +22,11 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import click
@@ -210,8 +211,7 @@ def progress_bar(show: bool, label: str, total: int | None, done: int) -> Iterat
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())

@@ -21,15 +21,6 @@ class Request:
     target: bytes
     version: str  # "1.0" or "1.1"
     headers: dict[bytes, bytes]  # lower-case names
-    keep_alive: bool
-
-    @property
-    def path(self) -> bytes:
-        return self.target.partition(b"?")[0]
-
-    @property
-    def query(self) -> bytes:
-        return self.target.partition(b"?")[2]
 
 
 class FileApp:

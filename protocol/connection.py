@@ -44,8 +44,23 @@ class HttpConnection:
     event loop holds one of these per open connection, idle ones included.
     """
 
-    __slots__ = ("_app", "_parse_cache", "_writer", "_max_head", "_parser", "_buf", "closed", "draining", "_url",
-                 "_headers", "_complete", "_dup_host", "_keep_alive", "_version", "_method")
+    __slots__ = (
+        "_app",
+        "_buf",
+        "_complete",
+        "_dup_host",
+        "_headers",
+        "_keep_alive",
+        "_max_head",
+        "_method",
+        "_parse_cache",
+        "_parser",
+        "_url",
+        "_version",
+        "_writer",
+        "closed",
+        "draining",
+    )
 
     def __init__(self, app: FileApp, server_name: str, date: DateSource, *, max_head: int = MAX_HEAD_BYTES,
                  parse_cache: bool = True, writer: HeadWriter | None = None):
@@ -84,7 +99,7 @@ class HttpConnection:
             if end < 0:
                 rest = buf[start:] if start else buf
                 if len(rest) > self._max_head:
-                    plans.append(self._fail(431, "request head is larger than %d bytes" % self._max_head))
+                    plans.append(self._fail(431, f"request head is larger than {self._max_head} bytes"))
                 elif b"\n\n" in rest:  # bare LF line endings: let the parser say what is wrong
                     plans.append(self._parse(rest) or self._fail(400, "malformed request head"))
                 else:
@@ -93,7 +108,7 @@ class HttpConnection:
                 break
             end += 4
             if end - start > self._max_head:
-                plans.append(self._fail(431, "request head is larger than %d bytes" % self._max_head))
+                plans.append(self._fail(431, f"request head is larger than {self._max_head} bytes"))
                 break
             head = buf if start == 0 and end == len(buf) else buf[start:end]
             plan = self._parse(head) or self._fail(400, "incomplete request head")
@@ -121,7 +136,7 @@ class HttpConnection:
             if known is not None:
                 return self._respond(*known)
         self._url = b""
-        self._headers = {}
+        self._headers: dict[bytes, bytes] = {}
         self._complete = False
         self._dup_host = False
         parser = self._parser
@@ -150,12 +165,12 @@ class HttpConnection:
     def _request(self, head: bytes) -> ResponsePlan:
         headers = self._headers
         version = self._version
-        if version != "1.1" and version != "1.0":
+        if version not in {"1.1", "1.0"}:
             return self._fail(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         length = headers.get(b"content-length")
         has_body = b"transfer-encoding" in headers or (length is not None and length.strip(b" 0") != b"")
         method = self._method
-        if method != b"GET" and method != b"HEAD":
+        if method not in {b"GET", b"HEAD"}:
             return self._fail(405, "method not allowed", _ALLOW)
         if has_body:
             if b"transfer-encoding" in headers:
@@ -177,7 +192,7 @@ class HttpConnection:
     def _respond(self, method: bytes, target: bytes, version: str, headers: dict[bytes, bytes],
                  keep_alive: bool) -> ResponsePlan:
         close = not keep_alive or self.draining
-        req = Request(method, target, version, headers, not close)
+        req = Request(method, target, version, headers)
         plan = self._app.respond(req, self._writer, close)
         if close:
             self.closed = True
@@ -203,6 +218,7 @@ class HttpConnection:
     def on_headers_complete(self) -> None:
         # read these now: llhttp resets its flags once the message is complete
         p = self._parser
+        assert p is not None  # it is the parser that calls this
         self._keep_alive = p.should_keep_alive()
         self._version = p.get_http_version()
         self._method = p.get_method()

@@ -30,7 +30,7 @@ RESERVED = "_"  # first path segment reserved for endpoints such as /_/work; no 
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 
 
-def _unavailable_or(status: int, message: str, exc: OSError) -> "TargetError":
+def _unavailable_or(status: int, message: str, exc: OSError) -> TargetError:
     """Out of descriptors or memory is the server's trouble (503), not a missing file."""
     if exc.errno in _OUT_OF_RESOURCES:
         return TargetError(503, f"server out of resources ({exc.strerror}); try again")
@@ -59,7 +59,7 @@ def normalise(path: bytes) -> tuple[str, ...]:
         raise TargetError(400, "target is not valid UTF-8") from None
     segments: list[str] = []
     for seg in text.split("/"):
-        if seg == "" or seg == ".":
+        if seg in {"", "."}:
             continue
         if seg == "..":
             if not segments:
@@ -89,7 +89,7 @@ class FileEntry:
     validators: bytes  # Last-Modified, ETag and Accept-Ranges header lines
     fields: bytes  # every header line of a whole-file 200 response but Date/Server/Connection
     checked: object = None  # the tick at which the signature was last confirmed
-    hot_head: tuple | None = None  # (date, server line, head) of the last plain keep-alive 200
+    hot_head: tuple[bytes, bytes, bytes] | None = None  # (date, server line, head) of the last plain keep-alive 200
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
     if not dash:
         return WHOLE
     first, last = first.strip(), last.strip()
-    if first and not first.isdigit() or last and not last.isdigit():
+    if (first and not first.isdigit()) or (last and not last.isdigit()):
         return WHOLE
     if not first:  # suffix: the last n bytes
         if not last:

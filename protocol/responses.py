@@ -8,9 +8,9 @@ sendfile or a bounded read loop. The core never reads a large file into memory.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Callable
 
 DateSource = Callable[[], bytes]  # returns an IMF-fixdate, e.g. b"Sun, 22 Nov 2026 01:02:03 GMT"
 
@@ -43,12 +43,8 @@ class ResponsePlan:
     work: WorkOrder | None = None
     close: bool = False  # close the connection once this response is sent
 
-    @property
-    def body_length(self) -> int:
-        return len(self.body) + (self.file.length if self.file else 0)
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _server_line(server_name: str) -> bytes:
     """One bytes object per server name, so cached heads can be matched by identity."""
     return b"Server: " + server_name.encode("ascii") + b"\r\n"
@@ -57,7 +53,7 @@ def _server_line(server_name: str) -> bytes:
 class HeadWriter:
     """Builds response heads with the headers every response carries."""
 
-    __slots__ = ("server_line", "date")
+    __slots__ = ("date", "server_line")
 
     def __init__(self, server_name: str, date: DateSource) -> None:
         self.server_line = _server_line(server_name)
@@ -93,6 +89,6 @@ class HeadWriter:
     def error(self, status: int, message: str, *, close: bool, extra: bytes = b"", head_only: bool = False,
               keep_alive_header: bool = False) -> ResponsePlan:
         """A short text body that says what was wrong: '404 Not Found: no such file'."""
-        body = ("%d %s: %s\n" % (status, HTTPStatus(status).phrase, message)).encode("utf-8", "replace")
+        body = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode("utf-8", "replace")
         return self.simple(status, body, close=close, extra=extra, head_only=head_only,
                            keep_alive_header=keep_alive_header)

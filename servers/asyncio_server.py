@@ -13,9 +13,7 @@ busy ones the grace period.
 
 Good at: the same as select (many idle or slow clients, small keep-alive requests);
 uvloop's C loop and transports cost less per request than select's Python loop
-("small files keep-alive", "new connection per request"). User-space instructions
-per request (callgrind) put uvloop below select below the stdlib loop, with the shared
-core the larger part of each.
+("small files keep-alive", "new connection per request").
 Breaks down: CPU-bound work blocks the loop and every client on it ("cpu work");
 one process uses one core (--workers N runs N loops on the listener).
 File bodies: a read-and-write loop by default (READ_CHUNK pread chunks written to the
@@ -81,15 +79,31 @@ class Server:
         if self.protocols:
             try:
                 await asyncio.wait_for(asyncio.shield(self.all_closed), self.limits.grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for proto in list(self.protocols):
                     proto.abort()
                 await asyncio.sleep(0)  # let connection_lost run
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("srv", "loop", "limits", "transport", "http", "box", "busy", "reading", "eof", "write_paused",
-                 "written", "progress", "deadline", "timer", "armed_at", "pending")
+    __slots__ = (
+        "armed_at",
+        "box",
+        "busy",
+        "deadline",
+        "eof",
+        "http",
+        "limits",
+        "loop",
+        "pending",
+        "progress",
+        "reading",
+        "srv",
+        "timer",
+        "transport",
+        "write_paused",
+        "written",
+    )
 
     def __init__(self, srv: Server) -> None:
         self.srv = srv

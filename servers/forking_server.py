@@ -45,7 +45,7 @@ def serve(ctx: ServerContext) -> None:
     children = ChildProcesses()
     warned = False
     try:
-        for sock in ctx.accept_loop():
+        for sock in ctx.accept_loop(wakeup_fd=children.wakeup_fd):
             try:
                 children.start(child, sock)
             except OSError as exc:  # out of processes or memory: drop this client, keep serving

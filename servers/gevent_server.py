@@ -25,8 +25,8 @@ File bodies: a READ_CHUNK read-and-send loop by default, zero-copy sendfile with
 small read/send steps, since a blocking os.sendfile would stall the hub), so _Socket
 calls os.sendfile on the non-blocking socket and waits in the hub whenever the socket
 buffer is full. Copying is the default: on loopback copied data is cheaper for the
-receiving client, whose core limits the large-file scenario; sendfile costs about half
-the server CPU per byte and wins where the server's core is the limit (many
+receiving client, whose core limits the large-file scenario; sendfile costs the server
+less CPU per byte and wins where the server's core is the limit (many
 connections of mid-sized files). Either way a file not in the page cache stalls the
 hub for the disk read.
 """
@@ -41,11 +41,11 @@ from gevent import getcurrent
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
-from gevent.socket import socket as GeventSocket
+from gevent.socket import socket as GeventSocket  # noqa: N812 (a class, named as one here)
 from gevent.socket import wait_write
 
-from .runtime.blocking import serve_connection
 from .runtime.accepting import AcceptBackoff
+from .runtime.blocking import serve_connection
 from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import raise_open_files_limit

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from typing import IO
 
 
 class ServerStartError(RuntimeError):
@@ -36,8 +37,9 @@ class ServerProcess:
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
-        self._stderr = None
+        self._stderr: IO[bytes] | None = None
         self._stderr_fd = stderr
+        self._stderr_at_stop = ""  # what stderr_text() returns once stop() has closed the file
 
     @property
     def pid(self) -> int:
@@ -52,7 +54,7 @@ class ServerProcess:
     def host(self) -> str:
         return self.url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         cpus = self.cpus
         preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         # stderr goes to an unlinked temporary file: a pipe nobody drains could fill and block the server
@@ -63,6 +65,7 @@ class ServerProcess:
                                      preexec_fn=preexec, env=self.env)
         deadline = time.monotonic() + self.start_timeout
         line = b""
+        assert self.proc.stdout is not None  # stdout=PIPE
         fd = self.proc.stdout.fileno()
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
@@ -75,7 +78,7 @@ class ServerProcess:
                     break
                 line += chunk
         if not line.startswith(b"READY "):
-            err = self._collect_stderr()
+            err = self.stderr_text()
             self.stop(timeout=2)
             raise ServerStartError(f"{' '.join(self.argv[2:])} did not become ready: {line!r} {err}")
         self.url = line.split()[1].decode()
@@ -83,13 +86,10 @@ class ServerProcess:
 
     def stderr_text(self) -> str:
         """What the server wrote to stderr so far (the last 4000 characters)."""
-        if self.proc is None or self._stderr is None:
-            return ""
+        if self._stderr is None:
+            return self._stderr_at_stop
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")[-4000:]
-
-    def _collect_stderr(self) -> str:
-        return self.stderr_text()
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -108,9 +108,13 @@ class ServerProcess:
                 self.proc.wait(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self._stderr is not None:  # the server is gone: keep what it wrote, free the file
+            self._stderr_at_stop = self.stderr_text()
+            self._stderr.close()
+            self._stderr = None
         return self.proc.returncode
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

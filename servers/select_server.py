@@ -41,14 +41,14 @@ import select
 import selectors
 import socket
 import traceback
+from collections.abc import Callable
 from time import monotonic
-from typing import Callable
 
 from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import deadline_after_read, drain, raise_open_files_limit, refuse, signal_wakeup
+from .runtime.nonblocking import deadline_after_read, drain_fd, raise_open_files_limit, refuse, signal_wakeup
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
 
 FD_SETSIZE = 1024  # select(2) cannot watch a descriptor at or above this (a fixed-size bitmap)
@@ -78,7 +78,7 @@ class Poller:
 class Client:
     """One connection: its core, what is left to send, and its deadline."""
 
-    __slots__ = ("sock", "fd", "http", "state", "box", "out", "flags", "deadline", "armed_at")
+    __slots__ = ("armed_at", "box", "deadline", "fd", "flags", "http", "out", "sock", "state")
 
     def __init__(self, sock: _socket.socket, fd: int, http, deadline: float) -> None:
         self.sock: _socket.socket | None = sock  # None once closed
@@ -116,6 +116,8 @@ class SelectLoop:
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
         poll, watched, timers, deadlines, ctx = self.poller.poll, self.watched, self.timers, self.deadlines, self.ctx
+        if ctx.stopping:  # a signal during start-up, before the wake-up fd existed: nothing would wake poll()
+            return
         self._listen()
         while True:
             first = min(timers[0][0] if timers else INF, deadlines.next_time())
@@ -213,7 +215,7 @@ class SelectLoop:
         try:
             data = c.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             return self._close(c)
         http = c.http
@@ -225,7 +227,7 @@ class SelectLoop:
             c.deadline = deadline_after_read(http, was_partial, False, c.deadline, self.now, self.limits)
             if c.deadline < c.armed_at:
                 self.deadlines.file(c, c.deadline)
-            return
+            return None
         if len(plans) == 1:
             plan = plans[0]
             if plan.file is None and plan.work is None:
@@ -245,7 +247,7 @@ class SelectLoop:
                                              else self.keepalive_timeout)
                     if c.deadline < c.armed_at:
                         self.deadlines.file(c, c.deadline)
-                    return
+                    return None
                 c.out = memoryview(out)[sent:]
                 c.box = c.box or Outbox(self.use_sendfile)
                 c.box.close_after = plan.close
@@ -259,7 +261,7 @@ class SelectLoop:
         """Send the outbox's steps in order until all are sent, the socket is full, or a wait starts."""
         sock = c.sock
         if sock is None:
-            return
+            return None
         box = c.box
         while True:
             out = c.out
@@ -336,7 +338,7 @@ class SelectLoop:
     # -- deadlines -----------------------------------------------------------------
     def _on_deadline(self, c: Client) -> None:
         if c.sock is None or c.deadline is None:
-            return  # closed, or waiting: _pump sets a deadline when the response resumes
+            return None  # closed, or waiting: _pump sets a deadline when the response resumes
         if c.deadline > self.now:
             return self.deadlines.file(c, c.deadline)  # the deadline moved on since it was filed
         if c.state == READING:
@@ -390,7 +392,7 @@ def serve(ctx: ServerContext) -> None:
         with signal_wakeup() as wake:
             loop = SelectLoop(ctx, poller, ctx.use_sendfile)
             poller.register(wake.fileno(), poller.READ)
-            loop.watched[wake.fileno()] = lambda: drain(wake)
+            loop.watched[wake.fileno()] = lambda: drain_fd(wake.fileno())
             loop.run()
     finally:
         poller.close()

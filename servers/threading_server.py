@@ -18,13 +18,11 @@ both for this model.
 
 from __future__ import annotations
 
-import threading
-
 from .runtime.blocking import serve_connection
 from .runtime.context import ServerContext
+from .runtime.threads import start_thread
 
 
 def serve(ctx: ServerContext) -> None:
     for sock in ctx.accept_loop():
-        threading.Thread(target=serve_connection, args=(sock, ctx),
-                         kwargs={"use_sendfile": ctx.use_sendfile}, daemon=True).start()
+        start_thread(serve_connection, sock, ctx, use_sendfile=ctx.use_sendfile)

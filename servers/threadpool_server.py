@@ -30,6 +30,7 @@ import traceback
 
 from .runtime.blocking import serve_connection
 from .runtime.context import ServerContext
+from .runtime.threads import start_thread
 
 DEFAULT_POOL = 32
 
@@ -50,7 +51,7 @@ def serve(ctx: ServerContext) -> None:
     # daemon threads (not concurrent.futures): one still busy after the grace period
     # must not keep the process from exiting
     for i in range(size):
-        threading.Thread(target=worker, name=f"pool-{i}", daemon=True).start()
+        start_thread(worker, name=f"pool-{i}")
 
     def take_free_thread() -> bool:
         while not free.acquire(timeout=0.25):  # all busy; wake now and then to see a shutdown

@@ -38,13 +38,13 @@ kernel blocks the one thread like any single-threaded loop ("cpu work" scenario;
 File bodies: a bounded read-and-send loop (READ_CHUNK steps) by default; its reads come
 straight from the page cache (preadv with RWF_NOWAIT, a memcpy) and go to a worker
 thread only when the data is not cached, so a cold disk never stalls the loop (a
-thread hand-off for every chunk, or trio.open_file, costs several times the CPU of the
+thread hand-off for every chunk, or trio.open_file, costs far more CPU than the
 in-loop copy). trio has no sendfile API, but its I/O layer allows one: --file-send
 sendfile calls os.sendfile on the non-blocking socket and waits with
 trio.lowlevel.wait_writable whenever the socket buffer is full (a file not in the page
 cache then stalls the loop for the disk read). Copying is the default because on
 loopback copied data is cheaper for the receiving client, whose core limits the large
-file scenario; sendfile costs well under half the server CPU per byte, and wins where
+file scenario; sendfile costs the server less CPU per byte, and wins where
 the server's core is the limit (many connections of mid-sized files).
 """
 
@@ -63,9 +63,9 @@ from trio.lowlevel import checkpoint, wait_readable, wait_writable
 from ..protocol import ResponsePlan, cpu_kernel
 from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
-from .runtime.listener import tune_connection
 from .runtime.deadlines import rounded_up
 from .runtime.io_sizes import READ_CHUNK, RECV_BYTES
+from .runtime.listener import tune_connection
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+; 0 makes every read a plain one
@@ -97,6 +97,10 @@ async def _serve(ctx: ServerContext) -> None:
 
 async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery: trio.Nursery,
                        live: set[_Conversation]) -> None:
+    if ctx.stopping:
+        # a signal during start-up, before _serve's receiver existed: shutdown has already
+        # closed the listener, and this task's first run comes after that
+        return
     listener = ctx.listener
     listener.setblocking(False)
     use_sendfile = ctx.use_sendfile
@@ -129,7 +133,7 @@ class _Conversation:
     while a send waits, none during the work endpoint's wait. Moving one deadline costs
     less than a scope per call, which matters on the per-request path."""
 
-    __slots__ = ("ctx", "sock", "conn", "guard", "reading", "idle", "use_sendfile", "moved")
+    __slots__ = ("conn", "ctx", "guard", "idle", "moved", "reading", "sock", "use_sendfile")
 
     def __init__(self, ctx: ServerContext, sock: _socket.socket, use_sendfile: bool) -> None:
         self.ctx = ctx
@@ -262,7 +266,7 @@ async def _read_chunk(source: FileSource, buf: bytearray) -> bytes | memoryview:
     """The next chunk of a file: from the page cache without waiting for the disk (RWF_NOWAIT),
     which is a plain memcpy; only when the data is not cached, in a worker thread, so a
     cold disk never stalls the loop. A thread hand-off per chunk costs far more CPU than
-    the copy itself (measured, see the module docstring)."""
+    the copy itself."""
     view = memoryview(buf)[:source.left]  # buf is reused: the caller sends each chunk before the next
     try:
         n = os.preadv(source.fd, [view], source.offset, _RWF_NOWAIT)

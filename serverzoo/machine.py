@@ -66,7 +66,7 @@ def describe_machine() -> dict:
         "python_build": " ".join(platform.python_build()),
         "packages": package_versions(),
         "git_commit": _git_commit(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -19,7 +19,7 @@ from serverzoo.clients.loadgen import LoadOptions, run_load
 
 # A keep-alive client stays as long as it likes: idle ones are never dropped within a run.
 PATIENT = ["--keepalive-timeout", "60", "--header-timeout", "60"]
-RUN = dict(duration=0.6, timeout_s=0.3, workers=1, reconnect_after=20)
+RUN = {"duration": 0.6, "timeout_s": 0.3, "workers": 1, "reconnect_after": 20}
 
 # model -> server arguments capping its concurrency below the idle set (8 connections)
 STALLED_BY_IDLE = {
@@ -60,7 +60,7 @@ def test_idle_connections_cost_a_connection_each_elsewhere(corpus_root, model):
 
 
 def test_slow_readers_stall_the_iterative_server_and_not_an_event_loop(corpus_root):
-    slow = dict(slow_readers=1, slow_read_rate=4096.0, slow_read_path="/big.bin")
+    slow = {"slow_readers": 1, "slow_read_rate": 4096.0, "slow_read_path": "/big.bin"}
     assert _stalled(_load(corpus_root, "iterative", [], **slow))
     assert _served(_load(corpus_root, "select", [], **slow))
 

@@ -306,9 +306,9 @@ def test_fifty_concurrent_clients_get_correct_bytes(server):
     def client(i: int) -> None:
         try:
             with Client(server.url, timeout=30) as c:
-                for n in expected:
+                for n, digest in expected.items():
                     r = c.request("/" + n)
-                    if r.status != 200 or sha(r.body) != expected[n]:
+                    if r.status != 200 or sha(r.body) != digest:
                         failures.append(f"client {i}: {n} status {r.status}")
         except Exception as exc:  # collected and reported below
             failures.append(f"client {i}: {exc!r}")

@@ -24,8 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
 from urllib.parse import quote, urlsplit
 
 import psutil
@@ -190,7 +190,7 @@ def servers(root: str) -> Iterator[Callable[[str], str]]:
 class RawServer:
     """A loopback server that reads each request head, records it, and lets behave(fake, conn, head) answer."""
 
-    def __init__(self, behave: Callable[["RawServer", socket.socket, bytes], None]) -> None:
+    def __init__(self, behave: Callable[[RawServer, socket.socket, bytes], None]) -> None:
         self.behave = behave
         self.heads: list[bytes] = []
         self.done = threading.Event()  # set at teardown: stalling behaviours wait on it
@@ -219,7 +219,7 @@ class RawServer:
                 except OSError:
                     pass  # the client gave up first: that is what some tests want
 
-    def __enter__(self) -> "RawServer":
+    def __enter__(self) -> RawServer:
         self.thread.start()
         return self
 

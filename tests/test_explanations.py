@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from markupsafe import escape as html_escape
 
 import pytest
+from markupsafe import escape as html_escape
 
 from serverzoo.bench import uncertainty as u
 from serverzoo.bench.analysis import RunView

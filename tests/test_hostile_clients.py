@@ -117,7 +117,7 @@ def test_a_full_stderr_pipe_does_not_stop_the_server(start, variant):
         limits = server_nofile_limits(srv.pid)
         procs = list(limits)
         for p in procs:
-            set_nofile(p, lambda: (lowest_free_descriptor(p.pid), limits[p][1]))
+            set_nofile(p, lambda p=p: (lowest_free_descriptor(p.pid), limits[p][1]))
         # (a blocking accept() already waiting got its descriptor before the limit: it takes
         # the first, which closes after its response, so the next accept fails)
         triggers = [connect(srv) for _ in range(3)]
@@ -125,7 +125,7 @@ def test_a_full_stderr_pipe_does_not_stop_the_server(start, variant):
             s.sendall(b"GET /one.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         time.sleep(1.0)  # accepts fail, are reported, back off
         for p in procs:
-            set_nofile(p, lambda: limits[p])
+            set_nofile(p, lambda p=p: limits[p])
         for s in triggers:
             s.close()
         with Client(srv.url, timeout=10) as c:  # bounded: the back-off is at most a second

@@ -95,15 +95,14 @@ def test_download_across_wan_is_byte_exact(tmp_path):
     (tmp_path / "blob.bin").write_bytes(data)
     with LinkedHosts("wan", delay_line=True) as link:
         assert any(a.startswith("rate 100 Mbit/s") for a in link.applied)
-        with link.server_process("threading", str(tmp_path)) as server:
-            with link.client_namespace():
-                start = time.monotonic()
-                conn = http.client.HTTPConnection(link.server_addr, server.port, timeout=30)
-                conn.request("GET", "/blob.bin")
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
-                seconds = time.monotonic() - start
+        with link.server_process("threading", str(tmp_path)) as server, link.client_namespace():
+            start = time.monotonic()
+            conn = http.client.HTTPConnection(link.server_addr, server.port, timeout=30)
+            conn.request("GET", "/blob.bin")
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            seconds = time.monotonic() - start
     assert resp.status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
     assert seconds > 0.25  # 3 MB at 100 Mbit/s, after a slow start at 40 ms per round trip
 
@@ -160,7 +159,7 @@ def test_net_check_measures_the_line_and_links_quote_it(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the measurement goes here, not to ~/.cache
     done = subprocess.run([*PY, "net", "check", "--seconds", "1"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"^tun \(userspace delay line\) +yes$", done.stdout, re.M), done.stdout
+    assert re.search(r"^tun \(userspace delay line\) +yes$", done.stdout, re.MULTILINE), done.stdout
     assert "UDP echo RTT p50" in done.stdout and "capacity: TCP bulk" in done.stdout, done.stdout
     saved = json.loads((tmp_path / "serverzoo" / "delay-line.json").read_text())
     capacity = saved["capacity"]["mbit_s"]

@@ -100,13 +100,12 @@ def test_download_crosses_a_lossy_link_byte_exact(tmp_path):
     (root / "blob.bin").write_bytes(data)
     with LinkedHosts("lossy") as link:
         assert any("loss 1%" in a for a in link.applied)
-        with link.server_process("threading", str(root)) as server:
-            with link.client_namespace():
-                conn = http.client.HTTPConnection(link.server_addr, server.port, timeout=30)
-                conn.request("GET", "/blob.bin")
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
+        with link.server_process("threading", str(root)) as server, link.client_namespace():
+            conn = http.client.HTTPConnection(link.server_addr, server.port, timeout=30)
+            conn.request("GET", "/blob.bin")
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
         # the drops happened: the client side's rule counted data packets it threw away
         rules = subprocess.run(["ip", "netns", "exec", link.client_ns, "nft", "list", "table", "inet",
                                 "szoo_link"], capture_output=True, text=True, timeout=10).stdout

@@ -131,7 +131,7 @@ def test_local_corpus_files_become_references(tmp_path) -> None:
     from serverzoo.clients.loadgen.corpus import write_corpus
 
     write_corpus(str(tmp_path), ["3MiB", "1KiB"])
-    loop, run, conn = make_connection(str(tmp_path))
+    loop, run, _conn = make_connection(str(tmp_path))
     try:
         target = run.targets[0]
         target.corpus_name = "3MiB.bin"

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from serverzoo.clients.loadgen.response_reader import (END, NEED_DATA, FramingError, Head, ResponseReader,
-                                                       says_close)
+from serverzoo.clients.loadgen.response_reader import END, NEED_DATA, FramingError, Head, ResponseReader, says_close
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
 

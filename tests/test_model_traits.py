@@ -18,8 +18,18 @@ import pytest
 
 from serverzoo.servers import MODELS, ModelInfo
 
-from .support import (FILES, Client, check_stalled_reader_is_dropped, check_variant_serves, content_for, sha,
-                      settles_to, tree_cpu, tree_fds, tree_threads)
+from .support import (
+    FILES,
+    Client,
+    check_stalled_reader_is_dropped,
+    check_variant_serves,
+    content_for,
+    settles_to,
+    sha,
+    tree_cpu,
+    tree_fds,
+    tree_threads,
+)
 
 RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() resets the connection
 QUICK = ("--keepalive-timeout", "30", "--header-timeout", "30", "--grace", "5")

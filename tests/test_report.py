@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from serverzoo.bench import uncertainty as u
 from serverzoo.bench.cards import module_docstring
 from serverzoo.bench.report import build_report, format_value, render
-from serverzoo.bench.results import Run, check_run as validate
+from serverzoo.bench.results import Run
+from serverzoo.bench.results import check_run as validate
 from serverzoo.bench.verdicts import run_verdicts
 from serverzoo.cli import main
 from serverzoo.clients.loadgen.latency import decode
@@ -74,13 +75,13 @@ def test_html_is_self_contained_with_every_chart_captioned(run, rendered):
     html, _ = rendered
     assert "<script" not in html and "<link" not in html and "@import" not in html
     assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", html), "the report must not load anything"
-    figures = re.findall(r"<figure>(.*?)</figure>", html, flags=re.S)
+    figures = re.findall(r"<figure>(.*?)</figure>", html, flags=re.DOTALL)
     scenarios = run["config"]["scenarios"]
     # per scenario: its main chart and its latency spectrum; then heat map, CPU efficiency, memory, errors
     assert len(figures) == 2 * len(scenarios) + 4
     for fig in figures:
         assert fig.lstrip().startswith("<svg"), fig[:80]
-        caption = re.search(r"<figcaption>(.*?)</figcaption>", fig, flags=re.S).group(1)
+        caption = re.search(r"<figcaption>(.*?)</figcaption>", fig, flags=re.DOTALL).group(1)
         assert run["run_id"] in caption and "FIXTURE" in caption and "2000-01-01" in caption
         assert run["run_id"] in fig.split("<figcaption>")[0], "the chart image carries its own caption"
     for title in ("latency spectrum", "p99 against offered load", "CPU efficiency", "Memory per open connection",
@@ -183,7 +184,7 @@ def test_report_renders_the_verdicts_stored_in_the_run(run, tmp_path):
 
 def test_model_cards_come_from_the_model_files_without_importing_them(rendered):
     html, md = rendered
-    import serverzoo.servers as servers
+    from serverzoo import servers
 
     doc = module_docstring(os.path.join(os.path.dirname(servers.__file__), "threading_server.py"))
     first = doc.split("\n\n")[0].replace("\n", " ")

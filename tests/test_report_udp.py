@@ -19,8 +19,8 @@ import subprocess
 import sys
 
 import pytest
-from markupsafe import escape
 from click.testing import CliRunner
+from markupsafe import escape
 
 from serverzoo.bench.report import build_any, render
 from serverzoo.bench.store import read_result
@@ -47,9 +47,11 @@ def compared(tmp_path_factory, worker_id) -> dict:
             # the smallest settings it takes: a one-rate sweep, 0.3 s parts
             done = subprocess.run([*PY, "udp", "compare", "--links", f"veth,{NO_SUCH_LINK}", "--time", "0.3",
                                    "--step-time", "0.2", "--sweep-from", "4M", "--sweep-to", "4M", "--count", "50",
-                                   "--cpus", "", "--json", paths["json"], "--html", paths["html"], "--md", paths["md"]],
-                                  capture_output=True, text=True, timeout=50)
+                                   "--cpus", "", "--json", paths["json"]], capture_output=True, text=True, timeout=50)
             assert done.returncode == 0, done.stderr
+            rendered = subprocess.run([*PY, "report", paths["json"], "--html", paths["html"], "--md", paths["md"]],
+                                      capture_output=True, text=True, timeout=50)
+            assert rendered.returncode == 0, rendered.stderr
             with open(paths["stdout"] + ".part", "w") as f:
                 f.write(done.stdout)
             os.replace(paths["stdout"] + ".part", paths["stdout"])
@@ -86,10 +88,10 @@ def md_rows(md: str) -> dict[str, list[str]]:
 
 
 def html_rows(page: str) -> dict[str, list[str]]:
-    table = re.search(r'<table class="tcp-vs-udp">(.*?)</table>', page, flags=re.S).group(1)
+    table = re.search(r'<table class="tcp-vs-udp">(.*?)</table>', page, flags=re.DOTALL).group(1)
     rows = {}
-    for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1], flags=re.S):
-        cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", tr, flags=re.S)]
+    for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1], flags=re.DOTALL):
+        cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", tr, flags=re.DOTALL)]
         rows[cells[0]] = cells[1:]
     return rows
 
@@ -101,7 +103,7 @@ def test_compare_writes_both_formats_with_the_section(compared):
     assert '<h2 id="tcp-vs-udp">TCP vs UDP</h2>' in page
     assert "<script" not in page and "<link" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", page), "the report must not load anything"
-    figures = re.findall(r"<figure>(.*?)</figure>", page, flags=re.S)
+    figures = re.findall(r"<figure>(.*?)</figure>", page, flags=re.DOTALL)
     assert len(figures) == 2  # rates, round trips
     when = f"{doc['machine']['date'][:10]} {doc['machine']['date'][11:16]} UTC"
     for fig in figures:  # each chart says where its numbers come from
@@ -233,8 +235,8 @@ def test_bad_files_give_one_line_and_exit_2(compared, tmp_path):
     assert not (tmp_path / "r.md").exists()
 
 
-def test_compare_refuses_an_unwritable_report_path_before_measuring(tmp_path):
-    done = subprocess.run([*PY, "udp", "compare", "--links", "", "--html", str(tmp_path / "no" / "such" / "r.html")],
+def test_compare_refuses_an_unwritable_json_path_before_measuring(tmp_path):
+    done = subprocess.run([*PY, "udp", "compare", "--links", "", "--json", str(tmp_path / "no" / "such" / "r.json")],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "--html" in done.stderr and "no folder" in done.stderr and "Traceback" not in done.stderr
+    assert "--json" in done.stderr and "no folder" in done.stderr and "Traceback" not in done.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,10 +14,6 @@ from .conftest import VARIANTS
 from .support import FILES, Client, content_for, sha
 
 
-# Known to fail about once in several full runs on a loaded 2-core machine (trio-w2: an
-# ExceptionGroup from a worker; threadpool: no exit within 12 s of SIGTERM). Causes not yet
-# found; one retry keeps CI meaningful while they are investigated: two failures in a row fail.
-@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_sigterm_during_a_download_lets_it_finish(fresh_server, variant):
     _id, model, args = variant
@@ -29,16 +27,12 @@ def test_sigterm_during_a_download_lets_it_finish(fresh_server, variant):
         time.sleep(0.3)
         rest = busy.read_until_close(limit=20)
     raw = first + rest
-    head, _, body = raw.partition(b"\r\n\r\n")
+    _head, _, body = raw.partition(b"\r\n\r\n")
     assert sha(body) == expected, f"{_id}: got {len(body)} of {FILES['big.bin']} bytes after SIGTERM"
     assert srv.proc.wait(15) == 0
     assert "Traceback" not in srv.stderr_text()
 
 
-# Known to fail about once in several full runs on a loaded 2-core machine (trio-w2: an
-# ExceptionGroup from a worker; threadpool: no exit within 12 s of SIGTERM). Causes not yet
-# found; one retry keeps CI meaningful while they are investigated: two failures in a row fail.
-@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_sigterm_closes_idle_connections_and_stops_accepting(fresh_server, variant):
     _id, model, args = variant
@@ -72,3 +66,33 @@ def test_grace_period_bounds_a_stalled_download(fresh_server, variant):
         code = srv.proc.wait(15)
         assert time.monotonic() - started < 8, f"{_id} outlived its 1 s grace period"
     assert code == 0
+
+
+SUPERVISED = """
+import os, signal, sys, time
+from serverzoo.servers.runtime.workers import Supervisor
+
+def worker(index):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit({status}))
+    os.write(1, b"ready\\n")  # one write: lines from three processes do not interleave
+    time.sleep(60)
+
+sys.exit(Supervisor(2, worker, grace=5).run(on_started=lambda: os.write(1, b"started\\n")))
+"""
+
+
+@pytest.mark.parametrize("worker_status,expected", [(0, 0), (3, 1)], ids=["clean", "failed"])
+def test_supervisor_exit_code_says_whether_every_worker_stopped_cleanly(worker_status, expected):
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISED.format(status=worker_status)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = sorted(proc.stdout.readline() for _ in range(3))  # both workers have their handler now
+        assert lines == ["ready\n", "ready\n", "started\n"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == expected, err
+    assert ("exited with status 3 while stopping" in err) == (worker_status == 3), err

@@ -139,9 +139,9 @@ def test_lead_is_relative_and_signed_by_direction():
 
 
 def test_batches_are_contiguous_and_nearly_equal():
-    assert u.batch_ranges(10) == [range(0, 2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)]
+    assert u.batch_ranges(10) == [range(2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)]
     assert [len(r) for r in u.batch_ranges(7, 3)] == [2, 2, 3]
-    assert u.batch_ranges(2) == [range(0, 1), range(1, 2)]
+    assert u.batch_ranges(2) == [range(1), range(1, 2)]
 
 
 def test_batch_figures_that_are_not_rates_give_an_interval_around_the_whole():

@@ -8,7 +8,7 @@ delay without netem, by two TUN devices and the userspace delay line).
         with link.client_namespace():                   # sockets made here live in the client host
             ...                                         # connect to url
 
-profiles.py    link profiles ([links.NAME] in bench/scenarios.toml): delay, jitter, rate, loss
+profiles.py    link profiles ([links.NAME] in links.toml): delay, jitter, rate, loss
 shaping.py     what the kernel offers (netem? tbf? nftables? TUN?) and the commands for a profile
 namespaces.py  LinkedHosts, leftover cleanup
 delay_line.py  the userspace delay line: a forwarder between two TUN devices (delay without netem)
@@ -19,9 +19,16 @@ watchdog.py    removes a run's namespaces if the process that made them dies wit
 net_cli.py     `serverzoo net` (cleanup, links, check, up)
 """
 
+from .namespaces import LinkedHosts, cleanup_leftovers, require_support
 from .profiles import LinkProfile, get_profile, load_profiles
 from .shaping import LinkUnavailable
-from .namespaces import LinkedHosts, cleanup_leftovers, require_support
 
-__all__ = ["LinkProfile", "LinkedHosts", "LinkUnavailable", "cleanup_leftovers", "get_profile", "load_profiles",
-           "require_support"]
+__all__ = [
+           "LinkProfile",
+           "LinkUnavailable",
+           "LinkedHosts",
+           "cleanup_leftovers",
+           "get_profile",
+           "load_profiles",
+           "require_support",
+]

@@ -3,8 +3,8 @@ or stops the command with one line (exit code 3) saying why it cannot."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import click
 
@@ -22,7 +22,7 @@ class NoLinkError(click.ClickException):
 def link_options(command: Callable) -> Callable:
     """Adds --link NAME and --links-file PATH to a click command (parameters `link`, `links_file`)."""
     command = click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-                           help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")(command)
+                           help="TOML file with [links.NAME] tables. [clients/links/links.toml]")(command)
     return click.option("--link", "link", metavar="NAME", default=None,
                         help="Run the server and the client on two network namespaces joined by the "
                              "emulated link NAME (root; see `serverzoo net links`).")(command)

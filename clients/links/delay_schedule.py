@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from .profiles import LinkProfile
 
@@ -35,7 +36,7 @@ class LineSettings:
     limit_packets: int = LIMIT_PACKETS
 
     @classmethod
-    def from_profile(cls, profile: LinkProfile) -> "LineSettings":
+    def from_profile(cls, profile: LinkProfile) -> LineSettings:
         return cls(delay_s=profile.delay_ms / 1e3, jitter_s=profile.jitter_ms / 1e3,
                    rate_bps=profile.rate_mbit * 1e6 if profile.rate_mbit else None,
                    queue_s=profile.queue_ms / 1e3, loss=profile.loss_percent / 100)
@@ -109,8 +110,7 @@ class Lateness:
         key = us if us < 1000 else us - us % 100
         self.counts[key] = self.counts.get(key, 0) + 1
         self.count += 1
-        if us > self.max_us:
-            self.max_us = us
+        self.max_us = max(self.max_us, us)
 
     def percentile(self, p: float) -> int | None:
         if not self.count:

@@ -8,7 +8,7 @@ import socket
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .namespaces import LinkedHosts
 from .profiles import LinkProfile
@@ -86,5 +86,5 @@ def measure_capacity(seconds: float = 3.0, warmup: float = 0.5, rtt_ms: float = 
 
 
 def measure(seconds: float = 3.0) -> dict:
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
             "delay": measure_delay(), "capacity": measure_capacity(seconds)}

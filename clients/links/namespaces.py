@@ -29,8 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from . import shaping
 from .delay_line import CLIENT_TUN, SERVER_TUN, TUN_MTU
@@ -194,7 +194,7 @@ class LinkedHosts:
         self._up = False
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "LinkedHosts":
+    def __enter__(self) -> LinkedHosts:
         require_support()
         cleanup_leftovers()  # namespaces of earlier runs that died: never a live run's
         try:
@@ -368,12 +368,12 @@ class LinkedHosts:
         server.argv = self.command("server", server.argv)
         return server
 
-    def client_namespace(self) -> "contextmanager":
+    def client_namespace(self) -> contextmanager:
         """`with link.client_namespace():` sockets this thread creates belong to the client host."""
         self._prefix("client")
         return entered(self.client_ns)
 
-    def server_namespace(self) -> "contextmanager":
+    def server_namespace(self) -> contextmanager:
         self._prefix("server")
         return entered(self.server_ns)
 

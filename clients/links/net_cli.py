@@ -54,7 +54,7 @@ def _support():
 
 
 @net_group.command("links")
-@click.option("--links-file", type=click.Path(dir_okay=False), default=None, help="[bench/scenarios.toml]")
+@click.option("--links-file", type=click.Path(dir_okay=False), default=None, help="[clients/links/links.toml]")
 def links_command(links_file: str | None) -> None:
     """List the link profiles, and whether (and how) each can be built on this machine."""
     from .shaping import measured_notes, plan
@@ -134,7 +134,7 @@ def check_command(measure: bool, seconds: float) -> None:
 @net_group.command("up")
 @click.argument("name")
 @click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")
+              help="TOML file with [links.NAME] tables. [clients/links/links.toml]")
 @click.option("--time", "seconds", type=click.FloatRange(1, 3600), default=300, show_default=True,
               help="Remove the link after this many seconds.")
 def up_command(name: str, links_file: str | None, seconds: float) -> None:
@@ -163,7 +163,7 @@ def up_command(name: str, links_file: str | None, seconds: float) -> None:
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Directory to serve.")
 @click.option("--model", default="threading", show_default=True, help="Server model on the server host.")
 @click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")
+              help="TOML file with [links.NAME] tables. [clients/links/links.toml]")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120, show_default=True,
               help="Give up on the download after this many seconds.")
 def fetch_command(name: str, path: str, root: str, model: str, links_file: str | None, timeout: float) -> None:
@@ -176,25 +176,24 @@ def fetch_command(name: str, path: str, root: str, model: str, links_file: str |
     local = os.path.join(root, path.lstrip("/"))
     if not os.path.isfile(local):
         raise click.BadParameter(f"{path} is not a file under {root}")
-    with linked_hosts_or_exit(name, links_file) as hosts:
-        with hosts.server_process(model, root) as server:
-            with hosts.client_namespace():
-                start = time.monotonic()
-                conn = http.client.HTTPConnection(hosts.server_addr, server.port, timeout=timeout)
-                try:
-                    conn.request("GET", "/" + quote(path.lstrip("/")))
-                    resp = conn.getresponse()
-                    digest, size = hashlib.sha256(), 0
-                    while chunk := resp.read(1 << 20):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        if time.monotonic() - start > timeout:
-                            raise click.ClickException(f"download exceeded --timeout {timeout:g} s")
-                except OSError as exc:
-                    raise click.ClickException(f"download failed: {exc}") from None
-                finally:
-                    conn.close()
-                seconds = time.monotonic() - start
+    with (linked_hosts_or_exit(name, links_file) as hosts, hosts.server_process(model, root) as server,
+          hosts.client_namespace()):
+        start = time.monotonic()
+        conn = http.client.HTTPConnection(hosts.server_addr, server.port, timeout=timeout)
+        try:
+            conn.request("GET", "/" + quote(path.lstrip("/")))
+            resp = conn.getresponse()
+            digest, size = hashlib.sha256(), 0
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                if time.monotonic() - start > timeout:
+                    raise click.ClickException(f"download exceeded --timeout {timeout:g} s")
+        except OSError as exc:
+            raise click.ClickException(f"download failed: {exc}") from None
+        finally:
+            conn.close()
+        seconds = time.monotonic() - start
     with open(local, "rb") as f:
         expected = hashlib.file_digest(f, "sha256").hexdigest()
     same = resp.status == 200 and digest.hexdigest() == expected

@@ -1,7 +1,7 @@
 """Link profiles: what a link adds, read from the [links.NAME] tables of a TOML file.
 
-By default that file is bench/scenarios.toml, so the links a benchmark runs over are defined
-beside its scenarios; any TOML with [links.NAME] tables will do (`--links-file`).
+By default that file is links.toml beside this module, the profiles every command's
+`--link NAME` offers; any TOML with [links.NAME] tables will do (`--links-file`).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class LinkProfile:
 
 
 def default_links_file() -> str:
-    """bench/scenarios.toml, where the link profiles live beside the scenarios."""
-    return str(importlib.resources.files("serverzoo.bench") / "scenarios.toml")
+    """links.toml of this package: serverzoo's own link profiles."""
+    return str(importlib.resources.files(__package__) / "links.toml")
 
 
 def load_profiles(path: str | None = None) -> dict[str, LinkProfile]:

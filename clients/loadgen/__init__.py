@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 
-__all__ = ["LoadError", "LoadOptions", "OptionError", "SCHEMA", "run_load", "schema_path"]
+__all__ = ["SCHEMA", "LoadError", "LoadOptions", "OptionError", "run_load", "schema_path"]
 
 # imported on first use, so a worker process (or `serverzoo corpus`) does not load the coordinator's stack
 _LAZY = {"run_load": "coordinator", "LoadError": "coordinator", "SCHEMA": "coordinator",

@@ -24,7 +24,7 @@ SLOW_READER_RCVBUF = 4096
 class _Conn(asyncio.Protocol):
     """Hands every event to its owner."""
 
-    def __init__(self, owner: "_Adversary") -> None:
+    def __init__(self, owner: _Adversary) -> None:
         self.owner = owner
         self.transport = None
 
@@ -68,7 +68,7 @@ class _Adversary:
                                    self.run.connect_timeout_s)
             conn = _Conn(self)
             await self.loop.create_connection(lambda: conn, sock=sock)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             sock.close()
             self.stats["connect_failures"] += 1
             self._later()

@@ -57,8 +57,22 @@ class _Connection:
     protocol kinds below share this; it is no asyncio.Protocol itself, since uvloop reads into
     a protocol's own buffer only if it is not one."""
 
-    __slots__ = ("driver", "run", "transport", "reader", "inflight", "start_ns", "sent_ns", "phase", "check",
-                 "body_error", "head_error", "server_closes", "length", "ended")
+    __slots__ = (
+        "body_error",
+        "check",
+        "driver",
+        "ended",
+        "head_error",
+        "inflight",
+        "length",
+        "phase",
+        "reader",
+        "run",
+        "sent_ns",
+        "server_closes",
+        "start_ns",
+        "transport",
+    )
 
     def __init__(self, driver) -> None:
         self.driver = driver

@@ -7,6 +7,10 @@ tree meanwhile, shows the live line, and merges what the workers send back: hist
 are added (exact at their precision), counters summed, timelines aligned slice by slice
 (every --timeline-interval from the measured window's start).
 With --serve it first starts the server (serving.py), over a --link if given.
+
+Cluster mode (cluster.py) reuses the pieces that do not depend on where the processes run:
+WorkerProcess, wait_ready and check_alive to drive one generator on a Dask worker,
+make_shares to split the load, judge_client and build_document to judge and merge.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from serverzoo.machine import describe_machine
 from . import latency
 from .adversaries import merge_stats
 from .connection import NO_LOCAL_PORT
+from .messages import parse_messages, write_message
 from .options import LoadOptions, OptionError
 from .live import LiveFigures, displays_for
 from .ports import explain_no_local_port
 from .server_sampler import ServerSampler
-from .messages import parse_messages, write_message
 from .state import WorkerShare, split
 from .targets import LoadPlan, build_plan, served_url
 
@@ -57,7 +61,11 @@ class LoadError(RuntimeError):
         self.details = details
 
 
-class _WorkerProcess:
+class WorkerProcess:
+    """One generator process (`python -m serverzoo.clients.loadgen.worker`) and the pipes to it: it is
+    handed its share at once, then answers "ready", ticks every second and sends its result; `send`
+    passes it ("start", ns) or ("stop",), `feed` reads its messages and `handle` takes each in."""
+
     def __init__(self, share: WorkerShare, opts: LoadOptions, plan: LoadPlan) -> None:
         self.share = share
         self.stderr = tempfile.TemporaryFile()
@@ -85,6 +93,20 @@ class _WorkerProcess:
         out, self.buffer = parse_messages(self.buffer + chunk)
         return out
 
+    def handle(self, msg: tuple) -> None:
+        """Take in one message from the process; LoadError when it failed or exited before its result."""
+        kind = msg[0]
+        self.last_message_ns = monotonic_ns()
+        if kind == "failed":
+            raise LoadError(f"load worker {self.share.index} failed: {msg[1].splitlines()[0]}", msg[2])
+        if kind == "eof" and self.result is None:
+            self.proc.wait(5)
+            tail = self.stderr_tail().strip().splitlines()
+            raise LoadError(f"load worker {self.share.index} exited with code {self.proc.returncode}"
+                            + (f": {tail[-1]}" if tail else ""))
+        if kind == "result":
+            self.result = msg[1]
+
     def stderr_tail(self) -> str:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")[-2000:]
@@ -104,6 +126,7 @@ class _WorkerProcess:
 
 
 def make_shares(opts: LoadOptions) -> list[WorkerShare]:
+    """Each generator process's part of the load: -c, -R, -n and the adversaries split between them."""
     k = opts.resolved_workers()
     conns = split(opts.connections, k)
     requests = split(opts.requests, k) if opts.requests is not None else [None] * k
@@ -125,7 +148,7 @@ def check_options(opts: LoadOptions) -> None:
     build_plan(opts, PLACEHOLDER_BASE if opts.serve is not None else None)
 
 
-def run_load(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> dict:
+def run_load(opts: LoadOptions, hosts: LinkedHosts | None = None) -> dict:
     """Run a load test and return its result document (schema serverzoo.load/1). Blocks until done.
 
     With opts.serve it starts that server for the run and stops it afterwards; with opts.link
@@ -162,10 +185,10 @@ def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
             sampler = ServerSampler(server_pid, opts.server_cgroup)
         except psutil.Error as exc:
             raise OptionError(f"cannot watch --server-pid {server_pid}: {exc}") from None
-    workers = [_WorkerProcess(s, opts, plan) for s in shares]
+    workers = [WorkerProcess(s, opts, plan) for s in shares]
     live = None
     try:
-        _wait_ready(workers)
+        wait_ready(workers)
         start_ns = monotonic_ns() + START_MARGIN_NS
         measure_ns = start_ns + int((opts.ramp_up_s + opts.warmup_s) * 1e9)
         where = f"http://{plan.server.host}:{plan.server.port}"
@@ -185,7 +208,8 @@ def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
     return build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
 
 
-def _wait_ready(workers: list[_WorkerProcess]) -> None:
+def wait_ready(workers: list[WorkerProcess]) -> None:
+    """Block until every process has answered "ready" (LoadError: one failed, or READY_TIMEOUT_S passed)."""
     deadline = monotonic_ns() + int(READY_TIMEOUT_S * 1e9)
     with selectors.DefaultSelector() as sel:
         for w in workers:
@@ -197,26 +221,12 @@ def _wait_ready(workers: list[_WorkerProcess]) -> None:
             for key, _ in sel.select(left):
                 w = key.data
                 for msg in w.feed():
-                    _handle(w, msg)
+                    w.handle(msg)
                     if msg[0] == "ready":
                         w.ready = True
 
 
-def _handle(w: _WorkerProcess, msg: tuple) -> None:
-    kind = msg[0]
-    w.last_message_ns = monotonic_ns()
-    if kind == "failed":
-        raise LoadError(f"load worker {w.share.index} failed: {msg[1].splitlines()[0]}", msg[2])
-    if kind == "eof" and w.result is None:
-        w.proc.wait(5)
-        tail = w.stderr_tail().strip().splitlines()
-        raise LoadError(f"load worker {w.share.index} exited with code {w.proc.returncode}"
-                        + (f": {tail[-1]}" if tail else ""))
-    if kind == "result":
-        w.result = msg[1]
-
-
-def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
+def _collect(workers: list[WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
              live: LiveFigures | None, measure_ns: int) -> bool:
     """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short."""
     interval_ns = int(opts.sample_interval_s * 1e9)
@@ -235,7 +245,7 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
                         if msg[0] == "eof" and w.result is not None:
                             sel.unregister(w.fd)
                             break
-                        _handle(w, msg)
+                        w.handle(msg)
                         if live and msg[0] == "tick":
                             live.add(w.share.index, msg[1])
                         if msg[0] == "result":
@@ -248,7 +258,7 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
                     next_sample += interval_ns
                     if next_sample < monotonic_ns():
                         next_sample = monotonic_ns() + interval_ns
-                _check_alive(workers)
+                check_alive(workers)
             except KeyboardInterrupt:
                 if stopping:
                     raise
@@ -260,7 +270,7 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
     return stopping
 
 
-def _check_alive(workers: list[_WorkerProcess]) -> None:
+def check_alive(workers: list[WorkerProcess]) -> None:
     """Workers tick every second; one silent for long has hung or died without a word."""
     now = monotonic_ns()
     for w in workers:
@@ -367,7 +377,9 @@ def _merge_stages(opts: LoadOptions, results: list[dict], extra: list[float]) ->
     return out
 
 
-def _judge_client(opts: LoadOptions, results: list[dict], elapsed: float) -> dict:
+def judge_client(opts: LoadOptions, results: list[dict], elapsed: float) -> dict:
+    """The generators' CPU share over the measured window and whether they, not the server, were the
+    limit (a busy CPU, a CPU shared with other work, or an open loop sending late), with the reasons."""
     reasons = []
     per_worker = []
     for r in results:
@@ -408,7 +420,7 @@ def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampl
     requests = m["requests"]
     errors = m["errors"]
     timeline = _merge_timeline(results, m["start_ns"])
-    client = _judge_client(opts, results, elapsed)
+    client = judge_client(opts, results, elapsed)
     cpu_s = sum(r["cpu_s"] for r in results)  # the client's cost per request and per byte received
     client["cpu_us_per_request"] = round(cpu_s * 1e6 / requests, 3) if requests else None
     client["cpu_us_per_mb"] = round(cpu_s * 1e12 / m["bytes"], 3) if m["bytes"] else None

@@ -30,8 +30,15 @@ import socket
 import struct
 from time import monotonic_ns
 
-from .connection import (CONNECT_ERROR, CONNECT_REFUSED, CONNECT_TIMEOUT, NO_LOCAL_PORT, READ_TIMEOUT,
-                         ClientConnection, whole_body_error)
+from .connection import (
+    CONNECT_ERROR,
+    CONNECT_REFUSED,
+    CONNECT_TIMEOUT,
+    NO_LOCAL_PORT,
+    READ_TIMEOUT,
+    ClientConnection,
+    whole_body_error,
+)
 from .ports import LoopbackSources
 from .response_reader import ResponseReader
 
@@ -74,7 +81,7 @@ class FreshConnectionClients:
         self.epoll.close()
 
     # -- one request on a new connection ------------------------------------------------------
-    def open(self, slot: "Slot") -> None:
+    def open(self, slot: Slot) -> None:
         run = self.run
         if run.stopping or slot.done:
             return
@@ -125,11 +132,11 @@ class FreshConnectionClients:
             slot.unsent = request[sent:]
             self.epoll.register(fd, EPOLLOUT)
 
-    def _lost_connect(self, slot: "Slot", code: int) -> None:
+    def _lost_connect(self, slot: Slot, code: int) -> None:
         self.release(slot)
         slot.connect_failed(connect_error_class(code))
 
-    def release(self, slot: "Slot") -> None:
+    def release(self, slot: Slot) -> None:
         """Close the slot's socket (a reset; closing also takes it off the epoll set)."""
         sock = slot.sock
         if sock is not None:
@@ -142,7 +149,7 @@ class FreshConnectionClients:
     # -- readiness --------------------------------------------------------------------------------
     def _ready(self) -> None:
         by_fd = self.by_fd
-        for fd, events in self.epoll.poll(0, 512):
+        for fd, _events in self.epoll.poll(0, 512):
             slot = by_fd.get(fd)
             if slot is None:
                 continue  # closed by an earlier event of this batch
@@ -166,7 +173,7 @@ class FreshConnectionClients:
                 continue
             self._first_read(slot, data)
 
-    def _first_read(self, slot: "Slot", data: bytes) -> None:
+    def _first_read(self, slot: Slot, data: bytes) -> None:
         """The fast path: the whole response in the first read, judged in place."""
         run = self.run
         run.bytes_in += len(data)
@@ -192,7 +199,7 @@ class FreshConnectionClients:
         self.release(slot)
         self.open(slot)
 
-    def _writable(self, slot: "Slot") -> None:
+    def _writable(self, slot: Slot) -> None:
         sock = slot.sock
         code = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if code:
@@ -212,7 +219,7 @@ class FreshConnectionClients:
         else:
             slot.unsent = rest
 
-    def _read_error(self, slot: "Slot", exc: OSError) -> None:
+    def _read_error(self, slot: Slot, exc: OSError) -> None:
         conn = slot.conn
         if conn is None:
             conn = slot.adopt()
@@ -224,7 +231,7 @@ class _SocketShim:
 
     __slots__ = ("slot", "sock")
 
-    def __init__(self, slot: "Slot") -> None:
+    def __init__(self, slot: Slot) -> None:
         self.slot = slot
         self.sock = slot.sock
 
@@ -242,8 +249,23 @@ class Slot:
     """One virtual client: the driver of a new connection per request (and of the ClientConnection
     that takes over when a response does not arrive whole)."""
 
-    __slots__ = ("pool", "run", "index", "sock", "fd", "target", "start_ns", "sent_ns", "phase", "conn", "unsent",
-                 "connected", "failures", "done", "handle")
+    __slots__ = (
+        "conn",
+        "connected",
+        "done",
+        "failures",
+        "fd",
+        "handle",
+        "index",
+        "phase",
+        "pool",
+        "run",
+        "sent_ns",
+        "sock",
+        "start_ns",
+        "target",
+        "unsent",
+    )
     close_each = True
 
     def __init__(self, pool: FreshConnectionClients, index: int) -> None:

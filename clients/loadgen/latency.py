@@ -1,7 +1,7 @@
 """Latency histograms: raw values recorded cheaply, bucketed in bulk, saved lossless and mergeable.
 
-During a run a connection only appends integer microseconds to an array('q') (about
-0.16 us, against 1.4 us for HdrHistogram.record_value). After the run the values are
+During a run a connection only appends integer microseconds to an array('q') (far
+cheaper per call than HdrHistogram.record_value). After the run the values are
 counted with collections.Counter (C speed) and each distinct value enters the histogram
 once with its count. The histogram is HdrHistogram (microseconds, 1 us to 1 hour,
 3 significant digits); its encoded form (V2, compressed, base64) is what results carry,
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from hdrh.histogram import HdrHistogram
 
@@ -67,18 +67,18 @@ def percentile_key(p: float) -> str:
 class RawStats:
     """Exact count, sum, min and max beside the histogram (the histogram rounds to 3 digits)."""
 
-    __slots__ = ("count", "total", "low", "high")
+    __slots__ = ("count", "high", "low", "total")
 
     def __init__(self, count: int = 0, total: int = 0, low: int | None = None, high: int = 0) -> None:
         self.count, self.total, self.low, self.high = count, total, low, high
 
     @classmethod
-    def of(cls, values: array) -> "RawStats":
+    def of(cls, values: array) -> RawStats:
         if not values:
             return cls()
         return cls(len(values), sum(values), min(values), max(values))
 
-    def add(self, other: "RawStats") -> None:
+    def add(self, other: RawStats) -> None:
         self.count += other.count
         self.total += other.total
         if other.low is not None:
@@ -89,7 +89,7 @@ class RawStats:
         return {"count": self.count, "sum_us": self.total, "min_us": self.low, "max_us": self.high}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RawStats":
+    def from_dict(cls, d: dict) -> RawStats:
         return cls(d["count"], d["sum_us"], d["min_us"], d["max_us"])
 
 

@@ -242,13 +242,13 @@ def _export(doc: dict, csv_path: str | None, hdr_log_path: str | None) -> None:
             _fail(f"cannot write {path}: {exc.strerror or exc}", 2)
 
 
-def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: str | None,
+def _load_on_cluster(opts: LoadOptions, cluster: ClusterOptions, json_path: str | None,
                      exports: tuple[str | None, str | None]) -> NoReturn:
+    from distributed.utils import silence_logging_cmgr
+
     from .cluster import EXIT_CLUSTER, ClusterError, ClusterPartial, cluster_text, run_cluster_load
     from .coordinator import LoadError
     from .report import summary_text
-
-    from distributed.utils import silence_logging_cmgr
 
     try:
         with silence_logging_cmgr(logging.CRITICAL):  # Dask's own reports of a fault: our one line says it

@@ -59,7 +59,7 @@ class FramingError(Exception):
 class Head:
     """A final response head: status, Content-Length (None: chunked or until the close), closes."""
 
-    __slots__ = ("status", "length", "chunked", "closes")
+    __slots__ = ("chunked", "closes", "length", "status")
 
     def __init__(self, status: int, length: int | None, chunked: bool, closes: bool) -> None:
         self.status, self.length, self.chunked, self.closes = status, length, chunked, closes
@@ -125,8 +125,18 @@ def parse_head(head: bytes) -> Head | None:
 class ResponseReader:
     """Frames a stream of responses; see the module docstring."""
 
-    __slots__ = ("data", "pos", "state", "need", "eof", "known_head", "known_length", "known_stop", "status_bytes",
-                 "close_ok")
+    __slots__ = (
+        "close_ok",
+        "data",
+        "eof",
+        "known_head",
+        "known_length",
+        "known_stop",
+        "need",
+        "pos",
+        "state",
+        "status_bytes",
+    )
 
     def __init__(self, expect_status: int = 200, close_ok: bool = False) -> None:
         """close_ok: whole_response accepts responses after which the server closes (for a
@@ -150,7 +160,7 @@ class ResponseReader:
     def in_body(self) -> bool:
         """In a Content-Length or close-delimited body with nothing buffered: the next feed is body
         bytes (or begins with them), so a reused receive buffer can be fed as a memoryview."""
-        return (self.state == _BODY or self.state == _UNTIL_CLOSE) and self.pos >= len(self.data)
+        return (self.state in (_BODY, _UNTIL_CLOSE)) and self.pos >= len(self.data)
 
     def take_body(self, n: int) -> bool:
         """The middle of a Content-Length body without events: when the next n bytes would be body

@@ -16,15 +16,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-from contextlib import ExitStack, contextmanager, nullcontext
-from typing import TYPE_CHECKING, ContextManager, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING
 
 from ...servers import resolve
 from .options import LoadOptions
 
 if TYPE_CHECKING:
-    from ..links import LinkedHosts
     from ...servers.launch import ServerProcess
+    from ..links import LinkedHosts
 
 STDERR_TAIL = 1500
 
@@ -40,7 +41,7 @@ class ServerNotStarted(RuntimeError):
 class ServedRun:
     """The started server (and the link it runs over, if any) of one run."""
 
-    def __init__(self, opts: LoadOptions, server: "ServerProcess", hosts: "LinkedHosts | None") -> None:
+    def __init__(self, opts: LoadOptions, server: ServerProcess, hosts: LinkedHosts | None) -> None:
         self.server = server
         self.hosts = hosts
         self.warnings: list[str] = []
@@ -56,7 +57,7 @@ class ServedRun:
     def pid(self) -> int:
         return self.server.pid
 
-    def client_side(self) -> ContextManager:
+    def client_side(self) -> AbstractContextManager[object]:
         """Sockets made and processes started in this block are on the client host (loopback: here)."""
         return self.hosts.client_namespace() if self.hosts is not None else nullcontext()
 
@@ -89,7 +90,7 @@ class ServedRun:
 
 
 @contextmanager
-def served(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> Iterator[ServedRun]:
+def served(opts: LoadOptions, hosts: LinkedHosts | None = None) -> Iterator[ServedRun]:
     """Start opts.serve (over hosts, or a link built for opts.link) and stop it afterwards.
 
     Raises ServerNotStarted when the server does not come up, LinkUnavailable or ProfileError

@@ -45,8 +45,18 @@ def split(total: int, parts: int) -> list[int]:
 class Phase:
     """Completions and errors of one phase: ramp_up, warmup, measure, or after (discarded)."""
 
-    __slots__ = ("name", "lat", "lat_uncorrected", "errors", "error_count", "body_bytes", "start_ns", "end_ns",
-                 "bytes_start", "bytes_end")
+    __slots__ = (
+        "body_bytes",
+        "bytes_end",
+        "bytes_start",
+        "end_ns",
+        "error_count",
+        "errors",
+        "lat",
+        "lat_uncorrected",
+        "name",
+        "start_ns",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -32,7 +32,7 @@ CORRUPT_BODY = "corrupt_body"
 class Verifier:
     """Sampling: check the body of one response in `every` (0: never; 1: all, the default)."""
 
-    __slots__ = ("every", "countdown")
+    __slots__ = ("countdown", "every")
 
     def __init__(self, every: int) -> None:
         self.every = every
@@ -72,7 +72,7 @@ class References:
             self.held += len(body)
         return None
 
-    def start(self, target, length_known: bool) -> "BodyCheck":
+    def start(self, target, length_known: bool) -> BodyCheck:
         """A check for a body arriving in pieces."""
         ref = target.reference
         if ref is not None:
@@ -99,7 +99,7 @@ class BodyCheck:
 
 
 class _AgainstReference(BodyCheck):
-    __slots__ = ("reference", "offset", "ok")
+    __slots__ = ("offset", "ok", "reference")
 
     def __init__(self, reference: bytes) -> None:
         self.reference = reference
@@ -130,7 +130,7 @@ class _Digest(BodyCheck):
 
 
 class _Collect(BodyCheck):
-    __slots__ = ("references", "pieces")
+    __slots__ = ("pieces", "references")
 
     def __init__(self, references: References) -> None:
         self.references = references

@@ -274,7 +274,7 @@ class Worker:
         m = run.phases["measure"]
         timeline = []
         start = (m.start_ns, 0, 0, 0, m.bytes_start)
-        for prev, cur in zip([start] + run.marks, run.marks):
+        for prev, cur in zip([start, *run.marks], run.marks):
             if cur[0] <= prev[0]:
                 continue
             values = m.lat[prev[1]:cur[1]]

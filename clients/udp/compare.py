@@ -56,7 +56,7 @@ def measure_place(host: str, port: int, rate_bps: float, size: int, seconds: flo
 def run_compare(links: list[str], links_file: str | None, rate_bps: float, size: int, seconds: float,
                 rr_count: int, sweep_from: float, sweep_to: float, step_s: float,
                 cpus: tuple[int, int] | None, progress=print) -> dict:
-    server_cpu, client_cpu = cpus if cpus else (None, None)
+    server_cpu, client_cpu = cpus or (None, None)
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
     args = (rate_bps, size, seconds, rr_count, sweep_from, sweep_to, step_s)

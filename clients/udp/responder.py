@@ -56,7 +56,7 @@ def udp_socket_drops(sock: socket.socket) -> int | None:
 
 
 class _TcpConn:
-    __slots__ = ("sock", "fd", "role", "out", "count", "first_ns", "last_active", "closing", "events")
+    __slots__ = ("closing", "count", "events", "fd", "first_ns", "last_active", "out", "role", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -88,7 +88,7 @@ class Responder:
         self._view = memoryview(self._buf)
 
     # -- setup -------------------------------------------------------------------------
-    def open(self) -> "Responder":
+    def open(self) -> Responder:
         family, _, _, _, addr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM,
                                                    flags=socket.AI_PASSIVE)[0]
         # with port 0, the TCP port must match the UDP one: retry if another program holds it
@@ -107,7 +107,7 @@ class Responder:
             if not self.tcp:
                 break
             try:
-                self.listener = self._tcp_listener(family, (addr[0], port) + tuple(addr[2:]))
+                self.listener = self._tcp_listener(family, (addr[0], port, *tuple(addr[2:])))
                 break
             except OSError as exc:
                 udp.close()

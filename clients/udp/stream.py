@@ -7,8 +7,7 @@ import socket
 import time
 
 from . import wire
-from .control import (UdpTestError, check_size, connect_udp, cpu_seconds, exchange, new_run_id,
-                      size_warnings)
+from .control import UdpTestError, check_size, connect_udp, cpu_seconds, exchange, new_run_id, size_warnings
 from .receiver_stats import MAX_SEQ
 
 DRAIN_S = 0.5             # after the last datagram: time for the queues of a slow link to empty
@@ -73,8 +72,7 @@ def _send_paced(sock: socket.socket, run: int, rate_bps: float, size: int, durat
         if ahead > SLEEP_MIN_NS:
             sleep(ahead / 1e9)
             continue
-        if -ahead > max_behind_ns:  # how far behind schedule the sender fell
-            max_behind_ns = -ahead
+        max_behind_ns = max(max_behind_ns, -ahead)
         pack(buf, 0, magic, kind, run, seq, now)
         try:
             send(buf)

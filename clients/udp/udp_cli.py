@@ -211,7 +211,7 @@ def _stream_lines(r: dict) -> list[str]:
 @click.option("--links", default="veth,lossy,slow,lossy-slow,lan,wan", show_default=True,
               help="Comma-separated link profiles to measure after loopback ('' for loopback only).")
 @click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file with [links.NAME] tables. [bench/scenarios.toml]")
+              help="TOML file with [links.NAME] tables. [clients/links/links.toml]")
 @click.option("--rate", callback=_rate, default="50M", show_default=True, help="UDP stream's offered rate.")
 @click.option("--size", type=click.IntRange(28, 65507), default=1400, show_default=True)
 @click.option("--time", "seconds", type=click.FloatRange(0.2, 600), default=5.0, show_default=True,
@@ -225,23 +225,17 @@ def _stream_lines(r: dict) -> list[str]:
 @click.option("--cpus", default="0,1", show_default=True,
               help="CPU for the responder and for the tester ('' to not pin).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write everything here (`serverzoo report FILE` turns it into a report later).")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the TCP-vs-UDP report here: a self-contained HTML page with charts.")
-@click.option("--md", "md_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the TCP-vs-UDP report here as Markdown.")
+              help="Write everything here; `serverzoo report FILE` renders it as the TCP-vs-UDP report.")
 def compare_command(links: str, links_file: str | None, rate: float, size: int, seconds: float, count: int,
-                    step_time: float, sweep_from: float, sweep_to: float, cpus: str, json_path: str | None,
-                    html_path: str | None, md_path: str | None) -> None:
+                    step_time: float, sweep_from: float, sweep_to: float, cpus: str, json_path: str | None) -> None:
     """TCP vs UDP, measured: loopback, then each emulated link this machine can build.
 
-    Prints a Markdown table; --html/--md also write the "TCP vs UDP" report. Links need root; ones the
-    kernel cannot build are listed with the reason.
+    Prints a Markdown table; with --json, `serverzoo report FILE.json` renders the "TCP vs UDP" report
+    (HTML with charts, and Markdown). Links need root; ones the kernel cannot build are listed with the reason.
     """
     from ...machine import describe_machine
     from .compare import SCHEMA, markdown_table, run_compare
-    for option, path in (("--json", json_path), ("--html", html_path), ("--md", md_path)):
-        _check_writable(option, path)  # now, not after minutes of measuring
+    _check_writable("--json", json_path)  # now, not after minutes of measuring
     names = [n.strip() for n in links.split(",") if n.strip()]
     try:
         pinned = tuple(int(c) for c in cpus.split(",")) if cpus else None
@@ -266,10 +260,6 @@ def compare_command(links: str, links_file: str | None, rate: float, size: int, 
             json.dump(doc, f, indent=2)
             f.write("\n")
     click.echo(markdown_table(doc))
-    if html_path or md_path:
-        from ...bench.report import write_documents
-        for written in write_documents([doc], html_path, md_path):
-            click.echo(f"report: {written}", err=True)
 
 
 def _check_writable(option: str, path: str | None) -> None:

@@ -39,11 +39,6 @@ class Header:
     sent_ns: int
 
 
-def pack_header(buf: bytearray | memoryview, kind: int, run: int, seq: int, sent_ns: int) -> None:
-    """Write a header into the start of buf (reused across sends: no allocation per datagram)."""
-    HEADER.pack_into(buf, 0, MAGIC, kind, run, seq, sent_ns)
-
-
 def make(kind: int, run: int, seq: int, sent_ns: int, body: bytes = b"") -> bytes:
     return HEADER.pack(MAGIC, kind, run, seq, sent_ns) + body
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ...protocol import ResponsePlan, cpu_kernel
 from .context import ServerContext

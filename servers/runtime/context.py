@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ...protocol import Docroot, FileApp, HttpConnection, Limits
 from ...protocol.responses import HeadWriter
@@ -16,6 +19,7 @@ from .. import get_model
 from .accepting import AcceptBackoff
 from .clock import http_date
 from .listener import tune_connection
+from .nonblocking import drain_fd, signal_wakeup
 
 
 @dataclass
@@ -61,12 +65,12 @@ class ServerContext:
     def request_shutdown(self) -> None:
         """Stop accepting, and close idle keep-alive connections; safe in a signal handler.
 
-        A process with the listener to itself shuts it down: that wakes a thread blocked
-        in accept() (EINVAL on Linux), so blocking accept loops need no polling or wake-up
-        pipe. A worker sharing it with sibling processes must not: shutdown() acts on the
-        socket, not the descriptor, and would stop every sibling too. There accept_loop's
-        descriptor is closed instead, and a model that accepts in its own event loop stops
-        accepting itself (unregister the listener from its loop, then close it).
+        A process with the listener to itself shuts it down: accept() fails from then on
+        (EINVAL on Linux), also in another thread. A worker sharing it with sibling
+        processes must not: shutdown() acts on the socket, not the descriptor, and would
+        stop every sibling too. There accept_loop's descriptor is closed instead (the loop
+        then sees ctx.stopping when its poll returns), and a model that accepts in its own
+        event loop stops accepting itself (unregister the listener from its loop, then close it).
         """
         if self.stopping:
             return
@@ -92,13 +96,40 @@ class ServerContext:
         sys.stderr.flush()
         os._exit(0)
 
-    def accept_loop(self) -> Iterator[socket.socket]:
-        """Yield accepted, tuned, blocking sockets until shutdown is requested."""
-        self._accepting_in_main_thread = threading.current_thread() is threading.main_thread()
+    def accept_loop(self, wakeup_fd: int | None = None) -> Iterator[socket.socket]:
+        """Yield accepted, tuned, blocking sockets until shutdown is requested.
+
+        Between connections the main thread waits in poll() on the listener and a signal
+        wake-up descriptor, never in a blocking accept(): a signal that lands just before
+        accept() blocks (the thread preempted on its way in) would leave its handler
+        waiting for the next client, while the byte the signal writes to the wake-up
+        descriptor ends the wait whenever it came. wakeup_fd: the descriptor the caller
+        already gave signal.set_wakeup_fd (ChildProcesses'); otherwise the loop sets its own.
+        """
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        with ExitStack() as stack:
+            waits = select.poll()
+            if in_main_thread:  # only the main thread may set a wake-up fd
+                if wakeup_fd is None:
+                    wakeup_fd = stack.enter_context(signal_wakeup()).fileno()
+                waits.register(wakeup_fd, select.POLLIN)
+                waits.register(self.listener, select.POLLIN)
+                self.listener.setblocking(False)
+            # only from here may a signal close a shared listener: a signal before this
+            # leaves it open and shows in ctx.stopping, which the loop checks first
+            self._accepting_in_main_thread = in_main_thread
+            yield from self._accepted(waits, wakeup_fd)
+
+    def _accepted(self, waits: select.poll, wakeup_fd: int | None) -> Iterator[socket.socket]:
         backoff = AcceptBackoff()
         while not self.stopping:
             try:
                 sock, _ = self.listener.accept()
+            except BlockingIOError:
+                waits.poll()  # a client, or a signal (whose handler has run by the time poll returns)
+                if wakeup_fd is not None:
+                    drain_fd(wakeup_fd)
+                continue
             except OSError as exc:
                 if self.stopping:
                     break
@@ -122,10 +153,10 @@ class ConnectionTracker:
         # iterative and process models may itself be between add() and remove() when the signal lands
         self._lock = threading.RLock()
         self._idle_changed = threading.Condition(self._lock)
-        self._live: dict[socket.socket, list] = {}  # sock -> [conn, idle]
+        self._live: dict[socket.socket, list[Any]] = {}  # sock -> [conn, idle]
         self._draining = False
 
-    def add(self, sock: socket.socket, conn: HttpConnection) -> list:
+    def add(self, sock: socket.socket, conn: HttpConnection) -> list[Any]:
         """Track a connection until remove(sock); returns its [conn, idle] state to update.
 
         (Two calls rather than a context manager: a suspended generator per connection

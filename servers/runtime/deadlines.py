@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 DEADLINE_STEP = 0.25  # seconds between buckets: how late a timeout may fire
 INF = math.inf
@@ -34,16 +34,19 @@ class Filed(Protocol):
     armed_at: float  # the bucket it is in (INF: none)
 
 
-class DeadlineBuckets:
+F = TypeVar("F", bound=Filed)
+
+
+class DeadlineBuckets(Generic[F]):
     """Connections filed by when their deadline must next be checked."""
 
     __slots__ = ("_due", "_times")
 
     def __init__(self) -> None:
-        self._due: dict[float, set] = {}  # bucket time -> connections in it
+        self._due: dict[float, set[F]] = {}  # bucket time -> connections in it
         self._times: list[float] = []  # heap of the bucket times in _due
 
-    def file(self, item: Filed, deadline: float) -> None:
+    def file(self, item: F, deadline: float) -> None:
         """Check item at its deadline (rounded up); leaves the bucket it was in."""
         key = rounded_up(deadline)
         if item.armed_at == key:
@@ -57,7 +60,7 @@ class DeadlineBuckets:
             heapq.heappush(self._times, key)
         bucket.add(item)
 
-    def remove(self, item: Filed) -> None:
+    def remove(self, item: F) -> None:
         if item.armed_at != INF:
             bucket = self._due.get(item.armed_at)
             if bucket is not None:
@@ -68,9 +71,9 @@ class DeadlineBuckets:
         """When the earliest bucket comes due (INF if none)."""
         return self._times[0] if self._times else INF
 
-    def pop_due(self, now: float) -> list:
+    def pop_due(self, now: float) -> list[F]:
         """Every item whose bucket time has come, taken out of its bucket (armed_at INF)."""
-        out: list = []
+        out: list[F] = []
         times, due = self._times, self._due
         while times and times[0] <= now:
             bucket = due.pop(heapq.heappop(times))

@@ -6,15 +6,13 @@ import socket
 import sys
 
 
-def make_listener(host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
+def make_listener(host: str, port: int, *, backlog: int = 1024) -> socket.socket:
     """A bound, listening TCP socket (IPv4 or IPv6 by the host's form), blocking."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, socktype, proto, _, addr = infos[0]
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         # accepted sockets inherit TCP_NODELAY from the listener on Linux (see tune_connection)

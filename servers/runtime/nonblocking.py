@@ -12,8 +12,8 @@ import os
 import resource
 import signal
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from ...protocol import FileSlice, HttpConnection, Limits
 from ...protocol.responses import HeadWriter
@@ -84,10 +84,10 @@ def signal_wakeup() -> Iterator[socket.socket]:
         wake_w.close()
 
 
-def drain(sock: socket.socket) -> None:
-    """Read and forget whatever a non-blocking socket holds."""
+def drain_fd(fd: int) -> None:
+    """Read and forget whatever a non-blocking descriptor (a wake-up pipe or socket) holds."""
     try:
-        while sock.recv(4096):
+        while os.read(fd, 512):
             pass
     except OSError:
         pass
@@ -100,7 +100,7 @@ class FileSource:
     then drops the connection so the client sees a short body, never wrong bytes.
     """
 
-    __slots__ = ("fd", "offset", "left")
+    __slots__ = ("fd", "left", "offset")
 
     def __init__(self, fs: FileSlice) -> None:
         self.fd = open_slice(fs)

@@ -24,7 +24,7 @@ which by design blocks whichever thread asks for the next step.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...protocol import ResponsePlan, cpu_kernel
 from .nonblocking import FileSource
@@ -36,7 +36,7 @@ STEP_NAMES = ("SEND", "SENDFILE", "WAIT", "CLOSE", "ABORT", "DONE")
 class Outbox:
     """What one connection still has to send (see the module docstring)."""
 
-    __slots__ = ("queue", "file", "close_after", "held", "use_sendfile", "data", "more")
+    __slots__ = ("close_after", "data", "file", "held", "more", "queue", "use_sendfile")
 
     def __init__(self, use_sendfile: bool = False) -> None:
         self.queue: deque[ResponsePlan] | None = None  # planned responses not started yet (pipelining)

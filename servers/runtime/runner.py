@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import signal
+import socket
+from collections.abc import Callable
 
 from .. import get_model
 from .context import ServerConfig, ServerContext
@@ -19,7 +21,8 @@ def install_shutdown_signals(ctx: ServerContext) -> None:
         signal.signal(sig, lambda _s, _f: ctx.request_shutdown())
 
 
-def serve_in_this_process(config: ServerConfig, listener, on_ready=None, *, shares_listener: bool = False) -> None:
+def serve_in_this_process(config: ServerConfig, listener: socket.socket, on_ready: Callable[[], None] | None = None, *,
+                          shares_listener: bool = False) -> None:
     model = get_model(config.model).load()
     ctx = ServerContext(config, listener, shares_listener=shares_listener)
     install_shutdown_signals(ctx)

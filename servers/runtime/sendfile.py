@@ -9,6 +9,7 @@ each model says which it uses and the benchmarks measure both.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 
@@ -39,7 +40,7 @@ def stream_file(sock: socket.socket, fs: FileSlice, use_sendfile: bool = True, f
         os.close(fd)
 
 
-def _read_loop(sock: socket.socket, f, fs: FileSlice) -> int:
+def _read_loop(sock: socket.socket, f: io.FileIO, fs: FileSlice) -> int:
     buf = bytearray(min(READ_CHUNK, max(fs.length, 1)))
     view = memoryview(buf)
     f.seek(fs.offset)

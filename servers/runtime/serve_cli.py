@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -55,7 +56,7 @@ def _per_cpu_models() -> str:
               help="How file bodies are sent: zero-copy sendfile or a read-and-send loop. [per model]")
 def serve_command(model: str, root: str, host: str, port: int, workers: int | None, backlog: int,
                   keepalive_timeout: float, header_timeout: float, write_timeout: float, grace: float,
-                  parse_cache: bool, **model_options) -> None:
+                  parse_cache: bool, **model_options: Any) -> None:
     """Serve the files under --root with MODEL until SIGTERM or Ctrl-C.
 
     Prints `READY http://HOST:PORT/` once it accepts connections.

@@ -28,6 +28,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 INTERVAL = 10.0  # seconds: one line per kind, and the raw-output budget, per interval
 RAW_LINES_PER_INTERVAL = 64  # lines of other output (tracebacks, warnings) per interval
@@ -40,7 +41,7 @@ DROPPED = "lines dropped because stderr was full"
 class BoundedStderr(io.TextIOBase):
     """A text stream for sys.stderr that rate-limits by kind and never blocks (see module doc)."""
 
-    def __init__(self, fd: int = 2, prefix: str = "serverzoo", clock=time.monotonic) -> None:
+    def __init__(self, fd: int = 2, prefix: str = "serverzoo", clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._fd = fd
         self._prefix = prefix
@@ -48,7 +49,7 @@ class BoundedStderr(io.TextIOBase):
         self._lock = threading.RLock()  # threaded models report from many threads
         self._write = _nonblocking_writer(fd)
         self._partial = ""  # text written without its newline yet (print() writes it apart)
-        self._kinds: dict[str, list] = {}  # kind -> [interval start, lines printed, lines held back]
+        self._kinds: dict[str, list[float]] = {}  # kind -> [interval start, lines printed, lines held back]
         self._dropped = 0  # lines lost to a full stderr, reported once it takes lines again
         self._dropping = False
         # a child forked while another thread held the lock would wait for it forever
@@ -90,13 +91,8 @@ class BoundedStderr(io.TextIOBase):
     def isatty(self) -> bool:
         return os.isatty(self._fd)
 
-    @property
-    def encoding(self) -> str:
-        return "utf-8"
-
-    @property
-    def errors(self) -> str:
-        return "backslashreplace"
+    encoding = "utf-8"
+    errors = "backslashreplace"
 
     def close_summaries(self) -> None:
         """At exit: the counts still held back, and the last partial line."""
@@ -132,7 +128,7 @@ class BoundedStderr(io.TextIOBase):
         state[2] += 1
         return False
 
-    def _summary(self, kind: str, state: list, now: float) -> str:
+    def _summary(self, kind: str, state: list[float], now: float) -> str:
         return f"{self._prefix}: {state[2]} more line(s) of {kind!r} in the last {now - state[0]:.0f} s"
 
     def _emit(self, line: str) -> None:
@@ -147,7 +143,7 @@ class BoundedStderr(io.TextIOBase):
             self._dropped += 1
 
 
-def _nonblocking_writer(fd: int):
+def _nonblocking_writer(fd: int) -> Callable[[bytes], bool]:
     """A function that writes bytes to fd without ever waiting; it returns False if they did not fit."""
     try:
         mode = os.fstat(fd).st_mode

@@ -21,7 +21,8 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 _PR_SET_PDEATHSIG = 1
 _FORK_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
@@ -39,7 +40,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _run_child(run: Callable[..., None], args: tuple) -> NoReturn:
+def _run_child(run: Callable[..., None], args: tuple[Any, ...]) -> NoReturn:
     code = 0
     try:
         run(*args)
@@ -82,6 +83,11 @@ class ChildProcesses:
 
     def __len__(self) -> int:
         return len(self.live)
+
+    @property
+    def wakeup_fd(self) -> int:
+        """The descriptor signals wake this process through (signal.set_wakeup_fd)."""
+        return self._wake_r
 
     def start(self, run: Callable[..., None], *args: Any, tag: Any = None, default_signals: bool = False) -> int:
         """Fork a child that runs run(*args) and exits; return its pid in the parent.
@@ -172,6 +178,12 @@ class ChildProcesses:
         os.close(self._wake_w)
 
 
+def _stopped_cleanly(status: int, killed: bool) -> bool:
+    """A worker's exit at the stop: status 0, the stop's SIGTERM, or its SIGKILL if it sent one."""
+    code = os.waitstatus_to_exitcode(status)
+    return code in (0, -signal.SIGTERM) or (killed and code == -signal.SIGKILL)
+
+
 class Supervisor:
     """N worker processes running worker(index), each replaced if it dies unexpectedly.
 
@@ -192,7 +204,10 @@ class Supervisor:
         self.stopping = True  # the wakeup fd ends the main loop's wait
 
     def run(self, on_started: Callable[[], None] = lambda: None) -> int:
-        """Start the workers, call on_started, supervise until SIGTERM/SIGINT. Returns an exit code."""
+        """Start the workers, call on_started, supervise until SIGTERM/SIGINT. Returns the exit
+        code: 0 when every worker stopped with status 0, or was ended by the stop itself (its
+        SIGTERM before the worker had set up its own handling, its SIGKILL once the grace period
+        was over); 1 when a worker failed (an error status, or another signal)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         children = ChildProcesses(on_exit=lambda pid, index, status: self._exits.append((pid, index, status)))
@@ -210,16 +225,23 @@ class Supervisor:
                     if self.stopping:
                         break
                     children.start(self.worker, index, tag=index, default_signals=True)
-            children.stop(self.grace)
+            killed = not children.stop(self.grace)
         finally:
             children.close()
-        return 0
+        failed = [status for _pid, _index, status in self._exits if not _stopped_cleanly(status, killed)]
+        self._report_exits(killed)
+        return 1 if failed else 0
 
-    def _report_exits(self) -> None:
+    def _report_exits(self, killed: bool | None = None) -> None:
+        """Say why workers exited: while serving (they are replaced), or at the stop (None: serving)."""
         exits, self._exits = self._exits, []
         for pid, index, status in exits:
-            print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)}; starting a new one",
-                  file=sys.stderr, flush=True)
+            if killed is None:
+                print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)}; starting a new one",
+                      file=sys.stderr, flush=True)
+            elif not _stopped_cleanly(status, killed):
+                print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)} while stopping",
+                      file=sys.stderr, flush=True)
 
     def _pace_restarts(self, children: ChildProcesses) -> None:
         now = time.monotonic()
