@@ -227,7 +227,7 @@ def timeseries_chart(view: RunView, scenario: str, level: int, caption: str) -> 
             top.plot(series.t, [float("nan") if v is None else v for v in throughput], label=label, alpha=alpha,
                      linewidth=1.2, **style)
             p99 = [float("nan") if v is None else v / 1e3 for v in series.p99_us]
-            p99_values += [v for v in p99 if v == v]
+            p99_values += [v for v in p99 if not math.isnan(v)]
             bottom.plot(series.t, p99, alpha=alpha, linewidth=1.2, **style)
     top.set_ylabel("MB/s" if bytes_metric else "requests/s")
     top.set_ylim(bottom=0)

@@ -31,9 +31,9 @@ from serverzoo.machine import describe_machine
 from . import latency
 from .adversaries import merge_stats
 from .connection import NO_LOCAL_PORT
+from .live import LiveFigures, displays_for
 from .messages import parse_messages, write_message
 from .options import LoadOptions, OptionError
-from .live import LiveFigures, displays_for
 from .ports import explain_no_local_port
 from .server_sampler import ServerSampler
 from .state import WorkerShare, split
