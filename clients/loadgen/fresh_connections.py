@@ -53,6 +53,25 @@ def connect_error_class(code: int) -> str:
     return CONNECT_ERROR
 
 
+def start_connect(family: int, address: tuple, sources: LoopbackSources | None, linger_reset: bool) -> _socket.socket:
+    """A non-blocking socket with its connect under way (or done: on loopback the handshake often
+    completes within the call). Raises OSError with the errno of a failed socket, bind or connect."""
+    sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
+    try:
+        if linger_reset:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
+        if sources is not None:
+            sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((sources.next(), 0))
+        code = sock.connect_ex(address)
+        if code and code not in _IN_PROGRESS:
+            raise OSError(code, errno.errorcode.get(code, "connect failed"))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class FreshConnectionClients:
     """`count` virtual clients, each a new connection per request; their Slots are the run's drivers."""
 
@@ -88,23 +107,9 @@ class FreshConnectionClients:
         slot.phase = run.phase
         slot.start_ns = slot.sent_ns = monotonic_ns()
         try:
-            sock = _socket.socket(self.family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
+            sock = start_connect(self.family, self.address, self.sources, linger_reset=True)
         except OSError as exc:
             slot.connect_failed(connect_error_class(exc.errno))
-            return
-        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
-        if self.sources is not None:
-            try:
-                sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.sources.next(), 0))
-            except OSError as exc:
-                sock.close()
-                slot.connect_failed(connect_error_class(exc.errno))
-                return
-        code = sock.connect_ex(self.address)
-        if code and code not in _IN_PROGRESS:
-            sock.close()
-            slot.connect_failed(connect_error_class(code))
             return
         fd = sock.fileno()
         slot.sock = sock
@@ -219,7 +224,7 @@ class FreshConnectionClients:
         conn.connection_lost(exc)
 
 
-class _SocketShim:
+class SocketShim:
     """What a ClientConnection needs of a transport, over a slot's raw socket."""
 
     __slots__ = ("slot", "sock")
@@ -228,8 +233,8 @@ class _SocketShim:
         self.slot = slot
         self.sock = slot.sock
 
-    def write(self, data: bytes) -> None:  # the request went out before the shim existed
-        raise RuntimeError("a fresh connection sends one request")
+    def write(self, data: bytes) -> None:  # the slot sends requests on its socket itself
+        raise RuntimeError("requests go out through the slot, not the connection")
 
     def close(self) -> None:
         if self.slot.sock is self.sock:  # not a later connection of the same slot
@@ -263,7 +268,7 @@ class Slot:
     def adopt(self) -> ClientConnection:
         """Hand the connection to a ClientConnection (the general path) from here on."""
         conn = ClientConnection(self)
-        conn.transport = _SocketShim(self)
+        conn.transport = SocketShim(self)
         conn.inflight.append(self.target)
         conn.start_ns, conn.sent_ns, conn.phase = self.start_ns, self.sent_ns, self.phase
         self.conn = conn
