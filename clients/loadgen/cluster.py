@@ -39,7 +39,8 @@ from time import monotonic_ns
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import latency
-from .coordinator import LoadError, _check_alive, _handle, _judge_client, _wait_ready, _WorkerProcess, \
+from .client_bound import judge_client
+from .coordinator import LoadError, _check_alive, _handle, _wait_ready, _WorkerProcess, \
     build_document, make_shares
 from .options import LoadOptions, OptionError
 from .server_sampler import ServerSampler
@@ -464,7 +465,7 @@ class _ClusterRun:
                 r = out["result"]
                 m = r["phases"]["measure"]
                 elapsed = (m["end_ns"] - m["start_ns"]) / 1e9 if m["start_ns"] and m["end_ns"] else 0.0
-                judged = _judge_client(self.opts, [r], elapsed)
+                judged = judge_client([r], elapsed)
                 late = out["late_ns"] / 1e6 if out["late_ns"] is not None else None
                 if late is not None:
                     lates.append(late)
