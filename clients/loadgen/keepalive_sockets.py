@@ -38,14 +38,14 @@ from .connection import CONNECT_TIMEOUT, LARGE_BODY, READ_TIMEOUT, ClientConnect
 from .fresh_connections import SocketShim, connect_error_class, start_connect
 from .options import LoadOptions
 from .ports import LoopbackSources
-from .targets import Plan, Target
+from .targets import LoadPlan, Target
 
 RECV_SIZE = 256 * 1024  # larger than any response this path expects whole (bodies below LARGE_BODY)
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 _NOT_YET = (errno.EAGAIN, errno.ENOTCONN)  # a send before the handshake has completed
 
 
-def suits(opts: LoadOptions, plan: Plan) -> bool:
+def suits(opts: LoadOptions, plan: LoadPlan) -> bool:
     """Whether a run is one this path carries: keep-alive, closed loop, depth 1, small bodies."""
     return (opts.conn_mode == "keepalive" and not opts.open_loop and not opts.think_s
             and opts.reconnect_after is None and all((t.expect_length or 0) < LARGE_BODY for t in plan.targets))
