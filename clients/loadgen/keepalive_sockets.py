@@ -149,6 +149,9 @@ class KeepAliveClients:
     def _ready(self) -> None:
         run = self.run
         by_fd, buffer = self.by_fd, self.buffer
+        by_send = run.by_send
+        # a timed run of one target sends it again and again (the budget only changes in a timer callback)
+        single = run.single if run.budget is None else None
         for fd, _events in self.epoll.poll(0, 512):
             slot = by_fd.get(fd)
             if slot is None or run.stopping:
@@ -156,8 +159,9 @@ class KeepAliveClients:
             if slot.unsent is not None:
                 self._send_rest(slot)
                 continue
+            sock = slot.sock
             try:
-                n = slot.sock.recv_into(buffer)
+                n = sock.recv_into(buffer)
             except BlockingIOError:
                 continue
             except OSError as exc:
@@ -171,10 +175,22 @@ class KeepAliveClients:
             now = monotonic_ns()
             run.bytes_in += n
             conn = slot.conn
-            phase = conn.phase if run.by_send else run.phase
+            phase = conn.phase if by_send else run.phase
             phase.lat.append((now - conn.start_ns) // 1000)
             phase.body_bytes += same[2]
-            slot.send_next(conn, now)
+            if single is None:
+                slot.send_next(conn, now)
+                continue
+            conn.start_ns = conn.sent_ns = now
+            conn.phase = phase
+            request = single.request
+            try:
+                sent = sock.send(request)
+            except OSError as exc:  # EAGAIN cannot happen with the previous response read; a reset can
+                conn.connection_lost(exc)
+                continue
+            if sent != len(request):
+                slot.send_later(request[sent:])
 
     def _general(self, slot: KeepAliveSlot, n: int) -> None:
         """Whatever the fast path does not recognise: the ClientConnection frames and judges it."""
@@ -258,9 +274,13 @@ class KeepAliveSlot:
             conn.connection_lost(exc)
             return False
         if sent != len(request):
-            self.unsent = request[sent:]
-            self.pool.epoll.modify(self.fd, EPOLLOUT)
+            self.send_later(request[sent:])
         return True
+
+    def send_later(self, rest: bytes) -> None:
+        """The rest of a request that did not fit the send buffer: sent when the socket is writable."""
+        self.unsent = rest
+        self.pool.epoll.modify(self.fd, EPOLLOUT)
 
     # -- ClientConnection's driver callbacks ---------------------------------------------------
     def on_response(self, conn: ClientConnection, now: int) -> bool:
