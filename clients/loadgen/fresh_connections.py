@@ -24,54 +24,17 @@ no local port left (EADDRNOTAVAIL) is counted as no_local_port.
 from __future__ import annotations
 
 import _socket  # the C socket type: socket.socket's Python-level __init__ and close cost per connection
-import errno
 import select
-import socket
-import struct
 from time import monotonic_ns
 
-from .connection import (CONNECT_ERROR, CONNECT_REFUSED, CONNECT_TIMEOUT, NO_LOCAL_PORT, READ_TIMEOUT,
-                         ClientConnection, whole_body_error)
+from .connection import CONNECT_TIMEOUT, READ_TIMEOUT, ClientConnection, whole_body_error
 from .ports import LoopbackSources
+from .raw_sockets import NOT_YET, SocketShim, SocketSlot, connect_error_class, start_connect
 from .response_reader import ResponseReader
 
-LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets instead of lingering in TIME_WAIT
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 RECV_SIZE = 16384
-EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN)
-_NOT_YET = (errno.EAGAIN, errno.ENOTCONN)  # a send before the handshake has completed
-
-
-def connect_error_class(code: int) -> str:
-    if code == errno.ECONNREFUSED:
-        return CONNECT_REFUSED
-    if code == errno.EADDRNOTAVAIL:
-        return NO_LOCAL_PORT
-    if code == errno.ETIMEDOUT:
-        return CONNECT_TIMEOUT
-    return CONNECT_ERROR
-
-
-def start_connect(family: int, address: tuple, sources: LoopbackSources | None, linger_reset: bool) -> _socket.socket:
-    """A non-blocking socket with its connect under way (or done: on loopback the handshake often
-    completes within the call). Raises OSError with the errno of a failed socket, bind or connect."""
-    sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
-    try:
-        if linger_reset:
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
-        if sources is not None:
-            sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((sources.next(), 0))
-        code = sock.connect_ex(address)
-        if code and code not in _IN_PROGRESS:
-            raise OSError(code, errno.errorcode.get(code, "connect failed"))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
 class FreshConnectionClients:
     """`count` virtual clients, each a new connection per request; their Slots are the run's drivers."""
 
@@ -119,7 +82,7 @@ class FreshConnectionClients:
         try:
             sent = sock.send(request)
         except OSError as exc:
-            if exc.errno not in _NOT_YET:
+            if exc.errno not in NOT_YET:
                 self._lost_connect(slot, exc.errno)
                 return
             sent = 0
@@ -207,7 +170,7 @@ class FreshConnectionClients:
         try:
             sent = sock.send(slot.unsent)
         except OSError as exc:
-            if exc.errno not in _NOT_YET:
+            if exc.errno not in NOT_YET:
                 self._lost_connect(slot, exc.errno)
             return
         rest = slot.unsent[sent:]
@@ -224,46 +187,17 @@ class FreshConnectionClients:
         conn.connection_lost(exc)
 
 
-class SocketShim:
-    """What a ClientConnection needs of a transport, over a slot's raw socket."""
-
-    __slots__ = ("slot", "sock")
-
-    def __init__(self, slot: "Slot") -> None:
-        self.slot = slot
-        self.sock = slot.sock
-
-    def write(self, data: bytes) -> None:  # the slot sends requests on its socket itself
-        raise RuntimeError("requests go out through the slot, not the connection")
-
-    def close(self) -> None:
-        if self.slot.sock is self.sock:  # not a later connection of the same slot
-            self.slot.pool.release(self.slot)
-
-    abort = close
-
-
-class Slot:
+class Slot(SocketSlot):
     """One virtual client: the driver of a new connection per request (and of the ClientConnection
     that takes over when a response does not arrive whole)."""
 
-    __slots__ = ("pool", "run", "index", "sock", "fd", "target", "start_ns", "sent_ns", "phase", "conn", "unsent",
-                 "connected", "failures", "done", "handle")
+    __slots__ = ("target", "start_ns", "sent_ns")
     close_each = True
 
     def __init__(self, pool: FreshConnectionClients, index: int) -> None:
-        self.pool = pool
-        self.run = pool.run
-        self.index = index
-        self.sock = self.conn = self.unsent = self.target = self.phase = self.handle = None
-        self.fd = -1
+        super().__init__(pool, index)
+        self.target = None
         self.start_ns = self.sent_ns = 0
-        self.connected = False
-        self.failures = 0  # consecutive failed connects, for backoff
-        self.done = False
-
-    def start(self) -> None:
-        self.pool.open(self)
 
     def adopt(self) -> ClientConnection:
         """Hand the connection to a ClientConnection (the general path) from here on."""
@@ -286,21 +220,6 @@ class Slot:
         self.pool.open(self)
 
     # -- the driver interface -------------------------------------------------------------------
-    def connect_failed(self, error: str) -> None:
-        self.connected = False
-        run = self.run
-        (self.phase if run.by_send else run.phase).error(error)
-        self.failures += 1
-        delay = 0.0 if self.failures <= 1 else min(0.001 * 2 ** (self.failures - 2), 0.1)
-        if delay:
-            self.handle = run.loop.call_later(delay, self._again)
-        else:
-            self.pool.open(self)
-
-    def _again(self) -> None:
-        self.handle = None
-        self.pool.open(self)
-
     def check_timeouts(self, now: int, read_timeout_ns: int, connect_timeout_ns: int) -> None:
         if self.sock is None:
             return
@@ -315,18 +234,4 @@ class Slot:
     def owed_since(self) -> list[int]:
         return [self.start_ns] if self.sock is not None else []
 
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        if self.conn is not None:
-            self.conn.ended = True
-        self.pool.release(self)
-
-    def budget_spent(self) -> None:
-        """Only the open loop finishes idle drivers early; this is a closed loop."""
-
-    def finish(self) -> None:
-        if not self.done:
-            self.done = True
-            self.run.driver_finished()
 

@@ -30,19 +30,17 @@ below LARGE_BODY, takes this path (`suits`); the worker gives every other keep-a
 from __future__ import annotations
 
 import _socket  # the C socket type: socket.socket's Python-level __init__ and close cost per connection
-import errno
 import select
 from time import monotonic_ns
 
 from .connection import CONNECT_TIMEOUT, LARGE_BODY, READ_TIMEOUT, ClientConnection
-from .fresh_connections import SocketShim, connect_error_class, start_connect
+from .raw_sockets import NOT_YET, SocketShim, SocketSlot, connect_error_class, start_connect
 from .options import LoadOptions
 from .ports import LoopbackSources
 from .targets import LoadPlan, Target
 
 RECV_SIZE = 256 * 1024  # larger than any response this path expects whole (bodies below LARGE_BODY)
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-_NOT_YET = (errno.EAGAIN, errno.ENOTCONN)  # a send before the handshake has completed
 
 
 def suits(opts: LoadOptions, plan: LoadPlan) -> bool:
@@ -118,7 +116,7 @@ class KeepAliveClients:
         try:
             sent = sock.send(slot.unsent)
         except OSError as exc:
-            if exc.errno in _NOT_YET:
+            if exc.errno in NOT_YET:
                 return  # the handshake (or room in the send buffer) is still to come
             if slot.connected:
                 slot.conn.connection_lost(exc)
@@ -226,27 +224,16 @@ class KeepAliveClients:
             self.known[id(target)] = (data, len(data), length)
 
 
-class KeepAliveSlot:
+class KeepAliveSlot(SocketSlot):
     """One virtual client: the driver of its keep-alive connection (and of the ClientConnection on it)."""
 
-    __slots__ = ("pool", "run", "index", "sock", "fd", "conn", "unsent", "connected", "connect_ns", "phase",
-                 "known", "failures", "done", "handle")
+    __slots__ = ("connect_ns", "known")
     close_each = False
 
     def __init__(self, pool: KeepAliveClients, index: int) -> None:
-        self.pool = pool
-        self.run = pool.run
-        self.index = index
-        self.sock = self.conn = self.unsent = self.phase = self.handle = None
-        self.known: tuple[bytes, int, int] | None = None  # the known response of the target in flight
-        self.fd = -1
-        self.connected = False
+        super().__init__(pool, index)
         self.connect_ns = 0
-        self.failures = 0  # consecutive failed connects, for backoff
-        self.done = False
-
-    def start(self) -> None:
-        self.pool.open(self)
+        self.known: tuple[bytes, int, int] | None = None  # the known response of the target in flight
 
     def send_next(self, conn: ClientConnection, now: int) -> bool:
         """The next request on this connection, at once, in the place of the one just answered (still
@@ -298,20 +285,6 @@ class KeepAliveSlot:
             self.pool.open(self)
 
     # -- the driver interface -------------------------------------------------------------------
-    def connect_failed(self, error: str) -> None:
-        run = self.run
-        (self.phase if run.by_send else run.phase).error(error)
-        self.failures += 1
-        delay = 0.0 if self.failures <= 1 else min(0.001 * 2 ** (self.failures - 2), 0.1)
-        if delay:
-            self.handle = run.loop.call_later(delay, self._again)
-        else:
-            self.pool.open(self)
-
-    def _again(self) -> None:
-        self.handle = None
-        self.pool.open(self)
-
     def check_timeouts(self, now: int, read_timeout_ns: int, connect_timeout_ns: int) -> None:
         if self.sock is None:
             return
@@ -325,16 +298,3 @@ class KeepAliveSlot:
     def owed_since(self) -> list[int]:
         conn = self.conn
         return [conn.start_ns] if conn is not None and conn.inflight and not conn.ended else []
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        self.pool.release(self)
-
-    def budget_spent(self) -> None:
-        """Only the open loop finishes idle drivers early; this is a closed loop."""
-
-    def finish(self) -> None:
-        if not self.done:
-            self.done = True
-            self.run.driver_finished()
