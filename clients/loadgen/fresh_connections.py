@@ -29,31 +29,18 @@ from time import monotonic_ns
 
 from .connection import CONNECT_TIMEOUT, READ_TIMEOUT, ClientConnection, whole_body_error
 from .ports import LoopbackSources
-from .raw_sockets import NOT_YET, SocketShim, SocketSlot, connect_error_class, start_connect
+from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
 from .response_reader import ResponseReader
 
 RECV_SIZE = 16384
-EPOLLIN = select.EPOLLIN
-EPOLLOUT = select.EPOLLOUT
-class FreshConnectionClients:
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+class FreshConnectionClients(SocketPool):
     """`count` virtual clients, each a new connection per request; their Slots are the run's drivers."""
 
     def __init__(self, run, count: int, sources: LoopbackSources | None = None) -> None:
-        self.run = run
-        self.loop = run.loop
-        self.family = run.family
-        self.address = (run.address, run.port)
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, Slot] = {}
+        super().__init__(run, sources)
         self.reader = ResponseReader(run.expect_status, close_ok=True)  # only its whole_response is used
-        self.sources = sources
         self.slots = [Slot(self, i) for i in range(count)]
-        self.loop.add_reader(self.epoll.fileno(), self._ready)
-        run.finished.add_done_callback(self._close)
-
-    def _close(self, _future=None) -> None:
-        self.loop.remove_reader(self.epoll.fileno())
-        self.epoll.close()
 
     # -- one request on a new connection ------------------------------------------------------
     def open(self, slot: "Slot") -> None:
@@ -83,7 +70,7 @@ class FreshConnectionClients:
             sent = sock.send(request)
         except OSError as exc:
             if exc.errno not in NOT_YET:
-                self._lost_connect(slot, exc.errno)
+                self.lost_connect(slot, exc.errno)
                 return
             sent = 0
         if sent == len(request):
@@ -92,20 +79,6 @@ class FreshConnectionClients:
         else:  # wait for the handshake (or for room) to send the rest
             slot.unsent = request[sent:]
             self.epoll.register(fd, EPOLLOUT)
-
-    def _lost_connect(self, slot: "Slot", code: int) -> None:
-        self.release(slot)
-        slot.connect_failed(connect_error_class(code))
-
-    def release(self, slot: "Slot") -> None:
-        """Close the slot's socket (a reset; closing also takes it off the epoll set)."""
-        sock = slot.sock
-        if sock is not None:
-            del self.by_fd[slot.fd]
-            if slot.conn is not None:
-                slot.conn.ended = True  # nothing more is reported for this connection
-            slot.sock = slot.conn = slot.unsent = None
-            sock.close()
 
     # -- readiness --------------------------------------------------------------------------------
     def _ready(self) -> None:
@@ -164,14 +137,14 @@ class FreshConnectionClients:
         sock = slot.sock
         code = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if code:
-            self._lost_connect(slot, code)
+            self.lost_connect(slot, code)
             return
         slot.connected = True
         try:
             sent = sock.send(slot.unsent)
         except OSError as exc:
             if exc.errno not in NOT_YET:
-                self._lost_connect(slot, exc.errno)
+                self.lost_connect(slot, exc.errno)
             return
         rest = slot.unsent[sent:]
         if not rest:

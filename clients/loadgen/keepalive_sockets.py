@@ -34,9 +34,9 @@ import select
 from time import monotonic_ns
 
 from .connection import CONNECT_TIMEOUT, LARGE_BODY, READ_TIMEOUT, ClientConnection
-from .raw_sockets import NOT_YET, SocketShim, SocketSlot, connect_error_class, start_connect
 from .options import LoadOptions
 from .ports import LoopbackSources
+from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
 from .targets import LoadPlan, Target
 
 RECV_SIZE = 256 * 1024  # larger than any response this path expects whole (bodies below LARGE_BODY)
@@ -49,28 +49,16 @@ def suits(opts: LoadOptions, plan: LoadPlan) -> bool:
             and opts.reconnect_after is None and all((t.expect_length or 0) < LARGE_BODY for t in plan.targets))
 
 
-class KeepAliveClients:
+class KeepAliveClients(SocketPool):
     """`count` keep-alive virtual clients; their slots are the run's drivers."""
 
     def __init__(self, run, count: int, sources: LoopbackSources | None = None) -> None:
-        self.run = run
-        self.loop = run.loop
-        self.family = run.family
-        self.address = (run.address, run.port)
-        self.sources = sources
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, KeepAliveSlot] = {}
+        super().__init__(run, sources)
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
         # id(target) -> (the last whole response proven good, its length, its body's length)
         self.known: dict[int, tuple[bytes, int, int]] = {}
         self.slots = [KeepAliveSlot(self, i) for i in range(count)]
-        self.loop.add_reader(self.epoll.fileno(), self._ready)
-        run.finished.add_done_callback(self._close)
-
-    def _close(self, _future=None) -> None:
-        self.loop.remove_reader(self.epoll.fileno())
-        self.epoll.close()
 
     # -- connections ----------------------------------------------------------------------------
     def open(self, slot: KeepAliveSlot) -> None:
@@ -110,8 +98,7 @@ class KeepAliveClients:
         if not slot.connected:
             code = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
             if code:
-                self.release(slot)
-                slot.connect_failed(connect_error_class(code))
+                self.lost_connect(slot, code)
                 return
         try:
             sent = sock.send(slot.unsent)
@@ -121,8 +108,7 @@ class KeepAliveClients:
             if slot.connected:
                 slot.conn.connection_lost(exc)
             else:
-                self.release(slot)
-                slot.connect_failed(connect_error_class(exc.errno))
+                self.lost_connect(slot, exc.errno)
             return
         slot.connected = True
         slot.failures = 0
@@ -132,16 +118,6 @@ class KeepAliveClients:
             return
         slot.unsent = None
         self.epoll.modify(slot.fd, EPOLLIN)
-
-    def release(self, slot: KeepAliveSlot) -> None:
-        """Close the slot's socket (closing also takes it off the epoll set)."""
-        sock = slot.sock
-        if sock is not None:
-            del self.by_fd[slot.fd]
-            if slot.conn is not None:
-                slot.conn.ended = True  # nothing more is reported for this connection
-            slot.sock = slot.conn = slot.unsent = None
-            sock.close()
 
     # -- readiness --------------------------------------------------------------------------------
     def _ready(self) -> None:

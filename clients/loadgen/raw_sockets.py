@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _socket  # the C socket type: socket.socket's Python-level __init__ and close cost per connection
 import errno
+import select
 import socket
 import struct
 
@@ -50,6 +51,47 @@ def start_connect(family: int, address: tuple, sources: LoopbackSources | None, 
         sock.close()
         raise
     return sock
+
+
+class SocketPool:
+    """The sockets of one raw-socket path: an epoll set of their own, whose descriptor the event loop
+    watches (readiness batches go to _ready), and the slots by file descriptor."""
+
+    def __init__(self, run, sources: LoopbackSources | None) -> None:
+        self.run = run
+        self.loop = run.loop
+        self.family = run.family
+        self.address = (run.address, run.port)
+        self.sources = sources
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, SocketSlot] = {}
+        self.loop.add_reader(self.epoll.fileno(), self._ready)
+        run.finished.add_done_callback(self._close)
+
+    def _close(self, _future=None) -> None:
+        self.loop.remove_reader(self.epoll.fileno())
+        self.epoll.close()
+
+    def _ready(self) -> None:
+        raise NotImplementedError
+
+    def open(self, slot: SocketSlot) -> None:
+        raise NotImplementedError
+
+    def release(self, slot: SocketSlot) -> None:
+        """Close the slot's socket (closing also takes it off the epoll set)."""
+        sock = slot.sock
+        if sock is not None:
+            del self.by_fd[slot.fd]
+            if slot.conn is not None:
+                slot.conn.ended = True  # nothing more is reported for this connection
+            slot.sock = slot.conn = slot.unsent = None
+            sock.close()
+
+    def lost_connect(self, slot: SocketSlot, code: int) -> None:
+        """The connect failed (errno code) after the socket was opened."""
+        self.release(slot)
+        slot.connect_failed(connect_error_class(code))
 
 
 class SocketShim:
