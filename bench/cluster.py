@@ -9,6 +9,12 @@ stopped when the cell should long have ended, so it is never left running. The g
 `serverzoo load --cluster SCHED` (generators on the workers with `client=1`), whose JSON
 records each generator's host; the cell records the server's host and worker.
 
+The server's CPU time and RSS are sampled where it runs: the task samples its process tree
+(ServerSampler, from a thread: the task's own thread waits for the stop) from READY to the
+stop, with times moved to the scheduler's clock, and returns the samples. The load's JSON
+gives its measured window on that clock too, so the runner cuts the same window out of them
+as a local run's sampler does (the CPU figure: the process tree's, not a cgroup's).
+
 The corpus must be at the same path on the server's machine (and, for body checks, on the
 generators' machines): the runner passes paths, not files.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -25,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import psutil
 
-from serverzoo.clients.loadgen.cluster import ClusterError, ClusterOptions, cluster_client
+from serverzoo.clients.loadgen.cluster import ClusterError, ClusterOptions, cluster_client, measure_offset
+from serverzoo.clients.loadgen.server_sampler import ServerSampler, window_report
 from serverzoo.servers.launch import ServerStartError
 
 if TYPE_CHECKING:
@@ -35,6 +43,7 @@ SERVER_RESOURCE = "server"
 START_TIMEOUT_S = 60.0  # scheduling the task and the server's own start
 STOP_TIMEOUT_S = 30.0  # the server's graceful stop, reported back
 STDERR_TAIL = 4000
+SAMPLE_INTERVAL_S = 0.5  # the server's CPU and RSS, as `serverzoo load --server-pid` samples them
 
 
 class ClusterPlacement:
@@ -96,6 +105,8 @@ class RemoteServer:
         self.worker = ""
         self._stderr = ""
         self.exit_code: int | None = None
+        self.rss_at_ready: int | None = None
+        self.samples: list[dict] = []  # the server's process tree, t_ns on the scheduler's clock
 
     def start(self) -> "RemoteServer":
         self.future = self.client.submit(serve_task, self.names, self.model, self.root, self.args, self.cpus,
@@ -111,7 +122,7 @@ class RemoteServer:
                                        f"{START_TIMEOUT_S:g} s")
         info = self.info.get()
         self.url, self.pid, self.argv = info["url"], info["pid"], info["argv"]
-        self.host, self.worker = info["host"], info["worker"]
+        self.host, self.worker, self.rss_at_ready = info["host"], info["worker"], info["rss_at_ready_bytes"]
         return self
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
@@ -131,9 +142,18 @@ class RemoteServer:
             except OSError:
                 pass
         if out is not None:
-            self.exit_code, self._stderr = out["exit_code"], out["stderr"]
+            self.exit_code, self._stderr, self.samples = out["exit_code"], out["stderr"], out["samples"]
         self.future = None
         return self.exit_code
+
+    def usage(self, load: dict) -> dict | None:
+        """The `server` section of a local run's load JSON (CPU, peak RSS, samples) over load's measured
+        window, from the samples the stopped task sent; None without samples or window."""
+        window = (load.get("cluster") or {}).get("window") or {}
+        start, end = window.get("scheduler_start_ns"), window.get("scheduler_end_ns")
+        if not self.samples or start is None or end is None:
+            return None
+        return window_report(self.samples, start, end, self.pid, "process tree")
 
     def stderr_text(self) -> str:
         return self._stderr
@@ -167,19 +187,39 @@ def serve_task(names: str, model: str, root: str, args: list[str], cpus: list[in
         server.stop()
         raise
     guard = start_guard(server.pid)
+    sampling = threading.Event()
+    sampler_thread: threading.Thread | None = None
     try:
+        offset_ns, _ = measure_offset(lambda: client.run_on_scheduler(time.time_ns))
+        sampler = ServerSampler(server.pid)
+        first = sampler.sample()
+        sampler_thread = threading.Thread(target=_sample_until, args=(sampler, sampling), daemon=True)
+        sampler_thread.start()
         argv = server.shown_argv() if model == REFERENCE else server.argv
         Variable(f"{names}-info", client).set({"url": server.url, "pid": server.pid, "argv": argv, "host": host,
-                                               "worker": worker.address})
+                                               "worker": worker.address,
+                                               "rss_at_ready_bytes": first["rss_bytes"] if first else None})
         Event(f"{names}-ready", client).set()
         Event(f"{names}-stop", client).wait(lifetime_s)
     finally:
+        sampling.set()
+        if sampler_thread is not None:
+            sampler_thread.join()
         code = server.stop()
         guard.stdin.close()  # the server is gone: the guard exits
         guard.wait(10)
+    to_scheduler_ns = time.time_ns() - time.monotonic_ns() + offset_ns
+    samples = [{**s, "t_ns": s["t_ns"] + to_scheduler_ns} for s in sampler.samples]
     if model == REFERENCE:  # NginxServer.stop returns nothing; its master's exit code is the answer
-        return {"exit_code": server.proc.returncode if server.proc else None, "stderr": ""}
-    return {"exit_code": code, "stderr": server.stderr_text()[-STDERR_TAIL:]}
+        return {"exit_code": server.proc.returncode if server.proc else None, "stderr": "", "samples": samples}
+    return {"exit_code": code, "stderr": server.stderr_text()[-STDERR_TAIL:], "samples": samples}
+
+
+def _sample_until(sampler: ServerSampler, done: threading.Event) -> None:
+    """Sample every SAMPLE_INTERVAL_S until done is set, and once more then (the window's last stretch)."""
+    while not done.wait(SAMPLE_INTERVAL_S):
+        sampler.sample()
+    sampler.sample()
 
 
 def start_guard(pid: int) -> subprocess.Popen:

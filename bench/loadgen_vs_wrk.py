@@ -218,11 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     out["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     if args.json:
-        from serverzoo.machine import describe_machine
-
-        with open(args.json, "w") as f:
-            json.dump({"machine": describe_machine(), **out}, f, indent=1)
+        write_result(args.json, out)
     return 0
+
+
+def write_result(path: str, out: dict) -> None:
+    """A comparison's runs and medians as JSON, with the machine they ran on."""
+    from serverzoo.machine import describe_machine
+
+    with open(path, "w") as f:
+        json.dump({"machine": describe_machine(), **out}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,26 @@ def placement(view: RunView, scenario: str) -> str:
 
     where = f"server on CPU {cpus(servers)}, load generator on CPU {cpus(clients)}"
     words = sorted({c.placement for c in cells if c.placement})
-    return f"{'; '.join(words)} ({where})" if words else where
+    text = f"{'; '.join(words)} ({where})" if words else where
+    hosts = hosts_text(view, scenario)
+    return f"{text}; {hosts}" if hosts else text
+
+
+def hosts_text(view: RunView, scenario: str) -> str:
+    """bench --cluster: which host ran the server and which the load generators, per server of the
+    scenario when they differ ('' for a run on one machine)."""
+    by_hosts: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for c in view.run.cells:
+        if c.scenario == scenario and c.server_host:
+            names = by_hosts.setdefault((c.server_host, c.client_hosts), [])
+            if c.server not in names:
+                names.append(c.server)
+    parts = []
+    for (server, clients), names in by_hosts.items():
+        where = f"server on host {server}, load generators on host{'s' if len(clients) > 1 else ''} " \
+                f"{', '.join(clients) or 'unrecorded'}"
+        parts.append(where if len(by_hosts) == 1 else f"{where} ({', '.join(names)})")
+    return "; ".join(parts)
 
 
 def _side_cell(p: Point | None, metric: str, against: Point | None = None) -> dict[str, Any]:

@@ -182,6 +182,8 @@ class CellRecord:
     server_cpus: tuple[int, ...]
     client_cpus: tuple[int, ...]
     placement: str | None  # the scenario's CPU placement in words, when the runner recorded it
+    server_host: str | None = None  # bench --cluster: the host of the server's Dask worker
+    client_hosts: tuple[str, ...] = ()  # bench --cluster: the hosts of the generators' Dask workers
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> CellRecord:
@@ -196,7 +198,15 @@ class CellRecord:
             rss_at_ready=_num(proc.get("rss_at_ready_bytes")),
             server_cpus=tuple(proc.get("cpus") or ()), client_cpus=tuple(gen.get("cpus") or ()),
             placement=(d.get("placement") or {}).get("text") if isinstance(d.get("placement"), dict) else None,
+            server_host=proc.get("host"),
+            client_hosts=_generator_hosts(d.get("load")),
         )
+
+
+def _generator_hosts(load: dict[str, Any] | None) -> tuple[str, ...]:
+    """The hosts of a --cluster load's generators (none for a load run on this machine)."""
+    workers = ((load or {}).get("cluster") or {}).get("workers") or []
+    return tuple(sorted({w["host"] for w in workers if w.get("host")}))
 
 
 _SCENARIO_FIELDS = {f.name for f in dataclasses.fields(Scenario)}

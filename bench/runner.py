@@ -207,12 +207,11 @@ class CellRunner:
                 info["nice"] = renice_tree(server.pid, SERVER_NICE)
                 with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
                     cgroup = self._cgroup(server, info)
-            else:
-                info["rss_at_ready_bytes"] = None
             opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
                                 cgroup.path if cgroup else None)
-            if self.placement is not None:
+            if self.placement is not None:  # sampled on its own machine, from READY to the stop
                 info["host"], info["worker"] = server.host, server.worker
+                info["rss_at_ready_bytes"] = server.rss_at_ready
                 opts = self.placement.load_options(opts)
             t1 = time.monotonic()
             placement = record["placement"]
@@ -227,6 +226,8 @@ class CellRunner:
                 if cgroup is not None:
                     self._remove_cgroup(cgroup, info)
         if record["load"] is not None:
+            if self.placement is not None:  # the samples came back with the stopped server
+                record["load"]["server"] = server.usage(record["load"])
             record["status"] = "ok"
         record["seconds"] = round(time.monotonic() - t0, 3)
         return record

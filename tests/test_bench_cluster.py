@@ -18,6 +18,8 @@ import tempfile
 import pytest
 
 from serverzoo.bench.nginx import nginx_binary
+from serverzoo.bench.report import build_report, render
+from serverzoo.bench.results import Run
 
 from .load_helpers import local_cluster
 from .test_bench_smoke import SCENARIOS
@@ -72,6 +74,13 @@ def test_bench_places_server_and_load_by_resource(cluster, out_dir: str) -> None
         generators = cell["load"]["cluster"]["workers"]
         assert [w["address"] for w in generators] == [by_resource["client"]]
         assert generators[0]["requests"] == cell["load"]["requests"] > 0
+        # the server's CPU and memory, sampled on its worker over the load's measured window
+        sampled = cell["load"]["server"]
+        assert sampled["pid"] == server["pid"] and sampled["cpu_source"] == "process tree"
+        assert sampled["cpu_s"] > 0 and sampled["peak_rss_bytes"] > 0 and server["rss_at_ready_bytes"] > 0
+        assert sampled["samples"] and all(0 <= s["t"] <= cell["load"]["elapsed_s"] + 0.2 for s in sampled["samples"])
+    text = render(build_report([Run.from_doc(doc)], plots=False), "report.md.j2")
+    assert "server on host 127.0.0.1, load generators on host 127.0.0.1" in text
 
 
 def test_bench_cluster_needs_a_server_worker(out_dir: str) -> None:

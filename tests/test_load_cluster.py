@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from serverzoo.clients.loadgen import LoadOptions, latency, schema_path
-from serverzoo.clients.loadgen.cluster import ClusterError, ClusterOptions, ClusterPartial, run_cluster_load
+from serverzoo.clients.loadgen.cluster import ClusterError, ClusterOptions, ClusterPartial, cluster_client, \
+    run_cluster_load
 from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.servers.launch import ServerProcess
 
@@ -138,3 +139,21 @@ def _connected(proc: psutil.Process, port: int) -> bool:
                    for c in connections("tcp"))
     except psutil.Error:
         return False
+
+
+def test_local_cluster_runs_without_dask_housekeeping_timers() -> None:
+    """The settings reach the worker processes (through their nannies), not only this process."""
+    def timers(dask_worker) -> list[str]:
+        return sorted(dask_worker.periodic_callbacks)
+
+    def tick_ms(dask_worker) -> float:
+        return dask_worker.periodic_callbacks["tick"].callback_time
+
+    with cluster_client(ClusterOptions("local:2")) as client:
+        for names in client.run(timers).values():
+            assert "heartbeat" in names  # Dask's floor stays
+            assert not {"profile", "profile-cycle", "memory_monitor"} & set(names), names
+        assert set(client.run(tick_ms).values()) == {1000}
+        scheduler = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.periodic_callbacks))
+        assert "stealing" not in scheduler and not any(n.startswith("amm") for n in scheduler), scheduler
+

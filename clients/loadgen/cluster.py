@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import latency
 from .client_bound import judge_client
-from .coordinator import LoadError, _check_alive, _handle, _wait_ready, _WorkerProcess, \
-    build_document, make_shares
+from .coordinator import LoadError, WorkerProcess, build_document, check_alive, make_shares, wait_ready
 from .options import LoadOptions, OptionError
 from .server_sampler import ServerSampler
 from .targets import LoadPlan, build_plan
@@ -49,10 +48,36 @@ from .targets import LoadPlan, build_plan
 if TYPE_CHECKING:
     from distributed import Client
 
+# Dask's housekeeping that would run beside the generators through the measured window, turned
+# down for local:N (docs/cluster.md gives the same settings for the workers of a real cluster).
+# Each line is work a Dask server does on a timer whatever the load; what is left is Dask's floor:
+# the workers' heartbeats (every 0.5 s, the scheduler sets that) and their event loops.
+QUIET_DASK = {
+    # a stack sample of every thread, every 10 ms, in each worker
+    "distributed.worker.profile.enabled": False,
+    # the event loop's health check, every 20 ms in the scheduler, each nanny and each worker
+    # (it only warns of a loop blocked for 3 s: once a second finds that as well)
+    "distributed.admin.tick.interval": "1s",
+    # CPU, memory, network and disk readings (psutil) every 0.5 s in each of them, for the dashboard
+    "distributed.admin.system-monitor.interval": "10s",
+    "distributed.admin.system-monitor.disk": False,
+    # the worker's and the nanny's memory monitors read the worker's RSS every 100 ms, to spill,
+    # pause or restart it; our tasks keep no data in the worker
+    "distributed.worker.memory.target": False,
+    "distributed.worker.memory.spill": False,
+    "distributed.worker.memory.pause": False,
+    "distributed.worker.memory.terminate": False,
+    # every task is pinned to its worker: nothing to steal, and no replicas to reduce
+    "distributed.scheduler.work-stealing": False,
+    "distributed.scheduler.active-memory-manager.start": False,
+}
+
 LOCAL_PREFIX = "local:"
 CLIENT_RESOURCE = "client"  # workers with this resource, when any has it, are the generators
 LEAD_S = 1.0  # from publishing the start time to the start: every task polls for it far more often
-POLL_S = 0.2  # how often tasks look for the start time and the stop signal, and the coordinator for faults
+POLL_S = 0.2  # before the start: how often tasks look for the start time, the coordinator for readiness
+STOP_CHECK_S = 1.0  # in the run: how often a task asks the scheduler for the stop signal
+LIVENESS_CHECK_S = 1.0  # in the run: how often the coordinator asks the scheduler which workers are alive
 OFFSET_SAMPLES = 5
 READY_TIMEOUT_S = 60.0  # submitting, starting the child processes, measuring the offsets
 STOP_GRACE_S = 10.0  # after a fault: how long the other workers have to send what they measured
@@ -149,10 +174,10 @@ def cluster_client(cluster: ClusterOptions) -> Iterator["Client"]:
     n = cluster.local_workers()
     if n is not None:
         # processes, one thread each: the Dask workers of a real cluster. Dask's logs stay quiet (the
-        # faults are ours to report in one line); no dashboard, the scheduler's own HTTP endpoints on a
-        # free port rather than 8787, and no stack sampling in the workers (every 10 ms: CPU taken
-        # from the generators that share this machine)
-        with dask.config.set({"distributed.worker.profile.enabled": False}), \
+        # faults are ours to report in one line); no dashboard, the scheduler's own HTTP endpoints
+        # (idle unless asked) on a free port rather than 8787; its housekeeping turned down
+        # (QUIET_DASK): CPU taken from the generators that share this machine
+        with dask.config.set(QUIET_DASK), \
                 LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                              dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                              silence_logs=logging.CRITICAL, resources={CLIENT_RESOURCE: 1}) as local, \
@@ -229,9 +254,9 @@ def generator_task(names: str, opts: LoadOptions, plan: LoadPlan, share) -> dict
     client = get_client()
     stop = Event(f"{names}-stop", client)
     start_at = Variable(f"{names}-start", client)  # set before the go event
-    proc = _WorkerProcess(share, opts, plan)
+    proc = WorkerProcess(share, opts, plan)
     try:
-        _wait_ready([proc])
+        wait_ready([proc])
         offset_ns, rtt_ns = measure_offset(lambda: client.run_on_scheduler(time.time_ns))
         Event(f"{names}-ready-{share.index}", client).set()
         go = Event(f"{names}-go", client)
@@ -252,21 +277,26 @@ def generator_task(names: str, opts: LoadOptions, plan: LoadPlan, share) -> dict
         proc.finish()
 
 
-def _follow(proc: _WorkerProcess, stop) -> bool:
-    """Relay the child's messages until its result, passing the stop signal on; True if it was stopped."""
+def _follow(proc: WorkerProcess, stop) -> bool:
+    """Relay the child's messages until its result, passing the stop signal on; True if it was stopped.
+    The scheduler is asked for the stop signal once every STOP_CHECK_S, not at every message: each
+    question is a round trip through this worker's and the scheduler's event loops."""
     stopped = False
+    next_check = time.monotonic() + STOP_CHECK_S
     with selectors.DefaultSelector() as sel:
         sel.register(proc.fd, selectors.EVENT_READ)
         while proc.result is None:
-            if sel.select(POLL_S):
+            if sel.select(max(next_check - time.monotonic(), 0.0)):
                 for msg in proc.feed():
-                    _handle(proc, msg)
+                    proc.handle(msg)
                     if msg[0] == "result":
                         break
-            if proc.result is None and not stopped and stop.is_set():
-                proc.send(("stop",))
-                stopped = True
-            _check_alive([proc])
+            if proc.result is None and not stopped and time.monotonic() >= next_check:
+                next_check = time.monotonic() + STOP_CHECK_S
+                if stop.is_set():
+                    proc.send(("stop",))
+                    stopped = True
+            check_alive([proc])
     return stopped
 
 
@@ -340,6 +370,11 @@ class _ClusterRun:
 
     def _check(self) -> None:
         """Raise _Fault for a task that failed or a worker that left the scheduler or fell silent."""
+        self._check_tasks()
+        self._check_workers()
+
+    def _check_tasks(self) -> None:
+        """Raise _Fault for a task that failed (the futures' states: known here, no question to the scheduler)."""
         if self.client.status != "running":  # it gave up reconnecting, and cancelled every future
             raise _Fault(f"lost the Dask scheduler {self.cluster.scheduler}")
         for i, f in enumerate(self.futures):
@@ -351,6 +386,9 @@ class _ClusterRun:
                 else:
                     text = f"its task was {f.status} by the scheduler"
                 raise _Fault(f"cluster worker {self.chosen[i].address} (host {self.chosen[i].host}) failed: {text}")
+
+    def _check_workers(self) -> None:
+        """Raise _Fault for a worker that left the scheduler or fell silent (asks the scheduler)."""
         info = self._ask(self.client.scheduler_info)
         now_s = time.time() + self.client_clock["offset_ns"] / 1e9
         for i, w in enumerate(self.chosen):
@@ -382,6 +420,7 @@ class _ClusterRun:
         fault: _Fault | None = None
         interrupted = False
         next_sample = 0.0
+        next_liveness = time.monotonic() + LIVENESS_CHECK_S
         while not all(f.done() for f in self.futures):
             try:
                 time.sleep(POLL_S)
@@ -399,7 +438,10 @@ class _ClusterRun:
                 self.sampler.sample()
                 next_sample = time.monotonic() + self.opts.sample_interval_s
             try:
-                self._check()
+                self._check_tasks()
+                if time.monotonic() >= next_liveness:
+                    next_liveness = time.monotonic() + LIVENESS_CHECK_S
+                    self._check_workers()
             except _Fault as exc:
                 fault = exc
                 break
@@ -438,7 +480,7 @@ class _ClusterRun:
             _shift_times(o["result"], delta)
         results = [o["result"] for _, o in kept]
         doc = build_document(self.opts, self.plan, results, self.sampler, interrupted)
-        doc["cluster"] = self._section(kept, fault)
+        doc["cluster"] = self._section(kept, fault, -delta)
         doc["partial"] = fault is not None
         if fault is not None:
             doc["warnings"].insert(0, f"partial result: {fault}; {len(kept)} of {len(self.chosen)} workers "
@@ -449,7 +491,7 @@ class _ClusterRun:
                                    f"to {start['offset_error_ms']:.1f} ms), more than {START_SKEW_BOUND_MS:g} ms")
         return doc
 
-    def _section(self, kept: list[tuple[int, dict]], fault: _Fault | None) -> dict:
+    def _section(self, kept: list[tuple[int, dict]], fault: _Fault | None, to_scheduler_ns: int) -> dict:
         rows = []
         lates = []
         starts, ends = [], []
@@ -493,7 +535,10 @@ class _ClusterRun:
                       # each offset is off by at most half its round trip; two of them add up
                       "offset_error_ms": round(max(rtts) / 1e6, 3)},
             "window": {"union_s": round((max(ends) - min(starts)) / 1e9, 6) if starts else 0.0,
-                       "common_s": round(max(min(ends) - max(starts), 0) / 1e9, 6) if starts else 0.0},
+                       "common_s": round(max(min(ends) - max(starts), 0) / 1e9, 6) if starts else 0.0,
+                       # the union on the scheduler's clock, for what other machines sampled meanwhile
+                       "scheduler_start_ns": min(starts) + to_scheduler_ns if starts else None,
+                       "scheduler_end_ns": max(ends) + to_scheduler_ns if starts else None},
             "workers": rows,
         }
 

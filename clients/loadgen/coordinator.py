@@ -7,6 +7,10 @@ tree meanwhile, shows the live line, and merges what the workers send back: hist
 are added (exact at their precision), counters summed, timelines aligned slice by slice
 (every --timeline-interval from the measured window's start).
 With --serve it first starts the server (serving.py), over a --link if given.
+
+Cluster mode (cluster.py) reuses the pieces that do not depend on where the processes run:
+WorkerProcess, wait_ready and check_alive to drive one generator on a Dask worker,
+make_shares to split the load, judge_client and build_document to judge and merge.
 """
 
 from __future__ import annotations
@@ -53,7 +57,11 @@ class LoadError(RuntimeError):
         self.details = details
 
 
-class _WorkerProcess:
+class WorkerProcess:
+    """One generator process (`python -m serverzoo.clients.loadgen.worker`) and the pipes to it: it is
+    handed its share at once, then answers "ready", ticks every second and sends its result; `send`
+    passes it ("start", ns) or ("stop",), `feed` reads its messages and `handle` takes each in."""
+
     def __init__(self, share: WorkerShare, opts: LoadOptions, plan: LoadPlan) -> None:
         self.share = share
         self.stderr = tempfile.TemporaryFile()
@@ -82,6 +90,22 @@ class _WorkerProcess:
         out, self.buffer = parse_messages(self.buffer + chunk)
         return out
 
+    def handle(self, msg: tuple) -> None:
+        """Take in one message from the process; LoadError when it failed or exited before its result."""
+        kind = msg[0]
+        self.last_message_ns = monotonic_ns()
+        if kind == "failed":
+            raise LoadError(f"load worker {self.share.index} failed: {msg[1].splitlines()[0]}", msg[2])
+        if kind == "eof" and self.result is None:
+            self.proc.wait(5)
+            tail = self.stderr_tail().strip().splitlines()
+            raise LoadError(f"load worker {self.share.index} exited with code {self.proc.returncode}"
+                            + (f": {tail[-1]}" if tail else ""))
+        if kind == "tick":
+            self.last_tick = msg[1]
+        elif kind == "result":
+            self.result = msg[1]
+
     def stderr_tail(self) -> str:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")[-2000:]
@@ -101,6 +125,7 @@ class _WorkerProcess:
 
 
 def make_shares(opts: LoadOptions) -> list[WorkerShare]:
+    """Each generator process's part of the load: -c, -R, -n and the adversaries split between them."""
     k = opts.resolved_workers()
     conns = split(opts.connections, k)
     requests = split(opts.requests, k) if opts.requests is not None else [None] * k
@@ -160,9 +185,9 @@ def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
         except psutil.Error as exc:
             raise OptionError(f"cannot watch --server-pid {server_pid}: {exc}") from None
     live = LiveLine(sys.stderr) if opts.live else None
-    workers = [_WorkerProcess(s, opts, plan) for s in shares]
+    workers = [WorkerProcess(s, opts, plan) for s in shares]
     try:
-        _wait_ready(workers)
+        wait_ready(workers)
         start_ns = monotonic_ns() + START_MARGIN_NS
         if live:
             live.start_ns = start_ns
@@ -180,7 +205,8 @@ def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
     return build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
 
 
-def _wait_ready(workers: list[_WorkerProcess]) -> None:
+def wait_ready(workers: list[WorkerProcess]) -> None:
+    """Block until every process has answered "ready" (LoadError: one failed, or READY_TIMEOUT_S passed)."""
     deadline = monotonic_ns() + int(READY_TIMEOUT_S * 1e9)
     with selectors.DefaultSelector() as sel:
         for w in workers:
@@ -192,28 +218,12 @@ def _wait_ready(workers: list[_WorkerProcess]) -> None:
             for key, _ in sel.select(left):
                 w = key.data
                 for msg in w.feed():
-                    _handle(w, msg)
+                    w.handle(msg)
                     if msg[0] == "ready":
                         w.ready = True
 
 
-def _handle(w: _WorkerProcess, msg: tuple) -> None:
-    kind = msg[0]
-    w.last_message_ns = monotonic_ns()
-    if kind == "failed":
-        raise LoadError(f"load worker {w.share.index} failed: {msg[1].splitlines()[0]}", msg[2])
-    if kind == "eof" and w.result is None:
-        w.proc.wait(5)
-        tail = w.stderr_tail().strip().splitlines()
-        raise LoadError(f"load worker {w.share.index} exited with code {w.proc.returncode}"
-                        + (f": {tail[-1]}" if tail else ""))
-    if kind == "tick":
-        w.last_tick = msg[1]
-    elif kind == "result":
-        w.result = msg[1]
-
-
-def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
+def _collect(workers: list[WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
              live, measure_ns: int) -> bool:
     """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short."""
     interval_ns = int(opts.sample_interval_s * 1e9)
@@ -232,7 +242,7 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
                         if msg[0] == "eof" and w.result is not None:
                             sel.unregister(w.fd)
                             break
-                        _handle(w, msg)
+                        w.handle(msg)
                         if msg[0] == "result":
                             sel.unregister(w.fd)
                             break
@@ -243,7 +253,7 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
                         next_sample = monotonic_ns() + interval_ns
                 if live and events:
                     live.update([w.last_tick for w in workers], measure_ns)
-                _check_alive(workers)
+                check_alive(workers)
             except KeyboardInterrupt:
                 if stopping:
                     raise
@@ -255,7 +265,7 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
     return stopping
 
 
-def _check_alive(workers: list[_WorkerProcess]) -> None:
+def check_alive(workers: list[WorkerProcess]) -> None:
     """Workers tick every second; one silent for long has hung or died without a word."""
     now = monotonic_ns()
     for w in workers:

@@ -64,29 +64,36 @@ class ServerSampler:
 
     def report(self, window_start_ns: int, window_end_ns: int) -> dict:
         """CPU used and peak RSS within the window, and the samples as seconds from its start."""
-        inside = [s for s in self.samples if window_start_ns <= s["t_ns"] <= window_end_ns + 200_000_000]
-        before = [s for s in self.samples if s["t_ns"] <= window_start_ns]
-        first = before[-1] if before else (inside[0] if inside else None)
-        last = inside[-1] if inside else None
-        cpu_s = (last["cpu_s"] - first["cpu_s"]) if first and last else None
-        span = (last["t_ns"] - first["t_ns"]) / 1e9 if first and last else 0.0
-        samples = []
-        prev = first
-        for s in inside:
-            dt = (s["t_ns"] - prev["t_ns"]) / 1e9 if prev else 0.0
-            samples.append({
-                "t": round((s["t_ns"] - window_start_ns) / 1e9, 3),
-                "cpu_percent": round((s["cpu_s"] - prev["cpu_s"]) / dt * 100, 1) if prev and dt > 0 else None,
-                "rss_bytes": s["rss_bytes"],
-                "processes": s["processes"],
-            })
-            prev = s
-        return {
-            "pid": self.pid,
-            "cpu_source": "cgroup" if self.cgroup_stat else "process tree",
-            "cpu_s": round(cpu_s, 3) if cpu_s is not None else None,
-            "cpu_percent": round(cpu_s / span * 100, 1) if cpu_s is not None and span > 0 else None,
-            "peak_rss_bytes": max((s["rss_bytes"] for s in inside), default=None),
-            "peak_processes": max((s["processes"] for s in inside), default=None),
-            "samples": samples,
-        }
+        return window_report(self.samples, window_start_ns, window_end_ns, self.pid,
+                             "cgroup" if self.cgroup_stat else "process tree")
+
+
+def window_report(samples: list[dict], window_start_ns: int, window_end_ns: int, pid: int, cpu_source: str) -> dict:
+    """ServerSampler.report over samples taken elsewhere (a server on another machine): their t_ns
+    must be on the window's clock."""
+    inside = [s for s in samples if window_start_ns <= s["t_ns"] <= window_end_ns + 200_000_000]
+    before = [s for s in samples if s["t_ns"] <= window_start_ns]
+    first = before[-1] if before else (inside[0] if inside else None)
+    last = inside[-1] if inside else None
+    cpu_s = (last["cpu_s"] - first["cpu_s"]) if first and last else None
+    span = (last["t_ns"] - first["t_ns"]) / 1e9 if first and last else 0.0
+    rows = []
+    prev = first
+    for s in inside:
+        dt = (s["t_ns"] - prev["t_ns"]) / 1e9 if prev else 0.0
+        rows.append({
+            "t": round((s["t_ns"] - window_start_ns) / 1e9, 3),
+            "cpu_percent": round((s["cpu_s"] - prev["cpu_s"]) / dt * 100, 1) if prev and dt > 0 else None,
+            "rss_bytes": s["rss_bytes"],
+            "processes": s["processes"],
+        })
+        prev = s
+    return {
+        "pid": pid,
+        "cpu_source": cpu_source,
+        "cpu_s": round(cpu_s, 3) if cpu_s is not None else None,
+        "cpu_percent": round(cpu_s / span * 100, 1) if cpu_s is not None and span > 0 else None,
+        "peak_rss_bytes": max((s["rss_bytes"] for s in inside), default=None),
+        "peak_processes": max((s["processes"] for s in inside), default=None),
+        "samples": rows,
+    }
