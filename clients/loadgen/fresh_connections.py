@@ -43,7 +43,7 @@ class FreshConnectionClients(SocketPool):
         self.slots = [Slot(self, i) for i in range(count)]
 
     # -- one request on a new connection ------------------------------------------------------
-    def open(self, slot: "Slot") -> None:
+    def open(self, slot: Slot) -> None:
         run = self.run
         if run.stopping or slot.done:
             return
@@ -83,7 +83,7 @@ class FreshConnectionClients(SocketPool):
     # -- readiness --------------------------------------------------------------------------------
     def _ready(self) -> None:
         by_fd = self.by_fd
-        for fd, events in self.epoll.poll(0, 512):
+        for fd, _events in self.epoll.poll(0, 512):
             slot = by_fd.get(fd)
             if slot is None:
                 continue  # closed by an earlier event of this batch
@@ -107,7 +107,7 @@ class FreshConnectionClients(SocketPool):
                 continue
             self._first_read(slot, data)
 
-    def _first_read(self, slot: "Slot", data: bytes) -> None:
+    def _first_read(self, slot: Slot, data: bytes) -> None:
         """The fast path: the whole response in the first read, judged in place."""
         run = self.run
         run.bytes_in += len(data)
@@ -133,7 +133,7 @@ class FreshConnectionClients(SocketPool):
         self.release(slot)
         self.open(slot)
 
-    def _writable(self, slot: "Slot") -> None:
+    def _writable(self, slot: Slot) -> None:
         sock = slot.sock
         code = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if code:
@@ -153,7 +153,7 @@ class FreshConnectionClients(SocketPool):
         else:
             slot.unsent = rest
 
-    def _read_error(self, slot: "Slot", exc: OSError) -> None:
+    def _read_error(self, slot: Slot, exc: OSError) -> None:
         conn = slot.conn
         if conn is None:
             conn = slot.adopt()
@@ -164,7 +164,7 @@ class Slot(SocketSlot):
     """One virtual client: the driver of a new connection per request (and of the ClientConnection
     that takes over when a response does not arrive whole)."""
 
-    __slots__ = ("target", "start_ns", "sent_ns")
+    __slots__ = ("sent_ns", "start_ns", "target")
     close_each = True
 
     def __init__(self, pool: FreshConnectionClients, index: int) -> None:
