@@ -15,6 +15,7 @@ thread with a selectors loop (keep-alive, pipelining). On SIGTERM it prints `COU
   http10    HTTP/1.0 response without Content-Length, body delimited by the close
   silent    read requests, never answer
   close     a correct response saying `Connection:close`, then close the connection
+  vary      correct responses whose head changes every N-th response (as a Date header does)
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main() -> int:
             conn.setblocking(True)
             conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n" + data)
             return False
+        elif behaviour == "vary":
+            head = HEAD.format(n=len(data)).replace("\r\n\r\n", f"\r\nX-Seq: {k // n}\r\n\r\n")
+            out = head.encode() + data
         else:
             out = HEAD.format(n=len(data)).encode() + data
         conn.setblocking(True)  # keep it simple: small bodies, local clients

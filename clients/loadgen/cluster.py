@@ -40,7 +40,8 @@ from time import monotonic_ns
 from typing import TYPE_CHECKING
 
 from . import latency
-from .coordinator import LoadError, WorkerProcess, build_document, check_alive, judge_client, make_shares, wait_ready
+from .client_bound import judge_client
+from .coordinator import LoadError, WorkerProcess, build_document, check_alive, make_shares, wait_ready
 from .options import LoadOptions, OptionError
 from .server_sampler import ServerSampler
 from .targets import LoadPlan, build_plan
@@ -508,7 +509,7 @@ class _ClusterRun:
                 r = out["result"]
                 m = r["phases"]["measure"]
                 elapsed = (m["end_ns"] - m["start_ns"]) / 1e9 if m["start_ns"] and m["end_ns"] else 0.0
-                judged = judge_client(self.opts, [r], elapsed)
+                judged = judge_client([r], elapsed)
                 late = out["late_ns"] / 1e6 if out["late_ns"] is not None else None
                 if late is not None:
                     lates.append(late)

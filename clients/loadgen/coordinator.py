@@ -30,6 +30,7 @@ from serverzoo.machine import describe_machine
 
 from . import latency
 from .adversaries import merge_stats
+from .client_bound import JUDGE_MIN_S, judge_client
 from .connection import NO_LOCAL_PORT
 from .live import LiveFigures, displays_for
 from .messages import parse_messages, write_message
@@ -46,10 +47,6 @@ SCHEMA = "serverzoo.load/1"
 READY_TIMEOUT_S = 30.0
 START_MARGIN_NS = 50_000_000  # from "go" to the common start: enough for every worker to be waiting
 SILENCE_LIMIT_NS = 20_000_000_000
-CPU_BOUND_PERCENT = 90.0
-JUDGE_MIN_S = 0.5  # shorter windows are not judged client-bound or not
-WAIT_BOUND_PERCENT = 10.0  # runnable but not running this share of the window: starved of CPU
-SLIP_BOUND_US = 10_000
 PLACEHOLDER_BASE = "http://127.0.0.1:80/"  # --serve's targets are checked against it before the server starts
 
 
@@ -377,41 +374,6 @@ def _merge_stages(opts: LoadOptions, results: list[dict], extra: list[float]) ->
     return out
 
 
-def judge_client(opts: LoadOptions, results: list[dict], elapsed: float) -> dict:
-    """The generators' CPU share over the measured window and whether they, not the server, were the
-    limit (a busy CPU, a CPU shared with other work, or an open loop sending late), with the reasons."""
-    reasons = []
-    per_worker = []
-    for r in results:
-        pct = r["cpu_s"] / elapsed * 100 if elapsed > 0 else 0.0
-        per_worker.append({"worker": r["worker"], "pid": r["pid"], "cpu": r["cpu"], "loop": r["loop"],
-                           "cpu_percent": round(pct, 1),
-                           "runqueue_wait_percent": round(r["runqueue_wait_s"] / elapsed * 100, 1)
-                           if r["runqueue_wait_s"] is not None and elapsed > 0 else None,
-                           "loop_lag_p50_us": r["lag"]["p50_us"],
-                           "loop_lag_p99_us": r["lag"]["p99_us"],
-                           "loop_lag_max_us": r["lag"]["max_us"]})
-        if pct >= CPU_BOUND_PERCENT:
-            reasons.append(f"worker {r['worker']} used {pct:.0f}% of a CPU (>= {CPU_BOUND_PERCENT:.0f}%)")
-        wait = r["runqueue_wait_s"]
-        if wait is not None and elapsed > 0 and wait / elapsed * 100 >= WAIT_BOUND_PERCENT:
-            reasons.append(f"worker {r['worker']} waited for a CPU {wait / elapsed * 100:.0f}% of the time "
-                           f"(its CPU is shared with other work)")
-        ol = r["open_loop"]
-        if ol and ol["slip"]["p99_us"] is not None and ol["slip"]["p99_us"] > SLIP_BOUND_US:
-            reasons.append(f"worker {r['worker']} sent requests late: schedule slip p99 "
-                           f"{ol['slip']['p99_us'] / 1000:.1f} ms")
-    total_cpu = sum(r["cpu_s"] for r in results)
-    if elapsed < JUDGE_MIN_S:
-        reasons = []  # CPU shares of a few milliseconds say nothing; build_document warns instead
-    return {
-        "cpu_percent": round(total_cpu / elapsed * 100, 1) if elapsed > 0 else 0.0,
-        "client_bound": bool(reasons),
-        "reasons": reasons,
-        "workers": per_worker,
-    }
-
-
 def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampler: ServerSampler | None,
                    interrupted: bool = False) -> dict:
     extra = list(opts.percentiles)
@@ -420,7 +382,11 @@ def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampl
     requests = m["requests"]
     errors = m["errors"]
     timeline = _merge_timeline(results, m["start_ns"])
-    client = judge_client(opts, results, elapsed)
+    server = None
+    if sampler is not None:
+        server = sampler.report(m["start_ns"], m["start_ns"] + int(elapsed * 1e9))
+    server_cpus = len(opts.server_cpus) if opts.server_cpus else len(os.sched_getaffinity(0))
+    client = judge_client(results, elapsed, server["cpu_percent"] if server else None, server_cpus)
     cpu_s = sum(r["cpu_s"] for r in results)  # the client's cost per request and per byte received
     client["cpu_us_per_request"] = round(cpu_s * 1e6 / requests, 3) if requests else None
     client["cpu_us_per_mb"] = round(cpu_s * 1e12 / m["bytes"], 3) if m["bytes"] else None
@@ -460,10 +426,6 @@ def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampl
                         f"{unfinished['longer_than_max']} of them for longer than the slowest measured "
                         f"response (the oldest for {unfinished['oldest_us'] / 1000:.1f} ms); the latency "
                         f"figures leave them out")
-    server = None
-    if sampler is not None:
-        end_ns = m["start_ns"] + int(elapsed * 1e9)
-        server = sampler.report(m["start_ns"], end_ns)
     warm = _merge_phase(results, "warmup", extra) if opts.warmup_s else None
     ramp = _merge_phase(results, "ramp_up", extra) if opts.ramp_up_s else None
     adversaries = None

@@ -24,61 +24,23 @@ no local port left (EADDRNOTAVAIL) is counted as no_local_port.
 from __future__ import annotations
 
 import _socket  # the C socket type: socket.socket's Python-level __init__ and close cost per connection
-import errno
 import select
-import socket
-import struct
 from time import monotonic_ns
 
-from .connection import (
-    CONNECT_ERROR,
-    CONNECT_REFUSED,
-    CONNECT_TIMEOUT,
-    NO_LOCAL_PORT,
-    READ_TIMEOUT,
-    ClientConnection,
-    whole_body_error,
-)
+from .connection import CONNECT_TIMEOUT, READ_TIMEOUT, ClientConnection, whole_body_error
 from .ports import LoopbackSources
+from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
 from .response_reader import ResponseReader
 
-LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets instead of lingering in TIME_WAIT
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 RECV_SIZE = 16384
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN)
-_NOT_YET = (errno.EAGAIN, errno.ENOTCONN)  # a send before the handshake has completed
-
-
-def connect_error_class(code: int) -> str:
-    if code == errno.ECONNREFUSED:
-        return CONNECT_REFUSED
-    if code == errno.EADDRNOTAVAIL:
-        return NO_LOCAL_PORT
-    if code == errno.ETIMEDOUT:
-        return CONNECT_TIMEOUT
-    return CONNECT_ERROR
-
-
-class FreshConnectionClients:
+class FreshConnectionClients(SocketPool):
     """`count` virtual clients, each a new connection per request; their Slots are the run's drivers."""
 
     def __init__(self, run, count: int, sources: LoopbackSources | None = None) -> None:
-        self.run = run
-        self.loop = run.loop
-        self.family = run.family
-        self.address = (run.address, run.port)
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, Slot] = {}
+        super().__init__(run, sources)
         self.reader = ResponseReader(run.expect_status, close_ok=True)  # only its whole_response is used
-        self.sources = sources
         self.slots = [Slot(self, i) for i in range(count)]
-        self.loop.add_reader(self.epoll.fileno(), self._ready)
-        run.finished.add_done_callback(self._close)
-
-    def _close(self, _future=None) -> None:
-        self.loop.remove_reader(self.epoll.fileno())
-        self.epoll.close()
 
     # -- one request on a new connection ------------------------------------------------------
     def open(self, slot: Slot) -> None:
@@ -95,23 +57,9 @@ class FreshConnectionClients:
         slot.phase = run.phase
         slot.start_ns = slot.sent_ns = monotonic_ns()
         try:
-            sock = _socket.socket(self.family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
+            sock = start_connect(self.family, self.address, self.sources, linger_reset=True)
         except OSError as exc:
             slot.connect_failed(connect_error_class(exc.errno))
-            return
-        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
-        if self.sources is not None:
-            try:
-                sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.sources.next(), 0))
-            except OSError as exc:
-                sock.close()
-                slot.connect_failed(connect_error_class(exc.errno))
-                return
-        code = sock.connect_ex(self.address)
-        if code and code not in _IN_PROGRESS:
-            sock.close()
-            slot.connect_failed(connect_error_class(code))
             return
         fd = sock.fileno()
         slot.sock = sock
@@ -121,8 +69,8 @@ class FreshConnectionClients:
         try:
             sent = sock.send(request)
         except OSError as exc:
-            if exc.errno not in _NOT_YET:
-                self._lost_connect(slot, exc.errno)
+            if exc.errno not in NOT_YET:
+                self.lost_connect(slot, exc.errno)
                 return
             sent = 0
         if sent == len(request):
@@ -131,20 +79,6 @@ class FreshConnectionClients:
         else:  # wait for the handshake (or for room) to send the rest
             slot.unsent = request[sent:]
             self.epoll.register(fd, EPOLLOUT)
-
-    def _lost_connect(self, slot: Slot, code: int) -> None:
-        self.release(slot)
-        slot.connect_failed(connect_error_class(code))
-
-    def release(self, slot: Slot) -> None:
-        """Close the slot's socket (a reset; closing also takes it off the epoll set)."""
-        sock = slot.sock
-        if sock is not None:
-            del self.by_fd[slot.fd]
-            if slot.conn is not None:
-                slot.conn.ended = True  # nothing more is reported for this connection
-            slot.sock = slot.conn = slot.unsent = None
-            sock.close()
 
     # -- readiness --------------------------------------------------------------------------------
     def _ready(self) -> None:
@@ -203,14 +137,14 @@ class FreshConnectionClients:
         sock = slot.sock
         code = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if code:
-            self._lost_connect(slot, code)
+            self.lost_connect(slot, code)
             return
         slot.connected = True
         try:
             sent = sock.send(slot.unsent)
         except OSError as exc:
-            if exc.errno not in _NOT_YET:
-                self._lost_connect(slot, exc.errno)
+            if exc.errno not in NOT_YET:
+                self.lost_connect(slot, exc.errno)
             return
         rest = slot.unsent[sent:]
         if not rest:
@@ -226,66 +160,22 @@ class FreshConnectionClients:
         conn.connection_lost(exc)
 
 
-class _SocketShim:
-    """What a ClientConnection needs of a transport, over a slot's raw socket."""
-
-    __slots__ = ("slot", "sock")
-
-    def __init__(self, slot: Slot) -> None:
-        self.slot = slot
-        self.sock = slot.sock
-
-    def write(self, data: bytes) -> None:  # the request went out before the shim existed
-        raise RuntimeError("a fresh connection sends one request")
-
-    def close(self) -> None:
-        if self.slot.sock is self.sock:  # not a later connection of the same slot
-            self.slot.pool.release(self.slot)
-
-    abort = close
-
-
-class Slot:
+class Slot(SocketSlot):
     """One virtual client: the driver of a new connection per request (and of the ClientConnection
     that takes over when a response does not arrive whole)."""
 
-    __slots__ = (
-        "conn",
-        "connected",
-        "done",
-        "failures",
-        "fd",
-        "handle",
-        "index",
-        "phase",
-        "pool",
-        "run",
-        "sent_ns",
-        "sock",
-        "start_ns",
-        "target",
-        "unsent",
-    )
+    __slots__ = ("sent_ns", "start_ns", "target")
     close_each = True
 
     def __init__(self, pool: FreshConnectionClients, index: int) -> None:
-        self.pool = pool
-        self.run = pool.run
-        self.index = index
-        self.sock = self.conn = self.unsent = self.target = self.phase = self.handle = None
-        self.fd = -1
+        super().__init__(pool, index)
+        self.target = None
         self.start_ns = self.sent_ns = 0
-        self.connected = False
-        self.failures = 0  # consecutive failed connects, for backoff
-        self.done = False
-
-    def start(self) -> None:
-        self.pool.open(self)
 
     def adopt(self) -> ClientConnection:
         """Hand the connection to a ClientConnection (the general path) from here on."""
         conn = ClientConnection(self)
-        conn.transport = _SocketShim(self)
+        conn.transport = SocketShim(self)
         conn.inflight.append(self.target)
         conn.start_ns, conn.sent_ns, conn.phase = self.start_ns, self.sent_ns, self.phase
         self.conn = conn
@@ -303,21 +193,6 @@ class Slot:
         self.pool.open(self)
 
     # -- the driver interface -------------------------------------------------------------------
-    def connect_failed(self, error: str) -> None:
-        self.connected = False
-        run = self.run
-        (self.phase if run.by_send else run.phase).error(error)
-        self.failures += 1
-        delay = 0.0 if self.failures <= 1 else min(0.001 * 2 ** (self.failures - 2), 0.1)
-        if delay:
-            self.handle = run.loop.call_later(delay, self._again)
-        else:
-            self.pool.open(self)
-
-    def _again(self) -> None:
-        self.handle = None
-        self.pool.open(self)
-
     def check_timeouts(self, now: int, read_timeout_ns: int, connect_timeout_ns: int) -> None:
         if self.sock is None:
             return
@@ -332,18 +207,4 @@ class Slot:
     def owed_since(self) -> list[int]:
         return [self.start_ns] if self.sock is not None else []
 
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        if self.conn is not None:
-            self.conn.ended = True
-        self.pool.release(self)
-
-    def budget_spent(self) -> None:
-        """Only the open loop finishes idle drivers early; this is a closed loop."""
-
-    def finish(self) -> None:
-        if not self.done:
-            self.done = True
-            self.run.driver_finished()
 

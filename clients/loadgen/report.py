@@ -86,6 +86,8 @@ def summary_text(doc: dict) -> str:
     c = doc["client"]
     per = ", ".join(f"worker {w['worker']}: {w['cpu_percent']:.0f}%" for w in c["workers"])
     verdict = "CLIENT-BOUND: " + "; ".join(c["reasons"]) if c["client_bound"] else "not client-bound"
+    if c.get("notes"):
+        verdict += " (" + "; ".join(c["notes"]) + ")"
     cost = (f"; {c['cpu_us_per_request']:.1f} us CPU per request, {c['cpu_us_per_mb']:.0f} us per MB received"
             if c.get("cpu_us_per_request") is not None and c.get("cpu_us_per_mb") is not None else "")
     lines.append(f"Generator: {c['cpu_percent']:.0f}% CPU ({per}){cost}; {verdict}")

@@ -21,10 +21,11 @@ from array import array
 from collections import Counter
 from time import monotonic_ns
 
-from . import latency
+from . import keepalive_sockets, latency
 from .adversaries import start_adversaries
 from .drivers import ClosedLoopDriver, OpenLoopDriver
 from .fresh_connections import FreshConnectionClients
+from .keepalive_sockets import KeepAliveClients
 from .messages import read_message, write_message
 from .options import LoadOptions
 from .state import Run, WorkerShare, is_uvloop
@@ -123,6 +124,10 @@ class Worker:
         run, share, opts = self.run, self.share, self.opts
         if opts.conn_mode == "new" and not opts.open_loop and not opts.think_s:
             run.drivers.extend(FreshConnectionClients(run, share.connections, run.sources).slots)
+            run.active_drivers = len(run.drivers)
+            return
+        if keepalive_sockets.suits(opts, self.plan):
+            run.drivers.extend(KeepAliveClients(run, share.connections, run.sources).slots)
             run.active_drivers = len(run.drivers)
             return
         for i in range(share.connections):
