@@ -3,7 +3,7 @@
 First the plan's cells (the first pass); then rounds of extra repetitions where a
 scenario's contenders are close (bench/sequential.py), for as long as the preset's budget
 lasts. Progress shows the current cell with its live figures (each second's requests/s and
-p99, from the generator), cells done and an ETA; the ETA's unit is estimated
+errors, from the generator), cells done and an ETA; the ETA's unit is estimated
 seconds (warm-up + measured + start/stop per cell, plus the budget left for extra rounds),
 so rich's rate estimate turns it into real remaining time as the run learns how long cells
 really take here.
@@ -65,10 +65,11 @@ def cell_line(plan: BenchPlan, record: dict[str, Any]) -> str:
 
 
 def live_text(figures: dict[str, Any]) -> str:
-    """The running cell's last second, for the progress line: phase, requests/s, p99, errors."""
+    """The running cell's last second, for the progress line: phase, requests/s, errors (and p99 when sent)."""
     phase = "measuring" if figures["phase"] == "measure" else figures["phase"].replace("_", "-")
     errors = sum(figures["errors"].values())
-    return (f"{phase} {max(figures['t'], 0):.0f}s: {figures['rps']:,.0f} req/s, p99 {fmt_us(figures['p99_us'])}"
+    p99 = f", p99 {fmt_us(figures['p99_us'])}" if figures.get("p99_us") is not None else ""
+    return (f"{phase} {max(figures['t'], 0):.0f}s: {figures['rps']:,.0f} req/s{p99}"
             + (f", {errors} errors" if errors else ""))
 
 

@@ -30,6 +30,7 @@ def test_a_running_cell_reports_its_live_figures(tmp_path) -> None:
     assert "--progress-fd" not in record["generator"]["argv"]  # the command to reproduce the cell stays clean
     measured = [f for f in seen if f["phase"] == "measure"]
     assert len(measured) >= 2, seen
-    assert all(f["rps"] > 0 and f["p99_us"] is not None for f in measured), measured
+    # requests/s only: the workers send no latency histograms to a progress pipe (they would cost CPU)
+    assert all(f["rps"] > 0 and f["p99_us"] is None for f in measured), measured
     assert measured[-1]["completed"] <= record["load"]["requests"]
     assert live_text(measured[-1]).startswith(f"measuring {measured[-1]['t']:.0f}s: ")
