@@ -35,17 +35,20 @@ buffer of its own).
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import signal
 import sys
+from typing import Callable
 
+from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
+from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.stderr_log import report
 
-INF = float("inf")
 SENDFILE_SEGMENT = 1024 * 1024  # loop.sendfile reports no progress until it returns
 
 
@@ -64,6 +67,24 @@ class Server:
         self.read_buffer = bytearray(RECV_BYTES)
         self.read_view = memoryview(self.read_buffer)
         self.all_closed: asyncio.Future | None = None
+        self.deadlines = DeadlineBuckets()  # checked by one sweep timer, not a timer per connection
+        self.sweep_at = INF  # when the sweep timer fires next
+        self.sweep_timer: asyncio.TimerHandle | None = None
+
+    def sweep_from(self, when: float) -> None:
+        """Run the deadline sweep at when (a bucket time) instead of later."""
+        if self.sweep_timer is not None:
+            self.sweep_timer.cancel()
+        self.sweep_at = when
+        self.sweep_timer = self.loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        self.sweep_timer = None
+        self.sweep_at = INF
+        for proto in self.deadlines.pop_due(self.loop.time()):
+            proto._on_deadline()
+        if self.deadlines.next_time() < self.sweep_at:
+            self.sweep_from(self.deadlines.next_time())
 
     def forget(self, proto: HttpProtocol) -> None:
         self.protocols.discard(proto)
@@ -89,7 +110,7 @@ class Server:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("srv", "loop", "limits", "transport", "http", "box", "busy", "reading", "eof", "write_paused",
-                 "written", "progress", "deadline", "timer", "armed_at", "pending")
+                 "written", "progress", "deadline", "armed_at", "pending")
 
     def __init__(self, srv: Server) -> None:
         self.srv = srv
@@ -105,7 +126,6 @@ class HttpProtocol(asyncio.Protocol):
         self.written = 0  # bytes handed to the transport; minus what it still buffers = sent
         self.progress = 0  # bytes sent when the current write deadline was set
         self.deadline = INF
-        self.timer: asyncio.TimerHandle | None = None
         self.armed_at = INF
         self.pending: asyncio.Handle | asyncio.Task | None = None  # a work wait or a sendfile task
 
@@ -173,9 +193,7 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_soon(self._pump)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.srv.deadlines.remove(self)
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
@@ -295,14 +313,12 @@ class HttpProtocol(asyncio.Protocol):
             self._arm()
 
     def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.armed_at = self.deadline
-        self.timer = self.loop.call_at(self.deadline, self._on_deadline)
+        srv = self.srv
+        srv.deadlines.file(self, self.deadline)
+        if self.armed_at < srv.sweep_at:
+            srv.sweep_from(self.armed_at)
 
     def _on_deadline(self) -> None:
-        self.timer = None
-        self.armed_at = INF
         now = self.loop.time()
         if self.deadline > now:
             if self.deadline < INF:
@@ -348,6 +364,45 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         loop.default_exception_handler(context)
 
 
+def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext) -> Callable[[], None]:
+    """The stdlib loop's own accept path (create_server) runs a coroutine task, a waiter
+    future and a getpeername() per connection just to call connection_made. Accepting
+    here, in a reader callback on the listener, hands each accepted socket straight to
+    the loop's socket transport. Returns the call that stops accepting."""
+    listener = ctx.listener
+    listener.setblocking(False)
+    accept = listener._accept  # (fd, address), without the socket.socket wrapper
+    family, type_, proto = int(listener.family), int(listener.type), listener.proto
+    make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
+    backoff = AcceptBackoff()
+
+    def on_readable() -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, address = accept()
+            except OSError as exc:
+                pause = backoff.pause_after(exc)
+                if pause:  # out of fds or memory: stop watching the listener a while
+                    loop.remove_reader(listener.fileno())
+                    loop.call_later(pause, watch)
+                return
+            backoff.accepted()
+            sock = _socket.socket(family, type_, proto, fd)
+            sock.setblocking(False)
+            make_transport(sock, BufferedHttpProtocol(srv), extra={"peername": address})
+
+    def watch() -> None:
+        if listener.fileno() >= 0:  # not closed by stop() meanwhile
+            loop.add_reader(listener.fileno(), on_readable)
+
+    def stop() -> None:
+        loop.remove_reader(listener.fileno())
+        listener.close()
+
+    watch()
+    return stop
+
+
 async def _serve(ctx: ServerContext, use_sendfile: bool, protocol: type[HttpProtocol]) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_report)
@@ -362,9 +417,13 @@ async def _serve(ctx: ServerContext, use_sendfile: bool, protocol: type[HttpProt
         loop.add_signal_handler(sig, on_signal)
     if ctx.stopping:  # a signal came before our handlers were in place
         on_signal()
-    server = await loop.create_server(lambda: protocol(srv), sock=ctx.listener, backlog=ctx.config.backlog)
+    if protocol is BufferedHttpProtocol:
+        close_listener = _accept_with(loop, srv, ctx)
+    else:
+        server = await loop.create_server(lambda: protocol(srv), sock=ctx.listener, backlog=ctx.config.backlog)
+        close_listener = server.close
     await stop
-    server.close()
+    close_listener()
     ctx.request_shutdown()
     await srv.drain()
 
