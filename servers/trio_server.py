@@ -71,7 +71,7 @@ from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
 from .runtime.deadlines import rounded_up
 from .runtime.io_sizes import READ_CHUNK, RECV_BYTES
-from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
+from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, send_final_response
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+; 0 makes every read a plain one
 
@@ -165,7 +165,12 @@ class _Conversation:
                 plans = self.conn.receive(self.sock.recv(RECV_BYTES))
             except BlockingIOError:
                 plans = None
-            if plans and self._answered_at_once(plans):
+            rest = None if plans is None else send_final_response(self.sock, plans)
+            if rest is not None:
+                if rest:  # did not fit in one send: the rest under the write timeout
+                    self.guard = trio.CancelScope(deadline=trio.current_time() + self.ctx.limits.write_timeout)
+                    with self.guard:
+                        await self._send_all(rest)
                 return
             self.guard = trio.CancelScope(deadline=self.header_deadline)
             with self.guard:
@@ -181,18 +186,6 @@ class _Conversation:
         finally:
             self.sock.close()
             live.discard(self)
-
-    def _answered_at_once(self, plans: list[ResponsePlan]) -> bool:
-        """Send the response of a first request that ends the connection, if it is one
-        small response and the socket takes it whole (a fresh socket nearly always does)."""
-        plan = plans[0]
-        if len(plans) > 1 or not plan.close or plan.file is not None or plan.work is not None:
-            return False
-        out = plan.head + plan.body if plan.body else plan.head
-        try:
-            return self.sock.send(out) == len(out)
-        except BlockingIOError:
-            return False
 
     async def _serve_requests(self, plans: list[ResponsePlan] | None) -> None:
         """The conversation from its first read on; plans: what that read asked for, None if

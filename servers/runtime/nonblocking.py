@@ -15,7 +15,7 @@ import socket
 from contextlib import contextmanager
 from typing import Iterator
 
-from ...protocol import FileSlice, HttpConnection, Limits
+from ...protocol import FileSlice, HttpConnection, Limits, ResponsePlan
 from ...protocol.responses import HeadWriter
 from .clock import http_date
 from .io_sizes import READ_CHUNK, RECV_BYTES
@@ -51,6 +51,29 @@ def deadline_after_read(http: HttpConnection, was_partial: bool, had_plans: bool
             return now + limits.header_timeout
         return current
     return now + limits.keepalive_timeout
+
+
+def send_final_response(sock: socket.socket, plans: list[ResponsePlan]) -> bytes | memoryview | None:
+    """Answer a connection's request at once when its answer is also its end.
+
+    When plans are one response held in memory (no file body, no work) that closes the
+    connection, send it on the non-blocking sock and return what did not fit: b"" nearly
+    always, a fresh socket's buffer takes a small response whole; the caller sends the
+    rest its own way, then closes. None for anything else, and then nothing was sent.
+    This is the whole life of a connection that sends one request with Connection: close
+    into a busy server, so a model can serve it without setting up anything more.
+    """
+    if len(plans) != 1:
+        return None
+    plan = plans[0]
+    if not plan.close or plan.file is not None or plan.work is not None:
+        return None
+    out = plan.head + plan.body if plan.body else plan.head
+    try:
+        sent = sock.send(out)
+    except BlockingIOError:
+        sent = 0
+    return memoryview(out)[sent:] if sent < len(out) else b""
 
 
 def refuse(sock: socket.socket, server_name: str, reason: str) -> None:
