@@ -4,8 +4,15 @@ How it works: the loop (a selectors loop in the stdlib, libuv under uvloop) acce
 and calls back one Protocol object per connection: data_received feeds the core and
 writes the planned responses to the transport. Nothing here is a coroutine on the hot
 path: callbacks are cheaper than a task per connection, and the same shape runs on
-both loops. The work endpoint's wait is a call_later; timeouts are deadlines checked
-by one lazily re-armed call_at per connection. Flow control is the transport's own:
+both loops. The work endpoint's wait is a call_later; timeouts are deadlines on the
+protocol, filed in buckets (runtime/deadlines.py) that one timer sweeps, so a
+connection costs no timer handle and a request moves no timer.
+On the stdlib loop the server accepts in a reader callback on the listener and hands
+each socket straight to the loop's socket transport (create_server's path adds a task,
+a future and a getpeername() per connection). Right after accept it tries one
+non-blocking read: a connection that waited in a busy server's listen queue has
+usually sent its request, and when the response is small and ends the connection it
+is sent and the socket closed there, with no transport or protocol at all. Flow control is the transport's own:
 when its buffer passes the high-water mark it calls pause_writing, and the protocol
 stops reading that client and stops feeding it file chunks until resume_writing.
 Shutdown is loop.add_signal_handler: close the listener, close idle connections, give
@@ -41,11 +48,12 @@ import signal
 import sys
 from typing import Callable
 
+from ..protocol import HttpConnection, ResponsePlan
 from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
+from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, send_final_response
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.stderr_log import report
 
@@ -112,12 +120,12 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = ("srv", "loop", "limits", "transport", "http", "box", "busy", "reading", "eof", "write_paused",
                  "written", "progress", "deadline", "armed_at", "pending")
 
-    def __init__(self, srv: Server) -> None:
+    def __init__(self, srv: Server, http: HttpConnection | None = None) -> None:
         self.srv = srv
         self.loop = srv.loop
         self.limits = srv.limits
         self.transport: asyncio.Transport | None = None
-        self.http = srv.ctx.new_connection()
+        self.http = http or srv.ctx.new_connection()
         self.box: Outbox | None = None  # made when a response needs more than one write
         self.busy = False  # a response is in progress beyond one plain write
         self.reading = True
@@ -142,9 +150,23 @@ class HttpProtocol(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        was_partial = self.http.has_partial_request
+        self._answer(self.http.receive(data), was_partial)
+
+    def begin(self, plans: list[ResponsePlan], rest: bytes | memoryview | None) -> None:
+        """Carry on a conversation the accept callback began: the plans of its first read,
+        or the rest of a last response that did not fit in one send."""
+        if self.transport.is_closing():  # aborted in connection_made (shutdown)
+            return
+        if rest is None:
+            self._answer(plans, False)
+            return
+        self.written += len(rest)
+        self.transport.write(rest)
+        self._close_when_flushed()
+
+    def _answer(self, plans: list[ResponsePlan], was_partial: bool) -> None:
         http = self.http
-        was_partial = http.has_partial_request
-        plans = http.receive(data)
         if not plans:
             if http.closed:
                 self.transport.close()
@@ -389,7 +411,25 @@ def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContex
             backoff.accepted()
             sock = _socket.socket(family, type_, proto, fd)
             sock.setblocking(False)
-            make_transport(sock, BufferedHttpProtocol(srv), extra={"peername": address})
+            # a busy server accepts connections that waited in the listen queue, so their
+            # first request is often here already: one that its response ends is answered
+            # and closed here, without a transport or a protocol
+            http = srv.ctx.new_connection()
+            try:
+                plans = http.receive(sock.recv(RECV_BYTES))
+                rest = send_final_response(sock, plans)
+            except BlockingIOError:
+                plans, rest = None, None
+            except OSError:  # reset already
+                sock.close()
+                continue
+            if rest is not None and not rest:
+                sock.close()
+                continue
+            protocol = BufferedHttpProtocol(srv, http)
+            make_transport(sock, protocol, extra={"peername": address})
+            if plans is not None:
+                loop.call_soon(protocol.begin, plans, rest)  # after connection_made, which the transport scheduled
 
     def watch() -> None:
         if listener.fileno() >= 0:  # not closed by stop() meanwhile
