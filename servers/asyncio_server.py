@@ -42,18 +42,17 @@ buffer of its own).
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import signal
 import sys
 from typing import Callable
 
 from ..protocol import HttpConnection, ResponsePlan
-from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, send_final_response
+from .runtime.nonblocking import FileSource, deadline_after_read, first_exchange, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.stderr_log import report
 
@@ -387,49 +386,28 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
 
 
 def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext) -> Callable[[], None]:
-    """The stdlib loop's own accept path (create_server) runs a coroutine task, a waiter
-    future and a getpeername() per connection just to call connection_made. Accepting
-    here, in a reader callback on the listener, hands each accepted socket straight to
-    the loop's socket transport. Returns the call that stops accepting."""
-    listener = ctx.listener
-    listener.setblocking(False)
-    accept = listener._accept  # (fd, address), without the socket.socket wrapper
-    family, type_, proto = int(listener.family), int(listener.type), listener.proto
+    """Accept in a reader callback on the listener (see the module docstring); returns the
+    call that stops accepting."""
+    listener, acceptor = ctx.listener, Acceptor(ctx)
     make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
-    backoff = AcceptBackoff()
 
     def on_readable() -> None:
-        for _ in range(ACCEPT_BATCH):
+        for sock in acceptor.burst():
             try:
-                fd, address = accept()
-            except OSError as exc:
-                pause = backoff.pause_after(exc)
-                if pause:  # out of fds or memory: stop watching the listener a while
-                    loop.remove_reader(listener.fileno())
-                    loop.call_later(pause, watch)
-                return
-            backoff.accepted()
-            sock = _socket.socket(family, type_, proto, fd)
-            sock.setblocking(False)
-            # a busy server accepts connections that waited in the listen queue, so their
-            # first request is often here already: one that its response ends is answered
-            # and closed here, without a transport or a protocol
-            http = srv.ctx.new_connection()
-            try:
-                plans = http.receive(sock.recv(RECV_BYTES))
-                rest = send_final_response(sock, plans)
-            except BlockingIOError:
-                plans, rest = None, None
+                http, plans, rest = first_exchange(ctx, sock)
             except OSError:  # reset already
                 sock.close()
                 continue
-            if rest is not None and not rest:
+            if rest is not None and not rest:  # answered, and that was its end
                 sock.close()
                 continue
             protocol = BufferedHttpProtocol(srv, http)
-            make_transport(sock, protocol, extra={"peername": address})
+            make_transport(sock, protocol)
             if plans is not None:
                 loop.call_soon(protocol.begin, plans, rest)  # after connection_made, which the transport scheduled
+        if acceptor.pause:  # out of fds or memory: stop watching the listener a while
+            loop.remove_reader(listener.fileno())
+            loop.call_later(acceptor.pause, watch)
 
     def watch() -> None:
         if listener.fileno() >= 0:  # not closed by stop() meanwhile

@@ -56,8 +56,7 @@ from .runtime.blocking import serve_connection
 from .runtime.accepting import AcceptBackoff
 from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
-from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import raise_open_files_limit, send_final_response
+from .runtime.nonblocking import first_exchange, raise_open_files_limit
 
 
 _CLOSED = _closedsocket(-1, -1, -1, -1, "closed")  # what a closed gevent socket delegates to
@@ -169,12 +168,8 @@ class _Server(StreamServer):
         the listen queue, so their first request is often here already. One that its
         response ends is answered and closed here, without a greenlet or a gevent socket;
         any other connection gets its greenlet, with what was read so far."""
-        conn = self.ctx.new_connection()
         try:
-            plans = conn.receive(raw.recv(RECV_BYTES))
-            rest = send_final_response(raw, plans)
-        except BlockingIOError:
-            plans, rest = None, None
+            conn, plans, rest = first_exchange(self.ctx, raw)
         except OSError:  # reset already
             raw.close()
             return

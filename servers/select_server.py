@@ -37,42 +37,22 @@ from __future__ import annotations
 import _socket
 import heapq
 import itertools
-import select
-import selectors
 import socket
 import traceback
 from time import monotonic
 from typing import Callable
 
-from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import deadline_after_read, drain, raise_open_files_limit, refuse, signal_wakeup
+from .runtime.nonblocking import (deadline_after_read, drain, first_exchange, raise_open_files_limit, refuse,
+                                  signal_wakeup)
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
+from .runtime.pollers import Poller
 
-FD_SETSIZE = 1024  # select(2) cannot watch a descriptor at or above this (a fixed-size bitmap)
 READING, WRITING, WAITING = 0, 1, 2  # what a connection is waiting for
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
-
-
-class Poller:
-    """Descriptors watched for input or output: epoll itself, or a selectors selector
-    (--selector poll|select) behind the same four calls."""
-
-    def __init__(self, kind: str) -> None:
-        if kind == "epoll" and hasattr(select, "epoll"):
-            ep = select.epoll()
-            self.register, self.modify, self.unregister, self.poll, self.close = (
-                ep.register, ep.modify, ep.unregister, ep.poll, ep.close)
-            self.READ, self.WRITE = select.EPOLLIN, select.EPOLLOUT
-            self.fd_ceiling = INF
-            return
-        sel = selectors.SelectSelector() if kind == "select" else selectors.PollSelector()
-        self.register, self.modify, self.unregister, self.close = sel.register, sel.modify, sel.unregister, sel.close
-        self.poll = lambda timeout: [(key.fd, events) for key, events in sel.select(timeout)]
-        self.READ, self.WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-        self.fd_ceiling = FD_SETSIZE if kind == "select" else INF
 
 
 class Client:
@@ -108,10 +88,7 @@ class SelectLoop:
         self.now = monotonic()
         self.stop_at: float | None = None  # the grace deadline, once shutdown began
         self.accepting = False
-        self._backoff = AcceptBackoff()
-        listener = ctx.listener
-        self._accept_raw = listener._accept  # (fd, address), without the socket.socket wrapper
-        self._family, self._type, self._proto = int(listener.family), int(listener.type), listener.proto
+        self.acceptor = Acceptor(ctx)
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -176,37 +153,36 @@ class SelectLoop:
         self.accepting = True
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for sock in self.acceptor.burst():
             try:
-                fd, _ = self._accept_raw()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if self.ctx.stopping:
-                    return
-                pause = self._backoff.pause_after(exc)
-                if pause:  # out of fds or memory: stop watching for a while
-                    self._unwatch_listener()
-                    self._call_at(self.now + pause, lambda _c: self.stop_at or self._listen(), None)
-                    return
+                http, plans, rest = first_exchange(self.ctx, sock)
+            except OSError:  # reset already
+                sock.close()
                 continue
-            self._backoff.accepted()
-            self._admit(fd)
-
-    def _admit(self, fd: int) -> None:
-        sock = _socket.socket(self._family, self._type, self._proto, fd)
-        sock.setblocking(False)  # TCP_NODELAY came from the listener (runtime/listener.py)
-        c = Client(sock, fd, self.ctx.new_connection(), self.now + self.header_timeout)
-        try:
-            if fd >= self.poller.fd_ceiling:
-                raise ValueError(f"descriptor {fd} is beyond select()'s FD_SETSIZE")
-            self.poller.register(fd, self.poller.READ)
-        except (ValueError, OSError) as exc:
-            refuse(sock, self.ctx.server_name, f"server cannot watch more connections ({exc})")
-            return
-        self.watched[fd] = c
-        self.clients.add(c)
-        self.deadlines.file(c, c.deadline)
+            if rest is not None and not rest:  # answered, and that was its end
+                sock.close()
+                continue
+            fd = sock.fileno()
+            c = Client(sock, fd, http, self.now + self.header_timeout)
+            try:
+                if fd >= self.poller.fd_ceiling:
+                    raise ValueError(f"descriptor {fd} is beyond select()'s FD_SETSIZE")
+                self.poller.register(fd, self.poller.READ)
+            except (ValueError, OSError) as exc:
+                refuse(sock, self.ctx.server_name, f"server cannot watch more connections ({exc})")
+                continue
+            self.watched[fd] = c
+            self.clients.add(c)
+            self.deadlines.file(c, c.deadline)
+            if rest:  # the last response did not fit in one send
+                c.out, c.box = rest, Outbox(self.use_sendfile)
+                c.box.close_after = True
+                self._blocked(c)
+            elif plans is not None:
+                self._answer(c, plans, False)
+        if self.acceptor.pause and not self.ctx.stopping:  # out of fds or memory: stop watching for a while
+            self._unwatch_listener()
+            self._call_at(self.now + self.acceptor.pause, lambda _c: self.stop_at or self._listen(), None)
 
     # -- reading -------------------------------------------------------------------
     def _readable(self, c: Client) -> None:
@@ -216,9 +192,11 @@ class SelectLoop:
             return
         except OSError:
             return self._close(c)
+        was_partial = c.http.has_partial_request
+        self._answer(c, c.http.receive(data), was_partial)
+
+    def _answer(self, c: Client, plans: list, was_partial: bool) -> None:
         http = c.http
-        was_partial = http.has_partial_request
-        plans = http.receive(data)
         if not plans:
             if http.closed:  # EOF
                 return self._close(c)

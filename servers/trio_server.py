@@ -66,7 +66,7 @@ import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 from ..protocol import ResponsePlan, cpu_kernel
-from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
 from .runtime.deadlines import rounded_up
@@ -102,31 +102,17 @@ async def _serve(ctx: ServerContext) -> None:
 
 async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery: trio.Nursery,
                        live: set[_Conversation]) -> None:
-    listener = ctx.listener
-    listener.setblocking(False)
     use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
-    backoff = AcceptBackoff()
-    accept = listener._accept  # (fd, address): the C-level accept, without the socket.socket wrapper
-    family, type_, proto = int(listener.family), int(listener.type), listener.proto
+    acceptor = Acceptor(ctx)
     with accepting:
-        while True:
-            await wait_readable(listener)
+        while not ctx.stopping:
+            await wait_readable(ctx.listener)
             header_deadline = rounded_up(trio.current_time() + ctx.limits.header_timeout)  # one clock read per burst
-            for _ in range(ACCEPT_BATCH):  # take a burst of connections per wake-up, but not forever
-                try:
-                    fd, _ = accept()
-                except OSError as exc:
-                    if ctx.stopping:  # woken just before shutdown closed the listener (EBADF): done
-                        return
-                    pause = backoff.pause_after(exc)  # 0: none left, a sibling worker took it, or it was gone
-                    if pause:  # out of fds or memory: wait for some to be freed
-                        await trio.sleep(pause)
-                    break
-                backoff.accepted()
-                sock = _socket.socket(family, type_, proto, fd)  # see the module docstring
-                sock.setblocking(False)
+            for sock in acceptor.burst():
                 tune_connection(sock)
                 nursery.start_soon(_Conversation(ctx, sock, use_sendfile, header_deadline).run, live)
+            if acceptor.pause:  # out of fds or memory: wait for some to be freed
+                await trio.sleep(acceptor.pause)
 
 
 class _Conversation:

@@ -18,6 +18,7 @@ from typing import Iterator
 from ...protocol import FileSlice, HttpConnection, Limits, ResponsePlan
 from ...protocol.responses import HeadWriter
 from .clock import http_date
+from .context import ServerContext
 from .io_sizes import READ_CHUNK, RECV_BYTES
 from .sendfile import open_slice
 
@@ -74,6 +75,25 @@ def send_final_response(sock: socket.socket, plans: list[ResponsePlan]) -> bytes
     except BlockingIOError:
         sent = 0
     return memoryview(out)[sent:] if sent < len(out) else b""
+
+
+def first_exchange(ctx: ServerContext, sock: socket.socket
+                   ) -> tuple[HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]:
+    """A new connection's first read, right after accept, and its answer if that ends it.
+
+    A busy server accepts connections that waited in its listen queue, so their first
+    request is usually here already; when its response is also the connection's end,
+    the model can answer it and close without setting anything else up. Returns the
+    core, the plans of what was read (None: nothing yet) and what send_final_response
+    returned (None: the conversation goes on; b"": answered, close the socket). Raises
+    OSError if the client is already gone.
+    """
+    http = ctx.new_connection()
+    try:
+        plans = http.receive(sock.recv(RECV_BYTES))
+    except BlockingIOError:
+        return http, None, None
+    return http, plans, send_final_response(sock, plans)
 
 
 def refuse(sock: socket.socket, server_name: str, reason: str) -> None:
