@@ -1,43 +1,35 @@
 """asyncio: asyncio Protocols on the stdlib event loop, or on uvloop with --loop uvloop.
 
-How it works: the loop (a selectors loop in the stdlib, libuv under uvloop) accepts
-and calls back one Protocol object per connection: data_received feeds the core and
-writes the planned responses to the transport. Nothing here is a coroutine on the hot
-path: callbacks are cheaper than a task per connection, and the same shape runs on
-both loops. The work endpoint's wait is a call_later; timeouts are deadlines on the
-protocol, filed in buckets (runtime/deadlines.py) that one timer sweeps, so a
-connection costs no timer handle and a request moves no timer.
-On the stdlib loop the server accepts in a reader callback on the listener and hands
-each socket straight to the loop's socket transport (create_server's path adds a task,
-a future and a getpeername() per connection). Right after accept it tries one
-non-blocking read: a connection that waited in a busy server's listen queue has
-usually sent its request, and when the response is small and ends the connection it
-is sent and the socket closed there, with no transport or protocol at all. Flow control is the transport's own:
-when its buffer passes the high-water mark it calls pause_writing, and the protocol
-stops reading that client and stops feeding it file chunks until resume_writing.
-Shutdown is loop.add_signal_handler: close the listener, close idle connections, give
-busy ones the grace period.
+How it works: one Protocol object per connection; data_received feeds the core and
+writes the planned responses to the transport. Nothing on the hot path is a coroutine:
+callbacks cost less than a task per connection, and the same shape runs on both loops.
+What to send next comes from the shared Outbox (runtime/outbox.py), as in select; once
+the client is gone (a write failed, or connection_lost) no step is taken and the file
+is closed. The work endpoint's wait is a call_later. Timeouts are deadlines on the
+protocol, filed in buckets that one timer sweeps (runtime/deadlines.py): no timer
+handle per connection, no timer moved per request. Flow control is the transport's:
+past its high-water mark it calls pause_writing, and the protocol stops reading that
+client and feeding it file chunks until resume_writing. Shutdown: close the listener,
+close idle connections, give busy ones the grace period.
+The stdlib loop accepts in a reader callback on the listener and hands each socket
+straight to the loop's socket transport (create_server adds a task, a future and a
+getpeername() per connection). Right after accept comes one non-blocking read: a
+connection that waited in a busy server's listen queue has usually sent its request,
+and when the response is small and ends the connection it is sent and the socket
+closed there, with no transport or protocol at all. Reads: BufferedProtocol on the
+stdlib loop (its plain Protocol allocates a fresh 256 KiB buffer per read), a plain
+Protocol on uvloop (which reads into a buffer of its own).
 
 Good at: the same as select (many idle or slow clients, small keep-alive requests);
-uvloop's C loop and transports cost less per request than select's Python loop
-("small files keep-alive", "new connection per request"). User-space instructions
-per request (callgrind) put uvloop below select below the stdlib loop, with the shared
-core the larger part of each.
+uvloop's C loop and transports cost less per request than select's Python loop.
 Breaks down: CPU-bound work blocks the loop and every client on it ("cpu work");
 one process uses one core (--workers N runs N loops on the listener).
-File bodies: a read-and-write loop by default (READ_CHUNK pread chunks written to the
-transport under its flow control, so memory stays bounded); --file-send sendfile
-uses loop.sendfile (os.sendfile under the stdlib loop, in SENDFILE_SEGMENT steps so
-the write timeout sees progress). uvloop has no loop.sendfile, so with --loop uvloop
-files are always read and written. The read loop is the default for the reason select
-gives: on loopback a client receiving sendfile'd data spends more CPU per byte, and
-the client's core limits the large-file scenario.
-What to send next comes from the shared Outbox (runtime/outbox.py), as in select; when
-the client is gone (a write failed, or connection_lost) not one more step is taken and
-the file is closed.
-Reads: BufferedProtocol on the stdlib loop (its plain Protocol allocates a fresh
-256 KiB buffer per read), a plain Protocol on uvloop (which already reads into a
-buffer of its own).
+File bodies: a read-and-write loop by default (READ_CHUNK chunks written under the
+transport's flow control, so memory stays bounded); --file-send sendfile uses
+loop.sendfile in SENDFILE_SEGMENT steps, so the write timeout sees progress. uvloop
+has no loop.sendfile: with --loop uvloop files are always read and written. Copying is
+the default for the reason select gives (the receiving client's core is the limit on
+loopback, and sendfile'd data costs it more per byte).
 """
 
 from __future__ import annotations
@@ -50,7 +42,7 @@ from typing import Callable
 from ..protocol import HttpConnection, ResponsePlan
 from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
-from .runtime.deadlines import INF, DeadlineBuckets
+from .runtime.deadlines import INF, SweptDeadlines
 from .runtime.io_sizes import RECV_BYTES
 from .runtime.nonblocking import FileSource, deadline_after_read, first_exchange, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
@@ -74,24 +66,7 @@ class Server:
         self.read_buffer = bytearray(RECV_BYTES)
         self.read_view = memoryview(self.read_buffer)
         self.all_closed: asyncio.Future | None = None
-        self.deadlines = DeadlineBuckets()  # checked by one sweep timer, not a timer per connection
-        self.sweep_at = INF  # when the sweep timer fires next
-        self.sweep_timer: asyncio.TimerHandle | None = None
-
-    def sweep_from(self, when: float) -> None:
-        """Run the deadline sweep at when (a bucket time) instead of later."""
-        if self.sweep_timer is not None:
-            self.sweep_timer.cancel()
-        self.sweep_at = when
-        self.sweep_timer = self.loop.call_at(when, self._sweep)
-
-    def _sweep(self) -> None:
-        self.sweep_timer = None
-        self.sweep_at = INF
-        for proto in self.deadlines.pop_due(self.loop.time()):
-            proto._on_deadline()
-        if self.deadlines.next_time() < self.sweep_at:
-            self.sweep_from(self.deadlines.next_time())
+        self.deadlines = SweptDeadlines(loop.call_at, loop.time)
 
     def forget(self, proto: HttpProtocol) -> None:
         self.protocols.discard(proto)
@@ -334,12 +309,9 @@ class HttpProtocol(asyncio.Protocol):
             self._arm()
 
     def _arm(self) -> None:
-        srv = self.srv
-        srv.deadlines.file(self, self.deadline)
-        if self.armed_at < srv.sweep_at:
-            srv.sweep_from(self.armed_at)
+        self.srv.deadlines.arm(self, self.deadline)
 
-    def _on_deadline(self) -> None:
+    def on_deadline(self) -> None:
         now = self.loop.time()
         if self.deadline > now:
             if self.deadline < INF:

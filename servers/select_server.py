@@ -1,21 +1,18 @@
 """select: one thread, non-blocking sockets, an epoll (or poll, or select) loop with timers.
 
-How it works: one thread asks the kernel which sockets are ready (epoll by default;
---selector poll|select) and moves each ready connection's state machine a step:
-recv -> core -> send. A connection is READING (watched for input), WRITING (a response
-did not fit in the socket buffer: watched for output only, so a client that does not
-read is not read either - write back-pressure) or WAITING (the work endpoint's wait:
-not watched at all; a timer resumes it). Every timeout is a deadline on the
+How it works: one thread asks the kernel which sockets are ready (epoll by default,
+used directly with the descriptor as key; --selector poll|select, runtime/pollers.py)
+and moves each ready connection a step: recv -> core -> send. A connection is READING
+(watched for input), WRITING (a response did not fit in the socket buffer: watched for
+output only, so a client that does not read is not read either) or WAITING (the work
+endpoint's wait: not watched; a timer resumes it). Every timeout is a deadline on the
 connection, checked in buckets (runtime/deadlines.py), so the keep-alive fast path
 (one recv, one send) touches no timer and no registration. What to send beyond one
 small response comes from the shared Outbox (runtime/outbox.py).
-Per connection the loop does as little as Python allows: accepted sockets are the
-C-level _socket.socket (the socket.socket wrapper adds a Python __init__, enum
-conversions and a Python close, none of which the loop uses), they inherit
-TCP_NODELAY from the listener, epoll is used directly with the descriptor as key
-(the selectors module wraps each registration and event in Python objects), the core
-creates its HTTP parser only for a head its parse cache does not know, and a small
-response that ends the connection is sent and closed without an Outbox.
+Accepts come in bursts of C-level sockets (runtime/accepting.py), each read once at
+once: a connection that waited in a busy server's listen queue has usually sent its
+request, and when the small response ends the connection it is sent and the socket
+closed before it is ever registered.
 
 Good at: many idle or slow connections for the price of a socket each ("idle
 connections", "slow readers"), and small keep-alive requests, with no thread switch
