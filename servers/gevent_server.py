@@ -187,7 +187,6 @@ class _Server(StreamServer):
 
 def serve(ctx: ServerContext) -> None:
     raise_open_files_limit()  # one descriptor per client, and greenlets make thousands cheap
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     # the Pool tracks every handler so shutdown can wait for them; size None means no cap
     handlers = Pool(ctx.options.get("pool"))
 
@@ -195,7 +194,7 @@ def serve(ctx: ServerContext) -> None:
                rest: bytes | memoryview | None) -> None:
         tune_connection(sock)
         if rest is None:
-            serve_connection(sock, ctx, sleep=gevent.sleep, use_sendfile=use_sendfile, conn=conn, plans=plans)
+            serve_connection(sock, ctx, sleep=gevent.sleep, use_sendfile=ctx.use_sendfile, conn=conn, plans=plans)
             return
         try:  # the last response did not fit in one send
             sock.settimeout(ctx.limits.write_timeout)

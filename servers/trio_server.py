@@ -102,7 +102,7 @@ async def _serve(ctx: ServerContext) -> None:
 
 async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery: trio.Nursery,
                        live: set[_Conversation]) -> None:
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
+    use_sendfile = ctx.use_sendfile
     acceptor = Acceptor(ctx)
     with accepting:
         while not ctx.stopping:

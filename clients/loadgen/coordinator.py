@@ -32,7 +32,7 @@ from .report import LiveLine
 from .server_sampler import ServerSampler
 from .messages import parse_messages, write_message
 from .state import WorkerShare, split
-from .targets import Plan, build_plan, served_url
+from .targets import LoadPlan, build_plan, served_url
 
 if TYPE_CHECKING:
     from ..links import LinkedHosts
@@ -57,7 +57,7 @@ class LoadError(RuntimeError):
 
 
 class _WorkerProcess:
-    def __init__(self, share: WorkerShare, opts: LoadOptions, plan: Plan) -> None:
+    def __init__(self, share: WorkerShare, opts: LoadOptions, plan: LoadPlan) -> None:
         self.share = share
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "serverzoo.clients.loadgen.worker"],
@@ -154,7 +154,7 @@ def run_load(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> dict:
     return doc
 
 
-def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
+def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
     shares = make_shares(opts)
     sampler = None
     if server_pid is not None:
@@ -306,7 +306,8 @@ def _unfinished(results: list[dict], slowest_us: int | None) -> dict:
     ages = sorted(age for r in results for age in r["unfinished_us"])
     return {"count": len(ages), "oldest_us": ages[-1] if ages else None,
             "median_age_us": ages[len(ages) // 2] if ages else None,
-            "longer_than_max": sum(age > (slowest_us or 0) for age in ages)}
+            "longer_than_max": sum(age > (slowest_us or 0) for age in ages),
+            "stalled": sum(age > latency.STALLED_BEYOND_SLOWEST * (slowest_us or 0) for age in ages)}
 
 
 def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
@@ -366,7 +367,7 @@ def _judge_client(opts: LoadOptions, results: list[dict], elapsed: float) -> dic
     }
 
 
-def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: ServerSampler | None,
+def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampler: ServerSampler | None,
                    interrupted: bool = False) -> dict:
     extra = list(opts.percentiles)
     m = _merge_phase(results, "measure", extra)
@@ -462,7 +463,7 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
     return doc
 
 
-def _targets_with_counts(plan: Plan, results: list[dict]) -> list[dict]:
+def _targets_with_counts(plan: LoadPlan, results: list[dict]) -> list[dict]:
     """The mix, with the requests sent to each target in the measured window (for a mix)."""
     targets = plan.describe()
     counts = [r["sent"] for r in results if r["sent"] is not None]
