@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ..protocol import HttpConnection, ResponsePlan
 from .runtime.accepting import Acceptor

@@ -44,20 +44,19 @@ import signal
 
 import gevent
 from gevent import getcurrent
+from gevent._socket3 import _closedsocket
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
-from gevent._socket3 import _closedsocket
 from gevent.socket import socket as GeventSocket
 from gevent.socket import wait_write
 
 from ..protocol import HttpConnection, ResponsePlan
-from .runtime.blocking import serve_connection
 from .runtime.accepting import AcceptBackoff
+from .runtime.blocking import serve_connection
 from .runtime.context import ServerContext
 from .runtime.listener import tune_connection
 from .runtime.nonblocking import first_exchange, raise_open_files_limit
-
 
 _CLOSED = _closedsocket(-1, -1, -1, -1, "closed")  # what a closed gevent socket delegates to
 

@@ -36,15 +36,21 @@ import heapq
 import itertools
 import socket
 import traceback
+from collections.abc import Callable
 from time import monotonic
-from typing import Callable
 
 from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import (deadline_after_read, drain, first_exchange, raise_open_files_limit, refuse,
-                                  signal_wakeup)
+from .runtime.nonblocking import (
+    deadline_after_read,
+    drain,
+    first_exchange,
+    raise_open_files_limit,
+    refuse,
+    signal_wakeup,
+)
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.pollers import Poller
 

@@ -68,9 +68,9 @@ from trio.lowlevel import checkpoint, wait_readable, wait_writable
 from ..protocol import ResponsePlan, cpu_kernel
 from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
-from .runtime.listener import tune_connection
 from .runtime.deadlines import rounded_up
 from .runtime.io_sizes import READ_CHUNK, RECV_BYTES
+from .runtime.listener import tune_connection
 from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, send_final_response
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+; 0 makes every read a plain one

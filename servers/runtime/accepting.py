@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import _socket
 import errno
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .stderr_log import report
 

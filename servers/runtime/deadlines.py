@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 DEADLINE_STEP = 0.25  # seconds between buckets: how late a timeout may fire
 INF = math.inf
@@ -40,7 +41,7 @@ class DeadlineBuckets:
     __slots__ = ("_due", "_times")
 
     def __init__(self) -> None:
-        self._due: dict[float, set] = {}  # bucket time -> connections in it
+        self._due: dict[float, set[Any]] = {}  # bucket time -> connections in it
         self._times: list[float] = []  # heap of the bucket times in _due
 
     def file(self, item: Filed, deadline: float) -> None:
@@ -68,9 +69,9 @@ class DeadlineBuckets:
         """When the earliest bucket comes due (INF if none)."""
         return self._times[0] if self._times else INF
 
-    def pop_due(self, now: float) -> list:
+    def pop_due(self, now: float) -> list[Any]:
         """Every item whose bucket time has come, taken out of its bucket (armed_at INF)."""
-        out: list = []
+        out: list[Any] = []
         times, due = self._times, self._due
         while times and times[0] <= now:
             bucket = due.pop(heapq.heappop(times))

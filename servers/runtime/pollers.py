@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import select
 import selectors
-from typing import Callable
+from collections.abc import Callable
 
 FD_SETSIZE = 1024  # select(2) cannot watch a descriptor at or above this (a fixed-size bitmap)
 
