@@ -44,7 +44,7 @@ from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, SweptDeadlines
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import FileSource, deadline_after_read, first_exchange, raise_open_files_limit
+from .runtime.nonblocking import FileSource, accepted_conversations, deadline_after_read, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.stderr_log import report
 
@@ -364,15 +364,7 @@ def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContex
     make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
 
     def on_readable() -> None:
-        for sock in acceptor.burst():
-            try:
-                http, plans, rest = first_exchange(ctx, sock)
-            except OSError:  # reset already
-                sock.close()
-                continue
-            if rest is not None and not rest:  # answered, and that was its end
-                sock.close()
-                continue
+        for sock, http, plans, rest in accepted_conversations(acceptor, ctx):
             protocol = BufferedHttpProtocol(srv, http)
             make_transport(sock, protocol)
             if plans is not None:

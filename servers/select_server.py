@@ -43,14 +43,8 @@ from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import (
-    deadline_after_read,
-    drain,
-    first_exchange,
-    raise_open_files_limit,
-    refuse,
-    signal_wakeup,
-)
+from .runtime.nonblocking import (accepted_conversations, deadline_after_read, drain, raise_open_files_limit, refuse,
+                                  signal_wakeup)
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.pollers import Poller
 
@@ -156,15 +150,7 @@ class SelectLoop:
         self.accepting = True
 
     def _accept(self) -> None:
-        for sock in self.acceptor.burst():
-            try:
-                http, plans, rest = first_exchange(self.ctx, sock)
-            except OSError:  # reset already
-                sock.close()
-                continue
-            if rest is not None and not rest:  # answered, and that was its end
-                sock.close()
-                continue
+        for sock, http, plans, rest in accepted_conversations(self.acceptor, self.ctx):
             fd = sock.fileno()
             c = Client(sock, fd, http, self.now + self.header_timeout)
             try:

@@ -17,6 +17,7 @@ from typing import Iterator
 
 from ...protocol import FileSlice, HttpConnection, Limits, ResponsePlan
 from ...protocol.responses import HeadWriter
+from .accepting import Acceptor
 from .clock import http_date
 from .context import ServerContext
 from .io_sizes import READ_CHUNK, RECV_BYTES
@@ -94,6 +95,23 @@ def first_exchange(ctx: ServerContext, sock: socket.socket
     except BlockingIOError:
         return http, None, None
     return http, plans, send_final_response(sock, plans)
+
+
+def accepted_conversations(acceptor: Acceptor, ctx: ServerContext) -> Iterator[
+        tuple[socket.socket, HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]]:
+    """One burst of accepts with each connection's first exchange done: connections it
+    answered for good, or found reset, are closed here; the others are yielded with
+    what first_exchange returned, for the model to carry on."""
+    for sock in acceptor.burst():
+        try:
+            http, plans, rest = first_exchange(ctx, sock)
+        except OSError:  # reset already
+            sock.close()
+            continue
+        if rest is not None and not rest:  # answered, and that was its end
+            sock.close()
+            continue
+        yield sock, http, plans, rest
 
 
 def refuse(sock: socket.socket, server_name: str, reason: str) -> None:
