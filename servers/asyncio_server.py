@@ -11,12 +11,14 @@ handle per connection, no timer moved per request. Flow control is the transport
 past its high-water mark it calls pause_writing, and the protocol stops reading that
 client and feeding it file chunks until resume_writing. Shutdown: close the listener,
 close idle connections, give busy ones the grace period.
-The stdlib loop accepts in a reader callback on the listener and hands each socket
-straight to the loop's socket transport (create_server adds a task, a future and a
-getpeername() per connection). Right after accept comes one non-blocking read: a
-connection that waited in a busy server's listen queue has usually sent its request,
-and when the response is small and ends the connection it is sent and the socket
-closed there, with no transport or protocol at all. Reads: BufferedProtocol on the
+The server accepts in a reader callback on the listener. Right after accept comes one
+non-blocking read: a connection that waited in a busy server's listen queue has
+usually sent its request, and when the response is small and ends the connection it
+is sent and the socket closed there, with no transport or protocol at all. Any other
+connection gets its protocol, which handles what was read in connection_made, before
+the transport reads more: on the stdlib loop the loop's socket transport is made at
+once (create_server adds a task, a future and a getpeername() per connection), on
+uvloop connect_accepted_socket makes it. Reads: BufferedProtocol on the
 stdlib loop (its plain Protocol allocates a fresh 256 KiB buffer per read), a plain
 Protocol on uvloop (which reads into a buffer of its own).
 
@@ -92,9 +94,10 @@ class Server:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("srv", "loop", "limits", "transport", "http", "box", "busy", "reading", "eof", "write_paused",
-                 "written", "progress", "deadline", "armed_at", "pending")
+                 "written", "progress", "deadline", "armed_at", "pending", "first")
 
-    def __init__(self, srv: Server, http: HttpConnection | None = None) -> None:
+    def __init__(self, srv: Server, http: HttpConnection | None = None,
+                 first: tuple[list[ResponsePlan], bytes | memoryview | None] | None = None) -> None:
         self.srv = srv
         self.loop = srv.loop
         self.limits = srv.limits
@@ -110,6 +113,7 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = INF
         self.armed_at = INF
         self.pending: asyncio.Handle | asyncio.Task | None = None  # a work wait or a sendfile task
+        self.first = first  # what the accept callback's first exchange left to do (see begin)
 
     # -- the transport's callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -122,6 +126,9 @@ class HttpProtocol(asyncio.Protocol):
         self.srv.protocols.add(self)
         self.deadline = self.loop.time() + self.limits.header_timeout
         self._arm()
+        if self.first is not None:  # before any read: no later request may overtake it
+            self.begin(*self.first)
+            self.first = None
 
     def data_received(self, data: bytes) -> None:
         was_partial = self.http.has_partial_request
@@ -130,8 +137,6 @@ class HttpProtocol(asyncio.Protocol):
     def begin(self, plans: list[ResponsePlan], rest: bytes | memoryview | None) -> None:
         """Carry on a conversation the accept callback began: the plans of its first read,
         or the rest of a last response that did not fit in one send."""
-        if self.transport.is_closing():  # aborted in connection_made (shutdown)
-            return
         if rest is None:
             self._answer(plans, False)
             return
@@ -357,18 +362,20 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         loop.default_exception_handler(context)
 
 
-def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext) -> Callable[[], None]:
+def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext,
+                 protocol_class: type[HttpProtocol]) -> Callable[[], None]:
     """Accept in a reader callback on the listener (see the module docstring); returns the
     call that stops accepting."""
     listener, acceptor = ctx.listener, Acceptor(ctx)
-    make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
+    if protocol_class is BufferedHttpProtocol:  # the stdlib loop: its socket transport, made at once
+        make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
+    else:  # uvloop: a coroutine makes its transport, a task per connection the first exchange did not end
+        def make_transport(sock: object, protocol: HttpProtocol) -> None:
+            loop.create_task(loop.connect_accepted_socket(lambda: protocol, sock))  # type: ignore[arg-type]
 
     def on_readable() -> None:
         for sock, http, plans, rest in accepted_conversations(acceptor, ctx):
-            protocol = BufferedHttpProtocol(srv, http)
-            make_transport(sock, protocol)
-            if plans is not None:
-                loop.call_soon(protocol.begin, plans, rest)  # after connection_made, which the transport scheduled
+            make_transport(sock, protocol_class(srv, http, None if plans is None else (plans, rest)))
         if acceptor.pause:  # out of fds or memory: stop watching the listener a while
             loop.remove_reader(listener.fileno())
             loop.call_later(acceptor.pause, watch)
@@ -399,11 +406,7 @@ async def _serve(ctx: ServerContext, use_sendfile: bool, protocol: type[HttpProt
         loop.add_signal_handler(sig, on_signal)
     if ctx.stopping:  # a signal came before our handlers were in place
         on_signal()
-    if protocol is BufferedHttpProtocol:
-        close_listener = _accept_with(loop, srv, ctx)
-    else:
-        server = await loop.create_server(lambda: protocol(srv), sock=ctx.listener, backlog=ctx.config.backlog)
-        close_listener = server.close
+    close_listener = _accept_with(loop, srv, ctx, protocol)
     await stop
     close_listener()
     ctx.request_shutdown()
