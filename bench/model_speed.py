@@ -48,11 +48,9 @@ class Workload:
 
 
 WORKLOADS = {
-    "keepalive": Workload("keepalive", "/1KiB.bin", 64, False, "rps", True,
-                          {"select": 0.8, "asyncio-uvloop": 0.8, "asyncio": 0.6, "threading": 0.4, "gevent": 0.4,
-                           "trio": 0.35}),
+    "keepalive": Workload("keepalive", "/1KiB.bin", 64, False, "rps", True, {"select": 0.9, "asyncio-uvloop": 0.9}),
     "close": Workload("close", "/1KiB.bin", 64, True, "rps", False,
-                      {"select": 0.8, "asyncio-uvloop": 0.8, "asyncio": 0.8, "gevent": 0.8, "trio": 0.8}),
+                      {"select": 0.8, "asyncio-uvloop": 0.8, "asyncio": 0.6, "gevent": 0.6, "trio": 0.6}),
     "large": Workload("large", "/64MiB.bin", 4, False, "mbps", False,
                       dict.fromkeys(server_names(), 1.0)),
 }

@@ -1,34 +1,37 @@
 """asyncio: asyncio Protocols on the stdlib event loop, or on uvloop with --loop uvloop.
 
-How it works: the loop (a selectors loop in the stdlib, libuv under uvloop) accepts
-and calls back one Protocol object per connection: data_received feeds the core and
-writes the planned responses to the transport. Nothing here is a coroutine on the hot
-path: callbacks are cheaper than a task per connection, and the same shape runs on
-both loops. The work endpoint's wait is a call_later; timeouts are deadlines checked
-by one lazily re-armed call_at per connection. Flow control is the transport's own:
-when its buffer passes the high-water mark it calls pause_writing, and the protocol
-stops reading that client and stops feeding it file chunks until resume_writing.
-Shutdown is loop.add_signal_handler: close the listener, close idle connections, give
-busy ones the grace period.
+How it works: one Protocol object per connection; data_received feeds the core and
+writes the planned responses to the transport. Nothing on the hot path is a coroutine:
+callbacks cost less than a task per connection, and the same shape runs on both loops.
+What to send next comes from the shared Outbox (runtime/outbox.py), as in select; once
+the client is gone (a write failed, or connection_lost) no step is taken and the file
+is closed. The work endpoint's wait is a call_later. Timeouts are deadlines on the
+protocol, filed in buckets that one timer sweeps (runtime/deadlines.py): no timer
+handle per connection, no timer moved per request. Flow control is the transport's:
+past its high-water mark it calls pause_writing, and the protocol stops reading that
+client and feeding it file chunks until resume_writing. Shutdown: close the listener,
+close idle connections, give busy ones the grace period.
+The server accepts in a reader callback on the listener. Right after accept comes one
+non-blocking read: a connection that waited in a busy server's listen queue has
+usually sent its request, and when the response is small and ends the connection it
+is sent and the socket closed there, with no transport or protocol at all. Any other
+connection gets its protocol, which handles what was read in connection_made, before
+the transport reads more: on the stdlib loop the loop's socket transport is made at
+once (create_server adds a task, a future and a getpeername() per connection), on
+uvloop connect_accepted_socket makes it. Reads: BufferedProtocol on the
+stdlib loop (its plain Protocol allocates a fresh 256 KiB buffer per read), a plain
+Protocol on uvloop (which reads into a buffer of its own).
 
 Good at: the same as select (many idle or slow clients, small keep-alive requests);
-uvloop's C loop and transports cost less per request than select's Python loop
-("small files keep-alive", "new connection per request").
+uvloop's C loop and transports cost less per request than select's Python loop.
 Breaks down: CPU-bound work blocks the loop and every client on it ("cpu work");
 one process uses one core (--workers N runs N loops on the listener).
-File bodies: a read-and-write loop by default (READ_CHUNK pread chunks written to the
-transport under its flow control, so memory stays bounded); --file-send sendfile
-uses loop.sendfile (os.sendfile under the stdlib loop, in SENDFILE_SEGMENT steps so
-the write timeout sees progress). uvloop has no loop.sendfile, so with --loop uvloop
-files are always read and written. The read loop is the default for the reason select
-gives: on loopback a client receiving sendfile'd data spends more CPU per byte, and
-the client's core limits the large-file scenario.
-What to send next comes from the shared Outbox (runtime/outbox.py), as in select; when
-the client is gone (a write failed, or connection_lost) not one more step is taken and
-the file is closed.
-Reads: BufferedProtocol on the stdlib loop (its plain Protocol allocates a fresh
-256 KiB buffer per read), a plain Protocol on uvloop (which already reads into a
-buffer of its own).
+File bodies: a read-and-write loop by default (READ_CHUNK chunks written under the
+transport's flow control, so memory stays bounded); --file-send sendfile uses
+loop.sendfile in SENDFILE_SEGMENT steps, so the write timeout sees progress. uvloop
+has no loop.sendfile: with --loop uvloop files are always read and written. Copying is
+the default for the reason select gives (the receiving client's core is the limit on
+loopback, and sendfile'd data costs it more per byte).
 """
 
 from __future__ import annotations
@@ -36,14 +39,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
+from ..protocol import HttpConnection, ResponsePlan
+from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
+from .runtime.deadlines import INF, SweptDeadlines
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
+from .runtime.nonblocking import FileSource, accepted_conversations, deadline_after_read, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.stderr_log import report
 
-INF = float("inf")
 SENDFILE_SEGMENT = 1024 * 1024  # loop.sendfile reports no progress until it returns
 
 
@@ -62,6 +68,7 @@ class Server:
         self.read_buffer = bytearray(RECV_BYTES)
         self.read_view = memoryview(self.read_buffer)
         self.all_closed: asyncio.Future | None = None
+        self.deadlines = SweptDeadlines(loop.call_at, loop.time)
 
     def forget(self, proto: HttpProtocol) -> None:
         self.protocols.discard(proto)
@@ -92,6 +99,7 @@ class HttpProtocol(asyncio.Protocol):
         "busy",
         "deadline",
         "eof",
+        "first",
         "http",
         "limits",
         "loop",
@@ -99,18 +107,18 @@ class HttpProtocol(asyncio.Protocol):
         "progress",
         "reading",
         "srv",
-        "timer",
         "transport",
         "write_paused",
         "written",
     )
 
-    def __init__(self, srv: Server) -> None:
+    def __init__(self, srv: Server, http: HttpConnection | None = None,
+                 first: tuple[list[ResponsePlan], bytes | memoryview | None] | None = None) -> None:
         self.srv = srv
         self.loop = srv.loop
         self.limits = srv.limits
         self.transport: asyncio.Transport | None = None
-        self.http = srv.ctx.new_connection()
+        self.http = http or srv.ctx.new_connection()
         self.box: Outbox | None = None  # made when a response needs more than one write
         self.busy = False  # a response is in progress beyond one plain write
         self.reading = True
@@ -119,9 +127,9 @@ class HttpProtocol(asyncio.Protocol):
         self.written = 0  # bytes handed to the transport; minus what it still buffers = sent
         self.progress = 0  # bytes sent when the current write deadline was set
         self.deadline = INF
-        self.timer: asyncio.TimerHandle | None = None
         self.armed_at = INF
         self.pending: asyncio.Handle | asyncio.Task | None = None  # a work wait or a sendfile task
+        self.first = first  # what the accept callback's first exchange left to do (see begin)
 
     # -- the transport's callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -134,11 +142,26 @@ class HttpProtocol(asyncio.Protocol):
         self.srv.protocols.add(self)
         self.deadline = self.loop.time() + self.limits.header_timeout
         self._arm()
+        if self.first is not None:  # before any read: no later request may overtake it
+            self.begin(*self.first)
+            self.first = None
 
     def data_received(self, data: bytes) -> None:
+        was_partial = self.http.has_partial_request
+        self._answer(self.http.receive(data), was_partial)
+
+    def begin(self, plans: list[ResponsePlan], rest: bytes | memoryview | None) -> None:
+        """Carry on a conversation the accept callback began: the plans of its first read,
+        or the rest of a last response that did not fit in one send."""
+        if rest is None:
+            self._answer(plans, False)
+            return
+        self.written += len(rest)
+        self.transport.write(rest)
+        self._close_when_flushed()
+
+    def _answer(self, plans: list[ResponsePlan], was_partial: bool) -> None:
         http = self.http
-        was_partial = http.has_partial_request
-        plans = http.receive(data)
         if not plans:
             if http.closed:
                 self.transport.close()
@@ -187,9 +210,7 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_soon(self._pump)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.srv.deadlines.remove(self)
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
@@ -309,14 +330,9 @@ class HttpProtocol(asyncio.Protocol):
             self._arm()
 
     def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.armed_at = self.deadline
-        self.timer = self.loop.call_at(self.deadline, self._on_deadline)
+        self.srv.deadlines.arm(self, self.deadline)
 
-    def _on_deadline(self) -> None:
-        self.timer = None
-        self.armed_at = INF
+    def on_deadline(self) -> None:
         now = self.loop.time()
         if self.deadline > now:
             if self.deadline < INF:
@@ -362,6 +378,36 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         loop.default_exception_handler(context)
 
 
+def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext,
+                 protocol_class: type[HttpProtocol]) -> Callable[[], None]:
+    """Accept in a reader callback on the listener (see the module docstring); returns the
+    call that stops accepting."""
+    listener, acceptor = ctx.listener, Acceptor(ctx)
+    if protocol_class is BufferedHttpProtocol:  # the stdlib loop: its socket transport, made at once
+        make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
+    else:  # uvloop: a coroutine makes its transport, a task per connection the first exchange did not end
+        def make_transport(sock: object, protocol: HttpProtocol) -> None:
+            loop.create_task(loop.connect_accepted_socket(lambda: protocol, sock))  # type: ignore[arg-type]
+
+    def on_readable() -> None:
+        for sock, http, plans, rest in accepted_conversations(acceptor, ctx):
+            make_transport(sock, protocol_class(srv, http, None if plans is None else (plans, rest)))
+        if acceptor.pause:  # out of fds or memory: stop watching the listener a while
+            loop.remove_reader(listener.fileno())
+            loop.call_later(acceptor.pause, watch)
+
+    def watch() -> None:
+        if listener.fileno() >= 0:  # not closed by stop() meanwhile
+            loop.add_reader(listener.fileno(), on_readable)
+
+    def stop() -> None:
+        loop.remove_reader(listener.fileno())
+        listener.close()
+
+    watch()
+    return stop
+
+
 async def _serve(ctx: ServerContext, use_sendfile: bool, protocol: type[HttpProtocol]) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_report)
@@ -376,9 +422,9 @@ async def _serve(ctx: ServerContext, use_sendfile: bool, protocol: type[HttpProt
         loop.add_signal_handler(sig, on_signal)
     if ctx.stopping:  # a signal came before our handlers were in place
         on_signal()
-    server = await loop.create_server(lambda: protocol(srv), sock=ctx.listener, backlog=ctx.config.backlog)
+    close_listener = _accept_with(loop, srv, ctx, protocol)
     await stop
-    server.close()
+    close_listener()
     ctx.request_shutdown()
     await srv.drain()
 

@@ -1,21 +1,18 @@
 """select: one thread, non-blocking sockets, an epoll (or poll, or select) loop with timers.
 
-How it works: one thread asks the kernel which sockets are ready (epoll by default;
---selector poll|select) and moves each ready connection's state machine a step:
-recv -> core -> send. A connection is READING (watched for input), WRITING (a response
-did not fit in the socket buffer: watched for output only, so a client that does not
-read is not read either - write back-pressure) or WAITING (the work endpoint's wait:
-not watched at all; a timer resumes it). Every timeout is a deadline on the
+How it works: one thread asks the kernel which sockets are ready (epoll by default,
+used directly with the descriptor as key; --selector poll|select, runtime/pollers.py)
+and moves each ready connection a step: recv -> core -> send. A connection is READING
+(watched for input), WRITING (a response did not fit in the socket buffer: watched for
+output only, so a client that does not read is not read either) or WAITING (the work
+endpoint's wait: not watched; a timer resumes it). Every timeout is a deadline on the
 connection, checked in buckets (runtime/deadlines.py), so the keep-alive fast path
 (one recv, one send) touches no timer and no registration. What to send beyond one
 small response comes from the shared Outbox (runtime/outbox.py).
-Per connection the loop does as little as Python allows: accepted sockets are the
-C-level _socket.socket (the socket.socket wrapper adds a Python __init__, enum
-conversions and a Python close, none of which the loop uses), they inherit
-TCP_NODELAY from the listener, epoll is used directly with the descriptor as key
-(the selectors module wraps each registration and event in Python objects), the core
-creates its HTTP parser only for a head its parse cache does not know, and a small
-response that ends the connection is sent and closed without an Outbox.
+Accepts come in bursts of C-level sockets (runtime/accepting.py), each read once at
+once: a connection that waited in a busy server's listen queue has usually sent its
+request, and when the small response ends the connection it is sent and the socket
+closed before it is ever registered.
 
 Good at: many idle or slow connections for the price of a socket each ("idle
 connections", "slow readers"), and small keep-alive requests, with no thread switch
@@ -37,42 +34,28 @@ from __future__ import annotations
 import _socket
 import heapq
 import itertools
-import select
-import selectors
 import socket
 import traceback
 from collections.abc import Callable
 from time import monotonic
 
-from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import deadline_after_read, drain_fd, raise_open_files_limit, refuse, signal_wakeup
+from .runtime.nonblocking import (
+    accepted_conversations,
+    deadline_after_read,
+    drain_fd,
+    raise_open_files_limit,
+    refuse,
+    signal_wakeup,
+)
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
+from .runtime.pollers import Poller
 
-FD_SETSIZE = 1024  # select(2) cannot watch a descriptor at or above this (a fixed-size bitmap)
 READING, WRITING, WAITING = 0, 1, 2  # what a connection is waiting for
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
-
-
-class Poller:
-    """Descriptors watched for input or output: epoll itself, or a selectors selector
-    (--selector poll|select) behind the same four calls."""
-
-    def __init__(self, kind: str) -> None:
-        if kind == "epoll" and hasattr(select, "epoll"):
-            ep = select.epoll()
-            self.register, self.modify, self.unregister, self.poll, self.close = (
-                ep.register, ep.modify, ep.unregister, ep.poll, ep.close)
-            self.READ, self.WRITE = select.EPOLLIN, select.EPOLLOUT
-            self.fd_ceiling = INF
-            return
-        sel = selectors.SelectSelector() if kind == "select" else selectors.PollSelector()
-        self.register, self.modify, self.unregister, self.close = sel.register, sel.modify, sel.unregister, sel.close
-        self.poll = lambda timeout: [(key.fd, events) for key, events in sel.select(timeout)]
-        self.READ, self.WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-        self.fd_ceiling = FD_SETSIZE if kind == "select" else INF
 
 
 class Client:
@@ -108,10 +91,7 @@ class SelectLoop:
         self.now = monotonic()
         self.stop_at: float | None = None  # the grace deadline, once shutdown began
         self.accepting = False
-        self._backoff = AcceptBackoff()
-        listener = ctx.listener
-        self._accept_raw = listener._accept  # (fd, address), without the socket.socket wrapper
-        self._family, self._type, self._proto = int(listener.family), int(listener.type), listener.proto
+        self.acceptor = Acceptor(ctx)
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -178,37 +158,28 @@ class SelectLoop:
         self.accepting = True
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for sock, http, plans, rest in accepted_conversations(self.acceptor, self.ctx):
+            fd = sock.fileno()
+            c = Client(sock, fd, http, self.now + self.header_timeout)
             try:
-                fd, _ = self._accept_raw()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if self.ctx.stopping:
-                    return
-                pause = self._backoff.pause_after(exc)
-                if pause:  # out of fds or memory: stop watching for a while
-                    self._unwatch_listener()
-                    self._call_at(self.now + pause, lambda _c: self.stop_at or self._listen(), None)
-                    return
+                if fd >= self.poller.fd_ceiling:
+                    raise ValueError(f"descriptor {fd} is beyond select()'s FD_SETSIZE")
+                self.poller.register(fd, self.poller.READ)
+            except (ValueError, OSError) as exc:
+                refuse(sock, self.ctx.server_name, f"server cannot watch more connections ({exc})")
                 continue
-            self._backoff.accepted()
-            self._admit(fd)
-
-    def _admit(self, fd: int) -> None:
-        sock = _socket.socket(self._family, self._type, self._proto, fd)
-        sock.setblocking(False)  # TCP_NODELAY came from the listener (runtime/listener.py)
-        c = Client(sock, fd, self.ctx.new_connection(), self.now + self.header_timeout)
-        try:
-            if fd >= self.poller.fd_ceiling:
-                raise ValueError(f"descriptor {fd} is beyond select()'s FD_SETSIZE")
-            self.poller.register(fd, self.poller.READ)
-        except (ValueError, OSError) as exc:
-            refuse(sock, self.ctx.server_name, f"server cannot watch more connections ({exc})")
-            return
-        self.watched[fd] = c
-        self.clients.add(c)
-        self.deadlines.file(c, c.deadline)
+            self.watched[fd] = c
+            self.clients.add(c)
+            self.deadlines.file(c, c.deadline)
+            if rest:  # the last response did not fit in one send
+                c.out, c.box = rest, Outbox(self.use_sendfile)
+                c.box.close_after = True
+                self._blocked(c)
+            elif plans is not None:
+                self._answer(c, plans, False)
+        if self.acceptor.pause and not self.ctx.stopping:  # out of fds or memory: stop watching for a while
+            self._unwatch_listener()
+            self._call_at(self.now + self.acceptor.pause, lambda _c: self.stop_at or self._listen(), None)
 
     # -- reading -------------------------------------------------------------------
     def _readable(self, c: Client) -> None:
@@ -218,9 +189,11 @@ class SelectLoop:
             return None
         except OSError:
             return self._close(c)
+        was_partial = c.http.has_partial_request
+        self._answer(c, c.http.receive(data), was_partial)
+
+    def _answer(self, c: Client, plans: list, was_partial: bool) -> None:
         http = c.http
-        was_partial = http.has_partial_request
-        plans = http.receive(data)
         if not plans:
             if http.closed:  # EOF
                 return self._close(c)

@@ -20,6 +20,11 @@ collection then walks every idle connection's task, coroutine and scope: pauses 
 enough to dominate the active connections' p99. With rounding the heap stays near one
 entry per connection, full collections become rare, and a timeout fires at most
 DEADLINE_STEP late, never early.
+A connection's first request is read after one scheduler turn, before any cancel scope
+exists: when it has arrived and its response is one send that ends the connection
+(the "new connection per request" pattern), nothing can block, so the task answers
+and closes without a scope, a deadline or an epoll registration. Anything else (no
+request yet, keep-alive, a file, a wait) enters the guarded conversation.
 Accepted sockets are the C-level _socket.socket, which is all this file uses of a
 socket: the socket.socket wrapper adds a Python __init__, enum conversions and a
 Python close to every connection.
@@ -31,8 +36,8 @@ runs when the grace period ends.
 Good at: correctness by construction: every timeout is a scope, no task outlives the
 server, nothing is left running after shutdown. Idle, slow and backend-bound (wait=...)
 clients cost one small task each.
-Breaks down: connection churn: each connection costs a task, a cancel scope and epoll
-registrations, so it trails nginx most on "new connection per request"; and the CPU
+Breaks down: connection churn: each connection still costs a task in the nursery, so
+it trails nginx most on "new connection per request"; and the CPU
 kernel blocks the one thread like any single-threaded loop ("cpu work" scenario;
 --workers N spreads it over cores).
 File bodies: a bounded read-and-send loop (READ_CHUNK steps) by default; its reads come
@@ -61,12 +66,12 @@ import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 from ..protocol import ResponsePlan, cpu_kernel
-from .runtime.accepting import ACCEPT_BATCH, AcceptBackoff
+from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import rounded_up
 from .runtime.io_sizes import READ_CHUNK, RECV_BYTES
 from .runtime.listener import tune_connection
-from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit
+from .runtime.nonblocking import FileSource, deadline_after_read, raise_open_files_limit, send_final_response
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+; 0 makes every read a plain one
 
@@ -101,30 +106,17 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
         # a signal during start-up, before _serve's receiver existed: shutdown has already
         # closed the listener, and this task's first run comes after that
         return
-    listener = ctx.listener
-    listener.setblocking(False)
     use_sendfile = ctx.use_sendfile
-    backoff = AcceptBackoff()
-    accept = listener._accept  # (fd, address): the C-level accept, without the socket.socket wrapper
-    family, type_, proto = int(listener.family), int(listener.type), listener.proto
+    acceptor = Acceptor(ctx)
     with accepting:
-        while True:
-            await wait_readable(listener)
-            for _ in range(ACCEPT_BATCH):  # take a burst of connections per wake-up, but not forever
-                try:
-                    fd, _ = accept()
-                except OSError as exc:
-                    if ctx.stopping:  # woken just before shutdown closed the listener (EBADF): done
-                        return
-                    pause = backoff.pause_after(exc)  # 0: none left, a sibling worker took it, or it was gone
-                    if pause:  # out of fds or memory: wait for some to be freed
-                        await trio.sleep(pause)
-                    break
-                backoff.accepted()
-                sock = _socket.socket(family, type_, proto, fd)  # see the module docstring
-                sock.setblocking(False)
+        while not ctx.stopping:
+            await wait_readable(ctx.listener)
+            header_deadline = rounded_up(trio.current_time() + ctx.limits.header_timeout)  # one clock read per burst
+            for sock in acceptor.burst():
                 tune_connection(sock)
-                nursery.start_soon(_Conversation(ctx, sock, use_sendfile).run, live)
+                nursery.start_soon(_Conversation(ctx, sock, use_sendfile, header_deadline).run, live)
+            if acceptor.pause:  # out of fds or memory: wait for some to be freed
+                await trio.sleep(acceptor.pause)
 
 
 class _Conversation:
@@ -133,13 +125,14 @@ class _Conversation:
     while a send waits, none during the work endpoint's wait. Moving one deadline costs
     less than a scope per call, which matters on the per-request path."""
 
-    __slots__ = ("conn", "ctx", "guard", "idle", "moved", "reading", "sock", "use_sendfile")
+    __slots__ = ("conn", "ctx", "guard", "header_deadline", "idle", "moved", "reading", "sock", "use_sendfile")
 
-    def __init__(self, ctx: ServerContext, sock: _socket.socket, use_sendfile: bool) -> None:
+    def __init__(self, ctx: ServerContext, sock: _socket.socket, use_sendfile: bool, header_deadline: float) -> None:
         self.ctx = ctx
         self.sock = sock
         self.conn = ctx.new_connection()
-        self.guard = trio.CancelScope(deadline=rounded_up(trio.current_time() + ctx.limits.header_timeout))
+        self.header_deadline = header_deadline
+        self.guard: trio.CancelScope | None = None  # made only when the conversation must wait
         self.reading = True  # the guard's deadline is a read deadline (not a write timeout)
         self.idle = False  # waiting for a request to start: shutdown may end the wait
         self.use_sendfile = use_sendfile
@@ -148,14 +141,30 @@ class _Conversation:
     def drain(self) -> None:
         """Shutdown: close at once if idle, else after the response in flight (later ones say close)."""
         self.conn.draining = True
-        if self.idle:
+        if self.idle and self.guard is not None:
             self.guard.cancel()
 
     async def run(self, live: set[_Conversation]) -> None:
         live.add(self)
         try:
+            # one turn for the others first: by the time this task runs the request has
+            # usually arrived, and a request answered in one send that ends the connection
+            # never waits, so it needs no cancel scope and no deadline
+            await checkpoint()
+            try:
+                plans = self.conn.receive(self.sock.recv(RECV_BYTES))
+            except BlockingIOError:
+                plans = None
+            rest = None if plans is None else send_final_response(self.sock, plans)
+            if rest is not None:
+                if rest:  # did not fit in one send: the rest under the write timeout
+                    self.guard = trio.CancelScope(deadline=trio.current_time() + self.ctx.limits.write_timeout)
+                    with self.guard:
+                        await self._send_all(rest)
+                return
+            self.guard = trio.CancelScope(deadline=self.header_deadline)
             with self.guard:
-                await self._serve_requests()
+                await self._serve_requests(plans)
             if self.guard.cancelled_caught and self.reading:
                 late = self.conn.error_for_timeout()  # a 408 if a head was cut off; None if idle
                 if late is not None:
@@ -168,24 +177,30 @@ class _Conversation:
             self.sock.close()
             live.discard(self)
 
-    async def _serve_requests(self) -> None:
+    async def _serve_requests(self, plans: list[ResponsePlan] | None) -> None:
+        """The conversation from its first read on; plans: what that read asked for, None if
+        nothing was read yet."""
         conn, guard, ctx, limits, sock = self.conn, self.guard, self.ctx, self.ctx.limits, self.sock
         deadline = guard.deadline  # the read deadline, kept here too: the property costs a call
-        while not conn.closed:
-            was_partial = conn.has_partial_request
-            if ctx.stopping and not was_partial:
-                return
-            # one turn for the others per request, taken before reading: by the time this
-            # task runs again the client has usually sent its next request, and the recv
-            # below needs no trip through epoll (a deadline, drain or the grace cancels here)
-            await checkpoint()
-            try:
-                data = sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                self.idle = not was_partial
-                data = await self._wait_and_recv()
-                self.idle = False
-            plans = conn.receive(data)
+        was_partial = False
+        while True:
+            if plans is None:
+                if conn.closed:
+                    return
+                was_partial = conn.has_partial_request
+                if ctx.stopping and not was_partial:
+                    return
+                # one turn for the others per request, taken before reading: by the time this
+                # task runs again the client has usually sent its next request, and the recv
+                # below needs no trip through epoll (a deadline, drain or the grace cancels here)
+                await checkpoint()
+                try:
+                    data = sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    self.idle = not was_partial
+                    data = await self._wait_and_recv()
+                    self.idle = False
+                plans = conn.receive(data)
             if plans:
                 self.reading = False
                 self.moved = False
@@ -199,11 +214,13 @@ class _Conversation:
                     if not await self._send_plan(plan):
                         return
                 self.reading = True
-            new = rounded_up(deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(),
-                                                  limits))
-            if new != deadline or self.moved:
-                guard.deadline = deadline = new
-                self.moved = False
+            if not conn.closed:  # a deadline move costs trio a context manager: none for a closing connection
+                new = rounded_up(deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(),
+                                                      limits))
+                if new != deadline or self.moved:
+                    guard.deadline = deadline = new
+                    self.moved = False
+            plans = None
 
     async def _wait_and_recv(self) -> bytes:
         while True:

@@ -11,9 +11,15 @@ sets are the ones trio's serve_listeners uses.
 
 from __future__ import annotations
 
+import _socket
 import errno
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .stderr_log import report
+
+if TYPE_CHECKING:
+    from .context import ServerContext  # context.py imports this module
 
 # accept() errors that mean "out of a resource for now": back off and try again rather than die
 ACCEPT_BACKOFF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -45,3 +51,39 @@ class AcceptBackoff:
 
     def accepted(self) -> None:
         self.delay = 0.0
+
+
+class Acceptor:
+    """An event loop's accepts: each readiness of the non-blocking listener takes up to
+    ACCEPT_BATCH connections, as non-blocking C-level sockets (the socket.socket wrapper
+    adds a Python __init__, enum conversions and a Python close per connection, none of
+    which the loops use; TCP_NODELAY comes from the listener, see runtime/listener.py).
+    After a burst, pause says how long to stop watching the listener (0.0: keep on)."""
+
+    __slots__ = ("_accept", "_ctx", "_family", "_proto", "_type", "backoff", "pause")
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+        listener = ctx.listener
+        listener.setblocking(False)
+        self._accept = listener._accept  # type: ignore[attr-defined]  # (fd, address), no wrapper
+        self._family, self._type, self._proto = int(listener.family), int(listener.type), listener.proto
+        self.backoff = AcceptBackoff()
+        self.pause = 0.0
+
+    def burst(self) -> Iterator[_socket.socket]:
+        self.pause = 0.0
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _ = self._accept()
+            except OSError as exc:
+                if self._ctx.stopping:  # shutdown shut the listener down under us: done
+                    return
+                self.pause = self.backoff.pause_after(exc)  # re-raises what is neither skip nor back-off
+                if self.pause or isinstance(exc, BlockingIOError):
+                    return
+                continue
+            self.backoff.accepted()
+            sock = _socket.socket(self._family, self._type, self._proto, fd)
+            sock.setblocking(False)
+            yield sock

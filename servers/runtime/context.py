@@ -155,6 +155,7 @@ class ConnectionTracker:
         self._idle_changed = threading.Condition(self._lock)
         self._live: dict[socket.socket, list[Any]] = {}  # sock -> [conn, idle]
         self._draining = False
+        self._waiters = 0  # threads in wait_closed: only then does remove() notify
 
     def add(self, sock: socket.socket, conn: HttpConnection) -> list[Any]:
         """Track a connection until remove(sock); returns its [conn, idle] state to update.
@@ -172,7 +173,8 @@ class ConnectionTracker:
     def remove(self, sock: socket.socket) -> None:
         with self._lock:
             self._live.pop(sock, None)
-            self._idle_changed.notify_all()
+            if self._waiters:
+                self._idle_changed.notify_all()
 
     def drain(self) -> None:
         """Mark every connection to close after its response; wake the idle ones now.
@@ -196,11 +198,15 @@ class ConnectionTracker:
         """Wait until no connection is live; False if some were still busy at the deadline."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._live:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle_changed.wait(left)
+            self._waiters += 1
+            try:
+                while self._live:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._idle_changed.wait(left)
+            finally:
+                self._waiters -= 1
         return True
 
     def __len__(self) -> int:

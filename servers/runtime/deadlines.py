@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 DEADLINE_STEP = 0.25  # seconds between buckets: how late a timeout may fire
@@ -84,3 +85,45 @@ class DeadlineBuckets(Generic[F]):
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._due.values())
+
+
+class Swept(Filed, Protocol):
+    def on_deadline(self) -> None: ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class SweptDeadlines(DeadlineBuckets[Swept]):
+    """Buckets for a loop that runs callbacks (asyncio): one timer, set for the earliest
+    bucket, calls on_deadline() of every item in a bucket that comes due. A connection
+    then costs no timer of its own, and a moved deadline moves no timer."""
+
+    __slots__ = ("_call_at", "_time", "_timer", "_timer_at")
+
+    def __init__(self, call_at: Callable[[float, Callable[[], None]], Cancellable], time: Callable[[], float]) -> None:
+        super().__init__()
+        self._call_at = call_at  # the loop's call_at(when, callback)
+        self._time = time  # the loop's clock
+        self._timer: Cancellable | None = None
+        self._timer_at = INF
+
+    def arm(self, item: Swept, deadline: float) -> None:
+        """File item at deadline, and make sure the timer comes by then."""
+        self.file(item, deadline)
+        if item.armed_at < self._timer_at:
+            self._set_timer(item.armed_at)
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer, self._timer_at = None, INF
+        for item in self.pop_due(self._time()):
+            item.on_deadline()
+        if self.next_time() < self._timer_at:
+            self._set_timer(self.next_time())

@@ -8,6 +8,7 @@ the loop files (select, asyncio) show only how they wait.
 
 from __future__ import annotations
 
+import _socket  # accepted sockets are the C-level type (runtime/accepting.py)
 import os
 import resource
 import signal
@@ -15,9 +16,11 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ...protocol import FileSlice, HttpConnection, Limits
+from ...protocol import FileSlice, HttpConnection, Limits, ResponsePlan
 from ...protocol.responses import HeadWriter
+from .accepting import Acceptor
 from .clock import http_date
+from .context import ServerContext
 from .io_sizes import READ_CHUNK, RECV_BYTES
 from .sendfile import open_slice
 
@@ -53,6 +56,65 @@ def deadline_after_read(http: HttpConnection, was_partial: bool, had_plans: bool
     return now + limits.keepalive_timeout
 
 
+def send_final_response(sock: _socket.socket, plans: list[ResponsePlan]) -> bytes | memoryview | None:
+    """Answer a connection's request at once when its answer is also its end.
+
+    When plans are one response held in memory (no file body, no work) that closes the
+    connection, send it on the non-blocking sock and return what did not fit: b"" nearly
+    always, a fresh socket's buffer takes a small response whole; the caller sends the
+    rest its own way, then closes. None for anything else, and then nothing was sent.
+    This is the whole life of a connection that sends one request with Connection: close
+    into a busy server, so a model can serve it without setting up anything more.
+    """
+    if len(plans) != 1:
+        return None
+    plan = plans[0]
+    if not plan.close or plan.file is not None or plan.work is not None:
+        return None
+    out = plan.head + plan.body if plan.body else plan.head
+    try:
+        sent = sock.send(out)
+    except BlockingIOError:
+        sent = 0
+    return memoryview(out)[sent:] if sent < len(out) else b""
+
+
+def first_exchange(ctx: ServerContext, sock: _socket.socket
+                   ) -> tuple[HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]:
+    """A new connection's first read, right after accept, and its answer if that ends it.
+
+    A busy server accepts connections that waited in its listen queue, so their first
+    request is usually here already; when its response is also the connection's end,
+    the model can answer it and close without setting anything else up. Returns the
+    core, the plans of what was read (None: nothing yet) and what send_final_response
+    returned (None: the conversation goes on; b"": answered, close the socket). Raises
+    OSError if the client is already gone.
+    """
+    http = ctx.new_connection()
+    try:
+        plans = http.receive(sock.recv(RECV_BYTES))
+    except BlockingIOError:
+        return http, None, None
+    return http, plans, send_final_response(sock, plans)
+
+
+def accepted_conversations(acceptor: Acceptor, ctx: ServerContext) -> Iterator[
+        tuple[_socket.socket, HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]]:
+    """One burst of accepts with each connection's first exchange done: connections it
+    answered for good, or found reset, are closed here; the others are yielded with
+    what first_exchange returned, for the model to carry on."""
+    for sock in acceptor.burst():
+        try:
+            http, plans, rest = first_exchange(ctx, sock)
+        except OSError:  # reset already
+            sock.close()
+            continue
+        if rest is not None and not rest:  # answered, and that was its end
+            sock.close()
+            continue
+        yield sock, http, plans, rest
+
+
 def refuse(sock: socket.socket, server_name: str, reason: str) -> None:
     """Answer 503 to a connection the loop cannot take, and close it: best effort, never blocking."""
     plan = HeadWriter(server_name, http_date).error(503, reason, close=True)
@@ -71,7 +133,7 @@ def refuse(sock: socket.socket, server_name: str, reason: str) -> None:
 def signal_wakeup() -> Iterator[socket.socket]:
     """A socket that becomes readable when a signal arrives (signal.set_wakeup_fd), for a
     loop that waits in select(): the runtime's handlers only set ctx.stopping, and the
-    byte on this socket wakes the loop so it sees that at once. Read it with drain()."""
+    byte on this socket wakes the loop so it sees that at once. Read it with drain_fd()."""
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
