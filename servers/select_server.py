@@ -46,13 +46,12 @@ from .runtime.io_sizes import RECV_BYTES
 from .runtime.nonblocking import (
     accepted_conversations,
     deadline_after_read,
-    drain_fd,
     raise_open_files_limit,
     refuse,
-    signal_wakeup,
 )
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
 from .runtime.pollers import Poller
+from .runtime.wakeup import drain_fd, signal_wakeup
 
 READING, WRITING, WAITING = 0, 1, 2  # what a connection is waiting for
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)

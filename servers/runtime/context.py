@@ -19,7 +19,7 @@ from .. import get_model
 from .accepting import AcceptBackoff
 from .clock import http_date
 from .listener import tune_connection
-from .nonblocking import drain_fd, signal_wakeup
+from .wakeup import drain_fd, signal_wakeup
 
 
 @dataclass

@@ -11,10 +11,8 @@ from __future__ import annotations
 import _socket  # accepted sockets are the C-level type (runtime/accepting.py)
 import os
 import resource
-import signal
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ...protocol import FileSlice, HttpConnection, Limits, ResponsePlan
 from ...protocol.responses import HeadWriter
@@ -127,32 +125,6 @@ def refuse(sock: socket.socket, server_name: str, reason: str) -> None:
     except OSError:
         pass
     sock.close()
-
-
-@contextmanager
-def signal_wakeup() -> Iterator[socket.socket]:
-    """A socket that becomes readable when a signal arrives (signal.set_wakeup_fd), for a
-    loop that waits in select(): the runtime's handlers only set ctx.stopping, and the
-    byte on this socket wakes the loop so it sees that at once. Read it with drain_fd()."""
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    previous = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    try:
-        yield wake_r
-    finally:
-        signal.set_wakeup_fd(previous)
-        wake_r.close()
-        wake_w.close()
-
-
-def drain_fd(fd: int) -> None:
-    """Read and forget whatever a non-blocking descriptor (a wake-up pipe or socket) holds."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except OSError:
-        pass
 
 
 class FileSource:
