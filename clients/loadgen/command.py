@@ -13,6 +13,7 @@ import click
 from ..links.cli_support import EXIT_NO_LINK, link_options
 from .corpus import DEFAULT_SIZES, CorpusError, parse_size
 from .options import ARRIVALS, CONN_MODES, LOOPS, LoadOptions, OptionError, parse_cpu_list, parse_duration
+from .slo import exit_status, parse_goals, slo_text
 
 if TYPE_CHECKING:
     from .cluster import ClusterOptions
@@ -74,7 +75,20 @@ class _LoopbackCount(click.ParamType):
             self.fail(f"not a count of addresses: {value!r} (a number, or all)", param, ctx)
 
 
-DURATION, CPUS, SIZE, LOOPBACK_COUNT = _Duration(), _CpuList(), _Size(), _LoopbackCount()
+class _Goal(click.ParamType):
+    name = "GOAL"
+
+    def convert(self, value, param, ctx):
+        from .slo import SloError, parse_goal
+
+        try:
+            return parse_goal(value).text
+        except SloError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION, CPUS, SIZE, LOOPBACK_COUNT, GOAL = _Duration(), _CpuList(), _Size(), _LoopbackCount(), _Goal()
+EXIT_SLO = 5  # a --slo goal was not met
 
 EPILOG = """\b
 Examples:
@@ -92,7 +106,9 @@ that server and the generator on the two ends of an emulated link (`serverzoo ne
 \b
 Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad settings or a
 server that did not start, 3 when the --link cannot be built here, 4 when the --cluster
-cannot be reached or lost a worker mid-run (then the --json result is written, marked partial).
+cannot be reached or lost a worker mid-run (then the --json result is written, marked partial),
+5 when a --slo goal was not met (before 1: with an errors goal, failed requests within it
+are not an error).
 """
 
 
@@ -160,6 +176,14 @@ cannot be reached or lost a worker mid-run (then the --json result is written, m
               help="How many Dask workers generate (those with resource client=1 if any has it). [all]")
 @click.option("--cluster-timeout", type=DURATION, default=10, show_default=True,
               help="How long to try reaching the --cluster scheduler.")
+# -- service-level goals and the capacity search (docs/capacity.md) --
+@click.option("--slo", "slos", type=GOAL, multiple=True,
+              help="A goal checked at the end (repeatable): p99<10ms, p99.9<=50ms, errors<0.1%, rps>5000. "
+                   "Exit status 5 when one is not met; the JSON says each goal's measure and margin.")
+@click.option("--abort-on-fail", is_flag=True,
+              help="Stop as soon as a --slo goal can no longer be met, whatever the rest of the run brings "
+                   "(needs -R or -n: a bound on the responses still to come).")
+# -- end of the goals' options --
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the result document (- for stdout).")
 @click.option("--live/--quiet", default=None, help="Live status line. [on when stderr is a terminal]")
 def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, server_args: str | None,
@@ -177,10 +201,10 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     from . import LoadError, run_load
     from .cluster import ClusterOptions
     from .coordinator import check_options
-    from .report import summary_text
 
     kwargs["headers"] = list(kwargs["headers"])
     kwargs["percentiles"] = list(kwargs["percentiles"])
+    kwargs["slos"] = list(kwargs["slos"])
     if live is None:
         live = sys.stderr.isatty()
     try:
@@ -199,31 +223,50 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
         _fail(str(exc), 2)
     except (LinkUnavailable, ProfileError) as exc:
         _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
-    _emit(doc, summary_text(doc), json_path)
-    sys.exit(1 if doc["errors"]["total"] else 0)
+    _emit(doc, _summary(doc), json_path)
+    sys.exit(exit_status(doc, EXIT_SLO))
+
+
+def _summary(doc: dict, extra: str = "") -> str:
+    """The run's summary, its cluster part if any, and the goals' verdicts if any were given."""
+    from .report import summary_text
+
+    parts = [summary_text(doc), extra] + ([slo_text(doc["slo"])] if doc.get("slo") else [])
+    return "\n".join(p for p in parts if p)
 
 
 def _load_on_cluster(opts: LoadOptions, cluster: "ClusterOptions", json_path: str | None) -> NoReturn:
     from .cluster import EXIT_CLUSTER, ClusterError, ClusterPartial, cluster_text, run_cluster_load
     from .coordinator import LoadError
-    from .report import summary_text
 
     from distributed.utils import silence_logging_cmgr
 
+    if opts.abort_on_fail:
+        _fail("--abort-on-fail watches the workers of one machine; it is not available with --cluster", 2)
     try:
         with silence_logging_cmgr(logging.CRITICAL):  # Dask's own reports of a fault: our one line says it
             doc = run_cluster_load(opts, cluster)
     except ClusterPartial as exc:
         if exc.document is None:
             _fail(f"{exc}; nothing was measured", EXIT_CLUSTER)
-        _emit(exc.document, summary_text(exc.document) + "\n" + cluster_text(exc.document), json_path)
+        _add_goals(exc.document, opts)
+        _emit(exc.document, _summary(exc.document, cluster_text(exc.document)), json_path)
         _fail(f"{exc}; the result covers the other workers and is marked partial", EXIT_CLUSTER)
     except ClusterError as exc:
         _fail(str(exc), EXIT_CLUSTER)
     except (OptionError, LoadError) as exc:
         _fail(str(exc), 2)
-    _emit(doc, summary_text(doc) + "\n" + cluster_text(doc), json_path)
-    sys.exit(1 if doc["errors"]["total"] else 0)
+    _add_goals(doc, opts)
+    _emit(doc, _summary(doc, cluster_text(doc)), json_path)
+    sys.exit(exit_status(doc, EXIT_SLO))
+
+
+def _add_goals(doc: dict, opts: LoadOptions) -> None:
+    """A cluster run's goals, checked on its merged result (it has no --abort-on-fail)."""
+    from .coordinator import add_slo_section
+
+    if opts.slos:
+        add_slo_section(doc, parse_goals(opts.slos), None)
 
 
 def _emit(doc: dict, text: str, json_path: str | None) -> None:

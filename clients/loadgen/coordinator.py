@@ -30,6 +30,8 @@ from .options import LoadOptions, OptionError
 from .ports import explain_no_local_port
 from .report import LiveLine
 from .server_sampler import ServerSampler
+from .slo import parse_goals, slo_section
+from .slo_watch import Watch
 from .messages import parse_messages, write_message
 from .state import WorkerShare, split
 from .targets import Plan, build_plan, served_url
@@ -163,6 +165,7 @@ def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
         except psutil.Error as exc:
             raise OptionError(f"cannot watch --server-pid {server_pid}: {exc}") from None
     live = LiveLine(sys.stderr) if opts.live else None
+    watch = Watch(parse_goals(opts.slos), opts.measured_duration) if opts.abort_on_fail else None
     workers = [_WorkerProcess(s, opts, plan) for s in shares]
     try:
         _wait_ready(workers)
@@ -174,13 +177,24 @@ def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
             sampler.sample()
         for w in workers:
             w.send(("start", start_ns))
-        interrupted = _collect(workers, opts, sampler, live, measure_ns)
+        interrupted = _collect(workers, opts, sampler, live, measure_ns, watch)
     finally:
         for w in workers:
             w.finish()
         if live:
             live.clear()
-    return build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
+    doc = build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
+    if opts.slos:
+        add_slo_section(doc, parse_goals(opts.slos), watch.lost if watch else None)
+    return doc
+
+
+def add_slo_section(doc: dict, goals: list, lost: dict | None) -> None:
+    """The result's "slo" entry (slo.slo_section), and a warning when a lost goal ended the run."""
+    doc["slo"] = slo_section(goals, doc, lost)
+    if lost is not None:
+        doc["warnings"].append(f"stopped early ({lost['at_s']:g} s into the measured window): "
+                               f"{lost['goal']} could no longer be met: {lost['reason']}")
 
 
 def _wait_ready(workers: list[_WorkerProcess]) -> None:
@@ -217,8 +231,9 @@ def _handle(w: _WorkerProcess, msg: tuple) -> None:
 
 
 def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
-             live, measure_ns: int) -> bool:
-    """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short."""
+             live, measure_ns: int, watch: Watch | None = None) -> bool:
+    """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short.
+    With a watch (--abort-on-fail), the workers are stopped once it proves a goal lost."""
     interval_ns = int(opts.sample_interval_s * 1e9)
     next_sample = measure_ns
     stopping = False
@@ -246,6 +261,10 @@ def _collect(workers: list[_WorkerProcess], opts: LoadOptions, sampler: ServerSa
                         next_sample = monotonic_ns() + interval_ns
                 if live and events:
                     live.update([w.last_tick for w in workers], measure_ns)
+                if watch and events and watch.update([w.last_tick for w in workers],
+                                                     (monotonic_ns() - measure_ns) / 1e9):
+                    for w in workers:
+                        w.send(("stop",))
                 _check_alive(workers)
             except KeyboardInterrupt:
                 if stopping:

@@ -26,6 +26,8 @@ from .drivers import ClosedLoopDriver, OpenLoopDriver
 from .fresh_connections import FreshConnectionClients
 from .messages import read_message, write_message
 from .options import LoadOptions
+from .slo import parse_goals
+from .slo_watch import Tally, violation_limits
 from .state import Run, WorkerShare, is_uvloop
 from .targets import Plan
 from .verification import preload_references
@@ -61,6 +63,7 @@ class Worker:
         self.adversaries: list = []
         self.adversary_stats: dict = {}
         self.ticks_sent = 0
+        self.tally = Tally(violation_limits(parse_goals(opts.slos))) if opts.abort_on_fail else None
 
     def _on_loop_error(self, loop, context: dict) -> None:
         """An exception escaped a callback: a bug in the generator. Stop rather than report a lie."""
@@ -203,9 +206,27 @@ class Worker:
         if self.opts.live and p.lat:
             tail = sorted(p.lat[-20000:])
             p99 = tail[min(len(tail) - 1, int(len(tail) * 0.99))]
-        write_message(self.out_fd, ("tick", {"phase": p.name, "completed": done, "errors": errors, "p99_us": p99,
-                                             "ns": monotonic_ns()}))
+        tick = {"phase": p.name, "completed": done, "errors": errors, "p99_us": p99, "ns": monotonic_ns()}
+        if self.tally is not None:
+            tick["slo"] = self._slo_progress()
+        write_message(self.out_fd, ("tick", tick))
         self._at(when_ns + 1_000_000_000, self._tick, when_ns + 1_000_000_000)
+
+    def _slo_progress(self) -> dict:
+        """--abort-on-fail: this share's measured window so far, and the most outcomes it can
+        still bring (slo_watch says how the coordinator proves a goal lost from these)."""
+        run, m = self.run, self.run.phases["measure"]
+        assert self.tally is not None
+        beyond = self.tally.update(m.lat)
+        remaining = None
+        if run.phase is m:
+            if self.share.requests is not None:
+                remaining = self.share.requests - len(m.lat) - m.error_count
+            elif run.open_loop:
+                end_ns = m.start_ns + int(self.opts.measured_duration * 1e9)
+                remaining = (sum(len(d.owed_since()) for d in run.drivers)
+                             + sum(d.arrivals_before(end_ns) for d in run.drivers))
+        return {"responses": len(m.lat), "errors": m.error_count, "violations": beyond, "remaining": remaining}
 
     def _on_stop_message(self, fd: int) -> None:
         try:
