@@ -221,13 +221,9 @@ def slo_section(goals: list[Goal], doc: dict, aborted: dict | None = None) -> di
 
 
 def slo_text(section: dict) -> str:
-    """The summary's lines for the goals: one per goal, and what stopped the run if anything did."""
+    """The summary's lines for the goals, one per goal (an early stop is among the warnings)."""
     lines = [f"SLO {'met' if section['passed'] else 'NOT MET'}:"]
     lines += [f"  {c['verdict']}" for c in section["goals"]]
-    lost = section.get("aborted")
-    if lost:
-        lines.append(f"  stopped early, {lost['at_s']:g} s into the measured window: {lost['goal']} could no "
-                     f"longer be met ({lost['reason']})")
     return "\n".join(lines)
 
 

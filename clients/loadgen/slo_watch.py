@@ -106,9 +106,10 @@ def _latency_lost(goal: Goal, p: Progress, beyond: int) -> str | None:
     allowed = most - target_rank(goal.percentile, most)  # responses that may lie above the rank
     if beyond <= allowed or beyond == 0:
         return None
-    edge = "at or beyond" if goal.strict else "beyond"
-    return (f"{beyond} responses already took {edge} {format_value(goal, goal.limit)}; "
-            f"the window can hold at most {most} responses, and its {goal.key} would still be one of them")
+    limit = format_value(goal, goal.limit)
+    took = f"{limit} or more" if goal.strict else f"more than {limit}"
+    return (f"{beyond} responses already took {took}; the window holds at most {most} responses, "
+            f"of which no more than {allowed} may lie beyond its {goal.key}")
 
 
 def _errors_lost(goal: Goal, p: Progress) -> str | None:
