@@ -16,6 +16,8 @@ import selectors
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import monotonic_ns
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,7 @@ from .targets import Plan, build_plan, served_url
 
 if TYPE_CHECKING:
     from ..links import LinkedHosts
+    from .serving import ServedRun
 
 SCHEMA = "serverzoo.load/1"
 READY_TIMEOUT_S = 30.0
@@ -137,23 +140,49 @@ def run_load(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> dict:
     server does not start, LinkUnavailable or ProfileError when opts.link cannot be built.
     Ctrl-C (KeyboardInterrupt) ends the measured window early; the result covers what ran.
     """
+    with load_session(opts, hosts) as session:
+        doc = session.measure(opts)
+    if session.served is not None:  # recorded once it has stopped: its exit is part of the record
+        doc["url"] = served_url(opts.url, session.served.url)
+        session.served.add_to(doc)
+    return doc
+
+
+class LoadSession:
+    """Runs against one server: the --serve server (started once for all of them), or the URL's."""
+
+    def __init__(self, plan: Plan, server_pid: int | None, served: "ServedRun | None") -> None:
+        self.plan = plan
+        self.server_pid = server_pid
+        self.served = served
+
+    def measure(self, opts: LoadOptions) -> dict:
+        """One run of opts (same targets and server as the session's; rate, duration, phases and
+        goals may differ) and its result document."""
+        opts.validate()
+        if self.served is None:
+            return _measure(opts, self.plan, self.server_pid)
+        with self.served.client_side():  # the worker processes are forked here: on the link's client host
+            return _measure(opts, self.plan, self.served.pid)
+
+
+@contextmanager
+def load_session(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> Iterator[LoadSession]:
+    """A LoadSession for opts' targets and server, as run_load describes; with opts.serve the
+    server is stopped when the block ends."""
     if opts.serve is None:
         opts.validate()
         if hosts is not None:
             raise OptionError("a link needs a server started on its server host: set serve (--serve MODEL)")
-        return _measure(opts, build_plan(opts), opts.server_pid)
+        yield LoadSession(build_plan(opts), opts.server_pid, None)
+        return
     check_options(opts)  # the workload's own mistakes are reported before a server or a link is started
     from .serving import ServerNotStarted, served
     try:
         with served(opts, hosts) as run:
-            plan = build_plan(opts, run.url)
-            with run.client_side():  # the worker processes are forked here: on the link's client host
-                doc = _measure(opts, plan, run.pid)
+            yield LoadSession(build_plan(opts, run.url), run.pid, run)
     except ServerNotStarted as exc:
         raise LoadError(str(exc), exc.details) from None
-    doc["url"] = served_url(opts.url, run.url)
-    run.add_to(doc)
-    return doc
 
 
 def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
