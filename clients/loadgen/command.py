@@ -16,6 +16,7 @@ from .options import ARRIVALS, CONN_MODES, LOOPS, LoadOptions, OptionError, pars
 from .slo import exit_status, parse_goals, slo_text
 
 if TYPE_CHECKING:
+    from .capacity import SearchSettings
     from .cluster import ClusterOptions
 
 
@@ -108,7 +109,7 @@ Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad setti
 server that did not start, 3 when the --link cannot be built here, 4 when the --cluster
 cannot be reached or lost a worker mid-run (then the --json result is written, marked partial),
 5 when a --slo goal was not met (before 1: with an errors goal, failed requests within it
-are not an error).
+are not an error), or when --find-capacity found no rate at which every goal held.
 """
 
 
@@ -183,11 +184,23 @@ are not an error).
 @click.option("--abort-on-fail", is_flag=True,
               help="Stop as soon as a --slo goal can no longer be met, whatever the rest of the run brings "
                    "(needs -R or -n: a bound on the responses still to come).")
+@click.option("--find-capacity", is_flag=True,
+              help="Search the open-loop rate for the highest one at which every --slo goal holds and the rate "
+                   "is achieved: grow x2, then bisect; print the latency-against-load curve it walked. -d and "
+                   "--warmup set each step's shortest window and warm-up.")
+@click.option("--search-start", type=float, help="First rate of the search, req/s. [-R, or 100]")
+@click.option("--search-resolution", type=float, default=0.05, show_default=True,
+              help="Stop bisecting when the failing rate is within this fraction of the holding one.")
+@click.option("--search-steps", type=int, default=20, show_default=True, help="At most this many steps.")
+@click.option("--search-time", type=DURATION, default="3m", show_default=True,
+              help="The search ends before this much time has passed (a step that would not fit is not run).")
 # -- end of the goals' options --
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the result document (- for stdout).")
 @click.option("--live/--quiet", default=None, help="Live status line. [on when stderr is a terminal]")
 def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, server_args: str | None,
-                 cluster: str | None, cluster_workers: int | None, cluster_timeout: float, **kwargs) -> None:
+                 cluster: str | None, cluster_workers: int | None, cluster_timeout: float,
+                 find_capacity: bool, search_start: float | None, search_resolution: float, search_steps: int,
+                 search_time: float, **kwargs) -> None:
     """Load URL's server (or, with --serve, one started for the run) with HTTP/1.1 requests
     and report throughput, latency and errors.
 
@@ -200,6 +213,7 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     from ..links.profiles import ProfileError
     from . import LoadError, run_load
     from .cluster import ClusterOptions
+    from .capacity import SearchSettings
     from .coordinator import check_options
 
     kwargs["headers"] = list(kwargs["headers"])
@@ -212,6 +226,12 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     except ValueError as exc:
         _fail(f"--server-args {server_args!r}: {exc}", 2)
     opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, server_args=extra, **kwargs)
+    if find_capacity:
+        if cluster is not None:
+            _fail("--find-capacity runs its steps from this machine; it is not available with --cluster", 2)
+        settings = SearchSettings(start=search_start or opts.rate or 100.0, resolution=search_resolution,
+                                  max_steps=search_steps, max_time_s=search_time)
+        _search_capacity(opts, settings, json_path)
     if cluster is not None:
         _load_on_cluster(opts, ClusterOptions(cluster, cluster_workers, cluster_timeout), json_path)
     if cluster_workers is not None:
@@ -225,6 +245,32 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
         _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
     _emit(doc, _summary(doc), json_path)
     sys.exit(exit_status(doc, EXIT_SLO))
+
+
+def _search_capacity(opts: LoadOptions, settings: "SearchSettings", json_path: str | None) -> NoReturn:
+    from ..links import LinkUnavailable
+    from ..links.profiles import ProfileError
+    from . import LoadError
+    from .capacity import capacity_text, find_capacity
+    from .coordinator import check_options
+    from .report import fmt_us
+
+    def progress(row: dict) -> None:
+        if opts.live:
+            held = "held" if row["held"] else "did not hold"
+            click.echo(f"  step {row['step']}: {row['target_rate']:g} req/s, p99 {fmt_us(row['latency_us']['p99'])}, "
+                       f"{held}", err=True)
+
+    opts.rate = settings.start  # what the checks below see; each step sets its own
+    try:
+        check_options(opts)
+        doc = find_capacity(opts, settings, progress)
+    except (OptionError, LoadError) as exc:
+        _fail(str(exc), 2)
+    except (LinkUnavailable, ProfileError) as exc:
+        _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
+    _emit(doc, capacity_text(doc), json_path)
+    sys.exit(0 if doc["capacity_rps"] is not None else EXIT_SLO)
 
 
 def _summary(doc: dict, extra: str = "") -> str:
