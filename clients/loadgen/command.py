@@ -213,7 +213,7 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     from ..links.profiles import ProfileError
     from . import LoadError, run_load
     from .cluster import ClusterOptions
-    from .capacity import SearchSettings
+    from .capacity import MIN_STEP_S, MIN_WARMUP_S, SearchSettings
     from .coordinator import check_options
 
     kwargs["headers"] = list(kwargs["headers"])
@@ -230,7 +230,8 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
         if cluster is not None:
             _fail("--find-capacity runs its steps from this machine; it is not available with --cluster", 2)
         settings = SearchSettings(start=search_start or opts.rate or 100.0, resolution=search_resolution,
-                                  max_steps=search_steps, max_time_s=search_time)
+                                  max_steps=search_steps, max_time_s=search_time,
+                                  min_step_s=opts.duration or MIN_STEP_S, min_warmup_s=max(opts.warmup_s, MIN_WARMUP_S))
         _search_capacity(opts, settings, json_path)
     if cluster is not None:
         _load_on_cluster(opts, ClusterOptions(cluster, cluster_workers, cluster_timeout), json_path)
