@@ -146,18 +146,23 @@ class Load:
     @classmethod
     def from_capacity(cls, d: dict[str, Any]) -> Load:
         """A capacity search as a cell's load: the figures of the step at the capacity found (errors and
-        stalls of the steps past it are the search at work, not the server's faults), and the search."""
+        stalls of the steps past it are the search at work, not the server's faults), and the search.
+        Client-bound when the generator was the limit in the lowest step that failed: that failure
+        set the capacity, and it may then be the generator's rather than the server's."""
         search = Capacity.from_doc(d)
         held = [s for s in d["steps"] if s["held"]]
         best = max(held, key=lambda s: s["target_rate"]) if held else None
+        failed = [s for s in d["steps"] if not s["held"]]
+        limit = min(failed, key=lambda s: s["target_rate"]) if failed else None
+        bound = bool(limit and limit.get("client_bound"))
         lat = _numbers(best["latency_us"]) if best else {}
         return cls(
             requests=int(best["requests"]) if best else 0, errors={}, error_total=int(best["errors"]) if best else 0,
             rps=_num(best["achieved_rate"]) if best else None, mb_per_s=None, latency_us=lat,
             latency_uncorrected_us={}, histogram=None, timeline=(),
-            client_bound=bool(best.get("client_bound")) if best else False,
-            client_reasons=("the load generator was the limit at the capacity found",)
-            if best and best.get("client_bound") else (),
+            client_bound=bound,
+            client_reasons=(f"the load generator was the limit in the step that failed "
+                            f"({limit['target_rate']:g} req/s)",) if bound and limit else (),
             server_cpu_s=None, peak_rss_bytes=None,
             target_rate=float(best["target_rate"]) if best else None,
             achieved_rate=_num(best["achieved_rate"]) if best else None,

@@ -220,9 +220,11 @@ def _document(opts: LoadOptions, settings: SearchSettings, goals: list[Goal], se
     warnings = []
     held = [r for r in rows if r["held"]]
     best = max(held, key=lambda r: r["target_rate"]) if held else None
-    if best is not None and best["client_bound"]:
-        warnings.append("the generator was the limit at the capacity found (see client_bound): "
-                        "it may be the generator's capacity rather than the server's")
+    failed = [r for r in rows if not r["held"]]
+    limit = min(failed, key=lambda r: r["target_rate"]) if failed else None
+    if limit is not None and limit["client_bound"]:
+        warnings.append(f"the load generator was the limit in the lowest step that failed ({limit['target_rate']:g} "
+                        f"req/s, see client_bound): the capacity found may be the generator's, not the server's")
     if search.failed is None and rows:
         warnings.append("no step failed: the capacity is at least the highest rate tried")
     return {
