@@ -286,11 +286,11 @@ def _flag_problems(p: Point, cells: Sequence[CellRecord], error_rate_limit: floa
         timeout = next((c.load.timeout_s for c in cells if c.load and c.load.timeout_s), None)
         p.reasons.append(f"{stalls} requests unanswered after {timeout:g} s" if timeout else
                          f"{stalls} requests timed out")
-    if p.left_waiting:  # starved within the window: waited longer than every response that came back
+    if p.left_waiting:  # starved within the window: waited far longer than every response that came back
         if "stalled" not in p.flags:
             p.flags.append("stalled")
-        p.reasons.append(f"{p.left_waiting} requests still waiting when the window closed, longer than the "
-                         f"slowest measured response")
+        p.reasons.append(f"{p.left_waiting} requests still waiting when the window closed, more than "
+                         f"{latency.STALLED_BEYOND_SLOWEST}x as long as the slowest measured response")
     wrong = {k: p.error_classes[k] for k in WRONG if p.error_classes.get(k)}
     if wrong:
         p.flags.append("wrong-answers")
@@ -338,7 +338,9 @@ def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Po
     p.p99_uncorrected_us = _median(unc) if unc and None not in unc else None
     cpu = [x.server_cpu_s for x in loads if x.server_cpu_s]
     p.cpu_s = _median(cpu)
-    p.requests_per_cpu_s = _median([x.requests / x.server_cpu_s for x in loads if x.server_cpu_s])
+    # the CPU rate over the request rate; runs from before the rate was stored: CPU over the window's requests
+    p.requests_per_cpu_s = _median([1 / c if (c := x.server_cpu_per_request_s) else x.requests / x.server_cpu_s
+                                    for x in loads if x.server_cpu_s])
     p.peak_rss = _median([x.peak_rss_bytes for x in loads if x.peak_rss_bytes])
     p.rss_at_ready = _median([c.rss_at_ready for c in measured if c.rss_at_ready])
     active = p.level if scenario.mode == "closed" else scenario.connections

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .plan import Cell, Plan
+from .plan import Cell, BenchPlan
 
 # LoadOptions field -> `serverzoo load` flag (see clients/loadgen/options.py)
 FLAGS = {
@@ -35,7 +35,7 @@ FLAGS = {
 }
 
 
-def load_options(plan: Plan, cell: Cell, base_url: str, corpus_root: str, server_pid: int,
+def load_options(plan: BenchPlan, cell: Cell, base_url: str, corpus_root: str, server_pid: int,
                  server_cgroup: str | None = None) -> dict[str, Any]:
     """The LoadOptions fields (as a dict) for one cell."""
     sc = plan.scenarios[cell.scenario]

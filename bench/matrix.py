@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .analysis import metric_value, summarize
-from .plan import CELL_OVERHEAD_S, Cell, Plan
+from .plan import CELL_OVERHEAD_S, Cell, BenchPlan
 from .runner import CellRunner, interrupts
 from .scenarios import METRICS
 from .sequential import next_round, race_summary
@@ -37,12 +37,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def pending_cells(plan: Plan, doc: dict[str, Any]) -> list[Cell]:
+def pending_cells(plan: BenchPlan, doc: dict[str, Any]) -> list[Cell]:
     done = {c["id"] for c in doc["cells"]}
     return [c for c in plan.cells() if c.id not in done]
 
 
-def cell_line(plan: Plan, record: dict[str, Any]) -> str:
+def cell_line(plan: BenchPlan, record: dict[str, Any]) -> str:
     """One line per finished cell: its headline figure and what went wrong, if anything."""
     sc = plan.scenarios[record["scenario"]]
     if record["status"] != "ok":
@@ -61,7 +61,7 @@ def cell_line(plan: Plan, record: dict[str, Any]) -> str:
     return ", ".join(parts) + f" ({record['seconds']:.1f} s)"
 
 
-def cell_cost(plan: Plan, doc: dict[str, Any], cell: Cell) -> float:
+def cell_cost(plan: BenchPlan, doc: dict[str, Any], cell: Cell) -> float:
     """Expected seconds for a cell: its warm-up and duration plus the start/stop overhead seen so far."""
     overheads = []
     for r in doc["cells"]:
@@ -75,7 +75,7 @@ def cell_cost(plan: Plan, doc: dict[str, Any], cell: Cell) -> float:
 class _Loop:
     """Runs cells one at a time: saves after each, prints its line, moves the progress bar."""
 
-    def __init__(self, plan: Plan, doc: dict[str, Any], path: str, runner: CellRunner, progress: Progress,
+    def __init__(self, plan: BenchPlan, doc: dict[str, Any], path: str, runner: CellRunner, progress: Progress,
                  task: Any, max_cells: int | None) -> None:
         self.plan, self.doc, self.path, self.runner = plan, doc, path, runner
         self.progress, self.task = progress, task
@@ -98,7 +98,7 @@ class _Loop:
         return True
 
 
-def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max_cells: int | None = None,
+def run_matrix(plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: str, max_cells: int | None = None,
                console: Console | None = None, hosts: LinkedHosts | None = None,
                deadline: float | None = None, placement: ClusterPlacement | None = None) -> str:
     """Run the pending cells, then the extra repetitions close races need, saving after each.
@@ -149,7 +149,7 @@ def run_matrix(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str, max
     return status
 
 
-def _extend(plan: Plan, doc: dict[str, Any], loop: _Loop, deadline: float | None) -> str:
+def _extend(plan: BenchPlan, doc: dict[str, Any], loop: _Loop, deadline: float | None) -> str:
     """Rounds of extra repetitions at close races until none is needed or the budget is spent."""
     state = doc.setdefault("sequential", {"rounds": 0, "extra_cells": 0, "ended": None})
     _log_races(plan, doc, loop, "after the first pass")
@@ -172,6 +172,6 @@ def _extend(plan: Plan, doc: dict[str, Any], loop: _Loop, deadline: float | None
     return "complete"
 
 
-def _log_races(plan: Plan, doc: dict[str, Any], loop: _Loop, when: str) -> None:
+def _log_races(plan: BenchPlan, doc: dict[str, Any], loop: _Loop, when: str) -> None:
     for line in race_summary(plan, doc):
         loop.progress.console.print(f"{when}: {line}", highlight=False)

@@ -31,27 +31,9 @@ import tempfile
 from dataclasses import dataclass
 
 from ..machine import describe_machine, machine_line
+from ..servers import server_names, resolve
 from ..servers.launch import ServerProcess
-from ..servers import VARIANTS as SERVER_VARIANTS
 from .nginx import NginxServer
-
-# name -> (model, extra serve args)
-VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "iterative": ("iterative", ()),
-    "threading": ("threading", ()),
-    "threadpool": ("threadpool", ()),
-    "forking": ("forking", ()),
-    "prefork": ("prefork", ("--workers", "1")),
-    "select": ("select", ()),
-    "gevent": ("gevent", ()),
-    "trio": ("trio", ()),
-    "asyncio": ("asyncio", ()),
-    **SERVER_VARIANTS,
-    # the same event loops with every request head parsed afresh (see PROTOCOL.md, parse cache)
-    "select-noparsecache": ("select", ("--no-parse-cache",)),
-    "asyncio-uvloop-noparsecache": ("asyncio", ("--loop", "uvloop", "--no-parse-cache")),
-}
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -71,7 +53,7 @@ WORKLOADS = {
     "close": Workload("close", "/1KiB.bin", 64, True, "rps", False,
                       {"select": 0.8, "asyncio-uvloop": 0.8, "asyncio": 0.8, "gevent": 0.8, "trio": 0.8}),
     "large": Workload("large", "/64MiB.bin", 4, False, "mbps", False,
-                      {v: 1.0 for v in VARIANTS}),
+                      {v: 1.0 for v in server_names()}),
 }
 
 _UNITS = {"B": 1e-6, "KB": 1024 / 1e6, "MB": 1024**2 / 1e6, "GB": 1024**3 / 1e6}
@@ -110,8 +92,10 @@ def measure(variant: str, w: Workload, root: str, duration: float, server_cpu: i
     if variant == "nginx":
         server = NginxServer(root, tuned=w.nginx_tuned, cpus=[server_cpu])
     else:
-        model, args = VARIANTS[variant]
-        server = ServerProcess(model, root, *args, cpus=[server_cpu])
+        v = resolve(variant)
+        # one server CPU: a model that would start a process per CPU gets exactly one
+        one_process = ("--workers", "1") if v.model.default_workers is None else ()
+        server = ServerProcess(v.model.name, root, *v.args, *one_process, cpus=[server_cpu])
     with server:
         # a short warm-up so caches and connection setup are not in the measured run
         run_wrk(server.url.rstrip("/") + w.path, w, min(1.0, duration), client_cpu)
@@ -122,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m serverzoo.bench.model_speed", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", action="append", choices=list(WORKLOADS), help="default: all")
-    ap.add_argument("--models", default=",".join(VARIANTS), help="comma-separated variants")
+    ap.add_argument("--models", default=",".join(server_names()), help="comma-separated models and variants")
     ap.add_argument("-r", "--repeat", type=int, default=3)
     ap.add_argument("-d", "--duration", type=float, default=5.0)
     ap.add_argument("--server-cpu", type=int, default=0)
@@ -133,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print("model_speed: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     variants = [v.strip() for v in opts.models.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in server_names()]
     if unknown:
-        print(f"model_speed: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}",
+        print(f"model_speed: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(server_names())}",
               file=sys.stderr)
         return 2
     machine = describe_machine()

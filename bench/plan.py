@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from serverzoo.clients.links.profiles import LinkProfile
-from serverzoo.servers import MODELS
+from serverzoo.servers import MODELS, resolve, server_names
 
 from .scenarios import Adaptive, ConfigError, CorpusSpec, RunSettings, Scenario, ServerSpec, Suite
 
@@ -45,7 +45,7 @@ class Cell:
 
 
 @dataclass
-class Plan:
+class BenchPlan:
     preset: str
     servers: dict[str, ServerSpec]
     scenarios: dict[str, Scenario]
@@ -152,7 +152,7 @@ class Plan:
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Plan":
+    def from_config(cls, config: dict[str, Any]) -> "BenchPlan":
         try:
             run = dict(config["run"])
             run["server_args"] = tuple(run["server_args"])
@@ -244,13 +244,13 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
                rates: list[int] | None = None, repeat: int | None = None, duration: float | None = None,
                warmup: float | None = None, reference: bool | None = None, server_cpus: list[int] | None = None,
                client_cpus: list[int] | None = None, nginx_available: bool = True,
-               link: LinkProfile | None = None, budget: float | None = None) -> Plan:
-    """Resolve a preset and the command line's narrowing into a checked Plan (ConfigError if not)."""
+               link: LinkProfile | None = None, budget: float | None = None) -> BenchPlan:
+    """Resolve a preset and the command line's narrowing into a checked BenchPlan (ConfigError if not)."""
     if preset not in suite.presets:
         raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(suite.presets)}")
     p = suite.presets[preset]
     notes: list[str] = []
-    known = {name: ServerSpec(name, name) for name in MODELS} | dict(suite.variants)
+    known = {v.name: ServerSpec(v.name, v.model.name, v.args) for v in map(resolve, server_names())}
     if models:
         for name in models:
             if name == REFERENCE:
@@ -264,7 +264,7 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
         if REFERENCE in models and reference is None:
             reference = True
     else:
-        pool = {n: s for n, s in known.items() if p.servers == "all" or n in MODELS}
+        pool = {n: s for n, s in known.items() if n in MODELS or (p.servers == "all" and n in suite.variants)}
         chosen = {n: s for n, s in pool.items() if implemented(s.model)}
         missing = [n for n in pool if n not in chosen]
         if missing:
@@ -319,7 +319,7 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
     if reps > adaptive.max_repeat or budget is not None:
         adaptive = replace(adaptive, max_repeat=max(reps, adaptive.max_repeat),
                            budget=budget if budget is not None else adaptive.budget)
-    plan = Plan(preset=preset, servers=chosen, scenarios=final, repeat=reps, run=suite.run,
+    plan = BenchPlan(preset=preset, servers=chosen, scenarios=final, repeat=reps, run=suite.run,
                 corpus=suite.corpus, server_cpus=server, client_cpus=client, notes=notes, link=link,
                 adaptive=adaptive)
     check_corpus_paths(plan)
@@ -327,7 +327,7 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
     return plan
 
 
-def check_corpus_paths(plan: Plan) -> None:
+def check_corpus_paths(plan: BenchPlan) -> None:
     """Every path a scenario requests must be a corpus file (the work endpoint aside)."""
     files = plan.corpus.names()
     for sc in plan.scenarios.values():
@@ -349,7 +349,7 @@ def connections_needed(sc: Scenario) -> int:
     return active + sc.idle + (sc.slow_readers.count if sc.slow_readers else 0)
 
 
-def ensure_file_limit(plan: Plan) -> None:
+def ensure_file_limit(plan: BenchPlan) -> None:
     """Raise the soft open-file limit as far as the hard one allows, or fail with one line."""
     need = max(connections_needed(s) for s in plan.scenarios.values()) + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .plan import REFERENCE, Plan
+from .plan import REFERENCE, BenchPlan
 from .profiling import ProfileError, Profiler, ProfileSession
 from .store import write_atomic
 
@@ -42,7 +42,7 @@ def profile_line(r: dict[str, Any], seconds: float) -> str:
     return " ".join(parts)
 
 
-def profile_run(plan: Plan, doc: dict[str, Any], path: str, corpus_root: str,
+def profile_run(plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: str,
                 console: Console | None = None) -> None:
     """Profile every Python server at each scenario's top level; store the results in doc and save it."""
     console = console or Console(stderr=True)

@@ -43,7 +43,7 @@ from serverzoo.servers.launch import ServerProcess
 from .flamegraph import py_spy_attached
 from .idle_memory import measure_idle_memory, raise_fd_limit
 from .loadargs import load_options
-from .plan import REFERENCE, Cell, Plan
+from .plan import REFERENCE, Cell, BenchPlan
 from .proc_tree import (CLOCK_TICKS, TaskSampler, kill_counting_switches, live_switches, start_server, tree_cpu,
                         tree_pids)
 from .syscall_counts import TracerUnavailable, strace_attached
@@ -76,7 +76,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def server_args(plan: Plan, server: str, scenario: str) -> tuple[str, ...]:
+def server_args(plan: BenchPlan, server: str, scenario: str) -> tuple[str, ...]:
     """`serverzoo serve` arguments of a cell, as the benchmark runner builds them."""
     return (*plan.run.server_args, *plan.scenarios[scenario].server_args, *plan.servers[server].args)
 
@@ -86,7 +86,7 @@ def served(doc: dict[str, Any]) -> int:
     return doc["requests"] + doc["errors"]["total"] + (doc.get("unfinished") or {}).get("count", 0)
 
 
-def connections_of(plan: Plan, cell: Cell, doc: dict[str, Any]) -> int:
+def connections_of(plan: BenchPlan, cell: Cell, doc: dict[str, Any]) -> int:
     """Connections a load run opened: one per request without keep-alive, else one per client."""
     sc = plan.scenarios[cell.scenario]
     extra = sc.idle + (sc.slow_readers.count if sc.slow_readers else 0)
@@ -98,7 +98,7 @@ def connections_of(plan: Plan, cell: Cell, doc: dict[str, Any]) -> int:
 class Profiler:
     """Takes the profile of one server x scenario x level of a plan (see the module's docstring)."""
 
-    def __init__(self, plan: Plan, corpus_root: str, session: ProfileSession | None = None,
+    def __init__(self, plan: BenchPlan, corpus_root: str, session: ProfileSession | None = None,
                  window_s: float | None = None, idle: int = DEFAULT_IDLE, passes: tuple[str, ...] = PASSES,
                  log: Callable[[str], None] = lambda _line: None) -> None:
         unknown = set(passes) - set(PASSES)

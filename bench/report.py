@@ -21,6 +21,7 @@ import jinja2
 
 from serverzoo.machine import machine_line
 
+from . import explanations
 from . import verdicts as verdict_rules
 from .analysis import (Delta, Point, RunView, deltas, format_value, level_label, link_name, link_summary, link_text,
                        metric_unit, ratio_text, same_link)
@@ -120,12 +121,14 @@ class Report:
     memory_scenario: str | None = None
     network: str = ""  # where the reported run's traffic went (link_text)
     udp: list[TcpVsUdp] = field(default_factory=list)  # the "TCP vs UDP" section, one part per udp-compare result
+    why: dict[str, str] = field(default_factory=dict)  # per scenario: what the servers spent that explains its verdict
 
     @property
     def summary(self) -> list[str]:
         """What to pick for what, and how sure, one line per scenario, from the verdicts."""
-        return [summary_line(v, self.view.scenarios[v.scenario].title) for v in self.verdicts
-                if v.scenario in self.view.scenarios]
+        return [summary_line(v, self.view.scenarios[v.scenario].title) + (f" {why}" if (why := self.why.get(v.scenario))
+                                                                           else "")
+                for v in self.verdicts if v.scenario in self.view.scenarios]
 
     @property
     def unseparated(self) -> list[Verdict]:
@@ -286,6 +289,7 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
         if memory:
             report.charts["memory"], report.memory_scenario = memory
         report.charts["errors"] = charts.errors_chart(view, caption)
+    report.why = {v.scenario: why for v in verdicts.values() if (why := explanations.explain(v, view))}
     report.network = link_text(run)
     for before in runs[:-1]:
         if not same_link(before, run):  # never paired as before/after: the difference is the link's

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
 
+from ..clients.loadgen.latency import STALLED_BEYOND_SLOWEST
 from .scenarios import METRICS, Scenario, ServerSpec
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.schema.json")
@@ -80,6 +81,21 @@ def _slices(timeline: list[dict[str, Any]]) -> tuple[Slice, ...]:
     return tuple(out)
 
 
+def _stalled(d: dict[str, Any]) -> int:
+    """Requests owed at the window's close that had waited well beyond the slowest response.
+
+    Runs from before `stalled` was recorded only have `longer_than_max`: it counts when even
+    the oldest waited past the stall bound (then most of them usually had), else none.
+    """
+    unfinished = d.get("unfinished") or {}
+    if "stalled" in unfinished:
+        return int(unfinished["stalled"] or 0)
+    slowest, oldest = (d.get("latency_us") or {}).get("max"), unfinished.get("oldest_us")
+    if slowest and oldest is not None and oldest <= STALLED_BEYOND_SLOWEST * slowest:
+        return 0
+    return int(unfinished.get("longer_than_max") or 0)
+
+
 @dataclass(frozen=True)
 class CapacityStep:
     """One step of a capacity search: an open-loop run at target_rate."""
@@ -124,13 +140,22 @@ class Load:
     timeline: tuple[Slice, ...]
     client_bound: bool
     client_reasons: tuple[str, ...]
-    server_cpu_s: float | None
+    server_cpu_s: float | None  # over the sampler's span, which runs a sample or two past the window
+    server_cpu_percent: float | None  # of one CPU, over that same span: the server's CPU rate
     peak_rss_bytes: float | None
     target_rate: float | None
     achieved_rate: float | None
     timeout_s: float | None
-    left_waiting: int  # requests owed when the window closed, older than the slowest response
-    capacity: Capacity | None = None
+    left_waiting: int  # requests owed when the window closed, stalled (far older than the slowest response)
+    capacity: Capacity | None = None  # a capacity scenario's search
+
+    @property
+    def server_cpu_per_request_s(self) -> float | None:
+        """Server CPU seconds per request: its CPU rate over the request rate. Dividing cpu_s by the
+        window's requests would overstate it, since the sampler's span is longer than the window."""
+        if not (self.server_cpu_percent and self.rps):
+            return None
+        return self.server_cpu_percent / 100 / self.rps
 
     def metric(self, name: str) -> float | None:
         if name == "rps":
@@ -163,7 +188,7 @@ class Load:
             client_bound=bound,
             client_reasons=(f"the load generator was the limit in the step that failed "
                             f"({limit['target_rate']:g} req/s)",) if bound and limit else (),
-            server_cpu_s=None, peak_rss_bytes=None,
+            server_cpu_s=None, server_cpu_percent=None, peak_rss_bytes=None,
             target_rate=float(best["target_rate"]) if best else None,
             achieved_rate=_num(best["achieved_rate"]) if best else None,
             timeout_s=_num((d.get("options") or {}).get("timeout_s")), left_waiting=0, capacity=search)
@@ -185,10 +210,11 @@ class Load:
             histogram=d.get("histogram") if isinstance(d.get("histogram"), str) else None,
             timeline=_slices(d.get("timeline") or []),
             client_bound=bool(client.get("client_bound")), client_reasons=tuple(client.get("reasons") or ()),
-            server_cpu_s=_num(server.get("cpu_s")), peak_rss_bytes=_num(server.get("peak_rss_bytes")),
+            server_cpu_s=_num(server.get("cpu_s")), server_cpu_percent=_num(server.get("cpu_percent")),
+            peak_rss_bytes=_num(server.get("peak_rss_bytes")),
             target_rate=_num(d.get("target_rate")), achieved_rate=_num(d.get("achieved_rate")),
             timeout_s=_num((d.get("options") or {}).get("timeout_s")),
-            left_waiting=int((d.get("unfinished") or {}).get("longer_than_max") or 0),
+            left_waiting=_stalled(d),
         )
 
 

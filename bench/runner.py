@@ -4,7 +4,7 @@ One cell = one server process (started, READY awaited, RSS read, its process tre
 into a cgroup of its own where the machine allows: bench/cgroups.py), one `serverzoo load`
 process (warm-up, then the measured run, sampling the server's CPU time from the cgroup and
 RSS by its PID), then SIGTERM, a wait for the server's own graceful exit, and the cgroup
-removed. Which CPUs each side gets is the scenario's placement (Plan.cpus_for); where the
+removed. Which CPUs each side gets is the scenario's placement (BenchPlan.cpus_for); where the
 runner may, both run at a raised priority, the generator above the server (SERVER_NICE). A cell that fails
 (server does not start, generator crashes or overruns) is recorded as failed with a
 one-line reason and the run goes on. KeyboardInterrupt is the only thing that stops
@@ -34,7 +34,7 @@ from serverzoo.servers.launch import ServerProcess, ServerStartError
 from .cgroups import CellCgroup, CgroupPlacer
 from .loadargs import load_argv, load_options
 from .nginx import NginxError, NginxServer
-from .plan import REFERENCE, Cell, Plan
+from .plan import REFERENCE, Cell, BenchPlan
 
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
@@ -111,7 +111,7 @@ def _tail(text: str) -> str:
 
 
 class CellRunner:
-    def __init__(self, plan: Plan, corpus_root: str, hosts: LinkedHosts | None = None,
+    def __init__(self, plan: BenchPlan, corpus_root: str, hosts: LinkedHosts | None = None,
                  placement: ClusterPlacement | None = None, cgroups: CgroupPlacer | None = None) -> None:
         self.plan = plan
         self.corpus_root = corpus_root

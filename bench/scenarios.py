@@ -275,20 +275,19 @@ def _corpus(t: dict[str, Any]) -> CorpusSpec:
 
 
 def _variants(t: dict[str, Any]) -> dict[str, ServerSpec]:
-    from serverzoo.servers import MODELS
+    """[servers] variants: names of the registry's variants (serverzoo.servers.VARIANTS)."""
+    from serverzoo.servers import VARIANTS, UnknownServer, resolve
 
+    _only(t, {"variants"}, "[servers]")
     out = {}
-    for name, v in t.items():
-        where = f"[servers.{name}]"
-        if not isinstance(v, dict):
-            raise ConfigError(f"{where} must be a table")
-        _only(v, {"model", "args"}, where)
-        model = v.get("model")
-        if model not in MODELS:
-            raise ConfigError(f"{where}: unknown model {model!r}; choose from: {', '.join(MODELS)}")
-        if name in MODELS or name == "nginx":
-            raise ConfigError(f"{where}: the name {name!r} is taken by a model")
-        out[name] = ServerSpec(name, model, _strings(v.get("args", []), f"{where} args"))
+    for name in _strings(t.get("variants", []), "[servers] variants"):
+        try:
+            v = resolve(name)
+        except UnknownServer as exc:
+            raise ConfigError(f"[servers] variants: {exc}") from None
+        if name not in VARIANTS:
+            raise ConfigError(f"[servers] variants: {name!r} is a model, and every model is always available")
+        out[name] = ServerSpec(name, v.model.name, v.args)
     return out
 
 

@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from .analysis import RunView
-from .plan import Cell, Plan
+from .plan import Cell, BenchPlan
 from .results import Run
 from .uncertainty import Estimate, combined_half_width
 from .verdicts import Verdict, scenario_verdict
@@ -40,13 +40,13 @@ def racers(verdict: Verdict) -> list[str]:
     return []
 
 
-def needs_more(plan: Plan, repetitions: int, estimate: Estimate) -> bool:
+def needs_more(plan: BenchPlan, repetitions: int, estimate: Estimate) -> bool:
     if repetitions >= plan.adaptive.max_repeat:
         return False
     return repetitions < MIN_INDEPENDENT or estimate.relative_half_width > plan.adaptive.precision
 
 
-def next_round(plan: Plan, doc: dict[str, Any]) -> list[Cell]:
+def next_round(plan: BenchPlan, doc: dict[str, Any]) -> list[Cell]:
     """The cells to measure next (one more repetition each), closest races first; [] when done."""
     view = RunView(Run.from_doc(doc, check=False))
     todo: list[tuple[float, Cell]] = []
@@ -77,7 +77,7 @@ def next_round(plan: Plan, doc: dict[str, Any]) -> list[Cell]:
     return [cell for _, cell in todo]
 
 
-def race_summary(plan: Plan, doc: dict[str, Any]) -> list[str]:
+def race_summary(plan: BenchPlan, doc: dict[str, Any]) -> list[str]:
     """One line per scenario: its verdict so far and how many repetitions its racers have, for the log."""
     view = RunView(Run.from_doc(doc, check=False))
     lines = []

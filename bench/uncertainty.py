@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 CONFIDENCE = 0.95
 MIN_BATCHES = 3  # fewer batches than this give an interval too wide to mean anything
@@ -58,12 +58,31 @@ def _t95(df: int) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A figure with its 95% confidence interval and what the interval rests on."""
+    """A figure with its 95% confidence interval and what the interval rests on.
+
+    `df` is the degrees of freedom of the interval's t quantile. It is n - 1 for a plain
+    Student-t interval (the default, left as None), but not for a pooled figure, whose
+    interval may come from its repetitions' timeline batches: turning such a half-width back
+    into a standard error with n - 1 would shrink it several times over (t(1) = 12.7 against
+    t(8) = 2.3) and make a difference look significant when it is not.
+    """
 
     value: float
     half_width: float  # math.inf when nothing measured the noise (a single sample)
     n: int  # independent samples behind it (repetitions, or batches of one repetition)
     method: str  # "repetitions", "batch-means", "pooled", "bracket" or "single"
+    df: float | None = None  # degrees of freedom behind half_width; None means n - 1
+
+    @property
+    def degrees_of_freedom(self) -> float:
+        return self.df if self.df is not None else float(self.n - 1)
+
+    @property
+    def standard_error(self) -> float:
+        """The half-width divided by its own t quantile (inf when the noise is unmeasured)."""
+        if not self.measured or self.degrees_of_freedom < 1:
+            return math.inf
+        return self.half_width / _t95(math.floor(self.degrees_of_freedom))
 
     @property
     def low(self) -> float:
@@ -85,7 +104,14 @@ class Estimate:
 
     def to_dict(self) -> dict[str, object]:
         return {"value": self.value, "half_width": self.half_width if self.measured else None,
-                "n": self.n, "method": self.method}
+                "n": self.n, "method": self.method, "df": self.df}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Estimate:
+        """The inverse of to_dict; runs stored before `df` was recorded get n - 1."""
+        hw, df = d.get("half_width"), d.get("df")
+        return cls(float(d["value"]), math.inf if hw is None else float(hw), int(d.get("n", 1)),
+                   str(d.get("method", "single")), None if df is None else float(df))
 
 
 def single(value: float) -> Estimate:
@@ -157,16 +183,20 @@ def scaled(estimate: Estimate, value: float) -> Estimate:
     """The same relative uncertainty around another value (a cell's own figure, when its batches' total differs
     slightly, e.g. by requests completed at the window's edge)."""
     if not estimate.measured:
-        return Estimate(float(value), math.inf, estimate.n, estimate.method)
-    return Estimate(float(value), estimate.relative_half_width * abs(value), estimate.n, estimate.method)
+        return Estimate(float(value), math.inf, estimate.n, estimate.method, estimate.df)
+    return Estimate(float(value), estimate.relative_half_width * abs(value), estimate.n, estimate.method,
+                    estimate.df)
 
 
 def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
     """One cell's figure from its repetitions' estimates.
 
     With `min_repetitions` or more, the repetitions themselves are the samples (they see the
-    noise between server starts). With fewer, the value is their mean and the half-width the
-    larger of what the few repetitions disagree by and what their batches say, combined.
+    noise between server starts). With fewer, the value is their mean and the interval the
+    wider of two: what the few repetitions disagree by (a t interval with k - 1 degrees of
+    freedom), and what their own intervals say of the mean (standard errors in quadrature,
+    Welch-Satterthwaite degrees of freedom). The result keeps the degrees of freedom of the
+    interval it took, so a later difference test uses the right t quantile.
     """
     if not estimates:
         raise ValueError("no estimates")
@@ -175,9 +205,25 @@ def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
         return from_samples(values)
     if len(estimates) == 1:
         return estimates[0]
-    within = math.sqrt(sum(e.half_width ** 2 for e in estimates)) / len(estimates)
-    between = from_samples(values).half_width
-    return Estimate(statistics.fmean(values), max(within, between), len(estimates), "pooled")
+    k = len(estimates)
+    mean = statistics.fmean(values)
+    between = from_samples(values)
+    parts = [e.standard_error / k for e in estimates]
+    if not all(math.isfinite(p) for p in parts):
+        return Estimate(mean, between.half_width, k, "pooled", between.degrees_of_freedom)
+    se_within = math.sqrt(sum(p * p for p in parts))
+    df_within = _welch_df(parts, [e.degrees_of_freedom for e in estimates])
+    within = se_within * _t95(max(1, math.floor(min(df_within, 1e9)))) if se_within else 0.0
+    if within > between.half_width:
+        return Estimate(mean, within, k, "pooled", df_within)
+    return Estimate(mean, between.half_width, k, "pooled", between.degrees_of_freedom)
+
+
+def _welch_df(standard_errors: Sequence[float], dfs: Sequence[float]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of independent terms (inf when all are exact)."""
+    total = sum(se * se for se in standard_errors)
+    denominator = sum(se ** 4 / df for se, df in zip(standard_errors, dfs))
+    return total * total / denominator if denominator else math.inf
 
 
 def lead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> float:
@@ -188,20 +234,16 @@ def lead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> float:
     return diff if higher_is_better else -diff
 
 
-def _standard_error(e: Estimate) -> float:
-    return e.half_width / _t95(e.n - 1) if e.n > 1 else math.inf
-
-
 def combined_half_width(a: Estimate, b: Estimate) -> float:
     """The 95% half-width of the difference a - b (Welch's interval): inf when either noise is unmeasured."""
-    if not (a.measured and b.measured) or a.n < 2 or b.n < 2:
+    if not (a.measured and b.measured) or a.degrees_of_freedom < 1 or b.degrees_of_freedom < 1:
         return math.inf
-    se_a, se_b = _standard_error(a), _standard_error(b)
+    se_a, se_b = a.standard_error, b.standard_error
     se = math.hypot(se_a, se_b)
     if se == 0:
         return 0.0
-    df = se ** 4 / (se_a ** 4 / (a.n - 1) + se_b ** 4 / (b.n - 1))
-    return _t95(max(1, math.floor(df))) * se
+    df = _welch_df([se_a, se_b], [a.degrees_of_freedom, b.degrees_of_freedom])
+    return _t95(max(1, math.floor(min(df, 1e9)))) * se
 
 
 def clearly_ahead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> bool:

@@ -61,15 +61,11 @@ class Ranked:
 
     def to_dict(self) -> dict[str, Any]:
         e = self.estimate.to_dict()
-        return {"server": self.server, "value": e["value"], "half_width": e["half_width"], "n": e["n"],
-                "method": e["method"], "client_bound": self.client_bound}
+        return {"server": self.server, **e, "client_bound": self.client_bound}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Ranked:
-        hw = d.get("half_width")
-        return cls(d["server"], Estimate(float(d["value"]), math.inf if hw is None else float(hw),
-                                         int(d.get("n", 1)), str(d.get("method", "single"))),
-                   bool(d.get("client_bound")))
+        return cls(d["server"], Estimate.from_dict(d), bool(d.get("client_bound")))
 
 
 @dataclass(frozen=True)

@@ -371,7 +371,7 @@ async def _serve(ctx: ServerContext, use_sendfile: bool, protocol: type[HttpProt
 
 def serve(ctx: ServerContext) -> None:
     raise_open_files_limit()
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
+    use_sendfile = ctx.use_sendfile
     loop_factory = None
     protocol: type[HttpProtocol] = BufferedHttpProtocol
     if ctx.options.get("loop", "asyncio") == "uvloop":

@@ -37,11 +37,10 @@ DEFAULT_MAX_CHILDREN = 64
 
 def serve(ctx: ServerContext) -> None:
     cap = ctx.options.get("max_children", DEFAULT_MAX_CHILDREN)
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
 
     def child(sock: socket.socket) -> None:
         ctx.listener.close()  # only the parent accepts
-        serve_connection(sock, ctx, use_sendfile=use_sendfile)
+        serve_connection(sock, ctx, use_sendfile=ctx.use_sendfile)
 
     children = ChildProcesses()
     warned = False

@@ -138,13 +138,12 @@ class _Server(StreamServer):
 
 def serve(ctx: ServerContext) -> None:
     raise_open_files_limit()  # one descriptor per client, and greenlets make thousands cheap
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     # the Pool tracks every handler so shutdown can wait for them; size None means no cap
     handlers = Pool(ctx.options.get("pool"))
 
     def handle(sock: _Socket, _address: object) -> None:
         tune_connection(sock)
-        serve_connection(sock, ctx, sleep=gevent.sleep, use_sendfile=use_sendfile)
+        serve_connection(sock, ctx, sleep=gevent.sleep, use_sendfile=ctx.use_sendfile)
 
     ctx.listener.setblocking(False)  # accept only when libev reports it readable, never block the hub
     server = _Server(ctx.listener, handle, spawn=handlers)

@@ -23,6 +23,5 @@ from .runtime.context import ServerContext
 
 
 def serve(ctx: ServerContext) -> None:
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     for sock in ctx.accept_loop():
-        serve_connection(sock, ctx, use_sendfile=use_sendfile)
+        serve_connection(sock, ctx, use_sendfile=ctx.use_sendfile)

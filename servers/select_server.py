@@ -385,11 +385,10 @@ class SelectLoop:
 def serve(ctx: ServerContext) -> None:
     raise_open_files_limit()
     poller = Poller(ctx.options.get("selector", "epoll"))
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     ctx.listener.setblocking(False)
     try:
         with signal_wakeup() as wake:
-            loop = SelectLoop(ctx, poller, use_sendfile)
+            loop = SelectLoop(ctx, poller, ctx.use_sendfile)
             poller.register(wake.fileno(), poller.READ)
             loop.watched[wake.fileno()] = lambda: drain(wake)
             loop.run()

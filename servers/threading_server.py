@@ -25,7 +25,6 @@ from .runtime.context import ServerContext
 
 
 def serve(ctx: ServerContext) -> None:
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     for sock in ctx.accept_loop():
         threading.Thread(target=serve_connection, args=(sock, ctx),
-                         kwargs={"use_sendfile": use_sendfile}, daemon=True).start()
+                         kwargs={"use_sendfile": ctx.use_sendfile}, daemon=True).start()

@@ -36,14 +36,13 @@ DEFAULT_POOL = 32
 
 def serve(ctx: ServerContext) -> None:
     size = ctx.options.get("pool", DEFAULT_POOL)
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
     free = threading.Semaphore(size)  # threads waiting for a connection
     handoff: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
 
     def worker() -> None:
         while (sock := handoff.get()) is not None:
             try:
-                serve_connection(sock, ctx, use_sendfile=use_sendfile)
+                serve_connection(sock, ctx, use_sendfile=ctx.use_sendfile)
             except Exception:  # a bug in one conversation must not shrink the pool
                 traceback.print_exc()
             free.release()

@@ -99,7 +99,7 @@ async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery:
                        live: set[_Conversation]) -> None:
     listener = ctx.listener
     listener.setblocking(False)
-    use_sendfile = ctx.options.get("file_send", "read") == "sendfile"
+    use_sendfile = ctx.use_sendfile
     backoff = AcceptBackoff()
     accept = listener._accept  # (fd, address): the C-level accept, without the socket.socket wrapper
     family, type_, proto = int(listener.family), int(listener.type), listener.proto

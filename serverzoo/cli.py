@@ -12,19 +12,19 @@ import click
 
 # command name -> (module, attribute, one-line help shown in `serverzoo --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "serve": ("serverzoo.servers.runtime.command", "serve_command", "Run a server model on a directory."),
-    "models": ("serverzoo.servers.runtime.command", "models_command", "List the server models."),
+    "serve": ("serverzoo.servers.runtime.serve_cli", "serve_command", "Run a server model on a directory."),
+    "models": ("serverzoo.servers.runtime.serve_cli", "models_command", "List the server models."),
     "get": ("serverzoo.clients.download", "get_command", "Download a file (resumable, verified length)."),
     "ls": ("serverzoo.clients.download", "ls_command", "Print a directory listing."),
-    "load": ("serverzoo.clients.loadgen.command", "load_command", "Load a server: throughput, latency, errors."),
-    "corpus": ("serverzoo.clients.loadgen.command", "corpus_command", "Write a reproducible test corpus."),
-    "bench": ("serverzoo.bench.command", "bench_command", "Run the benchmark matrix (quick: about 5 min)."),
-    "report": ("serverzoo.bench.command", "report_command", "Write the HTML and Markdown report of runs."),
-    "compare": ("serverzoo.bench.command", "compare_command", "Compare two runs; exit 1 on a regression."),
+    "load": ("serverzoo.clients.loadgen.load_cli", "load_command", "Load a server: throughput, latency, errors."),
+    "corpus": ("serverzoo.clients.loadgen.load_cli", "corpus_command", "Write a reproducible test corpus."),
+    "bench": ("serverzoo.bench.bench_cli", "bench_command", "Run the benchmark matrix (quick: about 5 min)."),
+    "report": ("serverzoo.bench.bench_cli", "report_command", "Write the HTML and Markdown report of runs."),
+    "compare": ("serverzoo.bench.bench_cli", "compare_command", "Compare two runs; exit 1 on a regression."),
     "profile": ("serverzoo.bench.profile_command", "profile_command",
                 "Where one model's time goes: CPU, syscalls, switches, memory, flame graph."),
-    "udp": ("serverzoo.clients.udp.command", "udp_group", "UDP responder and tester: UDP beside TCP, measured."),
-    "net": ("serverzoo.clients.links.command", "net_group", "Emulated network links: list, check, up, fetch, cleanup (root)."),
+    "udp": ("serverzoo.clients.udp.udp_cli", "udp_group", "UDP responder and tester: UDP beside TCP, measured."),
+    "net": ("serverzoo.clients.links.net_cli", "net_group", "Emulated network links: list, check, up, fetch, cleanup (root)."),
 }
 
 

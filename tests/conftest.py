@@ -7,6 +7,7 @@ import os
 import pytest
 
 from serverzoo.servers import MODELS
+from serverzoo.servers import VARIANTS as NAMED_VARIANTS
 from serverzoo.servers.launch import ServerProcess
 
 from .support import make_corpus
@@ -16,17 +17,18 @@ CONFORMANCE_ARGS = ("--keepalive-timeout", "2", "--header-timeout", "2", "--grac
 
 
 def _variants() -> list[tuple[str, str, tuple[str, ...]]]:
-    """(id, model, extra args): every model, plus its multi-process shape where it has one."""
+    """(id, model, extra args): every model of the registry with its defaults, its
+    two-process shape where it has one, and the registry's named variants. A model that
+    starts a process per CPU runs two here, whatever the machine."""
     out = []
     for m in MODELS.values():
-        if m.name == "prefork":
-            out.append(("prefork", "prefork", ("--workers", "2")))
+        if m.default_workers is None:
+            out.append((m.name, m.name, ("--workers", "2")))
             continue
         out.append((m.name, m.name, ()))
         if m.multiprocess:
             out.append((f"{m.name}-w2", m.name, ("--workers", "2")))
-        if m.name == "asyncio":
-            out.append(("asyncio-uvloop", "asyncio", ("--loop", "uvloop")))
+    out += [(v.name, v.model.name, v.args) for v in NAMED_VARIANTS.values()]
     return out
 
 

@@ -8,7 +8,7 @@ import resource
 import pytest
 from click.testing import CliRunner
 
-from serverzoo.bench.plan import CELL_OVERHEAD_S, FIXED_OVERHEAD_S, Plan, build_plan, implemented
+from serverzoo.bench.plan import CELL_OVERHEAD_S, FIXED_OVERHEAD_S, BenchPlan, build_plan, implemented
 from serverzoo.bench.scenarios import DEFAULT_FILE, ConfigError, load_suite
 from serverzoo.cli import main
 from serverzoo.servers import MODELS
@@ -80,7 +80,7 @@ def test_full_preset_is_wider_and_repeated():
 def test_plan_round_trips_through_the_run_file():
     plan = build_plan(load_suite(), "quick", models=["iterative", "threading"], scenarios=["small-keepalive"],
                       concurrency=[2, 8], repeat=2)
-    again = Plan.from_config(plan.to_config())
+    again = BenchPlan.from_config(plan.to_config())
     assert [c.id for c in again.cells()] == [c.id for c in plan.cells()]
     assert again.cells()[0].id.startswith("iterative/small-keepalive/c2/r1")
 

@@ -225,13 +225,13 @@ def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
 
 def test_a_cell_that_cannot_start_or_load_is_recorded_as_failed(out_dir):
     from serverzoo.bench.corpus import ensure_corpus
-    from serverzoo.bench.plan import Plan
+    from serverzoo.bench.plan import BenchPlan
     from serverzoo.bench.runner import CellRunner
     from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec, ZipfMix
 
     sc = Scenario("small", "small", "", "closed", (), ZipfMix("nomix", 1.0), "keep-alive", "rps", True, (), (1,), 0,
                   0.3, 0.0)
-    plan = Plan(preset="t", servers={"bad": ServerSpec("bad", "threading", ("--no-such-option",)),
+    plan = BenchPlan(preset="t", servers={"bad": ServerSpec("bad", "threading", ("--no-such-option",)),
                                      "threading": ServerSpec("threading", "threading")},
                 scenarios={"small": sc}, repeat=1, run=RunSettings(0.1, 0.01, ()),
                 corpus=CorpusSpec(seed=1, files=("1KiB",)), server_cpus=[0], client_cpus=[0])

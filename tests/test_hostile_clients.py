@@ -11,14 +11,14 @@ import time
 import psutil
 import pytest
 
-from serverzoo.servers import MODELS
+from serverzoo.servers import MODELS, resolve
 
-from .support import FILES, Client, content_for, model_of, open_fds, raise_nofile, settles_to, sha
+from .support import FILES, Client, content_for, open_fds, raise_nofile, settles_to, sha
 
-# every model once, in its default shape (prefork with its own default worker count)
-EVERY_MODEL = [(name, ()) for name in MODELS] + [("asyncio-uvloop", ("--loop", "uvloop"))]
-EVENT_LOOPS = [("select", ()), ("asyncio", ()), ("asyncio-uvloop", ("--loop", "uvloop")), ("trio", ()),
-               ("gevent", ())]
+# every model once, in its default shape (prefork with its own default worker count), and uvloop
+EVERY_MODEL = [resolve(name) for name in [*MODELS, "asyncio-uvloop"]]
+# the models that hold every connection of a process on one thread, without a cap
+EVENT_LOOPS = [v for v in EVERY_MODEL if v.model.cpu_blocks and not v.model.bounded]
 RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a RST
 
 
@@ -52,16 +52,16 @@ def abort_downloads(srv, count: int, batch: int = 40) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,args", EVERY_MODEL, ids=[v[0] for v in EVERY_MODEL])
-def test_aborted_downloads_write_a_bounded_number_of_log_lines(start, variant, args):
-    srv = start(model_of(variant), *args)
+@pytest.mark.parametrize("variant", EVERY_MODEL, ids=[v.name for v in EVERY_MODEL])
+def test_aborted_downloads_write_a_bounded_number_of_log_lines(start, variant):
+    srv = start(variant.model.name, *variant.args)
     abort_downloads(srv, 1200)
     with Client(srv.url) as c:  # still serving, exact bytes
         r = c.request("/big.bin")
         assert r.status == 200 and sha(r.body) == sha(content_for("big.bin", FILES["big.bin"]))
     assert srv.stop(timeout=15) == 0
     lines = srv.stderr_text().splitlines()
-    assert len(lines) <= 50, f"{variant} wrote {len(lines)} lines for 1,200 aborted downloads:\n" + "\n".join(
+    assert len(lines) <= 50, f"{variant.name} wrote {len(lines)} lines for 1,200 aborted downloads:\n" + "\n".join(
         lines[:20])
 
 
@@ -104,13 +104,13 @@ def set_nofile(proc: psutil.Process, limits) -> None:
         pass  # a forking child whose connection has ended meanwhile
 
 
-@pytest.mark.parametrize("variant,args", EVERY_MODEL, ids=[v[0] for v in EVERY_MODEL])
-def test_a_full_stderr_pipe_does_not_stop_the_server(start, variant, args):
+@pytest.mark.parametrize("variant", EVERY_MODEL, ids=[v.name for v in EVERY_MODEL])
+def test_a_full_stderr_pipe_does_not_stop_the_server(start, variant):
     """Out of descriptors, every model reports it on stderr (rate-limited); with stderr a
     full pipe nobody reads, that report must not block the server."""
     r, w = full_pipe()
     try:
-        srv = start(model_of(variant), *args, stderr=w)
+        srv = start(variant.model.name, *variant.args, stderr=w)
         with Client(srv.url) as c:
             assert c.request("/odd.bin").status == 200
         # no descriptor to spare: each accept() now fails with EMFILE and is reported
@@ -150,11 +150,11 @@ def request_all(socks: list[socket.socket], request: bytes, expected_tail: bytes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,args", EVENT_LOOPS, ids=[v[0] for v in EVENT_LOOPS])
-def test_ten_thousand_idle_connections_are_held_while_others_are_served(start, variant, args):
+@pytest.mark.parametrize("variant", EVENT_LOOPS, ids=[v.name for v in EVENT_LOOPS])
+def test_ten_thousand_idle_connections_are_held_while_others_are_served(start, variant):
     idle_count = 10_000
     raise_nofile(idle_count + 200)
-    srv = start(model_of(variant), "--keepalive-timeout", "120", "--header-timeout", "120", *args)
+    srv = start(variant.model.name, "--keepalive-timeout", "120", "--header-timeout", "120", *variant.args)
     with Client(srv.url) as c:  # warm up: the loop's own descriptors are open once it has served
         assert c.request("/odd.bin").status == 200
     time.sleep(0.2)

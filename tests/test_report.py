@@ -326,10 +326,9 @@ def test_model_cards_are_markdown_without_figures_or_outside_references():
 
     from serverzoo.bench.cards import model_cards
     from serverzoo.bench.scenarios import ServerSpec
-    from serverzoo.servers import MODELS
+    from serverzoo.servers import MODELS, resolve, server_names
 
-    specs = {m: ServerSpec(m, m) for m in MODELS} | {"asyncio-uvloop": ServerSpec("asyncio-uvloop", "asyncio",
-                                                                                   ("--loop", "uvloop"))}
+    specs = {v.name: ServerSpec(v.name, v.model.name, v.args) for v in map(resolve, server_names())}
     cards = {c.server: c for c in model_cards(specs)}
     for card in cards.values():
         text = card.html

@@ -7,7 +7,7 @@ import click
 import pytest
 
 from serverzoo.clients.udp import wire
-from serverzoo.clients.udp.command import parse_rate
+from serverzoo.clients.udp.udp_cli import parse_rate
 from serverzoo.clients.udp.control import UdpTestError, check_size, parse_target
 from serverzoo.clients.udp.receiver_stats import ReceiverStats
 from serverzoo.clients.udp.roundtrip import percentiles

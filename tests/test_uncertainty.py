@@ -69,9 +69,40 @@ def test_pooling_fewer_repetitions_keeps_the_larger_noise():
     assert tight_but_apart.method == "pooled"
     assert tight_but_apart.half_width == pytest.approx(12.706 * statistics.stdev([90, 110]) / math.sqrt(2))
     agreeing_but_noisy = u.pool([u.Estimate(100.0, 20.0, 5, "batch-means"), u.Estimate(100.0, 20.0, 5, "batch-means")])
-    assert agreeing_but_noisy.half_width == pytest.approx(math.sqrt(800) / 2)
+    # each repetition: se = 20 / t(4); the mean of two: se / sqrt(2) with Welch df = 8
+    se = 20.0 / u._t95(4) / math.sqrt(2)
+    assert agreeing_but_noisy.half_width == pytest.approx(u._t95(8) * se)
+    assert agreeing_but_noisy.degrees_of_freedom == pytest.approx(8.0)
+    assert agreeing_but_noisy.standard_error == pytest.approx(se)
     only = u.Estimate(5.0, 1.0, 5, "batch-means")
     assert u.pool([only]) is only
+
+
+def test_a_pooled_interval_from_batches_keeps_its_degrees_of_freedom():
+    # Two cells of two repetitions each; the repetitions agree, so each interval is its
+    # batches' (se 1.02, df 8), not the repetitions' (df 1). The difference: se 1.44, Welch
+    # df 16, about +-3.05. Read back with df 1, the standard errors came out 5.5 times too
+    # small and the difference test then used t(1): about +-4.0, too wide for a 3.5% lead.
+    a = u.pool([u.Estimate(103.5, 4.0, 5, "batch-means")] * 2)
+    b = u.pool([u.Estimate(100.0, 4.0, 5, "batch-means")] * 2)
+    assert (a.method, a.degrees_of_freedom) == ("pooled", pytest.approx(8.0))
+    assert u.combined_half_width(a, b) == pytest.approx(u._t95(16) * math.hypot(a.standard_error, b.standard_error))
+    assert u.clearly_ahead(a, b)
+    assert not u.clearly_ahead(u.pool([u.Estimate(102.0, 4.0, 5, "batch-means")] * 2), b)
+
+
+def test_repetitions_that_disagree_keep_one_degree_of_freedom():
+    e = u.pool([u.Estimate(90.0, 1.0, 5, "batch-means"), u.Estimate(110.0, 1.0, 5, "batch-means")])
+    assert e.degrees_of_freedom == 1.0
+    assert e.standard_error == pytest.approx(statistics.stdev([90, 110]) / math.sqrt(2))
+
+
+def test_estimates_round_trip_through_json_and_old_runs_read_as_n_minus_one():
+    e = u.pool([u.Estimate(100.0, 20.0, 5, "batch-means")] * 2)
+    assert u.Estimate.from_dict(e.to_dict()) == e
+    old = u.Estimate.from_dict({"value": 1.0, "half_width": 0.1, "n": 5, "method": "batch-means"})
+    assert old.degrees_of_freedom == 4.0
+    assert not u.Estimate.from_dict({"value": 1.0, "half_width": None}).measured
 
 
 # a, b, higher_is_better, clearly ahead?

@@ -221,3 +221,24 @@ def test_the_summary_says_what_to_pick_and_how_sure():
                                                          "asyncio all reached 2,000.0 MB/s at c=4")
     none = decide("s", [c("iterative", None, None, "failed")], "rps", True, 16, "c=16")
     assert summary_line(none, "Idle") == "Idle: no model served it cleanly at c=16."
+
+
+def _load_with(unfinished: dict, slowest_us: int) -> dict:
+    return {"requests": 100, "errors": {"total": 0}, "rps": 100.0, "mb_per_s": 1.0,
+            "latency_us": {"max": slowest_us}, "unfinished": unfinished}
+
+
+# unfinished at the window's close, slowest response (us) -> requests counted as stalled
+STALLS = [
+    ("recorded by the generator", {"count": 8, "oldest_us": 900, "longer_than_max": 3, "stalled": 2}, 400, 2),
+    ("a download in flight, a little older than the slowest: the tail, not a stall",
+     {"count": 4, "oldest_us": 606_201, "median_age_us": 207_871, "longer_than_max": 1}, 561_275, 0),
+    ("an old run whose waiters were far older than the slowest",
+     {"count": 32, "oldest_us": 98_528, "median_age_us": 98_346, "longer_than_max": 31}, 3_959, 31),
+    ("nothing owed", {"count": 0, "oldest_us": None, "longer_than_max": 0}, 1_000, 0),
+]
+
+
+@pytest.mark.parametrize("name, unfinished, slowest, stalled", STALLS, ids=[s[0] for s in STALLS])
+def test_requests_left_waiting_count_as_stalled_only_well_beyond_the_slowest(name, unfinished, slowest, stalled):
+    assert Load.from_doc(_load_with(unfinished, slowest)).left_waiting == stalled

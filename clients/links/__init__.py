@@ -16,7 +16,7 @@ delay_schedule.py  its scheduling, sans-IO: delay, jitter, rate, queue, loss
 tun_link.py    the owner's side of the delay line; the capacity `serverzoo net check` measured
 line_check.py  measuring the delay line: delay against the setting, forwarding capacity
 watchdog.py    removes a run's namespaces if the process that made them dies without doing it
-command.py     `serverzoo net` (cleanup, links, check, up)
+net_cli.py     `serverzoo net` (cleanup, links, check, up)
 """
 
 from .profiles import LinkProfile, get_profile, load_profiles

@@ -105,7 +105,7 @@ class Step:
 
 
 @dataclass
-class Plan:
+class ShapingPlan:
     steps: list[Step] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)   # plain-language, one per part
     missing: list[str] = field(default_factory=list)   # parts this kernel cannot do
@@ -113,12 +113,12 @@ class Plan:
 
 
 def plan(profile: LinkProfile, support: KernelSupport, egress: list[tuple[str, str, str, str]],
-         delay_line: bool | None = None, measured: dict | None = None) -> Plan:
+         delay_line: bool | None = None, measured: dict | None = None) -> ShapingPlan:
     """Commands for the profile. egress: (namespace, device, peer namespace, peer device) for each
     direction; the profile applies to each. delay_line: None chooses (netem first, the delay line
     for delay without netem), True always uses it, False never. measured: what `serverzoo net
     check` measured of the delay line here (tun_link.load_measurement())."""
-    p = Plan()
+    p = ShapingPlan()
     needs_delay = profile.rtt_ms > 0 or profile.jitter_ms > 0
     if delay_line or (delay_line is None and needs_delay and not support.netem):
         if support.tun:
@@ -238,6 +238,6 @@ def measured_notes(profile: LinkProfile, measured: dict | None) -> list[str]:
     return notes
 
 
-def apply(p: Plan) -> None:
+def apply(p: ShapingPlan) -> None:
     for step in p.steps:
         sh(step.argv, step.stdin)

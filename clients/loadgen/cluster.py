@@ -43,7 +43,7 @@ from .coordinator import LoadError, _check_alive, _handle, _judge_client, _wait_
     build_document, make_shares
 from .options import LoadOptions, OptionError
 from .server_sampler import ServerSampler
-from .targets import Plan, build_plan
+from .targets import LoadPlan, build_plan
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -220,7 +220,7 @@ def _shift_times(result: dict, delta_ns: int) -> None:
         piece["end_ns"] += delta_ns
 
 
-def generator_task(names: str, opts: LoadOptions, plan: Plan, share) -> dict | None:
+def generator_task(names: str, opts: LoadOptions, plan: LoadPlan, share) -> dict | None:
     """One Dask task: start a generator child process, relay the start and a stop to it, return
     its result with times on the scheduler's wall clock (None: stopped before the start)."""
     from distributed import Event, Variable, get_client
@@ -275,7 +275,7 @@ class _Fault(Exception):
 
 
 class _ClusterRun:
-    def __init__(self, client: "Client", opts: LoadOptions, plan: Plan, chosen: list[ClusterWorker],
+    def __init__(self, client: "Client", opts: LoadOptions, plan: LoadPlan, chosen: list[ClusterWorker],
                  cluster: ClusterOptions) -> None:
         from distributed import Event, Variable
 

@@ -36,7 +36,7 @@ from .slo import parse_goals, slo_section
 from .slo_watch import Watch
 from .messages import parse_messages, write_message
 from .state import WorkerShare, split
-from .targets import Plan, build_plan, served_url
+from .targets import LoadPlan, build_plan, served_url
 
 if TYPE_CHECKING:
     from ..links import LinkedHosts
@@ -62,7 +62,7 @@ class LoadError(RuntimeError):
 
 
 class _WorkerProcess:
-    def __init__(self, share: WorkerShare, opts: LoadOptions, plan: Plan) -> None:
+    def __init__(self, share: WorkerShare, opts: LoadOptions, plan: LoadPlan) -> None:
         self.share = share
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "serverzoo.clients.loadgen.worker"],
@@ -151,7 +151,7 @@ def run_load(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> dict:
 class LoadSession:
     """Runs against one server: the --serve server (started once for all of them), or the URL's."""
 
-    def __init__(self, plan: Plan, server_pid: int | None, served: "ServedRun | None") -> None:
+    def __init__(self, plan: LoadPlan, server_pid: int | None, served: "ServedRun | None") -> None:
         self.plan = plan
         self.server_pid = server_pid
         self.served = served
@@ -185,7 +185,7 @@ def load_session(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> Itera
         raise LoadError(str(exc), exc.details) from None
 
 
-def _measure(opts: LoadOptions, plan: Plan, server_pid: int | None) -> dict:
+def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
     shares = make_shares(opts)
     sampler = None
     if server_pid is not None:
@@ -354,7 +354,8 @@ def _unfinished(results: list[dict], slowest_us: int | None) -> dict:
     ages = sorted(age for r in results for age in r["unfinished_us"])
     return {"count": len(ages), "oldest_us": ages[-1] if ages else None,
             "median_age_us": ages[len(ages) // 2] if ages else None,
-            "longer_than_max": sum(age > (slowest_us or 0) for age in ages)}
+            "longer_than_max": sum(age > (slowest_us or 0) for age in ages),
+            "stalled": sum(age > latency.STALLED_BEYOND_SLOWEST * (slowest_us or 0) for age in ages)}
 
 
 def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
@@ -414,7 +415,7 @@ def _judge_client(opts: LoadOptions, results: list[dict], elapsed: float) -> dic
     }
 
 
-def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: ServerSampler | None,
+def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampler: ServerSampler | None,
                    interrupted: bool = False) -> dict:
     extra = list(opts.percentiles)
     m = _merge_phase(results, "measure", extra)
@@ -510,7 +511,7 @@ def build_document(opts: LoadOptions, plan: Plan, results: list[dict], sampler: 
     return doc
 
 
-def _targets_with_counts(plan: Plan, results: list[dict]) -> list[dict]:
+def _targets_with_counts(plan: LoadPlan, results: list[dict]) -> list[dict]:
     """The mix, with the requests sent to each target in the measured window (for a mix)."""
     targets = plan.describe()
     counts = [r["sent"] for r in results if r["sent"] is not None]

@@ -22,6 +22,11 @@ HIGHEST_US = 3_600_000_000  # one hour; longer values are clamped to it
 SIGNIFICANT_DIGITS = 3
 FORMAT = "HdrHistogram V2 compressed, base64; microseconds, 1 us..1 h, 3 significant digits"
 
+# A request still owed when the window closed is a stall, not the tail of the distribution,
+# once it has waited this many times as long as the slowest response that came back: a
+# download in flight at the end is naturally a little older than the slowest finished one.
+STALLED_BEYOND_SLOWEST = 2
+
 # the percentiles every summary carries, and their keys
 STANDARD_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 

@@ -265,8 +265,11 @@ class LoadOptions:
             _check(not self.url.startswith("/"), f"{self.url} is a path: give a full URL "
                                                  f"(http://HOST:PORT{self.url}), or --serve MODEL to start a server")
             return
-        from .serving import resolve_server
-        resolve_server(self.serve)
+        from ...servers import UnknownServer, resolve
+        try:
+            resolve(self.serve)
+        except UnknownServer as exc:
+            raise OptionError(f"--serve {self.serve}: {exc}") from None
         _check(self.server_pid is None, "--serve samples the server it starts; drop --server-pid")
         root = self.root if self.root is not None else self.corpus
         _check(root is not None, "--serve needs a directory to serve: give --root DIR (or --corpus DIR)")

@@ -19,7 +19,8 @@ import threading
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING, ContextManager, Iterator
 
-from .options import LoadOptions, OptionError
+from ...servers import resolve
+from .options import LoadOptions
 
 if TYPE_CHECKING:
     from ..links import LinkedHosts
@@ -36,18 +37,6 @@ class ServerNotStarted(RuntimeError):
         self.details = details
 
 
-def resolve_server(name: str) -> tuple[str, tuple[str, ...]]:
-    """A model of `serverzoo models`, or a named variant (asyncio-uvloop), as (model, its
-    `serverzoo serve` arguments). OptionError (one line) for anything else."""
-    from ...servers import MODELS, VARIANTS
-    if name in MODELS:
-        return name, ()
-    if name in VARIANTS:
-        return VARIANTS[name]
-    raise OptionError(f"--serve {name}: unknown server; models: {', '.join(MODELS)}; "
-                      f"variants: {', '.join(VARIANTS)}")
-
-
 class ServedRun:
     """The started server (and the link it runs over, if any) of one run."""
 
@@ -55,8 +44,7 @@ class ServedRun:
         self.server = server
         self.hosts = hosts
         self.warnings: list[str] = []
-        model, _ = resolve_server(opts.serve)
-        self.record: dict = {"name": opts.serve, "model": model, "root": opts.root or opts.corpus,
+        self.record: dict = {"name": opts.serve, "model": resolve(opts.serve).model.name, "root": opts.root or opts.corpus,
                              "argv": list(server.argv), "cpus": opts.server_cpus, "pid": None, "url": None,
                              "exit_code": None, "clean_stop": None, "problem": None}
 
@@ -109,9 +97,10 @@ def served(opts: LoadOptions, hosts: "LinkedHosts | None" = None) -> Iterator[Se
     """
     from ...servers.launch import ServerProcess, ServerStartError
 
-    model, variant_args = resolve_server(opts.serve)
+    variant = resolve(opts.serve)
+    model = variant.model.name
     root = opts.root if opts.root is not None else opts.corpus
-    args = [*variant_args, *opts.server_args]
+    args = [*variant.args, *opts.server_args]
     with ExitStack() as stack:
         stack.enter_context(_sigterm_as_exit())
         if hosts is None and opts.link is not None:

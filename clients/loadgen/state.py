@@ -16,7 +16,7 @@ from time import monotonic_ns
 from .connection import LARGE_BODY, BufferedClientConnection, ClientConnection
 from .options import LoadOptions
 from .ports import LoopbackSources
-from .targets import Plan
+from .targets import LoadPlan
 from .verification import References, Verifier
 
 
@@ -66,7 +66,7 @@ class Phase:
 class Run:
     """The state every connection and driver of this worker shares."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, opts: LoadOptions, plan: Plan, share: WorkerShare,
+    def __init__(self, loop: asyncio.AbstractEventLoop, opts: LoadOptions, plan: LoadPlan, share: WorkerShare,
                  address: str, family: int) -> None:
         self.loop = loop
         self.opts = opts

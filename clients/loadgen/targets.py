@@ -48,7 +48,7 @@ class Server:
 
 
 @dataclass
-class Plan:
+class LoadPlan:
     server: Server
     targets: list[Target]
     sequence: list[int]  # indices into targets, drawn by weight
@@ -152,7 +152,7 @@ def served_url(path: str, base_url: str) -> str:
     return base_url.rstrip("/") + path
 
 
-def build_plan(opts: LoadOptions, base_url: str | None = None) -> Plan:
+def build_plan(opts: LoadOptions, base_url: str | None = None) -> LoadPlan:
     """The targets of a run. With opts.serve, base_url is the started server's URL (its paths resolve there)."""
     if opts.serve is not None and base_url is None:
         raise ValueError("a run with serve needs the started server's base_url")
@@ -203,7 +203,7 @@ def build_plan(opts: LoadOptions, base_url: str | None = None) -> Plan:
                     t.expect_length, t.expect_sha256, t.corpus_name = entry.size, bytes.fromhex(entry.sha256), entry.name
         targets.append(t)
     slow = make(0.0, _join(server, opts.slow_read_path)) if opts.slow_read_path else None
-    return Plan(server, targets, draw_sequence(targets, opts.seed), slow)
+    return LoadPlan(server, targets, draw_sequence(targets, opts.seed), slow)
 
 
 def draw_sequence(targets: list[Target], seed: int) -> list[int]:

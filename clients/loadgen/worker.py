@@ -29,7 +29,7 @@ from .options import LoadOptions
 from .slo import parse_goals
 from .slo_watch import Tally, violation_limits
 from .state import Run, WorkerShare, is_uvloop
-from .targets import Plan
+from .targets import LoadPlan
 from .verification import preload_references
 
 SWEEP_S = 0.1  # how often timeouts are checked
@@ -50,7 +50,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 
 
 class Worker:
-    def __init__(self, opts: LoadOptions, plan: Plan, share: WorkerShare, out_fd: int | None) -> None:
+    def __init__(self, opts: LoadOptions, plan: LoadPlan, share: WorkerShare, out_fd: int | None) -> None:
         self.opts, self.plan, self.share, self.out_fd = opts, plan, share, out_fd
         info = socket.getaddrinfo(plan.server.host, plan.server.port, type=socket.SOCK_STREAM)[0]
         self.family, self.address = info[0], info[4][0]

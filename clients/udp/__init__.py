@@ -5,5 +5,5 @@ receiver_stats.py  loss, duplicates, reordering and RFC 3550 jitter from what ar
 responder.py     the UDP echo/counting sink plus a small TCP echo/sink on the same port number
 stream.py        the paced UDP sender, the TCP bulk stream and the rate sweep
 roundtrip.py     request/response latency: UDP, TCP keep-alive, TCP fresh connection
-command.py       the `serverzoo udp` click group
+udp_cli.py       the `serverzoo udp` click group
 """

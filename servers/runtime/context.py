@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from ...protocol import Docroot, FileApp, HttpConnection, Limits
 from ...protocol.responses import HeadWriter
+from .. import get_model
 from .accepting import AcceptBackoff
 from .clock import http_date
 from .listener import tune_connection
@@ -42,6 +43,8 @@ class ServerContext:
         self._accepting_in_main_thread = False
         self.limits = config.limits
         self.options = config.options
+        # --file-send, else the model's own default (the registry's trait)
+        self.use_sendfile = config.options.get("file_send", get_model(config.model).file_send) == "sendfile"
         self.server_name = f"serverzoo-{config.model}"
         self.app = FileApp(docroot or Docroot(config.root, small_file_bytes=config.limits.small_file_bytes,
                                               cache_bytes=config.limits.cache_bytes))

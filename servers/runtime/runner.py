@@ -41,7 +41,7 @@ def run_server(config: ServerConfig) -> int:
     info = get_model(config.model)
     listener = make_listener(config.host, config.port, backlog=config.backlog)
     try:
-        if config.workers > 1 or info.name == "prefork":
+        if config.workers > 1 or info.supervised:
             def worker(_index: int) -> None:
                 serve_in_this_process(config, listener, shares_listener=True)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .plan import REFERENCE, Plan, build_plan, format_duration, parse_cpus, parse_list
+from .plan import REFERENCE, BenchPlan, build_plan, format_duration, parse_cpus, parse_list
 from .scenarios import ConfigError
 from .store import SCHEMA, ResultsError, read_run, write_atomic
 
@@ -186,7 +186,7 @@ def _link_profile(name: str | None, links_file: str | None, suite: Suite) -> Lin
     return suite.links[name]
 
 
-def _check_link_support(plan: Plan, dry_run: bool) -> None:
+def _check_link_support(plan: BenchPlan, dry_run: bool) -> None:
     """Without root or iproute2, say so now (one line), before the corpus is written; a dry run only notes it."""
     from serverzoo.clients.links import LinkUnavailable, require_support
 
@@ -222,7 +222,7 @@ def _record_link(doc: dict[str, Any], hosts: LinkedHosts, resumed: bool) -> None
                             f"(the run began with: {'; '.join(before)})")
 
 
-def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
+def _new_run(o: dict[str, Any]) -> tuple[BenchPlan, dict[str, Any], str, str]:
     from serverzoo.machine import describe_machine
 
     from serverzoo.clients.links.namespaces import SERVER_ADDR
@@ -289,13 +289,13 @@ def _new_run(o: dict[str, Any]) -> tuple[Plan, dict[str, Any], str, str]:
     return plan, doc, path, corpus_root
 
 
-def _resume(path: str, dry_run: bool = False) -> tuple[Plan, dict[str, Any], str, str]:
+def _resume(path: str, dry_run: bool = False) -> tuple[BenchPlan, dict[str, Any], str, str]:
     from serverzoo.machine import describe_machine
 
     from .corpus import check_corpus, ensure_corpus
 
     doc = read_run(path)
-    plan = Plan.from_config(doc["config"])  # with the run's recorded link profile, rebuilt as it was
+    plan = BenchPlan.from_config(doc["config"])  # with the run's recorded link profile, rebuilt as it was
     _check_link_support(plan, dry_run)
     here, there = describe_machine(), doc["machine"]
     for key in ("hostname", "cpu_model", "cpus"):

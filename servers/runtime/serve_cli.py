@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from ...protocol import Limits
-from .. import MODELS, get_model
+from .. import MODELS, VARIANTS, get_model
 
 _MODEL_OPTIONS = {  # option name -> flag, for messages
     "pool": "--pool", "max_children": "--max-children", "selector": "--selector", "loop": "--loop",
@@ -21,13 +20,22 @@ def _models_help() -> str:
     return "\n".join(f"  {m.name:<{width}}  {m.summary}" for m in MODELS.values())
 
 
+def _variants_help() -> str:
+    width = max(map(len, VARIANTS))
+    return "\n".join(f"  {v.name:<{width}}  {v.model.name} {' '.join(v.args)}" for v in VARIANTS.values())
+
+
+def _per_cpu_models() -> str:
+    return ", ".join(m.name for m in MODELS.values() if m.default_workers is None)
+
+
 @click.command("serve", epilog="\b\nModels:\n" + _models_help())
 @click.argument("model", type=click.Choice(list(MODELS)), metavar="MODEL")
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Directory to serve.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (IPv4 or IPv6).")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Processes sharing the listener (prefork and the event loops). [prefork: CPU count]")
+              help=f"Processes sharing the listener (prefork and the event loops). [{_per_cpu_models()}: CPU count]")
 @click.option("--backlog", default=1024, show_default=True, type=click.IntRange(1))
 @click.option("--keepalive-timeout", default=5.0, show_default=True, type=click.FloatRange(0.01),
               help="Seconds an idle keep-alive connection is kept.")
@@ -63,8 +71,7 @@ def serve_command(model: str, root: str, host: str, port: int, workers: int | No
     if workers is not None and workers > 1 and not info.multiprocess:
         raise click.UsageError(f"--workers does not apply to the {model} model "
                                f"(it applies to: {', '.join(m.name for m in MODELS.values() if m.multiprocess)})")
-    if workers is None:
-        workers = (os.cpu_count() or 1) if model == "prefork" else 1
+    workers = info.workers(workers)
     limits = Limits(keepalive_timeout=keepalive_timeout, header_timeout=header_timeout,
                     write_timeout=write_timeout, grace=grace)
     config = ServerConfig(model=model, root=root, host=host, port=port, backlog=backlog, workers=workers,
@@ -79,5 +86,7 @@ def serve_command(model: str, root: str, host: str, port: int, workers: int | No
 
 @click.command("models")
 def models_command() -> None:
-    """List the server models, one line each."""
+    """List the server models, one line each, then the named variants (a model plus serve arguments)."""
     click.echo(_models_help())
+    click.echo("Variants (accepted wherever a server name is, e.g. `serverzoo load --serve`):")
+    click.echo(_variants_help())
