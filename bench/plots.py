@@ -180,12 +180,12 @@ def capacity_chart(view: RunView, scenario: str, caption: str) -> str:
         color = style["color"]
         ax.plot(xs, ys, label=f"{server}" + (f" ({search.rate:,.4g} req/s)" if search.rate else " (none held)"),
                 color=color, linestyle=style.get("linestyle", "-"))
-        held = [(x, y) for x, y, s in zip(xs, ys, steps) if s.held]
-        failed = [(x, y) for x, y, s in zip(xs, ys, steps) if not s.held]
+        held = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if s.held]
+        failed = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if not s.held]
         if held:
-            ax.scatter(*zip(*held), color=color, marker=style["marker"], zorder=3)
+            ax.scatter(*zip(*held, strict=True), color=color, marker=style["marker"], zorder=3)
         if failed:
-            ax.scatter(*zip(*failed), facecolors="none", edgecolors=color, marker=style["marker"], zorder=3)
+            ax.scatter(*zip(*failed, strict=True), facecolors="none", edgecolors=color, marker=style["marker"], zorder=3)
         if search.rate:
             ax.axvline(search.rate, color=color, alpha=0.35, linewidth=1)
     try:

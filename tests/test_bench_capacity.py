@@ -10,11 +10,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from serverzoo.bench import uncertainty
-from serverzoo.bench.scenarios import ConfigError, load_suite
+from serverzoo.bench.scenarios import ConfigError, Suite, load_suite
 from serverzoo.bench.verdicts import Contender, decide
 
 BASE = """
@@ -51,13 +53,13 @@ full = false
 """
 
 
-def _suite(tmp_path, text: str):
+def _suite(tmp_path, text: str) -> Suite:
     path = tmp_path / "scenarios.toml"
     path.write_text(BASE + text)
     return load_suite(str(path))
 
 
-def test_a_capacity_scenario_is_read_and_a_preset_may_leave_it_out(tmp_path) -> None:
+def test_a_capacity_scenario_is_read_and_a_preset_may_leave_it_out(tmp_path: Path) -> None:
     suite = _suite(tmp_path, CAPACITY)
     sc = suite.scenarios("quick")["wait-capacity"]
     assert sc.mode == "capacity" and sc.goal == "p90<300ms" and sc.levels == (4,) and sc.connections == 4
@@ -74,13 +76,13 @@ def test_a_capacity_scenario_is_read_and_a_preset_may_leave_it_out(tmp_path) -> 
     (("connections = 4,", "concurrency = [4], connections = 4,"), "drop concurrency"),
     ((", time = 20", ""), "time must be a number"),
 ])
-def test_capacity_scenario_mistakes_are_one_line_errors(tmp_path, change: tuple[str, str], message: str) -> None:
+def test_capacity_scenario_mistakes_are_one_line_errors(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         _suite(tmp_path, CAPACITY.replace(*change))
     assert "\n" not in str(info.value)
 
 
-def test_search_keys_belong_to_capacity_scenarios(tmp_path) -> None:
+def test_search_keys_belong_to_capacity_scenarios(tmp_path: Path) -> None:
     closed = """
 [scenarios.small]
 title = "Small"
@@ -117,19 +119,19 @@ def test_capacity_verdict_ties_within_the_resolution() -> None:
 
 
 @pytest.fixture
-def out_dir():
+def out_dir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="serverzoo-bench-capacity-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_tiny_capacity_run_ranks_models_and_draws_their_curves(out_dir) -> None:
+def test_tiny_capacity_run_ranks_models_and_draws_their_curves(out_dir: str) -> None:
     scenarios = os.path.join(out_dir, "scenarios.toml")
     with open(scenarios, "w") as f:
         f.write(BASE + CAPACITY)
     proc = subprocess.run([sys.executable, "-m", "serverzoo", "bench", "--scenarios-file", scenarios,
                            "--models", "asyncio,iterative"], cwd=out_dir, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+                          timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr
     [path] = glob.glob(os.path.join(out_dir, "results", "bench-*.json"))
     with open(path) as f:
@@ -146,7 +148,9 @@ def test_tiny_capacity_run_ranks_models_and_draws_their_curves(out_dir) -> None:
     # ranked by capacity; a busy machine may judge the generator the limit (then a tie at >= its figure)
     assert [r["server"] for r in verdict["ranking"]] == ["asyncio", "iterative"], verdict
     assert verdict["winner"] == "asyncio" or verdict["kind"] == "generator-limited", verdict
-    md = open(glob.glob(os.path.join(out_dir, "results", "*.md"))[0]).read()
+    with open(glob.glob(os.path.join(out_dir, "results", "*.md"))[0]) as f:
+        md = f.read()
     assert "capacity search at p90<300ms" in md and f"Verdict: {verdict['text']}" in md
-    html = open(glob.glob(os.path.join(out_dir, "results", "*.html"))[0]).read()
+    with open(glob.glob(os.path.join(out_dir, "results", "*.html"))[0]) as f:
+        html = f.read()
     assert "latency against load, as each search walked it" in html

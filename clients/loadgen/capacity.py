@@ -209,13 +209,13 @@ def find_capacity(opts: LoadOptions, settings: SearchSettings,
             search.record(rate, row["held"])
             if on_step is not None:
                 on_step(row)
-    doc = _document(opts, settings, goals, search, rows, monotonic() - began, need)
+    doc = _document(opts, settings, goals, search, rows, elapsed=monotonic() - began, need=need)
     if session.served is not None:
         session.served.add_to(doc)
     return doc
 
 
-def _document(opts: LoadOptions, settings: SearchSettings, goals: list[Goal], search: Search, rows: list[dict],
+def _document(opts: LoadOptions, settings: SearchSettings, goals: list[Goal], search: Search, rows: list[dict], *,
               elapsed: float, need: int) -> dict:
     warnings = []
     held = [r for r in rows if r["held"]]
@@ -263,7 +263,7 @@ def capacity_text(doc: dict) -> str:
                      + "".join(f"{fmt_us(lat.get(k)):>9}" for k in CURVE_PERCENTILES)
                      + f" {r['errors']:>7}  {mark}")
     if doc["capacity_rps"] is not None:
-        lo, hi = doc["bracket"]
+        hi = doc["bracket"][1]
         above = f"; {hi:,.4g} req/s did not" if hi is not None else ""
         ended = "" if doc["resolved"] else f"; the search ended early: {doc['stopped']}"
         lines.append(f"Capacity: {doc['capacity_rps']:,.4g} req/s at {goals} (the highest rate that held{above}"

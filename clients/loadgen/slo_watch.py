@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .slo import ERRORS, LATENCY, RPS, Goal, format_value
+from .slo import ERRORS, LATENCY, Goal, format_value
 
 WINDOW_SLACK = 0.01  # the measured window may close a little early on a worker's timer
 
