@@ -203,7 +203,11 @@ def find_capacity(opts: LoadOptions, settings: SearchSettings,
                 break
             step = dataclasses.replace(opts, rate=rate, duration=window, warmup_s=warmup, requests=None,
                                        abort_on_fail=True, live=False)
-            row = judge_step(goals, session.measure(step), rate)
+            result = session.measure(step)
+            if result["interrupted"]:  # Ctrl-C: the step is cut short and the search ends with it
+                search.stop(f"interrupted during the step at {rate:g} req/s")
+                break
+            row = judge_step(goals, result, rate)
             row["step"] = len(rows) + 1
             rows.append(row)
             search.record(rate, row["held"])
