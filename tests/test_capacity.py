@@ -9,6 +9,10 @@ an iterative server completes one request at a time whatever the connections, 1 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import jsonschema
 import pytest
@@ -143,3 +147,20 @@ def test_a_search_that_cannot_mean_anything_is_refused(goals: list[str], extra: 
     with pytest.raises(OptionError, match=part):
         find_capacity(opts, SearchSettings())
 
+
+
+def test_ctrl_c_ends_the_search(corpus: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "serverzoo", "load", "/_/work?wait=20", "--serve", "asyncio",
+                             "--root", corpus, "-c", "2", "--find-capacity", "--slo", "p90<300ms", "--search-start",
+                             "20", "-d", "20s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        time.sleep(3)  # inside the first step's 20 s window
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "interrupted during the step at 20 req/s" in out, out + err
+    assert proc.returncode == 5 and "Traceback" not in err  # no step was judged: no rate held
