@@ -201,6 +201,11 @@ def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
     if not estimates:
         raise ValueError("no estimates")
     values = [e.value for e in estimates]
+    if any(e.method == "bracket" for e in estimates):
+        # repeated capacity searches: what they disagree by, but never finer than a search resolves
+        spread = from_samples(values).half_width if len(values) > 1 else 0.0
+        return Estimate(statistics.fmean(values), max(spread, max(e.half_width for e in estimates)),
+                        len(estimates), "bracket")
     if len(estimates) >= min_repetitions:
         return from_samples(values)
     if len(estimates) == 1:

@@ -154,3 +154,13 @@ def test_tiny_capacity_run_ranks_models_and_draws_their_curves(out_dir: str) -> 
     with open(glob.glob(os.path.join(out_dir, "results", "*.html"))[0]) as f:
         html = f.read()
     assert "latency against load, as each search walked it" in html
+
+
+def test_repeated_searches_never_separate_finer_than_their_brackets() -> None:
+    same = [uncertainty.bracket(100, 110)] * 3
+    pooled = uncertainty.pool(same)
+    assert pooled.method == "bracket" and (pooled.low, pooled.high) == (100, 110)
+    slightly_better = uncertainty.pool([uncertainty.bracket(104, 114)] * 3)
+    assert not uncertainty.clearly_ahead(slightly_better, pooled)
+    spread = uncertainty.pool([uncertainty.bracket(100, 110), uncertainty.bracket(200, 210)])
+    assert spread.half_width > 50  # two searches that disagree: their spread, not the bracket
