@@ -14,8 +14,12 @@ target: a server that completes less than it is offered is not keeping up, whate
 latency says so far. Each step has a warm-up (connections opened, queues settled; excluded)
 and a window long enough for the percentile asked: REQUIRED_TAIL responses beyond it, so
 p99 needs 500 responses and p99.9 5,000. A step past capacity stops as soon as a goal is
-proven lost (slo_watch), so overloaded steps are short. The whole search is bounded in steps
-and in time; a step that would not fit in the time left ends it.
+proven lost (slo_watch), so overloaded steps are short. An overloaded step leaves the server
+a backlog (requests sent and not yet answered; a server that takes connections one at a time
+still has them queued), which would be charged to the next step: after a step that left
+requests unanswered, the search pauses for as long as the server needs to answer them at the
+rate it achieved (at most MAX_SETTLE_S). The whole search is bounded in steps and in time; a
+step that would not fit in the time left ends it.
 
 Search (the bracket and the next rate) and judge_step are pure; find_capacity runs the steps.
 """
@@ -26,7 +30,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import monotonic
+from time import monotonic, sleep
 
 from serverzoo.machine import describe_machine
 
@@ -43,6 +47,7 @@ MIN_STEP_S = 1.0  # measured time of a step, at least
 MIN_WARMUP_S = 0.5
 WARMUP_SENDS = 2  # the warm-up lasts long enough for each connection to send this many requests
 STEP_OVERHEAD_S = 0.5  # starting the worker processes and collecting their results, per step
+MAX_SETTLE_S = 10.0  # the longest pause after an overloaded step for the server to work off its backlog
 CURVE_PERCENTILES = ("p50", "p90", "p99", "p99.9")
 
 
@@ -130,6 +135,15 @@ def step_lengths(rate: float, connections: int, need: int, settings: SearchSetti
     return warmup, max(settings.min_step_s, need / rate)
 
 
+def settle_seconds(doc: dict) -> float:
+    """How long the server needs to answer what a step left unanswered, at the rate it achieved."""
+    owed = doc["unfinished"]["count"]
+    rate = doc["achieved_rate"] or 0.0
+    if not owed:
+        return 0.0
+    return round(min(MAX_SETTLE_S, owed / rate if rate > 0 else MAX_SETTLE_S), 3)
+
+
 def judge_step(goals: list[Goal], doc: dict, target: float) -> dict:
     """One row of the curve: the step's figures, its goals, and whether it held (and why not)."""
     section = doc["slo"]
@@ -209,6 +223,8 @@ def find_capacity(opts: LoadOptions, settings: SearchSettings,
                 break
             row = judge_step(goals, result, rate)
             row["step"] = len(rows) + 1
+            row["settle_s"] = settle_seconds(result) if not row["held"] else 0.0
+            sleep(min(row["settle_s"], max(0.0, settings.max_time_s - (monotonic() - began))))
             rows.append(row)
             search.record(rate, row["held"])
             if on_step is not None:
