@@ -217,18 +217,25 @@ def find_capacity(opts: LoadOptions, settings: SearchSettings,
                 break
             step = dataclasses.replace(opts, rate=rate, duration=window, warmup_s=warmup, requests=None,
                                        abort_on_fail=True, live=False)
-            result = session.measure(step)
+            try:
+                result = session.measure(step)
+            except KeyboardInterrupt:  # Ctrl-C while the step's workers started: nothing measured
+                result = {"interrupted": True}
             if result["interrupted"]:  # Ctrl-C: the step is cut short and the search ends with it
                 search.stop(f"interrupted during the step at {rate:g} req/s")
                 break
             row = judge_step(goals, result, rate)
             row["step"] = len(rows) + 1
             row["settle_s"] = settle_seconds(result) if not row["held"] else 0.0
-            sleep(min(row["settle_s"], max(0.0, settings.max_time_s - (monotonic() - began))))
             rows.append(row)
             search.record(rate, row["held"])
             if on_step is not None:
                 on_step(row)
+            try:
+                sleep(min(row["settle_s"], max(0.0, settings.max_time_s - (monotonic() - began))))
+            except KeyboardInterrupt:
+                search.stop(f"interrupted after the step at {rate:g} req/s")
+                break
     doc = _document(opts, settings, goals, search, rows, elapsed=monotonic() - began, need=need)
     if session.served is not None:
         session.served.add_to(doc)
