@@ -388,6 +388,7 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
     have no cell in common, or went over different networks (loopback and an emulated link,
     or two links): `serverzoo report` puts those side by side.
     """
+    from . import agreement, verdicts
     from .analysis import DifferentLinks, RunView, deltas, format_value, newly_failed
     from .store import load_run
 
@@ -427,4 +428,10 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
     unmeasured = sum(d.verdict == "unmeasured" for d in rows)
     click.echo(f"{regressions} regression(s), {improvements} improvement(s) beyond noise; "
                f"{unmeasured} cell(s) unmeasured (one repetition: no noise between server starts to judge by)")
+    agreeing = agreement.compare(verdicts.of_run(a.run, a), verdicts.of_run(b.run, b))
+    if agreeing:
+        click.echo(agreement.summary(agreeing))
+        for row in agreeing:
+            if row.status == agreement.DIFFERENT:
+                click.echo(f"  {row.scenario}: {agreement.label(row.before)} -> {agreement.label(row.after)}")
     sys.exit(EXIT_REGRESSION if regressions else EXIT_OK)

@@ -21,7 +21,7 @@ import jinja2
 
 from serverzoo.machine import machine_line
 
-from . import explanations
+from . import agreement, explanations
 from . import verdicts as verdict_rules
 from .analysis import (Delta, Point, RunView, deltas, format_value, level_label, link_name, link_summary, link_text,
                        metric_unit, ratio_text, same_link)
@@ -89,6 +89,11 @@ class DeltaTable:
     improvements: int
     unmeasured: int
     floor: float
+    verdicts: list[agreement.Agreement] = field(default_factory=list)  # do the two runs pick the same models?
+
+    @property
+    def verdict_summary(self) -> str:
+        return agreement.summary(self.verdicts)
 
 
 @dataclass
@@ -295,10 +300,13 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
         if not same_link(before, run):  # never paired as before/after: the difference is the link's
             report.side_by_side.append(side_by_side(RunView(before), view))
             continue
-        rows = deltas(RunView(before), view, floor=noise_floor)
+        before_view = RunView(before)
+        rows = deltas(before_view, view, floor=noise_floor)
         report.delta_tables.append(DeltaTable(before.run_id, run.run_id, rows, sum(d.regression for d in rows),
                                               sum(d.improvement for d in rows),
-                                              sum(d.verdict == "unmeasured" for d in rows), noise_floor))
+                                              sum(d.verdict == "unmeasured" for d in rows), noise_floor,
+                                              agreement.compare(verdict_rules.of_run(before, before_view),
+                                                                list(verdicts.values()))))
     return report
 
 
@@ -314,6 +322,7 @@ def _environment() -> jinja2.Environment:
     env.filters["noise"] = lambda v: "unmeasured" if v is None else f"±{v * 100:.1f}%"
     env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.globals["level_label"] = level_label
+    env.globals["verdict_label"] = agreement.label
     env.globals["metric_label"] = lambda m: METRICS[m][0]
     from .profile_report import where_the_time_goes  # `serverzoo bench --profile`'s section (it uses this module)
 
