@@ -64,7 +64,7 @@ def format_value(metric: str, value: float | None) -> str:
 
 def metric_unit(metric: str) -> str:
     """The unit a formatted value of the metric is in, where format_value does not say it ('ms' it does)."""
-    return {"rps": "req/s", "mb_per_s": "MB/s"}.get(metric, "")
+    return {"rps": "req/s", "mb_per_s": "MB/s", "capacity_rps": "req/s"}.get(metric, "")
 
 
 def supports(responses: int, percentile: float) -> bool:
@@ -181,6 +181,11 @@ def repetition_estimate(load: Load, metric: str) -> Estimate:
     value = load.metric(metric)
     if value is None:
         raise ValueError(f"no {metric} in this load result")
+    if metric == "capacity_rps":  # known to the search's bracket, and no finer
+        c = load.capacity
+        if c is None or c.held is None or c.failed is None or not c.held < c.failed:
+            return uncertainty.single(value)  # no rate failed: only a lower bound
+        return uncertainty.bracket(c.held, c.failed)
     slices = [s for s in load.timeline if s.requests or s.seconds]
     if metric == "p99_us":
         if not slices or any(s.histogram is None for s in slices):
@@ -488,6 +493,8 @@ class RunView:
 
 
 def level_label(scenario: Scenario, level: int) -> str:
+    if scenario.mode == "capacity":
+        return f"{scenario.goal}, {level} connections"
     return f"c={level}" if scenario.mode == "closed" else f"{level} req/s offered"
 
 

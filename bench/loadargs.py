@@ -29,6 +29,9 @@ FLAGS = {
     "slow_read_path": "--slow-read-path", "seed": "--seed", "timeline_interval_s": "--timeline-interval",
     "reconnect_after": "--reconnect-after", "server_cgroup": "--server-cgroup",
     "sample_interval_s": "--sample-interval",
+    # capacity scenarios: `serverzoo load --find-capacity` (not LoadOptions fields)
+    "find_capacity": "--find-capacity", "slo": "--slo", "search_start": "--search-start",
+    "search_time": "--search-time", "search_resolution": "--search-resolution",
 }
 
 
@@ -68,6 +71,9 @@ def load_options(plan: BenchPlan, cell: Cell, base_url: str, corpus_root: str, s
         opts["corpus"] = corpus_root
     if sc.mode == "open":
         opts["rate"] = cell.level
+    if sc.mode == "capacity":  # duration and warm-up: each step's least
+        opts |= {"find_capacity": True, "slo": sc.goal, "search_start": sc.search_start,
+                 "search_time": sc.search_time, "search_resolution": sc.search_resolution}
     if sc.idle:
         opts["idle"] = sc.idle
     if sc.slow_readers:
@@ -83,6 +89,9 @@ def load_argv(opts: dict[str, Any], json_path: str) -> list[str]:
     for field, flag in FLAGS.items():
         value = opts.get(field)
         if value is None:
+            continue
+        if value is True:  # a flag without a value
+            argv.append(flag)
             continue
         if isinstance(value, list):
             value = ",".join(map(str, value))

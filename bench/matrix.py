@@ -79,9 +79,9 @@ def cell_cost(plan: BenchPlan, doc: dict[str, Any], cell: Cell) -> float:
     for r in doc["cells"]:
         sc = plan.scenarios.get(r["scenario"])
         if sc is not None and r.get("seconds"):
-            overheads.append(r["seconds"] - sc.warmup - sc.duration)
+            overheads.append(r["seconds"] - sc.load_seconds)
     sc = plan.scenarios[cell.scenario]
-    return sc.warmup + sc.duration + (statistics.median(overheads) if overheads else CELL_OVERHEAD_S)
+    return sc.load_seconds + (statistics.median(overheads) if overheads else CELL_OVERHEAD_S)
 
 
 class _Loop:

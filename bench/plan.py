@@ -86,7 +86,7 @@ class BenchPlan:
 
     def cell_seconds(self, cell: Cell) -> float:
         sc = self.scenarios[cell.scenario]
-        return sc.warmup + sc.duration + CELL_OVERHEAD_S
+        return sc.load_seconds + CELL_OVERHEAD_S
 
     def estimate_seconds(self, cells: list[Cell] | None = None) -> float:
         return sum(self.cell_seconds(c) for c in (self.cells() if cells is None else cells))

@@ -155,6 +155,62 @@ def open_loop_chart(view: RunView, scenario: str, caption: str) -> str:
     return _svg(fig, caption)
 
 
+def capacity_chart(view: RunView, scenario: str, caption: str) -> str:
+    """Capacity search: the goal's latency against the offered rate at every step each model's search
+    walked (filled: the step held; hollow: it did not), the goal as a line, each capacity as a tick."""
+    sc = view.scenarios[scenario]
+    goal = sc.goal or ""
+    level = max(sc.levels)
+    fig = _figure()
+    ax = fig.add_subplot()
+    limit_ms = None
+    for server in view.servers_in(scenario):
+        # every repetition's search, failed ones too (no rate held: the curve still says how it went)
+        searches = [c.load.capacity for c in view.run.cells if c.server == server and c.scenario == scenario
+                    and c.level == level and c.load is not None and c.load.capacity is not None]
+        if not searches:
+            continue
+        search = searches[0]  # the first repetition's walk
+        steps = [s for s in search.steps if s.latency_us.get(goal) or s.latency_us.get("p99")]
+        if not steps:
+            continue
+        xs = [s.target_rate for s in steps]
+        ys = [(s.latency_us.get(goal) or s.latency_us["p99"]) / 1e3 for s in steps]
+        style = _style(view, server)
+        color = style["color"]
+        ax.plot(xs, ys, label=f"{server}" + (f" ({search.rate:,.4g} req/s)" if search.rate else " (none held)"),
+                color=color, linestyle=style.get("linestyle", "-"))
+        held = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if s.held]
+        failed = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if not s.held]
+        if held:
+            ax.scatter(*zip(*held, strict=True), color=color, marker=style["marker"], zorder=3)
+        if failed:
+            ax.scatter(*zip(*failed, strict=True), facecolors="none", edgecolors=color, marker=style["marker"], zorder=3)
+        if search.rate:
+            ax.axvline(search.rate, color=color, alpha=0.35, linewidth=1)
+    try:
+        from serverzoo.clients.loadgen.slo import LATENCY, parse_goal
+
+        parsed = parse_goal(goal)
+        if parsed.measure == LATENCY:
+            limit_ms = parsed.limit / 1e3
+    except ValueError:
+        limit_ms = None
+    if limit_ms:
+        ax.axhline(limit_ms, color="crimson", linestyle="--", linewidth=1, label=f"goal {goal}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("offered load (requests/s), log scale")
+    measure = goal.split("<")[0] if "<" in goal else "p99"
+    ax.set_ylabel(f"{measure} latency (ms), log scale")
+    ax.set_title(f"{sc.title}: latency against load, as each search walked it\n(filled: the step held; hollow: it "
+                 "did not; vertical line: the capacity found)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, len(view.servers_in(scenario)) + 1)
+    return _svg(fig, caption)
+
+
 def _spectrum(point: Point) -> tuple[list[float], list[float]]:
     """Percentile -> latency (us), only as far as the responses support (p99.9 needs 1,000): from the merged
     histograms when readable, else the saved percentiles."""

@@ -63,6 +63,8 @@ def profile_command(model: str, scenario: str, level: int | None, json_path: str
         if scenario not in known:
             raise ConfigError(f"unknown scenario {scenario!r}; choose from: {', '.join(known)}")
         sc = known[scenario]
+        if sc.mode == "capacity":
+            raise ConfigError(f"{scenario} is a capacity search, not a load at one level: profile another scenario")
         levels = [level] if level else None
         plan = build_plan(suite, preset, models=[model], scenarios=[scenario], reference=False,
                           concurrency=levels if sc.mode == "closed" else None,

@@ -58,6 +58,8 @@ def profile_run(plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: st
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for sc in plan.scenarios.values():
+            if sc.mode == "capacity":  # a search over rates, not a load at one level: nothing to profile
+                continue
             level = max(sc.levels)
             for server, spec in plan.servers.items():
                 if spec.model == REFERENCE:

@@ -307,6 +307,7 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
             from . import plots as charts
 
             section.chart = (charts.throughput_chart(view, name, caption) if info.mode == "closed"
+                             else charts.capacity_chart(view, name, caption) if info.mode == "capacity"
                              else charts.open_loop_chart(view, name, caption))
             section.spectrum = charts.spectrum_chart(view, name, levels[-1], caption)
             section.spectrum_level = level_label(info, levels[-1])

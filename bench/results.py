@@ -98,8 +98,37 @@ def _stalled(d: dict[str, Any]) -> int:
 
 
 @dataclass(frozen=True)
+class CapacityStep:
+    """One step of a capacity search: an open-loop run at target_rate."""
+
+    target_rate: float
+    achieved_rate: float
+    latency_us: Mapping[str, float]  # p50, p90, p99, ..., and the goal's measure under the goal's text
+    held: bool
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A capacity scenario's search: the highest rate that held, the bracket around it, the curve."""
+
+    goal: str
+    rate: float | None  # None: no rate held
+    held: float | None  # the bracket: highest rate that held ...
+    failed: float | None  # ... and lowest that did not (None: none failed)
+    steps: tuple[CapacityStep, ...]  # in rate order
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> Capacity:
+        held, failed = (_num(v) for v in d["bracket"])
+        steps = sorted((CapacityStep(float(s["target_rate"]), float(s["achieved_rate"]), _numbers(s["latency_us"]),
+                                     bool(s["held"])) for s in d["steps"]), key=lambda s: s.target_rate)
+        return cls(str(d["goals"][0]) if d["goals"] else "", _num(d["capacity_rps"]), held, failed, tuple(steps))
+
+
+@dataclass(frozen=True)
 class Load:
-    """What the load generator measured in one cell (a serverzoo.load/1 document)."""
+    """What the load generator measured in one cell (a serverzoo.load/1 document; for a capacity scenario,
+    the step at the capacity found, with the whole search in `capacity`)."""
 
     requests: int
     errors: Mapping[str, int]  # by class, "total" left out
@@ -119,6 +148,7 @@ class Load:
     achieved_rate: float | None
     timeout_s: float | None
     left_waiting: int  # requests owed when the window closed, stalled (far older than the slowest response)
+    capacity: Capacity | None = None  # a capacity scenario's search
 
     @property
     def server_cpu_per_request_s(self) -> float | None:
@@ -135,10 +165,39 @@ class Load:
             return self.mb_per_s
         if name == "p99_us":
             return self.latency_us.get("p99")
+        if name == "capacity_rps":
+            return self.capacity.rate if self.capacity is not None else None
         raise KeyError(name)
 
     @classmethod
+    def from_capacity(cls, d: dict[str, Any]) -> Load:
+        """A capacity search as a cell's load: the figures of the step at the capacity found (errors and
+        stalls of the steps past it are the search at work, not the server's faults), and the search.
+        Client-bound when the generator was the limit in the lowest step that failed: that failure
+        set the capacity, and it may then be the generator's rather than the server's."""
+        search = Capacity.from_doc(d)
+        held = [s for s in d["steps"] if s["held"]]
+        best = max(held, key=lambda s: s["target_rate"]) if held else None
+        failed = [s for s in d["steps"] if not s["held"]]
+        limit = min(failed, key=lambda s: s["target_rate"]) if failed else None
+        bound = bool(limit and limit.get("client_bound"))
+        lat = _numbers(best["latency_us"]) if best else {}
+        return cls(
+            requests=int(best["requests"]) if best else 0, errors={}, error_total=int(best["errors"]) if best else 0,
+            rps=_num(best["achieved_rate"]) if best else None, mb_per_s=None, latency_us=lat,
+            latency_uncorrected_us={}, histogram=None, timeline=(),
+            client_bound=bound,
+            client_reasons=(f"the load generator was the limit in the step that failed "
+                            f"({limit['target_rate']:g} req/s)",) if bound and limit else (),
+            server_cpu_s=None, server_cpu_percent=None, peak_rss_bytes=None,
+            target_rate=float(best["target_rate"]) if best else None,
+            achieved_rate=_num(best["achieved_rate"]) if best else None,
+            timeout_s=_num((d.get("options") or {}).get("timeout_s")), left_waiting=0, capacity=search)
+
+    @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Load:
+        if d.get("schema") == "serverzoo.capacity/1":
+            return cls.from_capacity(d)
         errors = d["errors"]
         client = d.get("client") or {}
         server = d.get("server") or {}

@@ -131,7 +131,7 @@ class CellRunner:
             sc = self.plan.scenarios[cell.scenario]
             args = () if spec.model == REFERENCE else (*self.plan.run.server_args, *sc.server_args, *spec.args)
             return self.placement.server(spec.model, self.corpus_root, args, cpus,
-                                         sc.warmup + sc.duration + sc.request_timeout + 2 * GENERATOR_SLACK_S)
+                                         sc.generator_seconds + 2 * GENERATOR_SLACK_S)
         if spec.model == REFERENCE:
             if hosts is None:
                 return NginxServer(self.corpus_root, tuned=True, cpus=cpus)
@@ -220,8 +220,10 @@ class CellRunner:
             t1 = time.monotonic()
             placement = record["placement"]
             record["load"], record["error"], record["generator"] = self._generate(
-                opts, sc.warmup + sc.duration + sc.request_timeout, placement["client_cpus"],
-                GENERATOR_NICE)
+                opts, sc.generator_seconds, placement["client_cpus"], GENERATOR_NICE)
+            capacity = record["load"].get("capacity_rps", 0) if record["load"] is not None else 0
+            if capacity is None:  # a capacity search in which no rate held: no figure, and why
+                record["error"] = f"no rate held at {sc.goal}: {record['load']['stopped']}"
             timing["generator"] = round(time.monotonic() - t1, 3)
         finally:
             try:

@@ -22,8 +22,11 @@ METRICS: dict[str, tuple[str, bool]] = {
     "rps": ("requests/s", True),
     "mb_per_s": ("MB/s", True),
     "p99_us": ("p99 latency (ms)", False),
+    "capacity_rps": ("requests/s sustained at the goal", True),
 }
-MODES = ("closed", "open")
+# closed: N connections; open: a fixed offered rate; capacity: `serverzoo load --find-capacity`, the
+# highest open-loop rate at which the scenario's goal holds (clients/loadgen/capacity.py)
+MODES = ("closed", "open", "capacity")
 CONNECTIONS = ("keep-alive", "close")
 # Where a scenario's server and load generator run: "split" gives the server the first half of
 # the CPUs and the generator the rest (neither disturbs the other); "server-all" gives the server
@@ -71,6 +74,10 @@ class Scenario:
     timeout: float | None = None  # per request; None: half the duration, within [0.25, 10] s
     placement: str = "split"  # one of PLACEMENTS
     reconnect_after: int | None = None  # active keep-alive clients open a new connection after N responses
+    goal: str | None = None  # capacity: the --slo goal the rate must meet (p99<5ms)
+    search_start: float = 0.0  # capacity: the search's first rate (req/s)
+    search_time: float = 0.0  # capacity: the whole search's time cap (s); duration and warmup are a step's least
+    search_resolution: float = 0.05  # capacity: the bracket's relative width when the search stops
 
     @property
     def request_timeout(self) -> float:
@@ -79,8 +86,20 @@ class Scenario:
             return self.timeout
         return min(10.0, max(0.25, self.duration / 2))
 
+    @property
+    def load_seconds(self) -> float:
+        """The load of one cell: warm-up and measured time, or a capacity search's time cap."""
+        return self.search_time if self.mode == "capacity" else self.warmup + self.duration
+
+    @property
+    def generator_seconds(self) -> float:
+        """How long the load generator may take for one cell (before its deadline's slack)."""
+        if self.mode == "capacity":
+            return self.search_time
+        return self.warmup + self.duration + self.request_timeout
+
     def level_key(self, level: int) -> str:
-        return f"c{level}" if self.mode == "closed" else f"r{level}"
+        return f"r{level}" if self.mode == "open" else f"c{level}"
 
     @property
     def higher_is_better(self) -> bool:
@@ -175,9 +194,11 @@ class Suite:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     def scenarios(self, preset: str) -> dict[str, Scenario]:
+        """The preset's scenarios (a scenario whose preset entry is `false` is not part of that preset)."""
         if preset not in self.presets:
             raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(self.presets)}")
-        return {name: _scenario(name, raw, preset, set(self.presets)) for name, raw in self.raw_scenarios.items()}
+        return {name: _scenario(name, raw, preset, set(self.presets)) for name, raw in self.raw_scenarios.items()
+                if not (isinstance(raw, dict) and raw.get(preset) is False)}
 
 
 # -- reading -----------------------------------------------------------------------
@@ -290,8 +311,8 @@ def _presets(t: dict[str, Any]) -> dict[str, Preset]:
 
 
 _SCENARIO_KEYS = {"title", "about", "mode", "paths", "zipf", "connection", "metric", "reference", "server_args",
-                  "slow_readers", "timeout", "placement", "reconnect_after"}
-_LEVEL_KEYS = {"concurrency", "rates", "connections", "duration", "warmup", "idle"}
+                  "slow_readers", "timeout", "placement", "reconnect_after", "goal", "resolution"}
+_LEVEL_KEYS = {"concurrency", "rates", "connections", "duration", "warmup", "idle", "start", "time"}
 
 
 def _scenario(name: str, raw: Any, preset: str, presets: set[str]) -> Scenario:
@@ -339,7 +360,15 @@ def _scenario(name: str, raw: Any, preset: str, presets: set[str]) -> Scenario:
             raise ConfigError(f"{where} slow_readers.path must be a path starting with /")
         slow = SlowReaders(_int(s.get("count"), f"{where} slow_readers.count", lo=1),
                            _int(s.get("rate"), f"{where} slow_readers.rate", lo=1), s["path"])
-    if mode == "closed":
+    capacity: dict[str, Any] = {}
+    if mode != "capacity":
+        for key, place in (("goal", where), ("resolution", where), ("start", f"{where} {preset}"),
+                           ("time", f"{where} {preset}")):
+            if key in (raw if place == where else p):
+                raise ConfigError(f"{place}: {key} applies to capacity scenarios (mode = \"capacity\")")
+    if mode == "capacity":
+        levels, connections, capacity = _capacity(where, preset, raw, p, metric)
+    elif mode == "closed":
         if "rates" in p or "connections" in p:
             raise ConfigError(f"{where} {preset}: a closed-loop scenario sweeps concurrency, not rates")
         levels = _levels(p.get("concurrency"), f"{where} {preset}.concurrency")
@@ -358,7 +387,38 @@ def _scenario(name: str, raw: Any, preset: str, presets: set[str]) -> Scenario:
         warmup=_number(p.get("warmup", 0.0), f"{where} {preset}.warmup", lo=0.0),
         idle=_int(p.get("idle", 0), f"{where} {preset}.idle", lo=0), slow_readers=slow,
         timeout=(_number(raw["timeout"], f"{where} timeout", lo=0.0, strict=True) if "timeout" in raw else None),
-        placement=placement, reconnect_after=reconnect_after)
+        placement=placement, reconnect_after=reconnect_after, **capacity)
+
+
+def _capacity(where: str, preset: str, raw: dict[str, Any], p: dict[str, Any],
+              metric: str) -> tuple[tuple[int, ...], int, dict[str, Any]]:
+    """A capacity scenario's level (its connections) and search settings."""
+    from serverzoo.clients.loadgen.slo import ERRORS, LATENCY, SloError, parse_goal
+
+    if metric != "capacity_rps":
+        raise ConfigError(f"{where}: a capacity scenario's metric is capacity_rps, not {metric!r}")
+    for key in ("concurrency", "rates", "idle"):
+        if key in p:
+            raise ConfigError(f"{where} {preset}: a capacity scenario searches the rate over `connections`; "
+                              f"drop {key}")
+    if not isinstance(raw.get("goal"), str):
+        raise ConfigError(f"{where}: a capacity scenario needs goal = \"p99<5ms\" (a latency or error goal)")
+    try:
+        goal = parse_goal(raw["goal"])
+    except SloError as exc:
+        raise ConfigError(f"{where} goal: {exc}") from None
+    if goal.measure not in (LATENCY, ERRORS):
+        raise ConfigError(f"{where} goal: the search finds the rate itself; give a latency or error goal")
+    connections = _int(p.get("connections"), f"{where} {preset}.connections", lo=1)
+    resolution = _number(raw.get("resolution", 0.05), f"{where} resolution", lo=0.005)
+    if resolution > 1:
+        raise ConfigError(f"{where} resolution must be at most 1, not {resolution:g}")
+    return (connections,), connections, {
+        "goal": goal.text,
+        "search_start": _number(p.get("start"), f"{where} {preset}.start", lo=0.0, strict=True),
+        "search_time": _number(p.get("time"), f"{where} {preset}.time", lo=0.0, strict=True),
+        "search_resolution": resolution,
+    }
 
 
 # -- small checkers, each raising a one-line ConfigError --------------------------------

@@ -51,7 +51,7 @@ def next_round(plan: BenchPlan, doc: dict[str, Any]) -> list[Cell]:
     view = RunView(Run.from_doc(doc, check=False))
     todo: list[tuple[float, Cell]] = []
     for name, sc in plan.scenarios.items():
-        if name not in view.scenarios:
+        if name not in view.scenarios or sc.mode == "capacity":  # another search would not narrow its bracket
             continue
         verdict = scenario_verdict(view, name)
         if verdict.level is None:

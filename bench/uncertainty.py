@@ -16,6 +16,11 @@ Where the samples come from:
   how steady it was. It cannot see what changes between server starts (memory layout, which
   core was busy), which is why repetitions are preferred when there are enough of them.
 
+- **A search's bracket.** A capacity search (`serverzoo load --find-capacity`) ends with
+  the highest rate that held and the lowest that failed; the capacity lies between them,
+  and nothing finer is known. Such a figure is an interval without a distribution: two
+  capacities are told apart only when one model held at a rate the other failed at.
+
 "Clearly ahead" means the difference of two estimates is larger than its own uncertainty:
 the lead exceeds the 95% half-width of the difference of two independent means (Welch's
 interval: the two standard errors in quadrature, times the t quantile of the
@@ -66,7 +71,7 @@ class Estimate:
     value: float
     half_width: float  # math.inf when nothing measured the noise (a single sample)
     n: int  # independent samples behind it (repetitions, or batches of one repetition)
-    method: str  # "repetitions", "batch-means", "pooled" or "single"
+    method: str  # "repetitions", "batch-means", "pooled", "bracket" or "single"
     df: float | None = None  # degrees of freedom behind half_width; None means n - 1
 
     @property
@@ -113,6 +118,14 @@ class Estimate:
 def single(value: float) -> Estimate:
     """One sample: its value, and no idea of its noise."""
     return Estimate(float(value), math.inf, 1, "single")
+
+
+def bracket(held: float, failed: float) -> Estimate:
+    """A capacity known to lie between the highest rate that held and the lowest that failed: the
+    middle of the two, and half their distance (the interval is the bracket itself)."""
+    if not held < failed:
+        raise ValueError(f"not a bracket: held {held:g}, failed {failed:g}")
+    return Estimate((held + failed) / 2, (failed - held) / 2, 1, "bracket")
 
 
 def from_samples(samples: Sequence[float], method: str = "repetitions") -> Estimate:
@@ -189,6 +202,11 @@ def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
     if not estimates:
         raise ValueError("no estimates")
     values = [e.value for e in estimates]
+    if any(e.method == "bracket" for e in estimates):
+        # repeated capacity searches: what they disagree by, but never finer than a search resolves
+        spread = from_samples(values).half_width if len(values) > 1 else 0.0
+        return Estimate(statistics.fmean(values), max(spread, *(e.half_width for e in estimates)),
+                        len(estimates), "bracket")
     if len(estimates) >= min_repetitions:
         return from_samples(values)
     if len(estimates) == 1:
@@ -237,9 +255,13 @@ def combined_half_width(a: Estimate, b: Estimate) -> float:
 def clearly_ahead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> bool:
     """Whether a's lead over b is larger than the uncertainty of their difference.
 
-    Never true when either noise is unmeasured: one sample cannot separate two models.
+    Never true when either noise is unmeasured: one sample cannot separate two models. A search's
+    bracket has no distribution to combine: a is ahead only when its interval lies wholly beyond
+    b's (with brackets: a held at a rate b failed at).
     """
     if not (a.measured and b.measured):
         return False
+    if "bracket" in (a.method, b.method):
+        return a.low >= b.high if higher_is_better else a.high <= b.low
     diff = a.value - b.value if higher_is_better else b.value - a.value
     return diff > combined_half_width(a, b)

@@ -138,12 +138,17 @@ def _confidence(ranked: Sequence[Ranked]) -> str:
     reps = [e.n for e in measured if e.method in ("repetitions", "pooled")]
     batches = [e.n for e in measured if e.method == "batch-means"]
     parts = []
+    if any(e.method == "bracket" for e in measured):
+        parts.append("capacity searches (each capacity known to its bracket: the highest rate that held and "
+                     "the lowest that failed)")
     if reps:
         parts.append(f"{min(reps)}+ repetitions" if min(reps) != max(reps) else f"{reps[0]} repetitions")
     if batches:
         parts.append(f"{min(batches)} timeline batches of one repetition")
     unmeasured = len(ranked) - len(measured)
     tail = f"; {unmeasured} cell(s) with unmeasured noise" if unmeasured else ""
+    if parts and all(e.method == "bracket" for e in measured):
+        return parts[0][0].upper() + parts[0][1:] + tail
     return "95% intervals from " + " and ".join(parts) + tail
 
 
@@ -192,6 +197,10 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
     leader, runner_up = clean[0], clean[1]
     if uncertainty.clearly_ahead(leader.estimate, runner_up.estimate, higher_is_better):
         margin = uncertainty.lead(leader.estimate, runner_up.estimate, higher_is_better)
+        if "bracket" in (leader.estimate.method, runner_up.estimate.method):
+            return verdict("winner", leader.server, (), margin, None, None,
+                           f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (it held a rate "
+                           f"{runner_up.server} did not){at}", clean)
         noise = uncertainty.combined_half_width(leader.estimate, runner_up.estimate) / abs(runner_up.estimate.value)
         return verdict("winner", leader.server, (), margin, noise, None,
                        f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (noise ±{noise:.1%}){at}", clean)

@@ -36,7 +36,8 @@ def test_one_second_stall_shows_in_corrected_p99_only(body) -> None:
     # the schedule was kept: what was due during the stall went out afterwards
     assert doc["achieved_rate"] == pytest.approx(1000, rel=0.1)
     assert doc["schedule"]["queued_sends"] > 500
-    assert max(s["p99_us"] for s in doc["timeline"]) >= 700_000
+    # a slice without responses (a sliver at the window's end, or one a stall covers whole) has no p99 (None)
+    assert max(s["p99_us"] or 0 for s in doc["timeline"]) >= 700_000
 
 
 def test_open_loop_rate_and_request_count(body) -> None:

@@ -38,6 +38,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def schema_path() -> str:
-    """Path of the JSON Schema that every result document validates against."""
-    return os.path.join(os.path.dirname(__file__), "result.schema.json")
+def schema_path(name: str = "result") -> str:
+    """Path of the JSON Schema that every result document validates against (name "capacity":
+    the one of a capacity search's document)."""
+    return os.path.join(os.path.dirname(__file__), f"{name}.schema.json")

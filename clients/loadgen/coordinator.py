@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import monotonic_ns
 from typing import TYPE_CHECKING
 
@@ -37,11 +39,14 @@ from .messages import parse_messages, write_message
 from .options import LoadOptions, OptionError
 from .ports import explain_no_local_port
 from .server_sampler import ServerSampler
+from .slo import parse_goals, slo_section
+from .slo_watch import Watch
 from .state import WorkerShare, split
 from .targets import LoadPlan, build_plan, served_url
 
 if TYPE_CHECKING:
     from ..links import LinkedHosts
+    from .serving import ServedRun
 
 SCHEMA = "serverzoo.load/1"
 READY_TIMEOUT_S = 30.0
@@ -73,6 +78,7 @@ class WorkerProcess:
         self.buffer = b""
         self.ready = False
         self.result: dict | None = None
+        self.last_tick: dict | None = None  # the latest tick, for --abort-on-fail's watch
         self.last_message_ns = monotonic_ns()
         self.send((opts, plan, share))
 
@@ -101,7 +107,9 @@ class WorkerProcess:
             tail = self.stderr_tail().strip().splitlines()
             raise LoadError(f"load worker {self.share.index} exited with code {self.proc.returncode}"
                             + (f": {tail[-1]}" if tail else ""))
-        if kind == "result":
+        if kind == "tick":
+            self.last_tick = msg[1]
+        elif kind == "result":
             self.result = msg[1]
 
     def stderr_tail(self) -> str:
@@ -155,23 +163,49 @@ def run_load(opts: LoadOptions, hosts: LinkedHosts | None = None) -> dict:
     server does not start, LinkUnavailable or ProfileError when opts.link cannot be built.
     Ctrl-C (KeyboardInterrupt) ends the measured window early; the result covers what ran.
     """
+    with load_session(opts, hosts) as session:
+        doc = session.measure(opts)
+    if session.served is not None:  # recorded once it has stopped: its exit is part of the record
+        doc["url"] = served_url(opts.url, session.served.url)
+        session.served.add_to(doc)
+    return doc
+
+
+class LoadSession:
+    """Runs against one server: the --serve server (started once for all of them), or the URL's."""
+
+    def __init__(self, plan: LoadPlan, server_pid: int | None, served: ServedRun | None) -> None:
+        self.plan = plan
+        self.server_pid = server_pid
+        self.served = served
+
+    def measure(self, opts: LoadOptions) -> dict:
+        """One run of opts (same targets and server as the session's; rate, duration, phases and
+        goals may differ) and its result document."""
+        opts.validate()
+        if self.served is None:
+            return _measure(opts, self.plan, self.server_pid)
+        with self.served.client_side():  # the worker processes are forked here: on the link's client host
+            return _measure(opts, self.plan, self.served.pid)
+
+
+@contextmanager
+def load_session(opts: LoadOptions, hosts: LinkedHosts | None = None) -> Iterator[LoadSession]:
+    """A LoadSession for opts' targets and server, as run_load describes; with opts.serve the
+    server is stopped when the block ends."""
     if opts.serve is None:
         opts.validate()
         if hosts is not None:
             raise OptionError("a link needs a server started on its server host: set serve (--serve MODEL)")
-        return _measure(opts, build_plan(opts), opts.server_pid)
+        yield LoadSession(build_plan(opts), opts.server_pid, None)
+        return
     check_options(opts)  # the workload's own mistakes are reported before a server or a link is started
     from .serving import ServerNotStarted, served
     try:
         with served(opts, hosts) as run:
-            plan = build_plan(opts, run.url)
-            with run.client_side():  # the worker processes are forked here: on the link's client host
-                doc = _measure(opts, plan, run.pid)
+            yield LoadSession(build_plan(opts, run.url), run.pid, run)
     except ServerNotStarted as exc:
         raise LoadError(str(exc), exc.details) from None
-    doc["url"] = served_url(opts.url, run.url)
-    run.add_to(doc)
-    return doc
 
 
 def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
@@ -184,6 +218,7 @@ def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
             raise OptionError(f"cannot watch --server-pid {server_pid}: {exc}") from None
     workers = [WorkerProcess(s, opts, plan) for s in shares]
     live = None
+    watch = Watch(parse_goals(opts.slos), opts.measured_duration) if opts.abort_on_fail else None
     try:
         wait_ready(workers)
         start_ns = monotonic_ns() + START_MARGIN_NS
@@ -196,13 +231,24 @@ def _measure(opts: LoadOptions, plan: LoadPlan, server_pid: int | None) -> dict:
             sampler.sample()
         for w in workers:
             w.send(("start", start_ns))
-        interrupted = _collect(workers, opts, sampler, live, measure_ns)
+        interrupted = _collect(workers, opts, sampler, live, measure_ns, watch)
     finally:
         for w in workers:
             w.finish()
         if live:
             live.close()
-    return build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
+    doc = build_document(opts, plan, [w.result for w in workers], sampler, interrupted)
+    if opts.slos:
+        add_slo_section(doc, parse_goals(opts.slos), watch.lost if watch else None)
+    return doc
+
+
+def add_slo_section(doc: dict, goals: list, lost: dict | None) -> None:
+    """The result's "slo" entry (slo.slo_section), and a warning when a lost goal ended the run."""
+    doc["slo"] = slo_section(goals, doc, lost)
+    if lost is not None:
+        doc["warnings"].append(f"stopped early ({lost['at_s']:g} s into the measured window): "
+                               f"{lost['goal']} could no longer be met: {lost['reason']}")
 
 
 def wait_ready(workers: list[WorkerProcess]) -> None:
@@ -224,8 +270,9 @@ def wait_ready(workers: list[WorkerProcess]) -> None:
 
 
 def _collect(workers: list[WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
-             live: LiveFigures | None, measure_ns: int) -> bool:
-    """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short."""
+             live: LiveFigures | None, measure_ns: int, watch: Watch | None = None) -> bool:
+    """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short.
+    With a watch (--abort-on-fail), the workers are stopped once it proves a goal lost."""
     interval_ns = int(opts.sample_interval_s * 1e9)
     next_sample = measure_ns
     stopping = False
@@ -255,6 +302,10 @@ def _collect(workers: list[WorkerProcess], opts: LoadOptions, sampler: ServerSam
                     next_sample += interval_ns
                     if next_sample < monotonic_ns():
                         next_sample = monotonic_ns() + interval_ns
+                if watch and events and watch.update([w.last_tick for w in workers],
+                                                     (monotonic_ns() - measure_ns) / 1e9):
+                    for w in workers:
+                        w.send(("stop",))
                 check_alive(workers)
             except KeyboardInterrupt:
                 if stopping:

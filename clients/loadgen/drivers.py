@@ -315,6 +315,21 @@ class OpenLoopDriver(Driver):
             return
         conn.send(target, start_ns, monotonic_ns(), phase)
 
+    def arrivals_before(self, end_ns: int) -> int:
+        """How many more requests this schedule holds up to end_ns (a Poisson schedule is played
+        forward on a copy of its generator, so the count is exact, not an estimate)."""
+        if self.exhausted or self.run.stopping or self.due > end_ns:
+            return 0
+        if self.rng is None:
+            return int((end_ns - self.due) // self.interval_ns) + 1
+        rng = random.Random()
+        rng.setstate(self.rng.getstate())
+        due, n = self.due, 0
+        while due <= end_ns:
+            n += 1
+            due += rng.expovariate(self.rate) * 1e9
+        return n
+
     def owed_since(self) -> list[int]:
         waiting = [self.pending[1]] if self.pending else []
         return super().owed_since() + waiting + [sched for sched, _target, _phase in self.queue]

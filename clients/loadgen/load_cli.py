@@ -13,9 +13,11 @@ import click
 from ..links.cli_support import EXIT_NO_LINK, link_options
 from .corpus import DEFAULT_SIZES, CorpusError, parse_size
 from .options import ARRIVALS, CONN_MODES, LOOPS, LoadOptions, OptionError, parse_cpu_list, parse_duration
+from .slo import exit_status, parse_goals, slo_text
 from .stages import parse_rate
 
 if TYPE_CHECKING:
+    from .capacity import SearchSettings
     from .cluster import ClusterOptions
 
 
@@ -75,7 +77,20 @@ class _LoopbackCount(click.ParamType):
             self.fail(f"not a count of addresses: {value!r} (a number, or all)", param, ctx)
 
 
-DURATION, CPUS, SIZE, LOOPBACK_COUNT = _Duration(), _CpuList(), _Size(), _LoopbackCount()
+class _Goal(click.ParamType):
+    name = "GOAL"
+
+    def convert(self, value, param, ctx):
+        from .slo import SloError, parse_goal
+
+        try:
+            return parse_goal(value).text
+        except SloError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION, CPUS, SIZE, LOOPBACK_COUNT, GOAL = _Duration(), _CpuList(), _Size(), _LoopbackCount(), _Goal()
+EXIT_SLO = 5  # a --slo goal was not met
 
 EPILOG = """\b
 Examples:
@@ -93,7 +108,9 @@ that server and the generator on the two ends of an emulated link (`serverzoo ne
 \b
 Exit status: 0 when every request succeeded, 1 when some failed, 2 for bad settings or a
 server that did not start, 3 when the --link cannot be built here, 4 when the --cluster
-cannot be reached or lost a worker mid-run (then the --json result is written, marked partial).
+cannot be reached or lost a worker mid-run (then the --json result is written, marked partial),
+5 when a --slo goal was not met (before 1: with an errors goal, failed requests within it
+are not an error), or when --find-capacity found no rate at which every goal held.
 """
 
 
@@ -163,6 +180,24 @@ cannot be reached or lost a worker mid-run (then the --json result is written, m
               help="How many Dask workers generate (those with resource client=1 if any has it). [all]")
 @click.option("--cluster-timeout", type=DURATION, default=10, show_default=True,
               help="How long to try reaching the --cluster scheduler.")
+# -- service-level goals and the capacity search (docs/capacity.md) --
+@click.option("--slo", "slos", type=GOAL, multiple=True,
+              help="A goal checked at the end (repeatable): p99<10ms, p99.9<=50ms, errors<0.1%, rps>5000. "
+                   "Exit status 5 when one is not met; the JSON says each goal's measure and margin.")
+@click.option("--abort-on-fail", is_flag=True,
+              help="Stop as soon as a --slo goal can no longer be met, whatever the rest of the run brings "
+                   "(needs -R or -n: a bound on the responses still to come).")
+@click.option("--find-capacity", is_flag=True,
+              help="Search the open-loop rate for the highest one at which every --slo goal holds and the rate "
+                   "is achieved: grow x2, then bisect; print the latency-against-load curve it walked. -d and "
+                   "--warmup set each step's shortest window and warm-up.")
+@click.option("--search-start", type=float, help="First rate of the search, req/s. [-R, or 100]")
+@click.option("--search-resolution", type=float, default=0.05, show_default=True,
+              help="Stop bisecting when the failing rate is within this fraction of the holding one.")
+@click.option("--search-steps", type=int, default=20, show_default=True, help="At most this many steps.")
+@click.option("--search-time", type=DURATION, default="3m", show_default=True,
+              help="The search ends before this much time has passed (a step that would not fit is not run).")
+# -- end of the goals' options --
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the result document (- for stdout).")
 @click.option("--live/--quiet", default=None,
               help="Live view, redrawn every second (on a pipe: a plain line a second). [on when stderr is a terminal]")
@@ -181,7 +216,8 @@ cannot be reached or lost a worker mid-run (then the --json result is written, m
 def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None, server_args: str | None,
                  cluster: str | None, cluster_workers: int | None, cluster_timeout: float, rate_text: str | None,
                  stage_s: float | None, ramp_s: float | None, csv_path: str | None, hdr_log_path: str | None,
-                 progress_fd: int | None, **kwargs) -> None:
+                 progress_fd: int | None, find_capacity: bool, search_start: float | None,
+                 search_resolution: float, search_steps: int, search_time: float, **kwargs) -> None:
     """Load URL's server (or, with --serve, one started for the run) with HTTP/1.1 requests
     and report throughput, latency and errors.
 
@@ -193,12 +229,13 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
     from ..links import LinkUnavailable
     from ..links.profiles import ProfileError
     from . import LoadError, run_load
+    from .capacity import MIN_STEP_S, MIN_WARMUP_S, SearchSettings
     from .cluster import ClusterOptions
     from .coordinator import check_options
-    from .report import summary_text
 
     kwargs["headers"] = list(kwargs["headers"])
     kwargs["percentiles"] = list(kwargs["percentiles"])
+    kwargs["slos"] = list(kwargs["slos"])
     if live is None:
         live = sys.stderr.isatty()
     try:
@@ -213,6 +250,13 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
         _fail(str(exc), 2)
     opts = LoadOptions(url=urls[0], urls=list(urls[1:]), live=live, server_args=extra, rate=rate,
                        rate_schedule=schedule, progress_fd=progress_fd, **kwargs)
+    if find_capacity:
+        if cluster is not None:
+            _fail("--find-capacity runs its steps from this machine; it is not available with --cluster", 2)
+        settings = SearchSettings(start=search_start or opts.rate or 100.0, resolution=search_resolution,
+                                  max_steps=search_steps, max_time_s=search_time,
+                                  min_step_s=opts.duration or MIN_STEP_S, min_warmup_s=max(opts.warmup_s, MIN_WARMUP_S))
+        _search_capacity(opts, settings, json_path)
     if cluster is not None:
         _load_on_cluster(opts, ClusterOptions(cluster, cluster_workers, cluster_timeout), json_path,
                          (csv_path, hdr_log_path))
@@ -225,9 +269,43 @@ def load_command(urls: tuple[str, ...], json_path: str | None, live: bool | None
         _fail(str(exc), 2)
     except (LinkUnavailable, ProfileError) as exc:
         _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
-    _emit(doc, summary_text(doc), json_path)
+    _emit(doc, _summary(doc), json_path)
     _export(doc, csv_path, hdr_log_path)
-    sys.exit(1 if doc["errors"]["total"] else 0)
+    sys.exit(exit_status(doc, EXIT_SLO))
+
+
+def _search_capacity(opts: LoadOptions, settings: SearchSettings, json_path: str | None) -> NoReturn:
+    from ..links import LinkUnavailable
+    from ..links.profiles import ProfileError
+    from . import LoadError
+    from .capacity import capacity_text, find_capacity
+    from .coordinator import check_options
+    from .report import fmt_us
+
+    def progress(row: dict) -> None:
+        if opts.live:
+            held = "held" if row["held"] else "did not hold"
+            click.echo(f"  step {row['step']}: {row['target_rate']:g} req/s, p99 {fmt_us(row['latency_us']['p99'])}, "
+                       f"{held}", err=True)
+
+    opts.rate = settings.start  # what the checks below see; each step sets its own
+    try:
+        check_options(opts)
+        doc = find_capacity(opts, settings, progress)
+    except (OptionError, LoadError) as exc:
+        _fail(str(exc), 2)
+    except (LinkUnavailable, ProfileError) as exc:
+        _fail(f"--link {opts.link}: {exc}", EXIT_NO_LINK)
+    _emit(doc, capacity_text(doc), json_path)
+    sys.exit(0 if doc["capacity_rps"] is not None else EXIT_SLO)
+
+
+def _summary(doc: dict, extra: str = "") -> str:
+    """The run's summary, its cluster part if any, and the goals' verdicts if any were given."""
+    from .report import summary_text
+
+    parts = [summary_text(doc), extra] + ([slo_text(doc["slo"])] if doc.get("slo") else [])
+    return "\n".join(p for p in parts if p)
 
 
 def _export(doc: dict, csv_path: str | None, hdr_log_path: str | None) -> None:
@@ -248,23 +326,34 @@ def _load_on_cluster(opts: LoadOptions, cluster: ClusterOptions, json_path: str 
 
     from .cluster import EXIT_CLUSTER, ClusterError, ClusterPartial, cluster_text, run_cluster_load
     from .coordinator import LoadError
-    from .report import summary_text
 
+    if opts.abort_on_fail:
+        _fail("--abort-on-fail watches the workers of one machine; it is not available with --cluster", 2)
     try:
         with silence_logging_cmgr(logging.CRITICAL):  # Dask's own reports of a fault: our one line says it
             doc = run_cluster_load(opts, cluster)
     except ClusterPartial as exc:
         if exc.document is None:
             _fail(f"{exc}; nothing was measured", EXIT_CLUSTER)
-        _emit(exc.document, summary_text(exc.document) + "\n" + cluster_text(exc.document), json_path)
+        _add_goals(exc.document, opts)
+        _emit(exc.document, _summary(exc.document, cluster_text(exc.document)), json_path)
         _fail(f"{exc}; the result covers the other workers and is marked partial", EXIT_CLUSTER)
     except ClusterError as exc:
         _fail(str(exc), EXIT_CLUSTER)
     except (OptionError, LoadError) as exc:
         _fail(str(exc), 2)
-    _emit(doc, summary_text(doc) + "\n" + cluster_text(doc), json_path)
+    _add_goals(doc, opts)
+    _emit(doc, _summary(doc, cluster_text(doc)), json_path)
     _export(doc, *exports)
-    sys.exit(1 if doc["errors"]["total"] else 0)
+    sys.exit(exit_status(doc, EXIT_SLO))
+
+
+def _add_goals(doc: dict, opts: LoadOptions) -> None:
+    """A cluster run's goals, checked on its merged result (it has no --abort-on-fail)."""
+    from .coordinator import add_slo_section
+
+    if opts.slos:
+        add_slo_section(doc, parse_goals(opts.slos), None)
 
 
 def _emit(doc: dict, text: str, json_path: str | None) -> None:

@@ -104,6 +104,8 @@ class LoadOptions:
     # rate stages (stages.py): the open loop's target steps or ramps over the window; rate is then its first rate
     rate_schedule: RateSchedule | None = None
     progress_fd: int | None = None  # an inherited descriptor: the live figures as a JSON line a second
+    slos: list[str] = field(default_factory=list)  # goals as written (slo.parse_goal), checked at the end
+    abort_on_fail: bool = False  # stop early once a goal is proven lost (slo_watch)
 
     # -- derived -------------------------------------------------------------------
     @property
@@ -221,11 +223,25 @@ class LoadOptions:
         for h in self.headers:
             _check(re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*$", h) is not None,
                    f"not a header line: {h!r} (write 'Name: value')")
+        self._check_goals()
         self._check_sources()
         self._check_cpus()
         self._check_serve()
         if self.server_pid is not None:
             _check(self.server_pid > 0 and _pid_exists(self.server_pid), f"no process with --server-pid {self.server_pid}")
+
+    def _check_goals(self) -> None:
+        from .slo import SloError, parse_goals
+
+        try:
+            parse_goals(self.slos)
+        except SloError as exc:
+            raise OptionError(f"--slo {exc}") from None
+        if self.abort_on_fail:
+            _check(bool(self.slos), "--abort-on-fail stops a run whose --slo goal is lost: give --slo too")
+            _check(self.requests is not None or self.rate is not None,
+                   "--abort-on-fail needs a bounded window to prove a goal lost: give -R (open loop) or -n; "
+                   "a closed loop with a duration has no bound on the responses still to come")
 
     def _check_sources(self) -> None:
         if not self.loopback_sources:

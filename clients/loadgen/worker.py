@@ -28,6 +28,8 @@ from .fresh_connections import FreshConnectionClients
 from .keepalive_sockets import KeepAliveClients
 from .messages import read_message, write_message
 from .options import LoadOptions
+from .slo import parse_goals
+from .slo_watch import Tally, violation_limits
 from .state import Run, WorkerShare, is_uvloop
 from .targets import LoadPlan
 from .verification import preload_references
@@ -67,6 +69,7 @@ class Worker:
         # requests/s and errors: a histogram a second costs the generator CPU inside the measured window.
         self.live_figures = opts.live
         self.ticked: dict[str, int] = {}  # phase -> its latency count at the last tick
+        self.tally = Tally(violation_limits(parse_goals(opts.slos))) if opts.abort_on_fail else None
 
     def _on_loop_error(self, loop, context: dict) -> None:
         """An exception escaped a callback: a bug in the generator. Stop rather than report a lie."""
@@ -241,10 +244,28 @@ class Worker:
                 if len(values) > since:
                     recent.append((name, latency.encode(latency.histogram_of(values[since:]))))
                     self.ticked[name] = len(values)
-        write_message(self.out_fd, ("tick", {"seq": seq, "phase": p.name, "completed": done,
-                                             "measured": len(run.phases["measure"].lat), "errors": dict(errors),
-                                             "recent": recent, "ns": monotonic_ns()}))
+        tick = {"seq": seq, "phase": p.name, "completed": done, "measured": len(run.phases["measure"].lat),
+                "errors": dict(errors), "recent": recent, "ns": monotonic_ns()}
+        if self.tally is not None:
+            tick["slo"] = self._slo_progress()
+        write_message(self.out_fd, ("tick", tick))
         self._at(when_ns + 1_000_000_000, self._tick, when_ns + 1_000_000_000, seq + 1)
+
+    def _slo_progress(self) -> dict:
+        """--abort-on-fail: this share's measured window so far, and the most outcomes it can
+        still bring (slo_watch says how the coordinator proves a goal lost from these)."""
+        run, m = self.run, self.run.phases["measure"]
+        assert self.tally is not None
+        beyond = self.tally.update(m.lat)
+        remaining = None
+        if run.phase is m:
+            if self.share.requests is not None:
+                remaining = self.share.requests - len(m.lat) - m.error_count
+            elif run.open_loop:
+                end_ns = m.start_ns + int(self.opts.measured_duration * 1e9)
+                remaining = (sum(len(d.owed_since()) for d in run.drivers)
+                             + sum(d.arrivals_before(end_ns) for d in run.drivers))
+        return {"responses": len(m.lat), "errors": m.error_count, "violations": beyond, "remaining": remaining}
 
     def _on_stop_message(self, fd: int) -> None:
         try:
