@@ -45,15 +45,20 @@ class Agreement:
 def compare(before: Sequence[Verdict], after: Sequence[Verdict]) -> list[Agreement]:
     """Scenario by scenario, in the later run's order, for the scenarios both runs judged."""
     earlier = {v.scenario: v for v in before}
-    return [Agreement(v.scenario, earlier[v.scenario], v, agreement(earlier[v.scenario], v))
-            for v in after if v.scenario in earlier]
+    return [
+        Agreement(v.scenario, earlier[v.scenario], v, agreement(earlier[v.scenario], v))
+        for v in after
+        if v.scenario in earlier
+    ]
 
 
 def summary(rows: Sequence[Agreement]) -> str:
     """'Verdicts: 6 of 8 the same, 2 consistent, 0 different.'"""
     count = {s: sum(r.status == s for r in rows) for s in (SAME, CONSISTENT, DIFFERENT)}
-    return (f"Verdicts: {count[SAME]} of {len(rows)} the same, {count[CONSISTENT]} consistent "
-            f"(one run separated what the other tied), {count[DIFFERENT]} different.")
+    return (
+        f"Verdicts: {count[SAME]} of {len(rows)} the same, {count[CONSISTENT]} consistent "
+        f"(one run separated what the other tied), {count[DIFFERENT]} different."
+    )
 
 
 def label(v: Verdict) -> str:

@@ -110,7 +110,7 @@ def time_series(load: Load, max_points: int = SERIES_MAX_POINTS) -> Series | Non
     out = Series([], [], [], [])
     end = 0.0
     for i in range(0, len(slices), per_bin):
-        group = slices[i:i + per_bin]
+        group = slices[i : i + per_bin]
         seconds = sum(s.seconds or 0.0 for s in group)
         requests = sum(s.requests for s in group)
         end += seconds
@@ -165,11 +165,14 @@ def link_text(run: Run) -> str:
     if link is None:
         return "loopback: server and load generator on this machine's loopback, no link"
     applied = "; ".join(link.get("applied") or []) or "nothing shaped"
-    return (f"link {link_name(run)} ({link_summary(run)}): server on {link.get('server_addr', '?')} and load "
-            f"generator on {link.get('client_addr', '?')}, two network namespaces; applied: {applied}")
+    return (
+        f"link {link_name(run)} ({link_summary(run)}): server on {link.get('server_addr', '?')} and load "
+        f"generator on {link.get('client_addr', '?')}, two network namespaces; applied: {applied}"
+    )
 
 
 # -- one repetition's figure and its noise ---------------------------------------------
+
 
 def repetition_estimate(load: Load, metric: str) -> Estimate:
     """The metric of one load run, with the interval its timeline slices give (batch means).
@@ -212,6 +215,7 @@ def repetition_estimate(load: Load, metric: str) -> Estimate:
 
 
 # -- one cell across its repetitions ------------------------------------------------
+
 
 @dataclass
 class Point:
@@ -326,13 +330,16 @@ def _flag_problems(p: Point, cells: Sequence[CellRecord], error_rate_limit: floa
     if stalls:  # however few: a client waited past the timeout (starved behind others, or a stall)
         p.flags.append("stalled")
         timeout = next((c.load.timeout_s for c in cells if c.load and c.load.timeout_s), None)
-        p.reasons.append(f"{stalls} requests unanswered after {timeout:g} s" if timeout else
-                         f"{stalls} requests timed out")
+        p.reasons.append(
+            f"{stalls} requests unanswered after {timeout:g} s" if timeout else f"{stalls} requests timed out"
+        )
     if p.left_waiting:  # starved within the window: waited far longer than every response that came back
         if "stalled" not in p.flags:
             p.flags.append("stalled")
-        p.reasons.append(f"{p.left_waiting} requests still waiting when the window closed, more than "
-                         f"{latency.STALLED_BEYOND_SLOWEST}x as long as the slowest measured response")
+        p.reasons.append(
+            f"{p.left_waiting} requests still waiting when the window closed, more than "
+            f"{latency.STALLED_BEYOND_SLOWEST}x as long as the slowest measured response"
+        )
     wrong = {k: p.error_classes[k] for k in WRONG if p.error_classes.get(k)}
     if wrong:
         p.flags.append("wrong-answers")
@@ -381,8 +388,9 @@ def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Po
     cpu = [x.server_cpu_s for x in loads if x.server_cpu_s]
     p.cpu_s = _median(cpu)
     # the CPU rate over the request rate; runs from before the rate was stored: CPU over the window's requests
-    p.requests_per_cpu_s = _median([1 / c if (c := x.server_cpu_per_request_s) else x.requests / x.server_cpu_s
-                                    for x in loads if x.server_cpu_s])
+    p.requests_per_cpu_s = _median(
+        [1 / c if (c := x.server_cpu_per_request_s) else x.requests / x.server_cpu_s for x in loads if x.server_cpu_s]
+    )
     p.peak_rss = _median([x.peak_rss_bytes for x in loads if x.peak_rss_bytes])
     p.rss_at_ready = _median([c.rss_at_ready for c in measured if c.rss_at_ready])
     active = p.level if scenario.mode == "closed" else scenario.connections
@@ -406,6 +414,7 @@ def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Po
 
 # -- a whole run -------------------------------------------------------------------
 
+
 class RunView:
     """A run's points, indexed for the report, the verdicts and compare."""
 
@@ -419,7 +428,8 @@ class RunView:
         for cell in run.cells:
             groups.setdefault((cell.server, cell.scenario, cell.level), []).append(cell)
         self.points: dict[tuple[str, str, int], Point] = {
-            key: build_point(cells, self.scenarios[key[1]], run) for key, cells in groups.items()
+            key: build_point(cells, self.scenarios[key[1]], run)
+            for key, cells in groups.items()
             if key[1] in self.scenarios
         }
 
@@ -454,8 +464,11 @@ class RunView:
         if self.scenarios[scenario].mode == "closed":
             return levels[-1]
         for lv in reversed(levels):
-            clean = [p for s in self.models if (p := self.point(s, scenario, lv)) and p.estimate
-                     and not p.failed and not p.degraded]
+            clean = [
+                p
+                for s in self.models
+                if (p := self.point(s, scenario, lv)) and p.estimate and not p.failed and not p.degraded
+            ]
             if len(clean) >= 2:
                 return lv
         return levels[-1]
@@ -471,8 +484,14 @@ class RunView:
                 p = self.point(name, scenario, level)
                 if p is not None and p.median and p.supported:
                     return name
-        healthy = [(p.median, s) for s in self.models if not self.flagged_in(s, scenario)
-                   and (p := self.point(s, scenario, level)) is not None and p.median and p.supported]
+        healthy = [
+            (p.median, s)
+            for s in self.models
+            if not self.flagged_in(s, scenario)
+            and (p := self.point(s, scenario, level)) is not None
+            and p.median
+            and p.supported
+        ]
         if not healthy:
             return None
         healthy.sort()
@@ -581,8 +600,19 @@ def deltas(before: RunView, after: RunView, floor: float = 0.05) -> list[Delta]:
         if a is None or a.failed or b.failed or a.estimate is None or b.estimate is None or a.metric != b.metric:
             continue
         verdict, why = judge_change(a.estimate, b.estimate, a.higher_is_better, floor)
-        out.append(Delta(key[0], key[1], key[2], a.metric, a.estimate, b.estimate,
-                         uncertainty.lead(b.estimate, a.estimate, a.higher_is_better), verdict, why))
+        out.append(
+            Delta(
+                key[0],
+                key[1],
+                key[2],
+                a.metric,
+                a.estimate,
+                b.estimate,
+                uncertainty.lead(b.estimate, a.estimate, a.higher_is_better),
+                verdict,
+                why,
+            )
+        )
     scen_order = {s: i for i, s in enumerate(after.scenarios)}
     serv_order = {s: i for i, s in enumerate(after.servers)}
     out.sort(key=lambda d: (scen_order.get(d.scenario, 99), serv_order.get(d.server, 99), d.level))
@@ -592,8 +622,9 @@ def deltas(before: RunView, after: RunView, floor: float = 0.05) -> list[Delta]:
 def newly_failed(before: RunView, after: RunView) -> list[tuple[str, str, int]]:
     """Cells that measured in the earlier run and fail in the later one (a regression of their own)."""
     check_same_link(before, after)
-    return sorted(key for key, b in after.points.items()
-                  if b.failed and key in before.points and not before.points[key].failed)
+    return sorted(
+        key for key, b in after.points.items() if b.failed and key in before.points and not before.points[key].failed
+    )
 
 
 def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -602,8 +633,21 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
     view = RunView(Run.from_doc(doc, check=False))
     out = []
     for (server, scenario, level), p in sorted(view.points.items()):
-        out.append({"server": server, "scenario": scenario, "level": level, "metric": p.metric,
-                    "median": p.median, "min": p.lo, "max": p.hi, "spread": round(p.spread, 4),
-                    "n": len(p.values), "repetitions": p.repetitions, "flags": p.flags,
-                    "reasons": sorted(set(p.reasons)), "error_rate": round(p.error_rate, 6)})
+        out.append(
+            {
+                "server": server,
+                "scenario": scenario,
+                "level": level,
+                "metric": p.metric,
+                "median": p.median,
+                "min": p.lo,
+                "max": p.hi,
+                "spread": round(p.spread, 4),
+                "n": len(p.values),
+                "repetitions": p.repetitions,
+                "flags": p.flags,
+                "reasons": sorted(set(p.reasons)),
+                "error_rate": round(p.error_rate, 6),
+            }
+        )
     return out

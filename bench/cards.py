@@ -22,13 +22,17 @@ from serverzoo.servers import MODELS
 
 from .scenarios import ServerSpec
 
-NGINX_CARD = ("nginx, the yardstick: C, one worker process running an epoll event loop, with the configuration "
-              "the suite wrote (shown below). Read every figure as a ratio to a server people know.")
+NGINX_CARD = (
+    "nginx, the yardstick: C, one worker process running an epoll event loop, with the configuration "
+    "the suite wrote (shown below). Read every figure as a ratio to a server people know."
+)
 
 # a figure with a unit or a ratio ("3.5 GB/s", "56k requests/s", "1.6x", "31 vs 15 ms"), a date, or a path outside
 # the repository: what a card never carries
-_MEASURED = re.compile(r"\d(?:[\d.,]*\d)?\s*(?:[GMK]B/s|[GM]bit/s|ms\b|us\b|µs|k\b|x\b|requests/s|req/s|%)"
-                       r"|\b20\d\d-\d\d-\d\d\b")
+_MEASURED = re.compile(
+    r"\d(?:[\d.,]*\d)?\s*(?:[GMK]B/s|[GM]bit/s|ms\b|us\b|µs|k\b|x\b|requests/s|req/s|%)"
+    r"|\b20\d\d-\d\d-\d\d\b"
+)
 _OUTSIDE = re.compile(r"\.\./|\bshared/|ANCHORS|STYLE\.md")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"(])")
 
@@ -72,8 +76,11 @@ def ran_on(model: str, args: tuple[str, ...]) -> str:
     if model != "asyncio":
         return ""
     loop = args[args.index("--loop") + 1] if "--loop" in args[:-1] else "asyncio"
-    return ("uvloop (libuv's event loop, `--loop uvloop`)" if loop == "uvloop"
-            else "the standard library's asyncio event loop (selectors, epoll on Linux)")
+    return (
+        "uvloop (libuv's event loop, `--loop uvloop`)"
+        if loop == "uvloop"
+        else "the standard library's asyncio event loop (selectors, epoll on Linux)"
+    )
 
 
 def _servers_dir() -> str:
@@ -106,7 +113,15 @@ def model_cards(servers: Mapping[str, ServerSpec]) -> list[ModelCard]:
             cards.append(ModelCard(name, model, "not a model of this version", "", ("(no such model file)",), args))
             continue
         doc = module_docstring(os.path.join(folder, f"{info.module}.py"))
-        cards.append(ModelCard(name, model, info.summary, f"servers/{info.module}.py",
-                               card_paragraphs(doc or "") or ("(the model file has no docstring yet)",), args,
-                               ran_on(model, args)))
+        cards.append(
+            ModelCard(
+                name,
+                model,
+                info.summary,
+                f"servers/{info.module}.py",
+                card_paragraphs(doc or "") or ("(the model file has no docstring yet)",),
+                args,
+                ran_on(model, args),
+            )
+        )
     return cards

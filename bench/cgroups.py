@@ -130,7 +130,7 @@ def remove_stale(root: str) -> None:
     for name in names:
         if not name.startswith(PREFIX):
             continue
-        owner = name[len(PREFIX):].partition("-")[0]
+        owner = name[len(PREFIX) :].partition("-")[0]
         if owner.isdigit() and psutil.pid_exists(int(owner)):
             continue
         try:

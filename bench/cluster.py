@@ -54,18 +54,24 @@ class ClusterPlacement:
         self.client = client
         self.scheduler = scheduler
         workers = client.scheduler_info()["workers"]
-        self.server_workers = sorted(a for a, w in workers.items()
-                                     if w.get("resources", {}).get(SERVER_RESOURCE, 0) >= 1)
+        self.server_workers = sorted(
+            a for a, w in workers.items() if w.get("resources", {}).get(SERVER_RESOURCE, 0) >= 1
+        )
         if not self.server_workers:
-            raise ClusterError(f"--cluster {scheduler}: no Dask worker has the resource {SERVER_RESOURCE}=1 "
-                               f"(start one with: dask worker ... --resources \"{SERVER_RESOURCE}=1\")")
+            raise ClusterError(
+                f"--cluster {scheduler}: no Dask worker has the resource {SERVER_RESOURCE}=1 "
+                f'(start one with: dask worker ... --resources "{SERVER_RESOURCE}=1")'
+            )
         generators = [a for a, w in workers.items() if w.get("resources", {}).get("client", 0) >= 1]
         if not generators:
-            raise ClusterError(f"--cluster {scheduler}: no Dask worker has the resource client=1 "
-                               f"(start them with: dask worker ... --resources \"client=1\")")
+            raise ClusterError(
+                f"--cluster {scheduler}: no Dask worker has the resource client=1 "
+                f'(start them with: dask worker ... --resources "client=1")'
+            )
 
-    def server(self, model: str, root: str, args: Sequence[str], cpus: Sequence[int] | None,
-               lifetime_s: float) -> RemoteServer:
+    def server(
+        self, model: str, root: str, args: Sequence[str], cpus: Sequence[int] | None, lifetime_s: float
+    ) -> RemoteServer:
         return RemoteServer(self.client, model, root, list(args), list(cpus) if cpus else None, lifetime_s)
 
     def load_options(self, opts: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +94,9 @@ class RemoteServer:
     """The ServerProcess interface (start, url, pid, shown_argv, stop, stderr_text) for a server run by a
     Dask task on a `server=1` worker."""
 
-    def __init__(self, client: Client, model: str, root: str, args: list[str], cpus: list[int] | None,
-                 lifetime_s: float) -> None:
+    def __init__(
+        self, client: Client, model: str, root: str, args: list[str], cpus: list[int] | None, lifetime_s: float
+    ) -> None:
         from distributed import Event, Variable
 
         self.client, self.model, self.root, self.args, self.cpus = client, model, root, args, cpus
@@ -110,17 +117,25 @@ class RemoteServer:
         self.samples: list[dict] = []  # the server's process tree, t_ns on the scheduler's clock
 
     def start(self) -> RemoteServer:
-        self.future = self.client.submit(serve_task, self.names, self.model, self.root, self.args, self.cpus,
-                                         self.lifetime_s, resources={SERVER_RESOURCE: 1}, pure=False,
-                                         key=self.names)
+        self.future = self.client.submit(
+            serve_task,
+            self.names,
+            self.model,
+            self.root,
+            self.args,
+            self.cpus,
+            self.lifetime_s,
+            resources={SERVER_RESOURCE: 1},
+            pure=False,
+            key=self.names,
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.ready.wait(0.5):
             if self.future.status == "error":
                 raise ServerStartError(str(self.future.exception()).splitlines()[0])
             if time.monotonic() > deadline:
                 self.stop()
-                raise ServerStartError(f"no {SERVER_RESOURCE}=1 worker started the server within "
-                                       f"{START_TIMEOUT_S:g} s")
+                raise ServerStartError(f"no {SERVER_RESOURCE}=1 worker started the server within {START_TIMEOUT_S:g} s")
         info = self.info.get()
         self.url, self.pid, self.argv = info["url"], info["pid"], info["argv"]
         self.host, self.worker, self.rss_at_ready = info["host"], info["worker"], info["rss_at_ready_bytes"]
@@ -164,8 +179,7 @@ class RemoteServer:
         return self.argv
 
 
-def serve_task(names: str, model: str, root: str, args: list[str], cpus: list[int] | None,
-               lifetime_s: float) -> dict:
+def serve_task(names: str, model: str, root: str, args: list[str], cpus: list[int] | None, lifetime_s: float) -> dict:
     """On the server worker: start the server on this worker's address, publish it, stop it on the
     stop event or at lifetime_s, whichever comes first."""
     from distributed import Event, Variable, get_client, get_worker
@@ -197,9 +211,16 @@ def serve_task(names: str, model: str, root: str, args: list[str], cpus: list[in
         sampler_thread = threading.Thread(target=_sample_until, args=(sampler, sampling), daemon=True)
         sampler_thread.start()
         argv = server.shown_argv() if model == REFERENCE else server.argv
-        Variable(f"{names}-info", client).set({"url": server.url, "pid": server.pid, "argv": argv, "host": host,
-                                               "worker": worker.address,
-                                               "rss_at_ready_bytes": first["rss_bytes"] if first else None})
+        Variable(f"{names}-info", client).set(
+            {
+                "url": server.url,
+                "pid": server.pid,
+                "argv": argv,
+                "host": host,
+                "worker": worker.address,
+                "rss_at_ready_bytes": first["rss_bytes"] if first else None,
+            }
+        )
         Event(f"{names}-ready", client).set()
         Event(f"{names}-stop", client).wait(lifetime_s)
     finally:
@@ -227,8 +248,9 @@ def start_guard(pid: int) -> subprocess.Popen:
     """A process that stops server `pid` if this process dies before it has (a Dask worker can be
     killed outright, and then no `finally` runs): it waits for its stdin to close. We close it
     after stopping the server ourselves; a death closes it too."""
-    return subprocess.Popen([sys.executable, "-m", "serverzoo.bench.cluster", str(pid)], stdin=subprocess.PIPE,
-                            start_new_session=True)  # a signal to the worker's process group spares it
+    return subprocess.Popen(
+        [sys.executable, "-m", "serverzoo.bench.cluster", str(pid)], stdin=subprocess.PIPE, start_new_session=True
+    )  # a signal to the worker's process group spares it
 
 
 def guard_main(pid: int) -> int:

@@ -98,11 +98,26 @@ def run_side(url: str, side: str, *, connections: int, duration: float, cpu: int
     """One `serverzoo load` run of a side, its whole process tree pinned to cpu."""
     with tempfile.TemporaryDirectory(prefix="serverzoo-cluster-vs-local-") as tmp:
         out = os.path.join(tmp, "out.json")
-        argv = [sys.executable, "-m", "serverzoo", "load", url, "-c", str(connections), "-d", str(duration),
-                "--corpus", corpus, *SIDES[side], "--json", out]
+        argv = [
+            sys.executable,
+            "-m",
+            "serverzoo",
+            "load",
+            url,
+            "-c",
+            str(connections),
+            "-d",
+            str(duration),
+            "--corpus",
+            corpus,
+            *SIDES[side],
+            "--json",
+            out,
+        ]
         with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
-                                    preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lambda: os.sched_setaffinity(0, {cpu})
+            )
             tree = TreeSampler(proc.pid)
             try:
                 code = proc.wait(duration + 120)
@@ -114,16 +129,30 @@ def run_side(url: str, side: str, *, connections: int, duration: float, cpu: int
         with open(out) as f:
             doc = json.load(f)
     window = doc["cluster"]["window"] if "cluster" in doc else None
-    return {"rps": doc["rps"], "requests": doc["requests"], "errors": doc["errors"]["total"],
-            "generator_cpu_percent": doc["client"]["cpu_percent"],
-            "cpu_us_per_request": doc["client"]["cpu_us_per_request"],
-            "workers": [w["rps"] for w in doc["cluster"]["workers"]] if window else None,
-            "other_cpu_percent": tree.other_percent(window["scheduler_start_ns"], window["scheduler_end_ns"])
-            if window else None}
+    return {
+        "rps": doc["rps"],
+        "requests": doc["requests"],
+        "errors": doc["errors"]["total"],
+        "generator_cpu_percent": doc["client"]["cpu_percent"],
+        "cpu_us_per_request": doc["client"]["cpu_us_per_request"],
+        "workers": [w["rps"] for w in doc["cluster"]["workers"]] if window else None,
+        "other_cpu_percent": tree.other_percent(window["scheduler_start_ns"], window["scheduler_end_ns"])
+        if window
+        else None,
+    }
 
 
-def compare(url: str, *, repeat: int, duration: float, connections: int, cpu: int, corpus: str,
-            pause_s: float = 0.5, progress=None) -> dict:
+def compare(
+    url: str,
+    *,
+    repeat: int,
+    duration: float,
+    connections: int,
+    cpu: int,
+    corpus: str,
+    pause_s: float = 0.5,
+    progress=None,
+) -> dict:
     """For each repetition every side once, in turn; per side every run, the median, the ratio to local-1."""
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     for i in range(repeat):
@@ -131,22 +160,33 @@ def compare(url: str, *, repeat: int, duration: float, connections: int, cpu: in
             r = run_side(url, side, connections=connections, duration=duration, cpu=cpu, corpus=corpus)
             runs[side].append(r)
             if progress:
-                progress(f"  run {i + 1}/{repeat} {side:<10} {r['rps']:>10.0f} req/s, generators "
-                         f"{r['generator_cpu_percent']:.0f}% CPU"
-                         + (f", the rest {r['other_cpu_percent']:.1f}%" if r["other_cpu_percent"] is not None else ""))
+                progress(
+                    f"  run {i + 1}/{repeat} {side:<10} {r['rps']:>10.0f} req/s, generators "
+                    f"{r['generator_cpu_percent']:.0f}% CPU"
+                    + (f", the rest {r['other_cpu_percent']:.1f}%" if r["other_cpu_percent"] is not None else "")
+                )
             time.sleep(pause_s)  # let the server settle between runs
     median = {side: statistics.median(r["rps"] for r in rs) for side, rs in runs.items()}
     others = [r["other_cpu_percent"] for r in runs["cluster-2"] if r["other_cpu_percent"] is not None]
-    return {"url": url, "repeat": repeat, "duration_s": duration, "connections": connections, "client_cpu": cpu,
-            "runs": runs, "median": median,
-            "ratio": {side: median[side] / median[YARDSTICK] for side in SIDES},
-            "cluster_other_cpu_percent_median": statistics.median(others) if others else None}
+    return {
+        "url": url,
+        "repeat": repeat,
+        "duration_s": duration,
+        "connections": connections,
+        "client_cpu": cpu,
+        "runs": runs,
+        "median": median,
+        "ratio": {side: median[side] / median[YARDSTICK] for side in SIDES},
+        "cluster_other_cpu_percent_median": statistics.median(others) if others else None,
+    }
 
 
 def format_comparison(c: dict) -> str:
-    lines = [f"{c['connections']} keep-alive connections, 1 KiB, {c['repeat']} x {c['duration_s']:g} s, "
-             f"client side on CPU {c['client_cpu']} (req/s)",
-             "  " + f"{'':<8}" + "".join(f"{side:>12}" for side in SIDES)]
+    lines = [
+        f"{c['connections']} keep-alive connections, 1 KiB, {c['repeat']} x {c['duration_s']:g} s, "
+        f"client side on CPU {c['client_cpu']} (req/s)",
+        "  " + f"{'':<8}" + "".join(f"{side:>12}" for side in SIDES),
+    ]
     for i in range(c["repeat"]):
         lines.append(f"  run {i + 1:<4}" + "".join(f"{c['runs'][side][i]['rps']:>12.0f}" for side in SIDES))
     lines.append(f"  {'median':<8}" + "".join(f"{c['median'][side]:>12.0f}" for side in SIDES))
@@ -155,8 +195,10 @@ def format_comparison(c: dict) -> str:
     lines.append(f"  cluster-2 / local-2 (what Dask costs): {c['median']['cluster-2'] / two:.3f}x" if two else "")
     other = c["cluster_other_cpu_percent_median"]
     if other is not None:
-        lines.append(f"  cluster-2: CPU outside the generators within the measured window (coordinator, scheduler, "
-                     f"Dask workers), median {other:.1f}% of a core")
+        lines.append(
+            f"  cluster-2: CPU outside the generators within the measured window (coordinator, scheduler, "
+            f"Dask workers), median {other:.1f}% of a core"
+        )
     return "\n".join(lines)
 
 
@@ -174,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     try:
         with NginxServer(root, tuned=True, cpus=[args.server_cpu]) as ngx:
-            c = compare(ngx.url + "1KiB.bin", repeat=args.repeat, duration=args.duration,
-                        connections=args.connections, cpu=args.client_cpu, corpus=root, progress=say)
+            c = compare(
+                ngx.url + "1KiB.bin",
+                repeat=args.repeat,
+                duration=args.duration,
+                connections=args.connections,
+                cpu=args.client_cpu,
+                corpus=root,
+                progress=say,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     out.update(c, finished_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))

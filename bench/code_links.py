@@ -30,13 +30,22 @@ ROLES: dict[str, dict[str, str | None]] = {
     "prefork": {"loop": "prefork_server:serve", "io": _BLOCKING_IO, "spawn": "runtime.workers:Supervisor.run"},
     "select": {"loop": "select_server:SelectLoop.run", "io": "select_server:SelectLoop._pump", "spawn": None},
     "gevent": {"loop": "gevent_server:serve", "io": "gevent_server:_Socket.recv", "spawn": "gevent_server:serve"},
-    "trio": {"loop": "trio_server:_accept_loop", "io": "trio_server:_Conversation._serve_requests",
-             "spawn": "trio_server:_accept_loop"},
-    "asyncio": {"loop": "asyncio_server:_serve", "io": "asyncio_server:HttpProtocol._pump",
-                "spawn": "asyncio_server:HttpProtocol.connection_made"},
+    "trio": {
+        "loop": "trio_server:_accept_loop",
+        "io": "trio_server:_Conversation._serve_requests",
+        "spawn": "trio_server:_accept_loop",
+    },
+    "asyncio": {
+        "loop": "asyncio_server:_serve",
+        "io": "asyncio_server:HttpProtocol._pump",
+        "spawn": "asyncio_server:HttpProtocol.connection_made",
+    },
 }
-ROLE_TITLES = {"loop": "the model's loop", "io": "where each request's system calls are made",
-               "spawn": "where each connection gets its thread, process or task"}
+ROLE_TITLES = {
+    "loop": "the model's loop",
+    "io": "where each request's system calls are made",
+    "spawn": "where each connection gets its thread, process or task",
+}
 
 
 @dataclass(frozen=True)

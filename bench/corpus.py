@@ -78,5 +78,7 @@ def check_corpus(root: str, spec: CorpusSpec) -> None:
         raise ConfigError(f"corpus {root}: {exc}") from None
     missing = sorted(spec.names() - names)
     if missing:
-        raise ConfigError(f"corpus {root} lacks {missing[0]}"
-                          f"{f' and {len(missing) - 1} more files' if len(missing) > 1 else ''} that the scenarios need")
+        raise ConfigError(
+            f"corpus {root} lacks {missing[0]}"
+            f"{f' and {len(missing) - 1} more files' if len(missing) > 1 else ''} that the scenarios need"
+        )

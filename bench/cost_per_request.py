@@ -36,8 +36,13 @@ _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 def run_wrk(url: str, connections: int, duration: int, cpu: int, close: bool = False) -> tuple[int, float, float]:
     """(requests, requests/s, MB/s) from one wrk run pinned to cpu; close: a connection per request."""
     extra = ["-H", "Connection: close"] if close else []
-    out = subprocess.run(["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
-                         capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+    out = subprocess.run(
+        ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        check=True,
+    ).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     value, unit = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out).groups()
@@ -84,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             for variant in args.variants:
                 results[variant].append(measure(variant, root, args.path, args))
         mode = "Connection: close" if args.close else "keep-alive"
-        print(f"{args.path}, {args.connections} connections, {mode}, {args.rounds} rounds of {args.duration} s, "
-              f"server on CPU {args.server_cpu}, wrk on CPU {args.client_cpu}; medians (all rounds)")
+        print(
+            f"{args.path}, {args.connections} connections, {mode}, {args.rounds} rounds of {args.duration} s, "
+            f"server on CPU {args.server_cpu}, wrk on CPU {args.client_cpu}; medians (all rounds)"
+        )
         width = max(map(len, args.variants))
         for variant, rows in results.items():
             cpu, rps, mbps = (statistics.median(r[i] for r in rows) for i in range(3))

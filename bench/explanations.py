@@ -78,13 +78,22 @@ def spend(view: RunView, point: Point) -> Spend | None:
             per_mb.append(load.server_cpu_percent / 100 / load.mb_per_s)
     if not cores:
         return None
-    given = [len(c.server_cpus) for c in view.run.cells
-             if (c.server, c.scenario, c.level) == (point.server, point.scenario, point.level) and c.server_cpus]
+    given = [
+        len(c.server_cpus)
+        for c in view.run.cells
+        if (c.server, c.scenario, c.level) == (point.server, point.scenario, point.level) and c.server_cpus
+    ]
     cpus = max(given, default=0) or int(view.run.machine.get("cpus") or 0)
     if not cpus:
         return None
-    return Spend(point.server, statistics.median(cores), cpus, statistics.median(per_request),
-                 statistics.median(per_mb) if per_mb else None, point.latency_us.get("p50"))
+    return Spend(
+        point.server,
+        statistics.median(cores),
+        cpus,
+        statistics.median(per_request),
+        statistics.median(per_mb) if per_mb else None,
+        point.latency_us.get("p50"),
+    )
 
 
 def explain(verdict: Verdict, view: RunView) -> str | None:
@@ -123,33 +132,48 @@ def _members(v: Verdict) -> Sequence[str]:
 
 def _throughput(lead: Spend, other: Spend, metric: str, margin: float) -> str | None:
     if lead.cores_given > 1 and lead.cores_used >= MORE_CORES * other.cores_used:
-        return (f"{lead.server} put {lead.cores_used:.1f} cores to work against {other.server}'s "
-                f"{other.cores_used:.1f}: it spread the work over more than one core.")
+        return (
+            f"{lead.server} put {lead.cores_used:.1f} cores to work against {other.server}'s "
+            f"{other.cores_used:.1f}: it spread the work over more than one core."
+        )
     if other.utilisation < BUSY and lead.utilisation >= other.utilisation + IDLE_GAP:
-        return (f"{other.server} left {1 - other.utilisation:.0%} of its CPU idle while {lead.server} kept "
-                f"{lead.utilisation:.0%} of its own busy: {other.server} was held up by waiting, not by the cost "
-                f"of its work.")
+        return (
+            f"{other.server} left {1 - other.utilisation:.0%} of its CPU idle while {lead.server} kept "
+            f"{lead.utilisation:.0%} of its own busy: {other.server} was held up by waiting, not by the cost "
+            f"of its work."
+        )
     if lead.utilisation < BUSY and other.utilisation < BUSY:
-        latency = (f", and {other.server}'s median response took {_ms(other.p50_us)} against {_ms(lead.p50_us)}"
-                   if lead.p50_us and other.p50_us else "")
-        return (f"Neither was short of CPU ({lead.server} {lead.busy}, {other.server} {other.busy}): in a closed "
-                f"loop throughput is connections / latency{latency}.")
+        latency = (
+            f", and {other.server}'s median response took {_ms(other.p50_us)} against {_ms(lead.p50_us)}"
+            if lead.p50_us and other.p50_us
+            else ""
+        )
+        return (
+            f"Neither was short of CPU ({lead.server} {lead.busy}, {other.server} {other.busy}): in a closed "
+            f"loop throughput is connections / latency{latency}."
+        )
     a, b = lead.cost(metric), other.cost(metric)
     if not (a and b):
         return None
     covers = (b / a - 1) / margin if margin > 0 else 0.0
     tail = ", which accounts for most of the lead" if covers >= MOST_OF_THE_GAP else ""
     opening = "Both kept their CPU busy" if lead.utilisation >= BUSY else "CPU busy"
-    return (f"{opening} ({lead.server} {lead.busy}, {other.server} {other.busy}); {lead.server} spent "
-            f"{_cost(a)} of CPU {_per(metric)} against {other.server}'s {_cost(b)}{tail}.")
+    return (
+        f"{opening} ({lead.server} {lead.busy}, {other.server} {other.busy}); {lead.server} spent "
+        f"{_cost(a)} of CPU {_per(metric)} against {other.server}'s {_cost(b)}{tail}."
+    )
 
 
 def _latency(lead: Spend, other: Spend) -> str:
     if other.utilisation >= BUSY:
-        return (f"{other.server}'s CPU was busy ({other.busy}) at this rate, {lead.server}'s {lead.busy}: "
-                f"{other.server}'s requests queued for the CPU.")
-    return (f"Neither was short of CPU ({lead.server} {lead.busy}, {other.server} {other.busy}): {other.server}'s longer tail comes from how it schedules waiting requests, "
-            f"not from the cost of its work.")
+        return (
+            f"{other.server}'s CPU was busy ({other.busy}) at this rate, {lead.server}'s {lead.busy}: "
+            f"{other.server}'s requests queued for the CPU."
+        )
+    return (
+        f"Neither was short of CPU ({lead.server} {lead.busy}, {other.server} {other.busy}): {other.server}'s longer tail comes from how it schedules waiting requests, "
+        f"not from the cost of its work."
+    )
 
 
 def _tie(members: Sequence[Spend], metric: str) -> str | None:
@@ -157,8 +181,10 @@ def _tie(members: Sequence[Spend], metric: str) -> str | None:
     if len(costs) < 2:
         return None
     busy = [s.utilisation for s in members]
-    figures = (f"{_cost_range(min(costs), max(costs))} of CPU {_per(metric)}, their CPU "
-               f"{_span([f'{b:.0%}' for b in (min(busy), max(busy))])} busy")
+    figures = (
+        f"{_cost_range(min(costs), max(costs))} of CPU {_per(metric)}, their CPU "
+        f"{_span([f'{b:.0%}' for b in (min(busy), max(busy))])} busy"
+    )
     if max(costs) <= ALIKE * min(costs):
         return f"Alike in what they spent: {figures}."
     if max(busy) < BUSY:
@@ -171,8 +197,9 @@ def _headroom(members: Sequence[Spend]) -> str | None:
         return None
     used = ", ".join(f"{s.server} {s.busy}" for s in sorted(members, key=lambda s: s.utilisation))
     if all(s.utilisation >= BUSY for s in members):
-        return (f"The servers were busy too at that ceiling ({used}): the limit may be theirs as much as the "
-                f"generator's.")
+        return (
+            f"The servers were busy too at that ceiling ({used}): the limit may be theirs as much as the generator's."
+        )
     return f"At that ceiling the servers were not busy ({used}): they had room the generator could not fill."
 
 

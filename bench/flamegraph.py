@@ -50,8 +50,19 @@ def py_spy_attached(pid: int, svg_path: str) -> Iterator[FlameGraph]:
     binary = py_spy_binary()
     if binary is None:
         raise TracerUnavailable("py-spy is not installed (pip install py-spy)")
-    argv = [binary, "record", "--pid", str(pid), "--subprocesses", "--rate", str(SAMPLE_RATE),
-            "--format", "flamegraph", "--output", svg_path]
+    argv = [
+        binary,
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--rate",
+        str(SAMPLE_RATE),
+        "--format",
+        "flamegraph",
+        "--output",
+        svg_path,
+    ]
     result = FlameGraph()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)

@@ -81,8 +81,10 @@ def measure_idle_memory(pid: int, host: str, port: int, path: str, count: int) -
             conn = http.client.HTTPConnection(host, port, timeout=ANSWER_TIMEOUT_S)
             if not _request(conn, path):
                 conn.close()
-                note = (f"held {len(held)} of {count} idle connections: the next got no answer within "
-                        f"{ANSWER_TIMEOUT_S:g} s (it waits in the listen backlog)")
+                note = (
+                    f"held {len(held)} of {count} idle connections: the next got no answer within "
+                    f"{ANSWER_TIMEOUT_S:g} s (it waits in the listen backlog)"
+                )
                 break
             held.append(conn)
         time.sleep(SETTLE_S)
@@ -96,7 +98,15 @@ def measure_idle_memory(pid: int, host: str, port: int, path: str, count: int) -
     if not enough:
         note = (note or "") + f"; fewer than {MIN_HELD} held, so no per-connection figure"
     return IdleMemory(
-        asked=count, held=n, rss_before_bytes=rss0, rss_after_bytes=rss1, pss_before_bytes=pss0,
-        pss_after_bytes=pss1, processes_after=procs, threads_after=threads,
+        asked=count,
+        held=n,
+        rss_before_bytes=rss0,
+        rss_after_bytes=rss1,
+        pss_before_bytes=pss0,
+        pss_after_bytes=pss1,
+        processes_after=procs,
+        threads_after=threads,
         rss_per_connection_bytes=round((rss1 - rss0) / n) if enough else None,
-        pss_per_connection_bytes=round((pss1 - pss0) / n) if enough else None, note=note)
+        pss_per_connection_bytes=round((pss1 - pss0) / n) if enough else None,
+        note=note,
+    )

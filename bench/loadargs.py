@@ -22,21 +22,39 @@ from .plan import BenchPlan, Cell
 
 # LoadOptions field -> `serverzoo load` flag (see clients/loadgen/options.py)
 FLAGS = {
-    "connections": "--connections", "duration": "--duration", "warmup_s": "--warmup", "rate": "--rate",
-    "conn_mode": "--conn-mode", "workers": "--workers", "cpus": "--cpus", "server_pid": "--server-pid",
-    "server_cpus": "--server-cpus", "corpus": "--corpus", "zipf": "--zipf", "timeout_s": "--timeout",
-    "idle": "--idle", "slow_readers": "--slow-readers", "slow_read_rate": "--slow-read-rate",
-    "slow_read_path": "--slow-read-path", "seed": "--seed", "timeline_interval_s": "--timeline-interval",
-    "reconnect_after": "--reconnect-after", "server_cgroup": "--server-cgroup",
+    "connections": "--connections",
+    "duration": "--duration",
+    "warmup_s": "--warmup",
+    "rate": "--rate",
+    "conn_mode": "--conn-mode",
+    "workers": "--workers",
+    "cpus": "--cpus",
+    "server_pid": "--server-pid",
+    "server_cpus": "--server-cpus",
+    "corpus": "--corpus",
+    "zipf": "--zipf",
+    "timeout_s": "--timeout",
+    "idle": "--idle",
+    "slow_readers": "--slow-readers",
+    "slow_read_rate": "--slow-read-rate",
+    "slow_read_path": "--slow-read-path",
+    "seed": "--seed",
+    "timeline_interval_s": "--timeline-interval",
+    "reconnect_after": "--reconnect-after",
+    "server_cgroup": "--server-cgroup",
     "sample_interval_s": "--sample-interval",
     # capacity scenarios: `serverzoo load --find-capacity` (not LoadOptions fields)
-    "find_capacity": "--find-capacity", "slo": "--slo", "search_start": "--search-start",
-    "search_time": "--search-time", "search_resolution": "--search-resolution",
+    "find_capacity": "--find-capacity",
+    "slo": "--slo",
+    "search_start": "--search-start",
+    "search_time": "--search-time",
+    "search_resolution": "--search-resolution",
 }
 
 
-def load_options(plan: BenchPlan, cell: Cell, base_url: str, corpus_root: str, server_pid: int,
-                 server_cgroup: str | None = None) -> dict[str, Any]:
+def load_options(
+    plan: BenchPlan, cell: Cell, base_url: str, corpus_root: str, server_pid: int, server_cgroup: str | None = None
+) -> dict[str, Any]:
     """The LoadOptions fields (as a dict) for one cell."""
     sc = plan.scenarios[cell.scenario]
     server_cpus, client_cpus = plan.cpus_for(cell.scenario)
@@ -72,8 +90,13 @@ def load_options(plan: BenchPlan, cell: Cell, base_url: str, corpus_root: str, s
     if sc.mode == "open":
         opts["rate"] = cell.level
     if sc.mode == "capacity":  # duration and warm-up: each step's least
-        opts |= {"find_capacity": True, "slo": sc.goal, "search_start": sc.search_start,
-                 "search_time": sc.search_time, "search_resolution": sc.search_resolution}
+        opts |= {
+            "find_capacity": True,
+            "slo": sc.goal,
+            "search_start": sc.search_start,
+            "search_time": sc.search_time,
+            "search_resolution": sc.search_resolution,
+        }
     if sc.idle:
         opts["idle"] = sc.idle
     if sc.slow_readers:

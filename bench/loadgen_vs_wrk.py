@@ -68,11 +68,23 @@ def run_wrk(url: str, *, connections: int, duration: float, cpu: int | None, clo
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-            *(["-H", "Connection: close"] if close else []), url]
+    argv = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        *(["-H", "Connection: close"] if close else []),
+        url,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
-                          preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     m = _RPS.search(proc.stdout)
     done = _READ.search(proc.stdout)
@@ -84,30 +96,58 @@ def run_wrk(url: str, *, connections: int, duration: float, cpu: int | None, clo
     received = float(done.group(4)) * _BINARY[done.group(5)]
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     errors = re.search(r"Socket errors: .*|Non-2xx or 3xx responses: \d+", proc.stdout)
-    return {"rps": float(m.group(1)), "mbps": received / elapsed / 1e6,
-            "p99_us": float(p99.group(1)) * _UNIT_US[p99.group(2)] if p99 else None,
-            "requests": requests, "cpu_s": round(cpu_s, 3), "errors": errors.group(0) if errors else None,
-            "cpu_us_per_request": cpu_s * 1e6 / requests if requests else None,
-            "cpu_us_per_mb": cpu_s * 1e6 / (received / 1e6) if received else None}
+    return {
+        "rps": float(m.group(1)),
+        "mbps": received / elapsed / 1e6,
+        "p99_us": float(p99.group(1)) * _UNIT_US[p99.group(2)] if p99 else None,
+        "requests": requests,
+        "cpu_s": round(cpu_s, 3),
+        "errors": errors.group(0) if errors else None,
+        "cpu_us_per_request": cpu_s * 1e6 / requests if requests else None,
+        "cpu_us_per_mb": cpu_s * 1e6 / (received / 1e6) if received else None,
+    }
 
 
-def run_ours(url: str, *, connections: int, duration: float, cpu: int | None, corpus: str | None,
-             close: bool = False) -> dict:
+def run_ours(
+    url: str, *, connections: int, duration: float, cpu: int | None, corpus: str | None, close: bool = False
+) -> dict:
     """One `serverzoo load` run with one worker process, every body verified."""
-    doc = run_load(LoadOptions(url=url, connections=connections, duration=duration, workers=1,
-                               cpus=[cpu] if cpu is not None else None, corpus=corpus,
-                               conn_mode="new" if close else "keepalive"))
+    doc = run_load(
+        LoadOptions(
+            url=url,
+            connections=connections,
+            duration=duration,
+            workers=1,
+            cpus=[cpu] if cpu is not None else None,
+            corpus=corpus,
+            conn_mode="new" if close else "keepalive",
+        )
+    )
     cpu_s = doc["client"]["cpu_percent"] / 100 * doc["elapsed_s"]
-    return {"rps": doc["rps"], "mbps": doc["mb_per_s"], "p99_us": doc["latency_us"]["p99"],
-            "requests": doc["requests"], "errors": doc["errors"]["total"], "cpu_s": round(cpu_s, 3),
-            "cpu_us_per_request": cpu_s * 1e6 / doc["requests"] if doc["requests"] else None,
-            "cpu_us_per_mb": cpu_s * 1e6 / (doc["bytes"] / 1e6) if doc["bytes"] else None,
-            "client_bound": doc["client"]["client_bound"]}
+    return {
+        "rps": doc["rps"],
+        "mbps": doc["mb_per_s"],
+        "p99_us": doc["latency_us"]["p99"],
+        "requests": doc["requests"],
+        "errors": doc["errors"]["total"],
+        "cpu_s": round(cpu_s, 3),
+        "cpu_us_per_request": cpu_s * 1e6 / doc["requests"] if doc["requests"] else None,
+        "cpu_us_per_mb": cpu_s * 1e6 / (doc["bytes"] / 1e6) if doc["bytes"] else None,
+        "client_bound": doc["client"]["client_bound"],
+    }
 
 
-def compare_with_wrk(base_url: str, modes: list[Mode], *, repeat: int = 5, duration: float = 5.0,
-                     client_cpu: int | None = 1, corpus: str | None = None, pause_s: float = 0.5,
-                     progress=None) -> dict:
+def compare_with_wrk(
+    base_url: str,
+    modes: list[Mode],
+    *,
+    repeat: int = 5,
+    duration: float = 5.0,
+    client_cpu: int | None = 1,
+    corpus: str | None = None,
+    pause_s: float = 0.5,
+    progress=None,
+) -> dict:
     """For each repetition, each mode: wrk then ours. Per mode: every run, the medians and the ratio."""
     runs: dict[str, dict[str, list[dict]]] = {m.name: {"wrk": [], "ours": []} for m in modes}
     for i in range(repeat):
@@ -115,23 +155,36 @@ def compare_with_wrk(base_url: str, modes: list[Mode], *, repeat: int = 5, durat
             url = base_url + mode.file
             for tool in ("wrk", "ours"):
                 if tool == "wrk":
-                    r = run_wrk(url, connections=mode.connections, duration=duration, cpu=client_cpu,
-                                close=mode.close)
+                    r = run_wrk(url, connections=mode.connections, duration=duration, cpu=client_cpu, close=mode.close)
                 else:
-                    r = run_ours(url, connections=mode.connections, duration=duration, cpu=client_cpu,
-                                 corpus=corpus, close=mode.close)
+                    r = run_ours(
+                        url,
+                        connections=mode.connections,
+                        duration=duration,
+                        cpu=client_cpu,
+                        corpus=corpus,
+                        close=mode.close,
+                    )
                 runs[mode.name][tool].append(r)
                 if progress:
-                    progress(f"  run {i + 1}/{repeat} {mode.name:<9} {tool:<5} {r['rps']:>10.0f} req/s "
-                             f"{r['mbps']:>10.1f} MB/s")
+                    progress(
+                        f"  run {i + 1}/{repeat} {mode.name:<9} {tool:<5} {r['rps']:>10.0f} req/s "
+                        f"{r['mbps']:>10.1f} MB/s"
+                    )
                 time.sleep(pause_s)  # let the server settle between runs
     out = {}
     for mode in modes:
         rs = runs[mode.name]
         med = {tool: statistics.median(r[mode.metric] for r in rs[tool]) for tool in rs}
         out[mode.name] = {
-            "file": mode.file, "connections": mode.connections, "close": mode.close, "metric": mode.metric,
-            "goal": mode.goal, "runs": rs, "median": med, "ratio": med["ours"] / med["wrk"] if med["wrk"] else None,
+            "file": mode.file,
+            "connections": mode.connections,
+            "close": mode.close,
+            "metric": mode.metric,
+            "goal": mode.goal,
+            "runs": rs,
+            "median": med,
+            "ratio": med["ours"] / med["wrk"] if med["wrk"] else None,
             "median_cpu_us_per_request": {t: _median(r["cpu_us_per_request"] for r in rs[t]) for t in rs},
             "median_cpu_us_per_mb": {t: _median(r["cpu_us_per_mb"] for r in rs[t]) for t in rs},
         }
@@ -147,20 +200,29 @@ def format_comparison(title: str, c: dict) -> str:
     lines = [title]
     for name, m in c["modes"].items():
         unit = "req/s" if m["metric"] == "rps" else "MB/s"
-        lines.append(f" {name}: {m['file']}, {m['connections']} connections"
-                     + (", a new connection per request" if m["close"] else "") + f" ({unit})")
+        lines.append(
+            f" {name}: {m['file']}, {m['connections']} connections"
+            + (", a new connection per request" if m["close"] else "")
+            + f" ({unit})"
+        )
         lines.append(f"  {'':<8}{'wrk':>12}{'serverzoo':>12}")
         for i, (a, b) in enumerate(zip(m["runs"]["wrk"], m["runs"]["ours"])):
             lines.append(f"  run {i + 1:<4}{a[m['metric']]:>12.0f}{b[m['metric']]:>12.0f}")
-        lines.append(f"  {'median':<8}{m['median']['wrk']:>12.0f}{m['median']['ours']:>12.0f}   "
-                     f"ratio {m['ratio']:.2f}x (goal >= {m['goal']:.2f}x)")
+        lines.append(
+            f"  {'median':<8}{m['median']['wrk']:>12.0f}{m['median']['ours']:>12.0f}   "
+            f"ratio {m['ratio']:.2f}x (goal >= {m['goal']:.2f}x)"
+        )
         cr, cb = m["median_cpu_us_per_request"], m["median_cpu_us_per_mb"]
-        lines.append(f"  client CPU per request: wrk {_us(cr['wrk'])}, serverzoo {_us(cr['ours'])}; "
-                     f"per MB received: wrk {_us(cb['wrk'])}, serverzoo {_us(cb['ours'])}")
+        lines.append(
+            f"  client CPU per request: wrk {_us(cr['wrk'])}, serverzoo {_us(cr['ours'])}; "
+            f"per MB received: wrk {_us(cb['wrk'])}, serverzoo {_us(cb['ours'])}"
+        )
         ours = m["runs"]["ours"]
-        lines.append(f"  serverzoo runs marked client-bound: {sum(r['client_bound'] for r in ours)} of {len(ours)}; "
-                     f"with errors: {sum(r['errors'] > 0 for r in ours)}; wrk runs with errors: "
-                     f"{sum(bool(r['errors']) for r in m['runs']['wrk'])}")
+        lines.append(
+            f"  serverzoo runs marked client-bound: {sum(r['client_bound'] for r in ours)} of {len(ours)}; "
+            f"with errors: {sum(r['errors'] > 0 for r in ours)}; wrk runs with errors: "
+            f"{sum(bool(r['errors']) for r in m['runs']['wrk'])}"
+        )
     return "\n".join(lines)
 
 
@@ -197,21 +259,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_nginx:
             with NginxServer(root, tuned=True, cpus=[args.server_cpu]) as ngx:
-                c = compare_with_wrk(ngx.url, modes, repeat=args.repeat, duration=args.duration,
-                                     client_cpu=args.client_cpu, corpus=root, progress=say)
+                c = compare_with_wrk(
+                    ngx.url,
+                    modes,
+                    repeat=args.repeat,
+                    duration=args.duration,
+                    client_cpu=args.client_cpu,
+                    corpus=root,
+                    progress=say,
+                )
             out["nginx"] = c
-            say(format_comparison(f"nginx (1 worker, tuned, CPU {args.server_cpu}), {args.repeat} x "
-                                  f"{args.duration:g} s, clients on CPU {args.client_cpu}", c))
+            say(
+                format_comparison(
+                    f"nginx (1 worker, tuned, CPU {args.server_cpu}), {args.repeat} x "
+                    f"{args.duration:g} s, clients on CPU {args.client_cpu}",
+                    c,
+                )
+            )
         if args.model:
             from serverzoo.servers.launch import ServerProcess, ServerStartError
 
             try:
                 with ServerProcess(args.model, root, *args.model_args.split(), cpus=[args.server_cpu]) as srv:
-                    c = compare_with_wrk(srv.url, [MODES["keepalive"]], repeat=args.repeat, duration=args.duration,
-                                         client_cpu=args.client_cpu, corpus=root, progress=say)
+                    c = compare_with_wrk(
+                        srv.url,
+                        [MODES["keepalive"]],
+                        repeat=args.repeat,
+                        duration=args.duration,
+                        client_cpu=args.client_cpu,
+                        corpus=root,
+                        progress=say,
+                    )
                 out["model"] = {"model": args.model, "args": args.model_args, **c}
-                say(format_comparison(f"serverzoo {args.model} {args.model_args}".rstrip() +
-                                      f" (CPU {args.server_cpu}), same setup", c))
+                say(
+                    format_comparison(
+                        f"serverzoo {args.model} {args.model_args}".rstrip() + f" (CPU {args.server_cpu}), same setup",
+                        c,
+                    )
+                )
             except ServerStartError as exc:
                 say(f"section 2 skipped: {exc}")
     finally:

@@ -69,8 +69,9 @@ def live_text(figures: dict[str, Any]) -> str:
     phase = "measuring" if figures["phase"] == "measure" else figures["phase"].replace("_", "-")
     errors = sum(figures["errors"].values())
     p99 = f", p99 {fmt_us(figures['p99_us'])}" if figures.get("p99_us") is not None else ""
-    return (f"{phase} {max(figures['t'], 0):.0f}s: {figures['rps']:,.0f} req/s{p99}"
-            + (f", {errors} errors" if errors else ""))
+    return f"{phase} {max(figures['t'], 0):.0f}s: {figures['rps']:,.0f} req/s{p99}" + (
+        f", {errors} errors" if errors else ""
+    )
 
 
 def cell_cost(plan: BenchPlan, doc: dict[str, Any], cell: Cell) -> float:
@@ -87,8 +88,16 @@ def cell_cost(plan: BenchPlan, doc: dict[str, Any], cell: Cell) -> float:
 class _Loop:
     """Runs cells one at a time: saves after each, prints its line, moves the progress bar."""
 
-    def __init__(self, plan: BenchPlan, doc: dict[str, Any], path: str, runner: CellRunner, progress: Progress,
-                 task: Any, max_cells: int | None) -> None:
+    def __init__(
+        self,
+        plan: BenchPlan,
+        doc: dict[str, Any],
+        path: str,
+        runner: CellRunner,
+        progress: Progress,
+        task: Any,
+        max_cells: int | None,
+    ) -> None:
         self.plan, self.doc, self.path, self.runner = plan, doc, path, runner
         self.progress, self.task = progress, task
         self.left = max_cells
@@ -100,8 +109,9 @@ class _Loop:
                 return False
             self.left -= 1
         self.progress.update(self.task, description=cell.id)
-        self.runner.on_live = lambda figures: self.progress.update(self.task,
-                                                                   description=f"{cell.id}  {live_text(figures)}")
+        self.runner.on_live = lambda figures: self.progress.update(
+            self.task, description=f"{cell.id}  {live_text(figures)}"
+        )
         record = self.runner.run(cell)
         self.doc["cells"].append(record)
         with interrupts.critical():
@@ -112,9 +122,17 @@ class _Loop:
         return True
 
 
-def run_matrix(plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: str, max_cells: int | None = None,
-               console: Console | None = None, hosts: LinkedHosts | None = None,
-               deadline: float | None = None, placement: ClusterPlacement | None = None) -> str:
+def run_matrix(
+    plan: BenchPlan,
+    doc: dict[str, Any],
+    path: str,
+    corpus_root: str,
+    max_cells: int | None = None,
+    console: Console | None = None,
+    hosts: LinkedHosts | None = None,
+    deadline: float | None = None,
+    placement: ClusterPlacement | None = None,
+) -> str:
     """Run the pending cells, then the extra repetitions close races need, saving after each.
 
     Returns the run's status: complete, partial (--max-cells) or interrupted. With `hosts`
@@ -131,15 +149,22 @@ def run_matrix(plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: str
     # Ctrl-C and SIGTERM (a CI timeout, `kill PID`) stop the run and keep everything measured; they wait
     # while a server starts or stops, or while the file is written, so nothing is left running or torn
     previous = {sig: signal.signal(sig, interrupts.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     extra_allowance = plan.extension_seconds(todo)
     if deadline is not None:
         extra_allowance = min(extra_allowance, max(0.0, deadline - time.monotonic() - plan.estimate_seconds(todo)))
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("starting", total=plan.estimate_seconds(todo) + extra_allowance,
-                                     done=f"{len(doc['cells'])} cells")
+            task = progress.add_task(
+                "starting", total=plan.estimate_seconds(todo) + extra_allowance, done=f"{len(doc['cells'])} cells"
+            )
             loop = _Loop(plan, doc, path, runner, progress, task, max_cells)
             status = "complete"
             for cell in todo:

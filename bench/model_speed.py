@@ -49,10 +49,16 @@ class Workload:
 
 WORKLOADS = {
     "keepalive": Workload("keepalive", "/1KiB.bin", 64, False, "rps", True, {"select": 0.9, "asyncio-uvloop": 0.9}),
-    "close": Workload("close", "/1KiB.bin", 64, True, "rps", False,
-                      {"select": 0.8, "asyncio-uvloop": 0.8, "asyncio": 0.6, "gevent": 0.6, "trio": 0.6}),
-    "large": Workload("large", "/64MiB.bin", 4, False, "mbps", False,
-                      dict.fromkeys(server_names(), 1.0)),
+    "close": Workload(
+        "close",
+        "/1KiB.bin",
+        64,
+        True,
+        "rps",
+        False,
+        {"select": 0.8, "asyncio-uvloop": 0.8, "asyncio": 0.6, "gevent": 0.6, "trio": 0.6},
+    ),
+    "large": Workload("large", "/64MiB.bin", 4, False, "mbps", False, dict.fromkeys(server_names(), 1.0)),
 }
 
 _UNITS = {"B": 1e-6, "KB": 1024 / 1e6, "MB": 1024**2 / 1e6, "GB": 1024**3 / 1e6}
@@ -82,8 +88,12 @@ def run_wrk(url: str, w: Workload, duration: float, cpu: int) -> dict:
     p99 = re.search(r"\s99%\s+([\d.]+)(\w+)", out)
     if not rps or not tr:
         return {"rps": 0.0, "mbps": 0.0, "errors": "wrk failed: " + out[-200:].strip(), "p99": None}
-    return {"rps": float(rps.group(1)), "mbps": float(tr.group(1)) * _UNITS.get(tr.group(2), 1),
-            "errors": errors.group(0) if errors else None, "p99": p99.group(0).split()[-1] if p99 else None}
+    return {
+        "rps": float(rps.group(1)),
+        "mbps": float(tr.group(1)) * _UNITS.get(tr.group(2), 1),
+        "errors": errors.group(0) if errors else None,
+        "p99": p99.group(0).split()[-1] if p99 else None,
+    }
 
 
 def measure(variant: str, w: Workload, root: str, duration: float, server_cpu: int, client_cpu: int) -> dict:
@@ -101,8 +111,11 @@ def measure(variant: str, w: Workload, root: str, duration: float, server_cpu: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m serverzoo.bench.model_speed", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m serverzoo.bench.model_speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--workload", action="append", choices=list(WORKLOADS), help="default: all")
     ap.add_argument("--models", default=",".join(server_names()), help="comma-separated models and variants")
     ap.add_argument("-r", "--repeat", type=int, default=3)
@@ -117,12 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in opts.models.split(",") if v.strip()]
     unknown = [v for v in variants if v not in server_names()]
     if unknown:
-        print(f"model_speed: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(server_names())}",
-              file=sys.stderr)
+        print(
+            f"model_speed: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(server_names())}",
+            file=sys.stderr,
+        )
         return 2
     machine = describe_machine()
-    print(f"# {machine_line(machine)}; server on CPU {opts.server_cpu}, wrk on CPU {opts.client_cpu}; "
-          f"{opts.repeat} x {opts.duration:g} s; started {machine['date']}")
+    print(
+        f"# {machine_line(machine)}; server on CPU {opts.server_cpu}, wrk on CPU {opts.client_cpu}; "
+        f"{opts.repeat} x {opts.duration:g} s; started {machine['date']}"
+    )
     root = make_root()
     doc: dict = {"schema": "serverzoo.model-speed/1", "machine": machine, "options": vars(opts), "workloads": {}}
     try:
@@ -132,21 +149,29 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(opts.repeat):
                 for v, measured in runs.items():
                     measured.append(measure(v, w, root, opts.duration, opts.server_cpu, opts.client_cpu))
-                    print(f"  {wname} rep {rep + 1} {v:15s} {measured[-1][w.metric]:>10.1f} "
-                          f"{'req/s' if w.metric == 'rps' else 'MB/s'}", file=sys.stderr, flush=True)
+                    print(
+                        f"  {wname} rep {rep + 1} {v:15s} {measured[-1][w.metric]:>10.1f} "
+                        f"{'req/s' if w.metric == 'rps' else 'MB/s'}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             med = {v: statistics.median(r[w.metric] for r in rs) for v, rs in runs.items()}
             unit = "req/s" if w.metric == "rps" else "MB/s"
             flavour = "tuned" if w.nginx_tuned else "stock"
-            print(f"\n## {wname}: {w.path}, {w.connections} connections"
-                  f"{', Connection: close' if w.close else ', keep-alive'}; nginx {flavour}")
+            print(
+                f"\n## {wname}: {w.path}, {w.connections} connections"
+                f"{', Connection: close' if w.close else ', keep-alive'}; nginx {flavour}"
+            )
             print(f"| server | {unit} (median) | ratio to nginx | floor | p99 (last run) |")
             print("|---|---|---|---|---|")
             for v in runs:
                 ratio = med[v] / med["nginx"] if med["nginx"] else float("nan")
                 floor = w.floors.get(v)
                 verdict = "" if floor is None else (" (meets)" if ratio >= floor else " (BELOW)")
-                print(f"| {v} | {med[v]:.0f} | {ratio:.2f}x | {'' if floor is None else f'{floor:.2f}x'}{verdict} "
-                      f"| {runs[v][-1]['p99']} |")
+                print(
+                    f"| {v} | {med[v]:.0f} | {ratio:.2f}x | {'' if floor is None else f'{floor:.2f}x'}{verdict} "
+                    f"| {runs[v][-1]['p99']} |"
+                )
             doc["workloads"][wname] = {"runs": runs, "medians": med, "floors": w.floors, "unit": unit}
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -64,8 +64,9 @@ class NginxError(RuntimeError):
 
 
 def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
-                                          if os.access(p, os.X_OK)), None)
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
 
 
 def check_world_readable(root: str) -> None:
@@ -92,10 +93,18 @@ def _free_port(host: str) -> int:
 class NginxServer:
     """A private nginx serving `root` on a free loopback port. Use as a context manager."""
 
-    def __init__(self, root: str, *, tuned: bool = True, cpus: Sequence[int] | None = (0,), workers: int = 1,
-                 host: str = "127.0.0.1", start_timeout: float = 10.0,
-                 wrap: Callable[[list[str]], list[str]] | None = None,
-                 namespace: Callable[[], AbstractContextManager] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        tuned: bool = True,
+        cpus: Sequence[int] | None = (0,),
+        workers: int = 1,
+        host: str = "127.0.0.1",
+        start_timeout: float = 10.0,
+        wrap: Callable[[list[str]], list[str]] | None = None,
+        namespace: Callable[[], AbstractContextManager] | None = None,
+    ) -> None:
         binary = nginx_binary()
         if binary is None:
             raise NginxError("nginx is not installed (Debian: apt-get install nginx-light)")
@@ -129,8 +138,14 @@ class NginxServer:
         return self.wrap([self.binary, "-c", "nginx.conf"])
 
     def config_text(self) -> str:
-        return CONFIG.format(workers=self.workers, prefix=self.prefix, host=self.host, port=self.port,
-                             root=self.root, file_settings=TUNED if self.tuned else STOCK)
+        return CONFIG.format(
+            workers=self.workers,
+            prefix=self.prefix,
+            host=self.host,
+            port=self.port,
+            root=self.root,
+            file_settings=TUNED if self.tuned else STOCK,
+        )
 
     def error_log(self) -> str:
         try:
@@ -148,10 +163,24 @@ class NginxServer:
             with open(conf, "w") as f:
                 f.write(self.config_text())
             self.proc = subprocess.Popen(
-                self.wrap([self.binary, "-p", self.prefix, "-e", os.path.join(self.prefix, "error.log"), "-c", conf,
-                           "-g", "daemon off;"]),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                preexec_fn=(lambda cpus=self.cpus: os.sched_setaffinity(0, cpus)) if self.cpus else None)
+                self.wrap(
+                    [
+                        self.binary,
+                        "-p",
+                        self.prefix,
+                        "-e",
+                        os.path.join(self.prefix, "error.log"),
+                        "-c",
+                        conf,
+                        "-g",
+                        "daemon off;",
+                    ]
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=(lambda cpus=self.cpus: os.sched_setaffinity(0, cpus)) if self.cpus else None,
+            )
             if self._wait_ready():
                 return self
             self._kill()

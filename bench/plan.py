@@ -68,10 +68,17 @@ class BenchPlan:
         """The scenario's CPU placement as recorded with each cell and shown in the report."""
         server, client = self.cpus_for(scenario)
         name = self.scenarios[scenario].placement
-        text = {"split": "server and load generator on separate CPUs",
-                "server-all": "the server on every CPU; the load generator shares one"}[name]
-        return {"name": name, "server_cpus": server, "client_cpus": client,
-                "shared": bool(set(server) & set(client)), "text": text}
+        text = {
+            "split": "server and load generator on separate CPUs",
+            "server-all": "the server on every CPU; the load generator shares one",
+        }[name]
+        return {
+            "name": name,
+            "server_cpus": server,
+            "client_cpus": client,
+            "shared": bool(set(server) & set(client)),
+            "text": text,
+        }
 
     def cells(self) -> list[Cell]:
         out = []
@@ -95,24 +102,32 @@ class BenchPlan:
         n_levels = sorted({len(s.levels) for s in self.scenarios.values()})
         levels = "-".join(str(n) for n in (n_levels[0], n_levels[-1])) if len(n_levels) > 1 else str(n_levels[0])
         cells = self.cells()
+
         def n(count: int, word: str) -> str:
             return f"{count} {word}{'s' if count != 1 else ''}"
 
         fixed = self.fixed_seconds()
-        first = (f"{n(len(cells), 'cell')}: {n(len(self.servers), 'server')} x {n(len(self.scenarios), 'scenario')} x "
-                 f"{levels} levels x {n(self.repeat, 'repetition')}, {self.network()}; "
-                 f"estimated {format_duration(self.estimate_seconds(cells) + fixed)} "
-                 f"(warm-up + measured time per cell, {CELL_OVERHEAD_S:.2f} s start/stop each, "
-                 f"{fixed:.0f} s corpus{', link' if self.link else ''} and report)")
+        first = (
+            f"{n(len(cells), 'cell')}: {n(len(self.servers), 'server')} x {n(len(self.scenarios), 'scenario')} x "
+            f"{levels} levels x {n(self.repeat, 'repetition')}, {self.network()}; "
+            f"estimated {format_duration(self.estimate_seconds(cells) + fixed)} "
+            f"(warm-up + measured time per cell, {CELL_OVERHEAD_S:.2f} s start/stop each, "
+            f"{fixed:.0f} s corpus{', link' if self.link else ''} and report)"
+        )
         a = self.adaptive
         if a.max_repeat <= self.repeat:
             return first
         extra = self.extension_seconds(cells)
-        limit = (f"until the run's budget of {format_duration(a.budget)} (about {format_duration(extra)} more)"
-                 if a.budget is not None else "with no time limit")
-        return (f"{first}; then, at each scenario's top level, the leader and every server within its "
-                f"confidence interval get more repetitions (up to {a.max_repeat}, until each is within "
-                f"±{a.precision:.0%} or separated) {limit}")
+        limit = (
+            f"until the run's budget of {format_duration(a.budget)} (about {format_duration(extra)} more)"
+            if a.budget is not None
+            else "with no time limit"
+        )
+        return (
+            f"{first}; then, at each scenario's top level, the leader and every server within its "
+            f"confidence interval get more repetitions (up to {a.max_repeat}, until each is within "
+            f"±{a.precision:.0%} or separated) {limit}"
+        )
 
     def fixed_seconds(self) -> float:
         return FIXED_OVERHEAD_S + (LINK_OVERHEAD_S if self.link else 0.0)
@@ -124,8 +139,11 @@ class BenchPlan:
             return 0.0
         first = self.estimate_seconds(first_pass) + self.fixed_seconds()
         if a.budget is None:  # no limit: every top-level cell up to max_repeat, as an upper bound
-            top = [c for c in (first_pass or self.cells()) if c.level == max(self.scenarios[c.scenario].levels)
-                   and c.repetition == 1]
+            top = [
+                c
+                for c in (first_pass or self.cells())
+                if c.level == max(self.scenarios[c.scenario].levels) and c.repetition == 1
+            ]
             return sum(self.cell_seconds(c) for c in top) * (a.max_repeat - self.repeat)
         return max(0.0, a.budget - first)
 
@@ -133,8 +151,9 @@ class BenchPlan:
         """Where the traffic goes: 'over loopback' or 'over link wan (40 ms RTT, 100 Mbit/s)'."""
         if self.link is None:
             return "over loopback"
-        return (f"over link {self.link.name} ({self.link.summary()}; server and load generator in two "
-                f"network namespaces)")
+        return (
+            f"over link {self.link.name} ({self.link.summary()}; server and load generator in two network namespaces)"
+        )
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -160,18 +179,24 @@ class BenchPlan:
                 preset=config["preset"],
                 servers={n: ServerSpec(n, s["model"], tuple(s["args"])) for n, s in config["servers"].items()},
                 scenarios={n: Scenario.from_dict(s) for n, s in config["scenarios"].items()},
-                repeat=int(config["repeat"]), run=RunSettings(**run), corpus=_corpus_spec(config["corpus"]),
-                server_cpus=list(config["cpus"]["server"]), client_cpus=list(config["cpus"]["client"]),
+                repeat=int(config["repeat"]),
+                run=RunSettings(**run),
+                corpus=_corpus_spec(config["corpus"]),
+                server_cpus=list(config["cpus"]["server"]),
+                client_cpus=list(config["cpus"]["client"]),
                 link=LinkProfile(**config["link"]["profile"]) if config.get("link") else None,
-                adaptive=Adaptive(**config["adaptive"]) if config.get("adaptive") else
-                Adaptive(max_repeat=int(config["repeat"])))
+                adaptive=Adaptive(**config["adaptive"])
+                if config.get("adaptive")
+                else Adaptive(max_repeat=int(config["repeat"])),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the run's configuration is incomplete or from another version ({exc!r})") from None
 
 
 def _corpus_spec(d: dict[str, Any]) -> CorpusSpec:
-    return CorpusSpec(seed=d["seed"], files=tuple(d["files"]), mix_dir=d.get("mix_dir"),
-                      mix_files=tuple(d.get("mix_files", ())))
+    return CorpusSpec(
+        seed=d["seed"], files=tuple(d["files"]), mix_dir=d.get("mix_dir"), mix_files=tuple(d.get("mix_files", ()))
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -239,12 +264,24 @@ def split_cpus(server: list[int] | None, client: list[int] | None) -> tuple[list
     return server, client, note
 
 
-def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None = None,
-               scenarios: list[str] | None = None, concurrency: list[int] | None = None,
-               rates: list[int] | None = None, repeat: int | None = None, duration: float | None = None,
-               warmup: float | None = None, reference: bool | None = None, server_cpus: list[int] | None = None,
-               client_cpus: list[int] | None = None, nginx_available: bool = True,
-               link: LinkProfile | None = None, budget: float | None = None) -> BenchPlan:
+def build_plan(
+    suite: Suite,
+    preset: str = "quick",
+    *,
+    models: list[str] | None = None,
+    scenarios: list[str] | None = None,
+    concurrency: list[int] | None = None,
+    rates: list[int] | None = None,
+    repeat: int | None = None,
+    duration: float | None = None,
+    warmup: float | None = None,
+    reference: bool | None = None,
+    server_cpus: list[int] | None = None,
+    client_cpus: list[int] | None = None,
+    nginx_available: bool = True,
+    link: LinkProfile | None = None,
+    budget: float | None = None,
+) -> BenchPlan:
     """Resolve a preset and the command line's narrowing into a checked BenchPlan (ConfigError if not)."""
     if preset not in suite.presets:
         raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(suite.presets)}")
@@ -258,8 +295,10 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
             if name not in known:
                 raise ConfigError(f"unknown model {name!r}; choose from: {', '.join(known)}")
             if not implemented(known[name].model):
-                raise ConfigError(f"model {name!r} has no implementation yet "
-                                  f"(servers/{MODELS[known[name].model].module}.py is missing)")
+                raise ConfigError(
+                    f"model {name!r} has no implementation yet "
+                    f"(servers/{MODELS[known[name].model].module}.py is missing)"
+                )
         chosen = {n: known[n] for n in models if n != REFERENCE}
         if REFERENCE in models and reference is None:
             reference = True
@@ -317,11 +356,24 @@ def build_plan(suite: Suite, preset: str = "quick", *, models: list[str] | None 
     reps = repeat or p.repeat
     adaptive = p.adaptive
     if reps > adaptive.max_repeat or budget is not None:
-        adaptive = replace(adaptive, max_repeat=max(reps, adaptive.max_repeat),
-                           budget=budget if budget is not None else adaptive.budget)
-    plan = BenchPlan(preset=preset, servers=chosen, scenarios=final, repeat=reps, run=suite.run,
-                corpus=suite.corpus, server_cpus=server, client_cpus=client, notes=notes, link=link,
-                adaptive=adaptive)
+        adaptive = replace(
+            adaptive,
+            max_repeat=max(reps, adaptive.max_repeat),
+            budget=budget if budget is not None else adaptive.budget,
+        )
+    plan = BenchPlan(
+        preset=preset,
+        servers=chosen,
+        scenarios=final,
+        repeat=reps,
+        run=suite.run,
+        corpus=suite.corpus,
+        server_cpus=server,
+        client_cpus=client,
+        notes=notes,
+        link=link,
+        adaptive=adaptive,
+    )
     check_corpus_paths(plan)
     ensure_file_limit(plan)
     return plan
@@ -337,11 +389,13 @@ def check_corpus_paths(plan: BenchPlan) -> None:
             if rel.startswith("_/"):
                 continue
             if rel not in files:
-                raise ConfigError(f"scenario {sc.name}: {path} is not a file of the [corpus] "
-                                  f"(known: {', '.join(sorted(files))})")
+                raise ConfigError(
+                    f"scenario {sc.name}: {path} is not a file of the [corpus] (known: {', '.join(sorted(files))})"
+                )
         if sc.zipf and sc.zipf.dir != plan.corpus.mix_dir:
-            raise ConfigError(f"scenario {sc.name}: zipf.dir {sc.zipf.dir!r} is not the [corpus] mix dir "
-                              f"{plan.corpus.mix_dir!r}")
+            raise ConfigError(
+                f"scenario {sc.name}: zipf.dir {sc.zipf.dir!r} is not the [corpus] mix dir {plan.corpus.mix_dir!r}"
+            )
 
 
 def connections_needed(sc: Scenario) -> int:
@@ -359,5 +413,7 @@ def ensure_file_limit(plan: BenchPlan) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))  # children (server, generator) inherit it
         return
     worst = max(plan.scenarios.values(), key=connections_needed)
-    raise ConfigError(f"scenario {worst.name} needs {need} open files but the limit is {hard} "
-                      f"(raise it with `ulimit -n {need}` or lower its concurrency/idle count)")
+    raise ConfigError(
+        f"scenario {worst.name} needs {need} open files but the limit is {hard} "
+        f"(raise it with `ulimit -n {need}` or lower its concurrency/idle count)"
+    )

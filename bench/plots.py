@@ -24,8 +24,9 @@ from .scenarios import METRICS
 REFERENCE_STYLE = {"color": "black", "linestyle": "--", "marker": "s"}
 # one colour per model, none of them grey or black (the yardstick's) and none repeated before the 18th:
 # tab10 without its grey, then tab20's lighter shades
-_PALETTE = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7] + \
-    [c for i, c in enumerate(matplotlib.colormaps["tab20"].colors) if i % 2 and i != 15]
+_PALETTE = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7] + [
+    c for i, c in enumerate(matplotlib.colormaps["tab20"].colors) if i % 2 and i != 15
+]
 FLAG_RING = {"s": 120, "facecolors": "none", "edgecolors": "crimson", "linewidths": 1.2, "zorder": 5}
 SPECTRUM = [0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999]
 
@@ -42,7 +43,7 @@ def _svg(fig: Figure, caption: str) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "serverzoo"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # inline in HTML: no XML prolog or doctype
+    return text[text.index("<svg") :]  # inline in HTML: no XML prolog or doctype
 
 
 def _metric_scale(metric: str) -> tuple[float, str]:
@@ -129,27 +130,41 @@ def open_loop_chart(view: RunView, scenario: str, caption: str) -> str:
     ax = fig.add_subplot()
     for server in view.servers_in(scenario):
         pts = [view.point(server, scenario, lv) for lv in levels]
-        pts = [p for p in pts if p is not None and p.median and p.metric == "p99_us"
-               and supports(p.latency_count, 99.0)]
+        pts = [
+            p for p in pts if p is not None and p.median and p.metric == "p99_us" and supports(p.latency_count, 99.0)
+        ]
         if not pts:
             continue
         ys = [p.median / 1e3 for p in pts]
-        line = ax.errorbar([p.level for p in pts], ys, yerr=[[min(_half_width(p), p.median * 0.99) / 1e3 for p in pts],
-                                                             [_half_width(p) / 1e3 for p in pts]],
-                           label=server, capsize=3, **_style(view, server)).lines
+        line = ax.errorbar(
+            [p.level for p in pts],
+            ys,
+            yerr=[[min(_half_width(p), p.median * 0.99) / 1e3 for p in pts], [_half_width(p) / 1e3 for p in pts]],
+            label=server,
+            capsize=3,
+            **_style(view, server),
+        ).lines
         bad = [(p.level, y) for p, y in zip(pts, ys) if p.flags]
         if bad:
             ax.scatter(*zip(*bad), **FLAG_RING)
         unc = [p for p in pts if p.p99_uncorrected_us]
         if unc:
-            ax.plot([p.level for p in unc], [p.p99_uncorrected_us / 1e3 for p in unc], linestyle=":",
-                    color=line[0].get_color(), alpha=0.7)
+            ax.plot(
+                [p.level for p in unc],
+                [p.p99_uncorrected_us / 1e3 for p in unc],
+                linestyle=":",
+                color=line[0].get_color(),
+                alpha=0.7,
+            )
     ax.set_yscale("log")
     _log2_axis(ax, levels)
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("p99 latency (ms), log scale")
-    ax.set_title(f"{view.scenarios[scenario].title}: p99 against offered load (red ring: flagged cell)\n"
-                 "solid: timed from the scheduled send (corrected); dotted: uncorrected", fontsize=9)
+    ax.set_title(
+        f"{view.scenarios[scenario].title}: p99 against offered load (red ring: flagged cell)\n"
+        "solid: timed from the scheduled send (corrected); dotted: uncorrected",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(view.servers_in(scenario)))
     return _svg(fig, caption)
@@ -166,8 +181,15 @@ def capacity_chart(view: RunView, scenario: str, caption: str) -> str:
     limit_ms = None
     for server in view.servers_in(scenario):
         # every repetition's search, failed ones too (no rate held: the curve still says how it went)
-        searches = [c.load.capacity for c in view.run.cells if c.server == server and c.scenario == scenario
-                    and c.level == level and c.load is not None and c.load.capacity is not None]
+        searches = [
+            c.load.capacity
+            for c in view.run.cells
+            if c.server == server
+            and c.scenario == scenario
+            and c.level == level
+            and c.load is not None
+            and c.load.capacity is not None
+        ]
         if not searches:
             continue
         search = searches[0]  # the first repetition's walk
@@ -178,14 +200,21 @@ def capacity_chart(view: RunView, scenario: str, caption: str) -> str:
         ys = [(s.latency_us.get(goal) or s.latency_us["p99"]) / 1e3 for s in steps]
         style = _style(view, server)
         color = style["color"]
-        ax.plot(xs, ys, label=f"{server}" + (f" ({search.rate:,.4g} req/s)" if search.rate else " (none held)"),
-                color=color, linestyle=style.get("linestyle", "-"))
+        ax.plot(
+            xs,
+            ys,
+            label=f"{server}" + (f" ({search.rate:,.4g} req/s)" if search.rate else " (none held)"),
+            color=color,
+            linestyle=style.get("linestyle", "-"),
+        )
         held = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if s.held]
         failed = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if not s.held]
         if held:
             ax.scatter(*zip(*held, strict=True), color=color, marker=style["marker"], zorder=3)
         if failed:
-            ax.scatter(*zip(*failed, strict=True), facecolors="none", edgecolors=color, marker=style["marker"], zorder=3)
+            ax.scatter(
+                *zip(*failed, strict=True), facecolors="none", edgecolors=color, marker=style["marker"], zorder=3
+            )
         if search.rate:
             ax.axvline(search.rate, color=color, alpha=0.35, linewidth=1)
     try:
@@ -204,8 +233,11 @@ def capacity_chart(view: RunView, scenario: str, caption: str) -> str:
     ax.set_xlabel("offered load (requests/s), log scale")
     measure = goal.split("<")[0] if "<" in goal else "p99"
     ax.set_ylabel(f"{measure} latency (ms), log scale")
-    ax.set_title(f"{sc.title}: latency against load, as each search walked it\n(filled: the step held; hollow: it "
-                 "did not; vertical line: the capacity found)", fontsize=9)
+    ax.set_title(
+        f"{sc.title}: latency against load, as each search walked it\n(filled: the step held; hollow: it "
+        "did not; vertical line: the capacity found)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(view.servers_in(scenario)) + 1)
     return _svg(fig, caption)
@@ -248,9 +280,12 @@ def spectrum_chart(view: RunView, scenario: str, level: int, caption: str) -> st
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("percentile")
     ax.set_ylabel("latency (ms), log scale")
-    ax.set_title(f"{view.scenarios[scenario].title}: latency spectrum at "
-                 f"{level_label(view.scenarios[scenario], level)}\n(each line ends where its responses end; "
-                 "dotted: a flagged cell)", fontsize=9)
+    ax.set_title(
+        f"{view.scenarios[scenario].title}: latency spectrum at "
+        f"{level_label(view.scenarios[scenario], level)}\n(each line ends where its responses end; "
+        "dotted: a flagged cell)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(view.servers_in(scenario)))
     return _svg(fig, caption)
@@ -280,8 +315,14 @@ def timeseries_chart(view: RunView, scenario: str, level: int, caption: str) -> 
             label = server if i == 0 else None
             alpha = 1.0 if i == 0 else 0.45
             throughput = series.mb_per_s if bytes_metric else series.rps
-            top.plot(series.t, [float("nan") if v is None else v for v in throughput], label=label, alpha=alpha,
-                     linewidth=1.2, **style)
+            top.plot(
+                series.t,
+                [float("nan") if v is None else v for v in throughput],
+                label=label,
+                alpha=alpha,
+                linewidth=1.2,
+                **style,
+            )
             p99 = [float("nan") if v is None else v / 1e3 for v in series.p99_us]
             p99_values += [v for v in p99 if not math.isnan(v)]
             bottom.plot(series.t, p99, alpha=alpha, linewidth=1.2, **style)
@@ -298,14 +339,24 @@ def timeseries_chart(view: RunView, scenario: str, level: int, caption: str) -> 
         ax.tick_params(labelsize=9)
         ax.yaxis.label.set_size(10)
     bottom.xaxis.label.set_size(10)
-    top.set_title(f"{sc.title} at {level_label(sc, level)}: each cell over time\n"
-                  f"(later repetitions fainter; gaps: too few responses for a p99)", fontsize=10)
+    top.set_title(
+        f"{sc.title} at {level_label(sc, level)}: each cell over time\n"
+        f"(later repetitions fainter; gaps: too few responses for a p99)",
+        fontsize=10,
+    )
     _legend(top, len(servers))
     return _svg(fig, caption)
 
 
-def _grouped_bars(view: RunView, values: dict[str, dict[str, float]], ylabel: str, title: str, caption: str,
-                  log: bool = False, flagged: set[tuple[str, str]] = frozenset()) -> str:
+def _grouped_bars(
+    view: RunView,
+    values: dict[str, dict[str, float]],
+    ylabel: str,
+    title: str,
+    caption: str,
+    log: bool = False,
+    flagged: set[tuple[str, str]] = frozenset(),
+) -> str:
     """values: group (x) -> server -> value; one bar per server in each group; (group, server) pairs in
     `flagged` get a crimson outline."""
     groups = list(values)
@@ -352,9 +403,15 @@ def efficiency_chart(view: RunView, caption: str) -> str | None:
             values[sc] = row
     if not values:
         return None
-    return _grouped_bars(view, values, "requests per server CPU-second (log)",
-                         "CPU efficiency at each scenario's highest level (higher: less CPU per request;\n"
-                         "red outline: flagged cell)", caption, log=True, flagged=flagged)
+    return _grouped_bars(
+        view,
+        values,
+        "requests per server CPU-second (log)",
+        "CPU efficiency at each scenario's highest level (higher: less CPU per request;\nred outline: flagged cell)",
+        caption,
+        log=True,
+        flagged=flagged,
+    )
 
 
 def memory_chart(view: RunView, caption: str) -> tuple[str, str] | None:
@@ -369,13 +426,20 @@ def memory_chart(view: RunView, caption: str) -> tuple[str, str] | None:
     if best is None:
         return None
     sc, lv, conns = best
-    points = [p for s in view.servers_in(sc) if (p := view.point(s, sc, lv)) is not None
-              and p.rss_per_connection is not None]
+    points = [
+        p for s in view.servers_in(sc) if (p := view.point(s, sc, lv)) is not None and p.rss_per_connection is not None
+    ]
     rows = [(p.server + (" (flagged)" if p.flags else ""), p.rss_per_connection / 1024) for p in points]
     fig = _figure(7.5, 0.35 * len(rows) + 1.6)
     ax = fig.add_subplot()
-    ax.barh([s for s, _ in rows], [v for _, v in rows], height=0.6, color=[_color(view, p.server) for p in points],
-            edgecolor=["crimson" if p.flags else "none" for p in points], linewidth=1.5)
+    ax.barh(
+        [s for s, _ in rows],
+        [v for _, v in rows],
+        height=0.6,
+        color=[_color(view, p.server) for p in points],
+        edgecolor=["crimson" if p.flags else "none" for p in points],
+        linewidth=1.5,
+    )
     for i, (_, v) in enumerate(rows):
         ax.text(v, i, f" {v:,.1f}", va="center", fontsize=7)
     ax.invert_yaxis()
@@ -383,8 +447,9 @@ def memory_chart(view: RunView, caption: str) -> tuple[str, str] | None:
     if positive and max(positive) / min(positive) > 100:
         ax.set_xscale("log")
     ax.set_xlabel("KiB per open connection" + (" (log)" if ax.get_xscale() == "log" else ""))
-    ax.set_title(f"Memory per open connection in {sc} ({conns} connections): "
-                 "(peak RSS - RSS at start) / connections", fontsize=9)
+    ax.set_title(
+        f"Memory per open connection in {sc} ({conns} connections): (peak RSS - RSS at start) / connections", fontsize=9
+    )
     ax.grid(alpha=0.3, axis="x")
     return _svg(fig, caption), sc
 
@@ -393,8 +458,9 @@ def heatmap_chart(view: RunView, baselines: dict[str, str | None], caption: str)
     """Servers x scenarios, colour = ratio to the scenario's baseline on a log scale (green better), annotated;
     grey = failed or no healthy baseline. The colour bar is labelled in times ("2x"), not logarithms."""
     scenarios = list(view.scenarios)
-    servers = [s for s in view.servers if any(view.levels(sc) and view.point(s, sc, view.levels(sc)[0])
-                                              for sc in scenarios)]
+    servers = [
+        s for s in view.servers if any(view.levels(sc) and view.point(s, sc, view.levels(sc)[0]) for sc in scenarios)
+    ]
     if not servers or not scenarios:
         return None
     grid: list[list[float]] = []
@@ -431,16 +497,18 @@ def heatmap_chart(view: RunView, baselines: dict[str, str | None], caption: str)
     for i, row in enumerate(labels):
         for j, t in enumerate(row):
             ax.text(j, i, t, ha="center", va="center", fontsize=7)
-    ax.set_xticklabels([f"{sc}\nvs {baselines.get(sc) or '-'}" for sc in scenarios], fontsize=7, rotation=20,
-                       ha="right")
+    ax.set_xticklabels(
+        [f"{sc}\nvs {baselines.get(sc) or '-'}" for sc in scenarios], fontsize=7, rotation=20, ha="right"
+    )
     bar = fig.colorbar(im, ax=ax, shrink=0.8)
     ticks = list(range(-int(span), int(span) + 1))
     bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2.0 ** v:g}x"))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2.0**v:g}x"))
     bar.ax.yaxis.set_minor_locator(NullLocator())
     bar.set_label("times better than the scenario's baseline", fontsize=7)
-    ax.set_title("The matrix: times better than each scenario's baseline at its deciding level "
-                 "(* = a flagged cell)", fontsize=9)
+    ax.set_title(
+        "The matrix: times better than each scenario's baseline at its deciding level (* = a flagged cell)", fontsize=9
+    )
     return _svg(fig, caption)
 
 
@@ -488,8 +556,17 @@ def _place_axes(doc: dict[str, Any], n_series: int) -> tuple[Figure, Any, list[f
     ax.set_xlim(-0.5, len(places) - 0.5)  # places without bars keep their slot
     for i, p in enumerate(places):
         if "unavailable" in p:
-            ax.text(i, 0.5, "not built here", transform=ax.get_xaxis_transform(), rotation=90, ha="center",
-                    va="center", fontsize=7, color="0.4")
+            ax.text(
+                i,
+                0.5,
+                "not built here",
+                transform=ax.get_xaxis_transform(),
+                rotation=90,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="0.4",
+            )
     width = 0.8 / n_series
     offsets = [(k - (n_series - 1) / 2) * width for k in range(n_series)]
     return fig, ax, offsets, width
@@ -506,29 +583,65 @@ def udp_rate_chart(doc: dict[str, Any], caption: str) -> str | None:
     for (label, colour), dx in zip(UDP_SERIES.items(), offsets):
         xs, ys = [], []
         for i, p in measured:
-            value = {"UDP received": p["udp_stream"]["receiver"]["throughput_bps"],
-                     "UDP clean up to (sweep)": p["udp_sweep"]["summary"]["max_clean_bps"],
-                     "TCP stream goodput": p["tcp_stream"]["sender"]["goodput_bps"]}[label]
+            value = {
+                "UDP received": p["udp_stream"]["receiver"]["throughput_bps"],
+                "UDP clean up to (sweep)": p["udp_sweep"]["summary"]["max_clean_bps"],
+                "TCP stream goodput": p["tcp_stream"]["sender"]["goodput_bps"],
+            }[label]
             if value:
                 xs.append(i + dx)
                 ys.append(value / 1e6)
             elif label == "UDP clean up to (sweep)":
-                ax.text(i + dx, 0.03, f"lossy from {low:g} Mbit/s", transform=ax.get_xaxis_transform(),
-                        rotation=90, ha="center", va="bottom", fontsize=6, color="0.3")
+                ax.text(
+                    i + dx,
+                    0.03,
+                    f"lossy from {low:g} Mbit/s",
+                    transform=ax.get_xaxis_transform(),
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    color="0.3",
+                )
         ax.bar(xs, ys, width=width, label=label, color=palette[colour])
     for i, p in measured:
         rx = p["udp_stream"]["receiver"]
         if rx["lost"] and rx["throughput_bps"]:
-            ax.text(i + offsets[0], rx["throughput_bps"] / 1e6, f"{rx['loss_percent']:.2f}% lost", rotation=90,
-                    ha="center", va="bottom", fontsize=6, color="crimson")
+            ax.text(
+                i + offsets[0],
+                rx["throughput_bps"] / 1e6,
+                f"{rx['loss_percent']:.2f}% lost",
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                color="crimson",
+            )
         if not p["tcp_stream"]["receiver"]["complete"]:
-            ax.text(i + offsets[2], p["tcp_stream"]["sender"]["goodput_bps"] / 1e6 or 1, "NOT every byte",
-                    rotation=90, ha="center", va="bottom", fontsize=6, color="crimson")
-    ax.axhline(doc["options"]["rate_bps"] / 1e6, color="0.45", linestyle=":", linewidth=1,
-               label=f"UDP offered ({doc['options']['rate_bps'] / 1e6:g} Mbit/s)")
-    return _finish_log_chart(fig, ax, "Mbit/s (log)",
-                             "TCP vs UDP: what each delivered, per path (red: UDP datagrams lost at the offered rate)",
-                             caption)
+            ax.text(
+                i + offsets[2],
+                p["tcp_stream"]["sender"]["goodput_bps"] / 1e6 or 1,
+                "NOT every byte",
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                color="crimson",
+            )
+    ax.axhline(
+        doc["options"]["rate_bps"] / 1e6,
+        color="0.45",
+        linestyle=":",
+        linewidth=1,
+        label=f"UDP offered ({doc['options']['rate_bps'] / 1e6:g} Mbit/s)",
+    )
+    return _finish_log_chart(
+        fig,
+        ax,
+        "Mbit/s (log)",
+        "TCP vs UDP: what each delivered, per path (red: UDP datagrams lost at the offered rate)",
+        caption,
+    )
 
 
 def _finish_log_chart(fig, ax, ylabel: str, title: str, caption: str) -> str:
@@ -561,12 +674,24 @@ def udp_rtt_chart(doc: dict[str, Any], caption: str) -> str | None:
                 p99.append(q["p99"])
             failed = by_kind.get(kind, {}).get("failed")
             if failed:
-                ax.text(i + dx, q.get("p99") or q.get("p50") or 1, f" {failed} lost", rotation=90, ha="center",
-                        va="bottom", fontsize=6, color="crimson")
+                ax.text(
+                    i + dx,
+                    q.get("p99") or q.get("p50") or 1,
+                    f" {failed} lost",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    color="crimson",
+                )
         ax.bar(xs, p50, width=width, label=f"{label}: p50", color=palette[colour])
         ax.vlines(xs, p50, p99, color="black", linewidth=0.8)
         ax.scatter(xs, p99, marker="_", s=80, color="black", zorder=5, label=None if p99_labelled else "p99")
         p99_labelled = True
-    return _finish_log_chart(fig, ax, "round trip (ms, log)",
-                             "TCP vs UDP: request/response round trip per path (bar: p50, tick: p99; red: requests lost)",
-                             caption)
+    return _finish_log_chart(
+        fig,
+        ax,
+        "round trip (ms, log)",
+        "TCP vs UDP: request/response round trip per path (bar: p50, tick: p99; red: requests lost)",
+        caption,
+    )

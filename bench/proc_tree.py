@@ -70,7 +70,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     # the command name may hold spaces and parentheses: fields start after the last ')'
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def tree_cpu(pid: int) -> CpuTimes:
@@ -179,8 +179,7 @@ class TaskSampler:
         self._take()
 
 
-def kill_counting_switches(server: ServerProcess, settle_s: float = 1.0,
-                           processes: int = 1) -> Switches:
+def kill_counting_switches(server: ServerProcess, settle_s: float = 1.0, processes: int = 1) -> Switches:
     """End the server, returning the context switches of its whole tree over its whole life.
 
     First up to settle_s for the tree to come back to `processes` processes (the children
@@ -226,4 +225,3 @@ def start_server(model: str, root: str, args: tuple[str, ...], cpus: list[int] |
         server.stop()
         raise
     return server
-

@@ -42,14 +42,16 @@ def profile_line(r: dict[str, Any], seconds: float) -> str:
     return " ".join(parts)
 
 
-def profile_run(plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: str,
-                console: Console | None = None) -> None:
+def profile_run(
+    plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: str, console: Console | None = None
+) -> None:
     """Profile every Python server at each scenario's top level; store the results in doc and save it."""
     console = console or Console(stderr=True)
     doc["profiles"], doc["profile_errors"] = [], []
     if plan.link is not None:
-        doc["profile_errors"].append({"error": f"not profiled: the run went over link {plan.link.name}, and "
-                                               "profiles are taken on loopback only"})
+        doc["profile_errors"].append(
+            {"error": f"not profiled: the run went over link {plan.link.name}, and profiles are taken on loopback only"}
+        )
         write_atomic(path, doc)
         return
     stem = os.path.splitext(path)[0]
@@ -68,8 +70,9 @@ def profile_run(plan: BenchPlan, doc: dict[str, Any], path: str, corpus_root: st
                 try:
                     record = profiler.profile(server, sc.name, level, f"{stem}-profile-{server}-{sc.name}.svg")
                 except ProfileError as exc:
-                    doc["profile_errors"].append({"server": server, "scenario": sc.name,
-                                                  "level_key": sc.level_key(level), "error": str(exc)})
+                    doc["profile_errors"].append(
+                        {"server": server, "scenario": sc.name, "level_key": sc.level_key(level), "error": str(exc)}
+                    )
                     console.print(f"profile {server}/{sc.name}: FAILED: {exc}", highlight=False)
                 else:
                     doc["profiles"].append(record)

@@ -44,6 +44,7 @@ def _num(v: float | None, digits: int = 2) -> str:
 
 # -- one sentence per model, from its figures -------------------------------------------
 
+
 def explain(r: dict[str, Any]) -> str:
     """What the figures say about the model, in one sentence built only from them."""
     parts = []
@@ -116,17 +117,21 @@ def _creation(r: dict[str, Any]) -> str | None:
         return f"{per_thread:.2f} threads created per connection (a thread each)"
     if r.get("processes_created") == 0 and r.get("threads_created") == 0:
         return f"no thread or process created for {conns} connection{'s' if conns != 1 else ''}"
-    return (f"{r.get('threads_created')} threads and {r.get('processes_created')} processes created for "
-            f"{conns} connections")
+    return (
+        f"{r.get('threads_created')} threads and {r.get('processes_created')} processes created for {conns} connections"
+    )
 
 
 # -- the chart --------------------------------------------------------------------------
 
+
 def _syscall_count(name: str) -> Callable[[dict[str, Any]], float | None]:
     """A row's calls of one system call per request (None when the run counted none)."""
+
     def count(r: dict[str, Any]) -> float | None:
         per_request = r.get("syscalls_per_request")
         return None if per_request is None else per_request.get(name, 0.0)
+
     return count
 
 
@@ -150,16 +155,34 @@ def stacked_chart(rows: list[dict[str, Any]], caption: str) -> str | None:
     axes = fig.subplots(1, 3, sharey=True)
     palette = matplotlib.colormaps["tab10"].colors
     panels = [
-        ("CPU µs per request", [("user", lambda r: (r.get("cpu_us_per_request") or {}).get("user")),
-                                ("system", lambda r: (r.get("cpu_us_per_request") or {}).get("system"))]),
-        ("context switches per request",
-         [("voluntary", lambda r: (r.get("context_switches_per_request") or {}).get("voluntary")),
-          ("involuntary", lambda r: (r.get("context_switches_per_request") or {}).get("involuntary"))]),
-        ("system calls per request",
-         [(name, _syscall_count(name)) for name in top]
-         + [("other", lambda r: (r["syscalls_total_per_request"] - sum(r["syscalls_per_request"].get(n, 0.0)
-                                                                       for n in top))
-             if r.get("syscalls_per_request") is not None else None)]),
+        (
+            "CPU µs per request",
+            [
+                ("user", lambda r: (r.get("cpu_us_per_request") or {}).get("user")),
+                ("system", lambda r: (r.get("cpu_us_per_request") or {}).get("system")),
+            ],
+        ),
+        (
+            "context switches per request",
+            [
+                ("voluntary", lambda r: (r.get("context_switches_per_request") or {}).get("voluntary")),
+                ("involuntary", lambda r: (r.get("context_switches_per_request") or {}).get("involuntary")),
+            ],
+        ),
+        (
+            "system calls per request",
+            [(name, _syscall_count(name)) for name in top]
+            + [
+                (
+                    "other",
+                    lambda r: (
+                        (r["syscalls_total_per_request"] - sum(r["syscalls_per_request"].get(n, 0.0) for n in top))
+                        if r.get("syscalls_per_request") is not None
+                        else None
+                    ),
+                )
+            ],
+        ),
     ]
     ys = list(range(len(rows)))
     color_at = 0
@@ -186,10 +209,11 @@ def stacked_chart(rows: list[dict[str, Any]], caption: str) -> str | None:
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "serverzoo"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 # -- flame graphs -------------------------------------------------------------------------
+
 
 def flame_path(r: dict[str, Any], base_dir: str | None) -> str | None:
     """Where the record's flame graph is: beside its JSON (base_dir), or where it was written."""
@@ -207,12 +231,15 @@ def flame_iframe(svg: bytes, title: str) -> Markup:
     m = _SVG_SIZE.search(svg[:4000])
     height = int(m.group(1)) + 8 if m else 400
     data = base64.b64encode(svg).decode("ascii")
-    return Markup(f'<iframe class="flame" title="{html.escape(title)}" sandbox="allow-scripts allow-same-origin" loading="lazy" '
-                  f'style="width:100%;max-width:1210px;height:{height}px;border:1px solid #ccc" '
-                  f'src="data:image/svg+xml;base64,{data}"></iframe>')
+    return Markup(
+        f'<iframe class="flame" title="{html.escape(title)}" sandbox="allow-scripts allow-same-origin" loading="lazy" '
+        f'style="width:100%;max-width:1210px;height:{height}px;border:1px solid #ccc" '
+        f'src="data:image/svg+xml;base64,{data}"></iframe>'
+    )
 
 
 # -- the section ----------------------------------------------------------------------------
+
 
 @dataclass
 class ModelEntry:
@@ -241,8 +268,9 @@ class ProfileSection:
     errors: list[str] = field(default_factory=list)  # profiles that could not be taken, one line each
 
 
-def build_section(profiles: list[dict[str, Any]], base_dir: str | None = None, caption: str = "",
-                  charts: bool = True) -> ProfileSection:
+def build_section(
+    profiles: list[dict[str, Any]], base_dir: str | None = None, caption: str = "", charts: bool = True
+) -> ProfileSection:
     """Group profiles by scenario (in their order) and derive everything the templates show."""
     by_scenario: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in profiles:
@@ -268,8 +296,9 @@ def build_section(profiles: list[dict[str, Any]], base_dir: str | None = None, c
         totals: Counter = Counter()
         for r in records:
             totals.update(r.get("syscalls_per_request") or {})
-        sec = ScenarioProfiles(scenario, level_key, entries,
-                               top_syscalls=[n for n, _ in totals.most_common(TOP_SYSCALLS)])
+        sec = ScenarioProfiles(
+            scenario, level_key, entries, top_syscalls=[n for n, _ in totals.most_common(TOP_SYSCALLS)]
+        )
         if charts:
             sec.chart = stacked_chart(records, caption)
         out.append(sec)
@@ -277,9 +306,13 @@ def build_section(profiles: list[dict[str, Any]], base_dir: str | None = None, c
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
-                             autoescape=jinja2.select_autoescape(["html", "html.j2"]),
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["num"] = _num
     env.filters["bytes"] = format_bytes
     env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")

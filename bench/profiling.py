@@ -106,9 +106,16 @@ def connections_of(plan: BenchPlan, cell: Cell, doc: dict[str, Any]) -> int:
 class Profiler:
     """Takes the profile of one server x scenario x level of a plan (see the module's docstring)."""
 
-    def __init__(self, plan: BenchPlan, corpus_root: str, session: ProfileSession | None = None,
-                 window_s: float | None = None, idle: int = DEFAULT_IDLE, passes: tuple[str, ...] = PASSES,
-                 log: Callable[[str], None] = lambda _line: None) -> None:
+    def __init__(
+        self,
+        plan: BenchPlan,
+        corpus_root: str,
+        session: ProfileSession | None = None,
+        window_s: float | None = None,
+        idle: int = DEFAULT_IDLE,
+        passes: tuple[str, ...] = PASSES,
+        log: Callable[[str], None] = lambda _line: None,
+    ) -> None:
         unknown = set(passes) - set(PASSES)
         if unknown:
             raise ValueError(f"unknown passes: {', '.join(sorted(unknown))}")
@@ -131,15 +138,34 @@ class Profiler:
         args = server_args(plan, server, scenario)
         window = self.window_s or min(sc.duration, WINDOW_MAX_S)
         record: dict[str, Any] = {
-            "schema": SCHEMA, "server": server, "model": spec.model, "server_args": list(args),
-            "scenario": scenario, "level": level, "level_key": cell.level_key, "connection": sc.connection,
-            "window_s": window, "started": _now(), "skipped": {}, "passes": {},
-            "cpu_us_per_request": None, "context_switches_per_request": None, "syscalls_per_request": None,
-            "syscalls_total_per_request": None, "threads_created": None, "processes_created": None,
-            "threads_created_per_connection": None, "processes_created_per_connection": None,
-            "threads_peak": None, "processes_peak": None, "processes_min": None,
-            "rss_per_idle_connection_bytes": None, "pss_per_idle_connection_bytes": None, "idle_memory": None,
-            "flamegraph": None, "flamegraph_written": None,
+            "schema": SCHEMA,
+            "server": server,
+            "model": spec.model,
+            "server_args": list(args),
+            "scenario": scenario,
+            "level": level,
+            "level_key": cell.level_key,
+            "connection": sc.connection,
+            "window_s": window,
+            "started": _now(),
+            "skipped": {},
+            "passes": {},
+            "cpu_us_per_request": None,
+            "context_switches_per_request": None,
+            "syscalls_per_request": None,
+            "syscalls_total_per_request": None,
+            "threads_created": None,
+            "processes_created": None,
+            "threads_created_per_connection": None,
+            "processes_created_per_connection": None,
+            "threads_peak": None,
+            "processes_peak": None,
+            "processes_min": None,
+            "rss_per_idle_connection_bytes": None,
+            "pss_per_idle_connection_bytes": None,
+            "idle_memory": None,
+            "flamegraph": None,
+            "flamegraph_written": None,
         }
         if "counters" in self.passes:
             self.log(f"{cell.id}: counters pass")
@@ -199,10 +225,15 @@ class Profiler:
         return doc
 
     def _pass_record(self, cell: Cell, doc: dict[str, Any]) -> dict[str, Any]:
-        return {"requests_served": served(doc), "responses": doc["requests"], "errors": doc["errors"]["total"],
-                "in_flight_at_end": (doc.get("unfinished") or {}).get("count", 0),
-                "connections": connections_of(self.plan, cell, doc), "window_s": doc["profile_window_s"],
-                "elapsed_s": doc["elapsed_s"]}
+        return {
+            "requests_served": served(doc),
+            "responses": doc["requests"],
+            "errors": doc["errors"]["total"],
+            "in_flight_at_end": (doc.get("unfinished") or {}).get("count", 0),
+            "connections": connections_of(self.plan, cell, doc),
+            "window_s": doc["profile_window_s"],
+            "elapsed_s": doc["elapsed_s"],
+        }
 
     def _counters(self, window: float, cell: Cell, model: str, args: tuple[str, ...], record: dict) -> None:
         server = self._start(model, args)
@@ -217,26 +248,35 @@ class Profiler:
             total = kill_counting_switches(server, processes=processes)
         n = served(doc)
         ticks = round((cpu.user_s + cpu.system_s) * CLOCK_TICKS)
-        info = self._pass_record(cell, doc) | {"cpu_clock_ticks": ticks,
-                                               "cpu_s": {"user": cpu.user_s, "system": cpu.system_s}}
+        info = self._pass_record(cell, doc) | {
+            "cpu_clock_ticks": ticks,
+            "cpu_s": {"user": cpu.user_s, "system": cpu.system_s},
+        }
         record["passes"]["counters"] = info
         if ticks >= MIN_CPU_TICKS:
-            record["cpu_us_per_request"] = {"user": round(cpu.user_s * 1e6 / n, 1),
-                                            "system": round(cpu.system_s * 1e6 / n, 1)}
+            record["cpu_us_per_request"] = {
+                "user": round(cpu.user_s * 1e6 / n, 1),
+                "system": round(cpu.system_s * 1e6 / n, 1),
+            }
         else:
-            record["skipped"]["cpu"] = (f"{ticks} clock tick{'s' if ticks != 1 else ''} of CPU in the window "
-                                        f"(fewer than {MIN_CPU_TICKS}): too coarse to divide")
+            record["skipped"]["cpu"] = (
+                f"{ticks} clock tick{'s' if ticks != 1 else ''} of CPU in the window "
+                f"(fewer than {MIN_CPU_TICKS}): too coarse to divide"
+            )
         switches = total - at_start
         info["context_switches"] = {"voluntary": switches.voluntary, "involuntary": switches.involuntary}
-        record["context_switches_per_request"] = {"voluntary": round(switches.voluntary / n, 3),
-                                                  "involuntary": round(switches.involuntary / n, 3)}
+        record["context_switches_per_request"] = {
+            "voluntary": round(switches.voluntary / n, 3),
+            "involuntary": round(switches.involuntary / n, 3),
+        }
         record["threads_peak"] = tasks.threads_peak
         record["processes_peak"] = tasks.processes_max
         record["processes_min"] = tasks.processes_min
         info["task_samples"] = tasks.samples
 
-    def _traced(self, cell: Cell, model: str, args: tuple[str, ...], window: float, svg_path: str,
-                record: dict) -> None:
+    def _traced(
+        self, cell: Cell, model: str, args: tuple[str, ...], window: float, svg_path: str, record: dict
+    ) -> None:
         try:
             server = self._start(model, args)
         except ProfileError as exc:

@@ -54,8 +54,9 @@ def format_interval(p: Point) -> str:
         return "-"
     if not e.measured:
         return "unmeasured"
-    source = {"repetitions": f"{e.n} reps", "pooled": f"{e.n} reps", "batch-means": f"{e.n} batches"}.get(e.method,
-                                                                                                       e.method)
+    source = {"repetitions": f"{e.n} reps", "pooled": f"{e.n} reps", "batch-means": f"{e.n} batches"}.get(
+        e.method, e.method
+    )
     return f"±{e.relative_half_width * 100:.1f}% ({source})"
 
 
@@ -144,9 +145,12 @@ class Report:
     @property
     def summary(self) -> list[str]:
         """What to pick for what, and how sure, one line per scenario, from the verdicts."""
-        return [summary_line(v, self.view.scenarios[v.scenario].title) + (f" {why}" if (why := self.why.get(v.scenario))
-                                                                           else "")
-                for v in self.verdicts if v.scenario in self.view.scenarios]
+        return [
+            summary_line(v, self.view.scenarios[v.scenario].title)
+            + (f" {why}" if (why := self.why.get(v.scenario)) else "")
+            for v in self.verdicts
+            if v.scenario in self.view.scenarios
+        ]
 
     @property
     def unseparated(self) -> list[Verdict]:
@@ -175,17 +179,21 @@ def summary_line(v: Verdict, title: str) -> str:
         runner_up = next((r.server for r in v.ranking if r.server != v.winner), "the rest")
         return f"{title}: pick {v.winner}, {lead}{v.margin:.1%} ahead of {runner_up}{at}{sure}."
     if v.kind == "generator-limited":
-        return (f"{title}: the load generator was the limit; {', '.join(v.tie)} all reached "
-                f"{format_value(v.metric, v.ceiling)} {metric_unit(v.metric)}{at}: any of them, this run cannot rank "
-                f"them{sure}.")
+        return (
+            f"{title}: the load generator was the limit; {', '.join(v.tie)} all reached "
+            f"{format_value(v.metric, v.ceiling)} {metric_unit(v.metric)}{at}: any of them, this run cannot rank "
+            f"them{sure}."
+        )
     within = f"within {v.margin:.0%}" if v.margin is not None else "noise unmeasured"
     return f"{title}: any of {', '.join(v.tie)} ({within}{at}): this run cannot separate them{sure}."
 
 
 def caption_for(run: Run) -> str:
     prefix = "FIXTURE (synthetic numbers, not a measurement) | " if run.fixture else ""
-    return f"{prefix}run {run.run_id} over {link_name(run)} | {run.machine.get('hostname', '?')}: " \
-           f"{machine_line(run.machine)}"
+    return (
+        f"{prefix}run {run.run_id} over {link_name(run)} | {run.machine.get('hostname', '?')}: "
+        f"{machine_line(run.machine)}"
+    )
 
 
 def placement(view: RunView, scenario: str) -> str:
@@ -217,8 +225,10 @@ def hosts_text(view: RunView, scenario: str) -> str:
                 names.append(c.server)
     parts = []
     for (server, clients), names in by_hosts.items():
-        where = f"server on host {server}, load generators on host{'s' if len(clients) > 1 else ''} " \
-                f"{', '.join(clients) or 'unrecorded'}"
+        where = (
+            f"server on host {server}, load generators on host{'s' if len(clients) > 1 else ''} "
+            f"{', '.join(clients) or 'unrecorded'}"
+        )
         parts.append(where if len(by_hosts) == 1 else f"{where} ({', '.join(names)})")
     return "; ".join(parts)
 
@@ -254,19 +264,32 @@ def side_by_side(before: RunView, after: RunView) -> SideBySide:
             if not any(pa + pb):
                 continue
             ref = server == after.reference
-            rows.append({"label": f"{server} @{a}", "reference": ref,
-                         "cells": [_side_cell(p, info.metric) for p in pa]})
-            rows.append({"label": f"{server} @{b}", "reference": ref,
-                         "cells": [_side_cell(p, info.metric, q) for p, q in zip(pb, pa)]})
+            rows.append(
+                {"label": f"{server} @{a}", "reference": ref, "cells": [_side_cell(p, info.metric) for p in pa]}
+            )
+            rows.append(
+                {
+                    "label": f"{server} @{b}",
+                    "reference": ref,
+                    "cells": [_side_cell(p, info.metric, q) for p, q in zip(pb, pa)],
+                }
+            )
         if rows:
-            sections.append({"scenario": name, "info": info, "metric_label": METRICS[info.metric][0],
-                             "level_labels": [level_label(info, lv) for lv in levels], "rows": rows})
-    return SideBySide(before.run.run_id, after.run.run_id, a, b, link_text(before.run), link_text(after.run),
-                      sections)
+            sections.append(
+                {
+                    "scenario": name,
+                    "info": info,
+                    "metric_label": METRICS[info.metric][0],
+                    "level_labels": [level_label(info, lv) for lv in levels],
+                    "rows": rows,
+                }
+            )
+    return SideBySide(before.run.run_id, after.run.run_id, a, b, link_text(before.run), link_text(after.run), sections)
 
 
-def _section(view: RunView, name: str, info: Scenario, verdict: Verdict | None, preferred: str | None) -> \
-        ScenarioSection:
+def _section(
+    view: RunView, name: str, info: Scenario, verdict: Verdict | None, preferred: str | None
+) -> ScenarioSection:
     levels = view.levels(name)
     baseline = view.baseline(name, preferred)
     basis = view.basis_level(name)
@@ -275,22 +298,43 @@ def _section(view: RunView, name: str, info: Scenario, verdict: Verdict | None, 
         cells = []
         for lv in levels:
             p = view.point(server, name, lv)
-            cells.append(None if p is None else {
-                "value": format_value(info.metric, p.median) if p.supported else f"- (n={p.latency_count:,})",
-                "interval": format_interval(p) if p.supported else "-",
-                "p99": format_percentile(p), "flags": p.flags, "point": p,
-                "errors": p.errors, "error_rate": f"{p.error_rate:.2%}" if p.errors else "0",
-            })
+            cells.append(
+                None
+                if p is None
+                else {
+                    "value": format_value(info.metric, p.median) if p.supported else f"- (n={p.latency_count:,})",
+                    "interval": format_interval(p) if p.supported else "-",
+                    "p99": format_percentile(p),
+                    "flags": p.flags,
+                    "point": p,
+                    "errors": p.errors,
+                    "error_rate": f"{p.error_rate:.2%}" if p.errors else "0",
+                }
+            )
         ratio = view.ratio(server, name, baseline) if server != baseline else None
-        rows.append({"server": server, "cells": cells, "reference": server == view.reference,
-                     "vs_baseline": "baseline" if server == baseline else ratio_text(ratio)})
-    return ScenarioSection(name, info, METRICS[info.metric][0], levels, [level_label(info, lv) for lv in levels],
-                           rows, verdict, baseline, level_label(info, basis) if basis is not None else "-",
-                           placement(view, name))
+        rows.append(
+            {
+                "server": server,
+                "cells": cells,
+                "reference": server == view.reference,
+                "vs_baseline": "baseline" if server == baseline else ratio_text(ratio),
+            }
+        )
+    return ScenarioSection(
+        name,
+        info,
+        METRICS[info.metric][0],
+        levels,
+        [level_label(info, lv) for lv in levels],
+        rows,
+        verdict,
+        baseline,
+        level_label(info, basis) if basis is not None else "-",
+        placement(view, name),
+    )
 
 
-def build_report(runs: list[Run], baseline: str | None = None, plots: bool = True,
-                 noise_floor: float = 0.05) -> Report:
+def build_report(runs: list[Run], baseline: str | None = None, plots: bool = True, noise_floor: float = 0.05) -> Report:
     """The report of the last run (earlier ones: delta tables or side by side). `baseline`: a server to take
     ratios against where it ran unflagged (default: nginx, else each scenario's median model)."""
     run = runs[-1]
@@ -306,9 +350,13 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
         if plots:
             from . import plots as charts
 
-            section.chart = (charts.throughput_chart(view, name, caption) if info.mode == "closed"
-                             else charts.capacity_chart(view, name, caption) if info.mode == "capacity"
-                             else charts.open_loop_chart(view, name, caption))
+            section.chart = (
+                charts.throughput_chart(view, name, caption)
+                if info.mode == "closed"
+                else charts.capacity_chart(view, name, caption)
+                if info.mode == "capacity"
+                else charts.open_loop_chart(view, name, caption)
+            )
             section.spectrum = charts.spectrum_chart(view, name, levels[-1], caption)
             section.spectrum_level = level_label(info, levels[-1])
             for lv in levels:
@@ -316,11 +364,25 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
                 if chart is not None:
                     section.over_time.append((level_label(info, lv), chart))
         sections.append(section)
-    summary_rows = [{"scenario": sec.name, "baseline": sec.baseline, "level": sec.basis_label,
-                     "cells": {row["server"]: row["vs_baseline"] for row in sec.rows}} for sec in sections]
-    report = Report(run, view, caption, sections, summary_rows, list(verdicts.values()),
-                    model_cards(view.run.servers),
-                    sorted(view.flagged_points(), key=lambda p: (p.scenario, p.server, p.level)))
+    summary_rows = [
+        {
+            "scenario": sec.name,
+            "baseline": sec.baseline,
+            "level": sec.basis_label,
+            "cells": {row["server"]: row["vs_baseline"] for row in sec.rows},
+        }
+        for sec in sections
+    ]
+    report = Report(
+        run,
+        view,
+        caption,
+        sections,
+        summary_rows,
+        list(verdicts.values()),
+        model_cards(view.run.servers),
+        sorted(view.flagged_points(), key=lambda p: (p.scenario, p.server, p.level)),
+    )
     if plots:
         from . import plots as charts
 
@@ -338,19 +400,30 @@ def build_report(runs: list[Run], baseline: str | None = None, plots: bool = Tru
             continue
         before_view = RunView(before)
         rows = deltas(before_view, view, floor=noise_floor)
-        report.delta_tables.append(DeltaTable(before.run_id, run.run_id, rows, sum(d.regression for d in rows),
-                                              sum(d.improvement for d in rows),
-                                              sum(d.verdict == "unmeasured" for d in rows), noise_floor,
-                                              agreement.compare(verdict_rules.of_run(before, before_view),
-                                                                list(verdicts.values()))))
+        report.delta_tables.append(
+            DeltaTable(
+                before.run_id,
+                run.run_id,
+                rows,
+                sum(d.regression for d in rows),
+                sum(d.improvement for d in rows),
+                sum(d.verdict == "unmeasured" for d in rows),
+                noise_floor,
+                agreement.compare(verdict_rules.of_run(before, before_view), list(verdicts.values())),
+            )
+        )
     return report
 
 
 def _environment() -> jinja2.Environment:
     # "report.html.j2": the templates' own names end in .j2, so "html" alone would escape nothing
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
-                             autoescape=jinja2.select_autoescape(["html", "html.j2"]),
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["value"] = lambda value, metric: format_value(metric, value)
     env.filters["bytes"] = format_bytes
     env.filters["pct"] = lambda v: f"{v * 100:+.1f}%"
@@ -373,8 +446,9 @@ def render(report: Report | UdpReport, template: str) -> str:
     return _environment().get_template(template).render(r=report, esc=html.escape)
 
 
-def build_any(docs: list[dict[str, Any]], baseline: str | None = None, plots: bool = True,
-              noise_floor: float = 0.05) -> Report | UdpReport:
+def build_any(
+    docs: list[dict[str, Any]], baseline: str | None = None, plots: bool = True, noise_floor: float = 0.05
+) -> Report | UdpReport:
     """Bench runs (in their order) and udp-compare results (in theirs), told apart by schema; the documents
     have been checked by store.read_result."""
     runs = [Run.from_doc(d, check=False) for d in docs if d.get("schema") == SCHEMA]
@@ -386,8 +460,13 @@ def build_any(docs: list[dict[str, Any]], baseline: str | None = None, plots: bo
     return report
 
 
-def write_documents(docs: list[dict[str, Any]], html_path: str | None, md_path: str | None,
-                    baseline: str | None = None, noise_floor: float = 0.05) -> list[str]:
+def write_documents(
+    docs: list[dict[str, Any]],
+    html_path: str | None,
+    md_path: str | None,
+    baseline: str | None = None,
+    noise_floor: float = 0.05,
+) -> list[str]:
     """Write the requested files from results already read (and checked); return their paths."""
     report = build_any(docs, baseline=baseline, plots=html_path is not None, noise_floor=noise_floor)
     written = []
@@ -405,8 +484,10 @@ def write_documents(docs: list[dict[str, Any]], html_path: str | None, md_path: 
     return written
 
 
-def write_reports(paths: list[str], html_path: str | None, md_path: str | None, baseline: str | None = None,
-                  noise_floor: float = 0.05) -> list[str]:
+def write_reports(
+    paths: list[str], html_path: str | None, md_path: str | None, baseline: str | None = None, noise_floor: float = 0.05
+) -> list[str]:
     """Read the runs (bench runs and udp-compare results), write the requested files, return their paths."""
-    return write_documents([read_result(p) for p in paths], html_path, md_path, baseline=baseline,
-                           noise_floor=noise_floor)
+    return write_documents(
+        [read_result(p) for p in paths], html_path, md_path, baseline=baseline, noise_floor=noise_floor
+    )

@@ -76,9 +76,14 @@ def _slices(timeline: list[dict[str, Any]]) -> tuple[Slice, ...]:
             seconds = None
         if _num(s.get("t")) is not None:
             previous_end = float(s["t"])
-        out.append(Slice(seconds if seconds is None or seconds > 0 else None, int(s["requests"]),
-                         s.get("bytes") if isinstance(s.get("bytes"), int) else None,
-                         s.get("histogram") if isinstance(s.get("histogram"), str) else None))
+        out.append(
+            Slice(
+                seconds if seconds is None or seconds > 0 else None,
+                int(s["requests"]),
+                s.get("bytes") if isinstance(s.get("bytes"), int) else None,
+                s.get("histogram") if isinstance(s.get("histogram"), str) else None,
+            )
+        )
     return tuple(out)
 
 
@@ -120,8 +125,15 @@ class Capacity:
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Capacity:
         held, failed = (_num(v) for v in d["bracket"])
-        steps = sorted((CapacityStep(float(s["target_rate"]), float(s["achieved_rate"]), _numbers(s["latency_us"]),
-                                     bool(s["held"])) for s in d["steps"]), key=lambda s: s.target_rate)
+        steps = sorted(
+            (
+                CapacityStep(
+                    float(s["target_rate"]), float(s["achieved_rate"]), _numbers(s["latency_us"]), bool(s["held"])
+                )
+                for s in d["steps"]
+            ),
+            key=lambda s: s.target_rate,
+        )
         return cls(str(d["goals"][0]) if d["goals"] else "", _num(d["capacity_rps"]), held, failed, tuple(steps))
 
 
@@ -183,16 +195,30 @@ class Load:
         bound = bool(limit and limit.get("client_bound"))
         lat = _numbers(best["latency_us"]) if best else {}
         return cls(
-            requests=int(best["requests"]) if best else 0, errors={}, error_total=int(best["errors"]) if best else 0,
-            rps=_num(best["achieved_rate"]) if best else None, mb_per_s=None, latency_us=lat,
-            latency_uncorrected_us={}, histogram=None, timeline=(),
+            requests=int(best["requests"]) if best else 0,
+            errors={},
+            error_total=int(best["errors"]) if best else 0,
+            rps=_num(best["achieved_rate"]) if best else None,
+            mb_per_s=None,
+            latency_us=lat,
+            latency_uncorrected_us={},
+            histogram=None,
+            timeline=(),
             client_bound=bound,
-            client_reasons=(f"the load generator was the limit in the step that failed "
-                            f"({limit['target_rate']:g} req/s)",) if bound and limit else (),
-            server_cpu_s=None, server_cpu_percent=None, peak_rss_bytes=None,
+            client_reasons=(
+                f"the load generator was the limit in the step that failed ({limit['target_rate']:g} req/s)",
+            )
+            if bound and limit
+            else (),
+            server_cpu_s=None,
+            server_cpu_percent=None,
+            peak_rss_bytes=None,
             target_rate=float(best["target_rate"]) if best else None,
             achieved_rate=_num(best["achieved_rate"]) if best else None,
-            timeout_s=_num((d.get("options") or {}).get("timeout_s")), left_waiting=0, capacity=search)
+            timeout_s=_num((d.get("options") or {}).get("timeout_s")),
+            left_waiting=0,
+            capacity=search,
+        )
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Load:
@@ -205,15 +231,19 @@ class Load:
             requests=int(d["requests"]),
             errors={k: int(v) for k, v in errors.items() if k != "total" and v},
             error_total=int(errors["total"]),
-            rps=_num(d["rps"]), mb_per_s=_num(d["mb_per_s"]),
+            rps=_num(d["rps"]),
+            mb_per_s=_num(d["mb_per_s"]),
             latency_us=_numbers(d["latency_us"]),
             latency_uncorrected_us=_numbers(d.get("latency_uncorrected_us") or {}),
             histogram=d.get("histogram") if isinstance(d.get("histogram"), str) else None,
             timeline=_slices(d.get("timeline") or []),
-            client_bound=bool(client.get("client_bound")), client_reasons=tuple(client.get("reasons") or ()),
-            server_cpu_s=_num(server.get("cpu_s")), server_cpu_percent=_num(server.get("cpu_percent")),
+            client_bound=bool(client.get("client_bound")),
+            client_reasons=tuple(client.get("reasons") or ()),
+            server_cpu_s=_num(server.get("cpu_s")),
+            server_cpu_percent=_num(server.get("cpu_percent")),
             peak_rss_bytes=_num(server.get("peak_rss_bytes")),
-            target_rate=_num(d.get("target_rate")), achieved_rate=_num(d.get("achieved_rate")),
+            target_rate=_num(d.get("target_rate")),
+            achieved_rate=_num(d.get("achieved_rate")),
             timeout_s=_num((d.get("options") or {}).get("timeout_s")),
             left_waiting=_stalled(d),
         )
@@ -251,12 +281,19 @@ class CellRecord:
         gen = d.get("generator") or {}
         return cls(
             id=d.get("id") or f"{d['server']}/{d['scenario']}/{d['level']}/r{d.get('repetition', 1)}",
-            server=d["server"], model=d.get("model") or d["server"], scenario=d["scenario"], level=int(d["level"]),
-            repetition=int(d.get("repetition", 1)), ok=d["status"] == "ok", error=d.get("error"),
+            server=d["server"],
+            model=d.get("model") or d["server"],
+            scenario=d["scenario"],
+            level=int(d["level"]),
+            repetition=int(d.get("repetition", 1)),
+            ok=d["status"] == "ok",
+            error=d.get("error"),
             load=Load.from_doc(d["load"]) if d.get("load") else None,
-            clean_stop=proc.get("clean_stop"), stop_problem=proc.get("problem"),
+            clean_stop=proc.get("clean_stop"),
+            stop_problem=proc.get("problem"),
             rss_at_ready=_num(proc.get("rss_at_ready_bytes")),
-            server_cpus=tuple(proc.get("cpus") or ()), client_cpus=tuple(gen.get("cpus") or ()),
+            server_cpus=tuple(proc.get("cpus") or ()),
+            client_cpus=tuple(gen.get("cpus") or ()),
             placement=(d.get("placement") or {}).get("text") if isinstance(d.get("placement"), dict) else None,
             server_host=proc.get("host"),
             client_hosts=_generator_hosts(d.get("load")),
@@ -270,8 +307,17 @@ def _generator_hosts(load: dict[str, Any] | None) -> tuple[str, ...]:
 
 
 _SCENARIO_FIELDS = {f.name for f in dataclasses.fields(Scenario)}
-_SCENARIO_DEFAULTS = {"about": "", "paths": (), "zipf": None, "connection": "keep-alive", "reference": True,
-                      "server_args": (), "connections": 0, "duration": 0.0, "warmup": 0.0}
+_SCENARIO_DEFAULTS = {
+    "about": "",
+    "paths": (),
+    "zipf": None,
+    "connection": "keep-alive",
+    "reference": True,
+    "server_args": (),
+    "connections": 0,
+    "duration": 0.0,
+    "warmup": 0.0,
+}
 
 
 def _scenario(d: dict[str, Any]) -> Scenario:
@@ -324,10 +370,14 @@ class Run:
         for sc in scenarios.values():
             if sc.metric not in METRICS:
                 raise RunFormatError(f"scenario {sc.name!r} has an unknown metric {sc.metric!r}")
-        servers = {name: ServerSpec(name, s["model"], tuple(s.get("args") or ())) for name, s in
-                   config["servers"].items()}
+        servers = {
+            name: ServerSpec(name, s["model"], tuple(s.get("args") or ())) for name, s in config["servers"].items()
+        }
         return cls(
-            run_id=doc["run_id"], doc=doc, scenarios=scenarios, servers=servers,
+            run_id=doc["run_id"],
+            doc=doc,
+            scenarios=scenarios,
+            servers=servers,
             cells=tuple(CellRecord.from_doc(c) for c in doc["cells"]),
             error_rate_limit=float(settings.get("error_rate_limit", 0.01)),
             unstable_spread=float(settings.get("unstable_spread", 0.10)),

@@ -113,8 +113,14 @@ def _tail(text: str) -> str:
 
 
 class CellRunner:
-    def __init__(self, plan: BenchPlan, corpus_root: str, hosts: LinkedHosts | None = None,
-                 placement: ClusterPlacement | None = None, cgroups: CgroupPlacer | None = None) -> None:
+    def __init__(
+        self,
+        plan: BenchPlan,
+        corpus_root: str,
+        hosts: LinkedHosts | None = None,
+        placement: ClusterPlacement | None = None,
+        cgroups: CgroupPlacer | None = None,
+    ) -> None:
         self.plan = plan
         self.corpus_root = corpus_root
         self.hosts = hosts  # the run's link, up; None: loopback
@@ -130,13 +136,20 @@ class CellRunner:
         if self.placement is not None:
             sc = self.plan.scenarios[cell.scenario]
             args = () if spec.model == REFERENCE else (*self.plan.run.server_args, *sc.server_args, *spec.args)
-            return self.placement.server(spec.model, self.corpus_root, args, cpus,
-                                         sc.generator_seconds + 2 * GENERATOR_SLACK_S)
+            return self.placement.server(
+                spec.model, self.corpus_root, args, cpus, sc.generator_seconds + 2 * GENERATOR_SLACK_S
+            )
         if spec.model == REFERENCE:
             if hosts is None:
                 return NginxServer(self.corpus_root, tuned=True, cpus=cpus)
-            return NginxServer(self.corpus_root, tuned=True, cpus=cpus, host=hosts.server_addr,
-                               wrap=lambda argv: hosts.command("server", argv), namespace=hosts.server_namespace)
+            return NginxServer(
+                self.corpus_root,
+                tuned=True,
+                cpus=cpus,
+                host=hosts.server_addr,
+                wrap=lambda argv: hosts.command("server", argv),
+                namespace=hosts.server_namespace,
+            )
         sc = self.plan.scenarios[cell.scenario]
         args = (*self.plan.run.server_args, *sc.server_args, *spec.args)
         if hosts is not None:
@@ -154,9 +167,11 @@ class CellRunner:
         if cgroup is not None and not cgroup.adopt(server.pid):
             info["cgroup_problem"] = cgroup.remove()
             cgroup = None
-        info["cpu_accounting"] = ("cgroup v2 (every process of the server's tree, exited ones included)"
-                                  if cgroup is not None else
-                                  f"live process tree plus reaped children ({self.cgroups.why_not})")
+        info["cpu_accounting"] = (
+            "cgroup v2 (every process of the server's tree, exited ones included)"
+            if cgroup is not None
+            else f"live process tree plus reaped children ({self.cgroups.why_not})"
+        )
         return cgroup
 
     @staticmethod
@@ -171,9 +186,16 @@ class CellRunner:
         """Measure one cell; returns its record (status "ok" or "failed")."""
         sc = self.plan.scenarios[cell.scenario]
         record: dict[str, Any] = {
-            "id": cell.id, "server": cell.server, "model": self.plan.servers[cell.server].model,
-            "scenario": cell.scenario, "level": cell.level, "level_key": cell.level_key,
-            "repetition": cell.repetition, "started": _now(), "status": "failed", "error": None,
+            "id": cell.id,
+            "server": cell.server,
+            "model": self.plan.servers[cell.server].model,
+            "scenario": cell.scenario,
+            "level": cell.level,
+            "level_key": cell.level_key,
+            "repetition": cell.repetition,
+            "started": _now(),
+            "status": "failed",
+            "error": None,
         }
         t0 = time.monotonic()
         record["placement"] = self.plan.placement(cell.scenario)
@@ -211,8 +233,9 @@ class CellRunner:
                 info["nice"] = renice_tree(server.pid, SERVER_NICE)
                 with interrupts.critical():  # a cgroup made is a cgroup the `finally` below removes
                     cgroup = self._cgroup(server, info)
-            opts = load_options(self.plan, cell, server.url, self.corpus_root, server.pid,
-                                cgroup.path if cgroup else None)
+            opts = load_options(
+                self.plan, cell, server.url, self.corpus_root, server.pid, cgroup.path if cgroup else None
+            )
             if self.placement is not None:  # sampled on its own machine, from READY to the stop
                 info["host"], info["worker"] = server.host, server.worker
                 info["rss_at_ready_bytes"] = server.rss_at_ready
@@ -220,7 +243,8 @@ class CellRunner:
             t1 = time.monotonic()
             placement = record["placement"]
             record["load"], record["error"], record["generator"] = self._generate(
-                opts, sc.generator_seconds, placement["client_cpus"], GENERATOR_NICE)
+                opts, sc.generator_seconds, placement["client_cpus"], GENERATOR_NICE
+            )
             capacity = record["load"].get("capacity_rps", 0) if record["load"] is not None else 0
             if capacity is None:  # a capacity search in which no rate held: no figure, and why
                 record["error"] = f"no rate held at {sc.goal}: {record['load']['stopped']}"
@@ -238,8 +262,9 @@ class CellRunner:
         record["seconds"] = round(time.monotonic() - t0, 3)
         return record
 
-    def _generate(self, opts: dict[str, Any], expected_s: float, cpus: list[int],
-                  nice: int = 0) -> tuple[dict | None, str | None, dict]:
+    def _generate(
+        self, opts: dict[str, Any], expected_s: float, cpus: list[int], nice: int = 0
+    ) -> tuple[dict | None, str | None, dict]:
         """Run `serverzoo load` pinned to the client CPUs (at `nice`); (document, error, generator record)."""
         fd, json_path = tempfile.mkstemp(prefix="serverzoo-load-", suffix=".json")
         os.close(fd)
@@ -260,9 +285,15 @@ class CellRunner:
                 # its own session: a terminal's Ctrl-C reaches the runner only, which ends the generator itself
                 # and discards the cell (the generator would report a cut-short window as a result)
                 try:
-                    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                            preexec_fn=lambda: _pin_and_nice(cpus, gen.get("nice") or 0),
-                                            start_new_session=True, pass_fds=(live_write,))
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        preexec_fn=lambda: _pin_and_nice(cpus, gen.get("nice") or 0),
+                        start_new_session=True,
+                        pass_fds=(live_write,),
+                    )
                 except (OSError, subprocess.SubprocessError) as exc:
                     return None, f"load generator did not start: {exc}", gen
                 finally:

@@ -197,11 +197,15 @@ class Suite:
         """The preset's scenarios (a scenario whose preset entry is `false` is not part of that preset)."""
         if preset not in self.presets:
             raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(self.presets)}")
-        return {name: _scenario(name, raw, preset, set(self.presets)) for name, raw in self.raw_scenarios.items()
-                if not (isinstance(raw, dict) and raw.get(preset) is False)}
+        return {
+            name: _scenario(name, raw, preset, set(self.presets))
+            for name, raw in self.raw_scenarios.items()
+            if not (isinstance(raw, dict) and raw.get(preset) is False)
+        }
 
 
 # -- reading -----------------------------------------------------------------------
+
 
 def load_suite(path: str | None = None) -> Suite:
     path = path or DEFAULT_FILE
@@ -224,9 +228,16 @@ def load_suite(path: str | None = None) -> Suite:
         error_rate_limit=_number(run.get("error_rate_limit", 0.01), "[run] error_rate_limit", lo=0.0),
         server_args=_strings(run.get("server_args", []), "[run] server_args"),
     )
-    suite = Suite(path=os.path.abspath(path), text=text, run=settings, corpus=_corpus(_table(doc, "corpus", where)),
-                  variants=_variants(_table(doc, "servers", where)), presets=_presets(_table(doc, "presets", where)),
-                  raw_scenarios=_table(doc, "scenarios", where), links=_links(_table(doc, "links", where), where))
+    suite = Suite(
+        path=os.path.abspath(path),
+        text=text,
+        run=settings,
+        corpus=_corpus(_table(doc, "corpus", where)),
+        variants=_variants(_table(doc, "servers", where)),
+        presets=_presets(_table(doc, "presets", where)),
+        raw_scenarios=_table(doc, "scenarios", where),
+        links=_links(_table(doc, "links", where), where),
+    )
     if not suite.raw_scenarios:
         raise ConfigError(f"{where}: no [scenarios.NAME] tables")
     if not suite.presets:
@@ -296,7 +307,7 @@ def _presets(t: dict[str, Any]) -> dict[str, Preset]:
         _only(v, {"servers", "repeat", "reference", "precision", "max_repeat", "budget", "slice"}, where)
         servers = v.get("servers", "models")
         if servers not in ("models", "all"):
-            raise ConfigError(f"{where}: servers must be \"models\" or \"all\"")
+            raise ConfigError(f'{where}: servers must be "models" or "all"')
         repeat = _int(v.get("repeat", 1), f"{where} repeat", lo=1)
         max_repeat = _int(v.get("max_repeat", repeat), f"{where} max_repeat", lo=1)
         if max_repeat < repeat:
@@ -305,13 +316,29 @@ def _presets(t: dict[str, Any]) -> dict[str, Preset]:
             precision=_number(v.get("precision", 0.02), f"{where} precision", lo=0.0, strict=True),
             max_repeat=max_repeat,
             budget=_number(v["budget"], f"{where} budget", lo=0.0, strict=True) if "budget" in v else None,
-            slice=_number(v.get("slice", 0.1), f"{where} slice", lo=0.01))
+            slice=_number(v.get("slice", 0.1), f"{where} slice", lo=0.01),
+        )
         out[name] = Preset(name, servers, repeat, bool(v.get("reference", True)), adaptive)
     return out
 
 
-_SCENARIO_KEYS = {"title", "about", "mode", "paths", "zipf", "connection", "metric", "reference", "server_args",
-                  "slow_readers", "timeout", "placement", "reconnect_after", "goal", "resolution"}
+_SCENARIO_KEYS = {
+    "title",
+    "about",
+    "mode",
+    "paths",
+    "zipf",
+    "connection",
+    "metric",
+    "reference",
+    "server_args",
+    "slow_readers",
+    "timeout",
+    "placement",
+    "reconnect_after",
+    "goal",
+    "resolution",
+}
 _LEVEL_KEYS = {"concurrency", "rates", "connections", "duration", "warmup", "idle", "start", "time"}
 
 
@@ -358,14 +385,21 @@ def _scenario(name: str, raw: Any, preset: str, presets: set[str]) -> Scenario:
         _only(s, {"count", "rate", "path"}, f"{where} slow_readers")
         if not isinstance(s.get("path"), str) or not s["path"].startswith("/"):
             raise ConfigError(f"{where} slow_readers.path must be a path starting with /")
-        slow = SlowReaders(_int(s.get("count"), f"{where} slow_readers.count", lo=1),
-                           _int(s.get("rate"), f"{where} slow_readers.rate", lo=1), s["path"])
+        slow = SlowReaders(
+            _int(s.get("count"), f"{where} slow_readers.count", lo=1),
+            _int(s.get("rate"), f"{where} slow_readers.rate", lo=1),
+            s["path"],
+        )
     capacity: dict[str, Any] = {}
     if mode != "capacity":
-        for key, place in (("goal", where), ("resolution", where), ("start", f"{where} {preset}"),
-                           ("time", f"{where} {preset}")):
+        for key, place in (
+            ("goal", where),
+            ("resolution", where),
+            ("start", f"{where} {preset}"),
+            ("time", f"{where} {preset}"),
+        ):
             if key in (raw if place == where else p):
-                raise ConfigError(f"{place}: {key} applies to capacity scenarios (mode = \"capacity\")")
+                raise ConfigError(f'{place}: {key} applies to capacity scenarios (mode = "capacity")')
     if mode == "capacity":
         levels, connections, capacity = _capacity(where, preset, raw, p, metric)
     elif mode == "closed":
@@ -379,19 +413,32 @@ def _scenario(name: str, raw: Any, preset: str, presets: set[str]) -> Scenario:
         levels = _levels(p.get("rates"), f"{where} {preset}.rates")
         connections = _int(p.get("connections"), f"{where} {preset}.connections", lo=1)
     return Scenario(
-        name=name, title=str(raw.get("title", name)), about=str(raw.get("about", "")), mode=mode, paths=paths,
-        zipf=zipf, connection=connection, metric=metric, reference=bool(raw.get("reference", True)),
-        server_args=_strings(raw.get("server_args", []), f"{where} server_args"), levels=levels,
+        name=name,
+        title=str(raw.get("title", name)),
+        about=str(raw.get("about", "")),
+        mode=mode,
+        paths=paths,
+        zipf=zipf,
+        connection=connection,
+        metric=metric,
+        reference=bool(raw.get("reference", True)),
+        server_args=_strings(raw.get("server_args", []), f"{where} server_args"),
+        levels=levels,
         connections=connections,
         duration=_number(p.get("duration"), f"{where} {preset}.duration", lo=0.0, strict=True),
         warmup=_number(p.get("warmup", 0.0), f"{where} {preset}.warmup", lo=0.0),
-        idle=_int(p.get("idle", 0), f"{where} {preset}.idle", lo=0), slow_readers=slow,
+        idle=_int(p.get("idle", 0), f"{where} {preset}.idle", lo=0),
+        slow_readers=slow,
         timeout=(_number(raw["timeout"], f"{where} timeout", lo=0.0, strict=True) if "timeout" in raw else None),
-        placement=placement, reconnect_after=reconnect_after, **capacity)
+        placement=placement,
+        reconnect_after=reconnect_after,
+        **capacity,
+    )
 
 
-def _capacity(where: str, preset: str, raw: dict[str, Any], p: dict[str, Any],
-              metric: str) -> tuple[tuple[int, ...], int, dict[str, Any]]:
+def _capacity(
+    where: str, preset: str, raw: dict[str, Any], p: dict[str, Any], metric: str
+) -> tuple[tuple[int, ...], int, dict[str, Any]]:
     """A capacity scenario's level (its connections) and search settings."""
     from serverzoo.clients.loadgen.slo import ERRORS, LATENCY, SloError, parse_goal
 
@@ -399,10 +446,9 @@ def _capacity(where: str, preset: str, raw: dict[str, Any], p: dict[str, Any],
         raise ConfigError(f"{where}: a capacity scenario's metric is capacity_rps, not {metric!r}")
     for key in ("concurrency", "rates", "idle"):
         if key in p:
-            raise ConfigError(f"{where} {preset}: a capacity scenario searches the rate over `connections`; "
-                              f"drop {key}")
+            raise ConfigError(f"{where} {preset}: a capacity scenario searches the rate over `connections`; drop {key}")
     if not isinstance(raw.get("goal"), str):
-        raise ConfigError(f"{where}: a capacity scenario needs goal = \"p99<5ms\" (a latency or error goal)")
+        raise ConfigError(f'{where}: a capacity scenario needs goal = "p99<5ms" (a latency or error goal)')
     try:
         goal = parse_goal(raw["goal"])
     except SloError as exc:
@@ -413,15 +459,20 @@ def _capacity(where: str, preset: str, raw: dict[str, Any], p: dict[str, Any],
     resolution = _number(raw.get("resolution", 0.05), f"{where} resolution", lo=0.005)
     if resolution > 1:
         raise ConfigError(f"{where} resolution must be at most 1, not {resolution:g}")
-    return (connections,), connections, {
-        "goal": goal.text,
-        "search_start": _number(p.get("start"), f"{where} {preset}.start", lo=0.0, strict=True),
-        "search_time": _number(p.get("time"), f"{where} {preset}.time", lo=0.0, strict=True),
-        "search_resolution": resolution,
-    }
+    return (
+        (connections,),
+        connections,
+        {
+            "goal": goal.text,
+            "search_start": _number(p.get("start"), f"{where} {preset}.start", lo=0.0, strict=True),
+            "search_time": _number(p.get("time"), f"{where} {preset}.time", lo=0.0, strict=True),
+            "search_resolution": resolution,
+        },
+    )
 
 
 # -- small checkers, each raising a one-line ConfigError --------------------------------
+
 
 def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     t = doc.get(key, {})

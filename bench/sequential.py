@@ -71,8 +71,7 @@ def next_round(plan: BenchPlan, doc: dict[str, Any]) -> list[Cell]:
             width = combined_half_width(leader, estimate)
             gap = abs(leader.value - estimate.value)
             closeness = gap / width if width and math.isfinite(width) else 0.0
-            todo.append((closeness, Cell(server, name, verdict.level, sc.level_key(verdict.level),
-                                         repetitions + 1)))
+            todo.append((closeness, Cell(server, name, verdict.level, sc.level_key(verdict.level), repetitions + 1)))
     todo.sort(key=lambda t: t[0])
     return [cell for _, cell in todo]
 

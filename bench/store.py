@@ -83,8 +83,10 @@ def read_result(path: str) -> dict[str, Any]:
         return doc
     if schema == SCHEMA:
         return _check_run(path, doc)
-    raise ResultsError(f"{path}: neither a serverzoo bench run nor a udp-compare result (schema {_schema_of(doc)}, "
-                       f"expected {SCHEMA!r} or {UDP_COMPARE!r})")
+    raise ResultsError(
+        f"{path}: neither a serverzoo bench run nor a udp-compare result (schema {_schema_of(doc)}, "
+        f"expected {SCHEMA!r} or {UDP_COMPARE!r})"
+    )
 
 
 def _umask() -> int:

@@ -133,7 +133,11 @@ def strace_attached(pid: int) -> Iterator[SyscallCounts]:
             finally:
                 os.unlink(out_path)
     counts.calls, counts.errors, counts.threads_created, counts.processes_created = (
-        parsed.calls, parsed.errors, parsed.threads_created, parsed.processes_created)
+        parsed.calls,
+        parsed.errors,
+        parsed.threads_created,
+        parsed.processes_created,
+    )
 
 
 _ATTACHED_WITH = re.compile(r" attached with (\d+) threads")

@@ -53,8 +53,11 @@ def _setup(doc: dict[str, Any]) -> str:
     """The options, in words."""
     o = doc["options"]
     first = next((p for p in doc["places"] if "unavailable" not in p), None)
-    sweep = (f"sweep from {mbit(o['sweep_from_bps'])} Mbit/s, doubling up to {mbit(o['sweep_to_bps'])} Mbit/s"
-             if o["sweep_to_bps"] > o["sweep_from_bps"] else f"sweep of one rate, {mbit(o['sweep_from_bps'])} Mbit/s")
+    sweep = (
+        f"sweep from {mbit(o['sweep_from_bps'])} Mbit/s, doubling up to {mbit(o['sweep_to_bps'])} Mbit/s"
+        if o["sweep_to_bps"] > o["sweep_from_bps"]
+        else f"sweep of one rate, {mbit(o['sweep_from_bps'])} Mbit/s"
+    )
     sweep += f", {o['step_time_s']:g} s per rate"
     requests = f"up to {o['count']} requests"
     if first is not None:
@@ -62,17 +65,24 @@ def _setup(doc: dict[str, Any]) -> str:
         sizes = {r["size"] for r in first["roundtrip"]["results"]}
         requests += f" of {sizes.pop()} B" if len(sizes) == 1 else ""
     cpus = o.get("cpus")
-    return "; ".join([
-        f"UDP stream of {o['size']} B datagrams at {mbit(o['rate_bps'])} Mbit/s for {o['time_s']:g} s", sweep,
-        f"one TCP stream for {o['time_s']:g} s", f"{requests} of each kind within {o['time_s']:g} s",
-        f"responder on CPU {cpus[0]}, tester on CPU {cpus[1]}" if cpus else "responder and tester not pinned"])
+    return "; ".join(
+        [
+            f"UDP stream of {o['size']} B datagrams at {mbit(o['rate_bps'])} Mbit/s for {o['time_s']:g} s",
+            sweep,
+            f"one TCP stream for {o['time_s']:g} s",
+            f"{requests} of each kind within {o['time_s']:g} s",
+            f"responder on CPU {cpus[0]}, tester on CPU {cpus[1]}" if cpus else "responder and tester not pinned",
+        ]
+    )
 
 
 def _delivery(p: dict[str, Any], o: dict[str, Any]) -> str:
     rx, tx = p["udp_stream"]["receiver"], p["udp_stream"]["sender"]
     if rx["lost"]:
-        udp = (f"UDP lost {rx['loss_percent']:.2f}% of its datagrams ({rx['lost']:,} of {rx['expected']:,}) at "
-               f"{mbit(o['rate_bps'])} Mbit/s offered")
+        udp = (
+            f"UDP lost {rx['loss_percent']:.2f}% of its datagrams ({rx['lost']:,} of {rx['expected']:,}) at "
+            f"{mbit(o['rate_bps'])} Mbit/s offered"
+        )
     else:
         udp = f"UDP delivered all {rx['expected']:,} datagrams at {mbit(o['rate_bps'])} Mbit/s offered"
     if tx["sender_limited"]:
@@ -81,8 +91,10 @@ def _delivery(p: dict[str, Any], o: dict[str, Any]) -> str:
     if t["receiver"]["complete"]:
         tcp = f"TCP delivered every byte, at {mbit(t['sender']['goodput_bps'])} Mbit/s"
     else:
-        tcp = (f"TCP did NOT deliver every byte ({t['receiver']['bytes']:,} of {t['sender']['bytes']:,} counted "
-               f"at the far end)")
+        tcp = (
+            f"TCP did NOT deliver every byte ({t['receiver']['bytes']:,} of {t['sender']['bytes']:,} counted "
+            f"at the far end)"
+        )
     return f"{udp}; {tcp}."
 
 
@@ -92,11 +104,15 @@ def _sweep(p: dict[str, Any], o: dict[str, Any]) -> str:
     if s["max_clean_bps"] is None:
         return f"The sweep found UDP over {limit} loss from its first rate, {mbit(o['sweep_from_bps'])} Mbit/s."
     if s["loss_begins_bps"]:
-        return (f"The sweep kept UDP under {limit} loss up to {mbit(s['max_clean_bps'])} Mbit/s; "
-                f"loss began near {mbit(s['loss_begins_bps'])} Mbit/s.")
+        return (
+            f"The sweep kept UDP under {limit} loss up to {mbit(s['max_clean_bps'])} Mbit/s; "
+            f"loss began near {mbit(s['loss_begins_bps'])} Mbit/s."
+        )
     if s["sender_limit_bps"]:
-        return (f"The sweep found no loss up to the sender's own limit, {mbit(s['sender_limit_bps'])} Mbit/s "
-                f"(the tester, not the path, was the limit).")
+        return (
+            f"The sweep found no loss up to the sender's own limit, {mbit(s['sender_limit_bps'])} Mbit/s "
+            f"(the tester, not the path, was the limit)."
+        )
     return f"The sweep found no loss up to its highest rate, {mbit(s['max_clean_bps'])} Mbit/s."
 
 
@@ -115,19 +131,29 @@ def _latency(p: dict[str, Any]) -> str | None:
     text = f"Median round trip{over}: " + ", ".join(parts)
     if "fresh" in by and "keep-alive" in by:
         handshake = by["fresh"]["rtt_ms"]["p50"] - by["keep-alive"]["rtt_ms"]["p50"]
-        text += (f" (the handshake adds {_ms(handshake)} ms)" if handshake >= 0 else
-                 " (a fresh connection was no slower than a kept-alive one)")
+        text += (
+            f" (the handshake adds {_ms(handshake)} ms)"
+            if handshake >= 0
+            else " (a fresh connection was no slower than a kept-alive one)"
+        )
     text += "."
     udp = by.get("udp")
-    tail = [(names[k], by[k]["rtt_ms"]["p99"]) for k in ("keep-alive", "fresh")
-            if udp and k in by and by[k]["rtt_ms"]["p99"] >= TAIL_RATIO * udp["rtt_ms"]["p99"]]
+    tail = [
+        (names[k], by[k]["rtt_ms"]["p99"])
+        for k in ("keep-alive", "fresh")
+        if udp and k in by and by[k]["rtt_ms"]["p99"] >= TAIL_RATIO * udp["rtt_ms"]["p99"]
+    ]
     if tail:
-        text += (" At p99, " + " and ".join(f"{name} took {_ms(v)} ms" for name, v in tail)
-                 + f", against UDP's {_ms(udp['rtt_ms']['p99'])} ms.")
+        text += (
+            " At p99, "
+            + " and ".join(f"{name} took {_ms(v)} ms" for name, v in tail)
+            + f", against UDP's {_ms(udp['rtt_ms']['p99'])} ms."
+        )
     failed = {k: r for k, r in rtt_by_kind(p).items() if r["failed"]}
     if failed:
-        text += " Unanswered: " + ", ".join(f"{names[k]} {r['failed']} of {r['requests']}"
-                                            for k, r in failed.items()) + "."
+        text += (
+            " Unanswered: " + ", ".join(f"{names[k]} {r['failed']} of {r['requests']}" for k, r in failed.items()) + "."
+        )
         if set(failed) == {"udp"} and len(by) > 1:
             text += " TCP answered every request."
     return text
@@ -156,8 +182,14 @@ def place_links(doc: dict[str, Any]) -> list[PlaceLink]:
         elif p.get("link"):
             link = p["link"]
             line = link.get("delay_line") or {}
-            out.append(PlaceLink(p["place"], link.get("profile", {}).get("description", ""), list(link["applied"]),
-                                 list(line.get("warnings") or [])))
+            out.append(
+                PlaceLink(
+                    p["place"],
+                    link.get("profile", {}).get("description", ""),
+                    list(link["applied"]),
+                    list(line.get("warnings") or []),
+                )
+            )
     return out
 
 
@@ -167,9 +199,19 @@ def build_section(doc: dict[str, Any], plots: bool = True) -> TcpVsUdp:
     caption = f"udp compare {when} | {m.get('hostname', '?')}: {machine_line(m)}"
     command = shlex.join(doc["command"]) if doc.get("command") else None
     head, rows = table(doc)
-    section = TcpVsUdp(doc, f"Measured {when} on {m.get('hostname', '?')}", caption,
-                       f"{m.get('hostname', '?')}: {machine_line(m)}, git {(m.get('git_commit') or '-')[:12]}",
-                       command, _setup(doc), head, rows, markdown_table(doc), place_verdicts(doc), place_links(doc))
+    section = TcpVsUdp(
+        doc,
+        f"Measured {when} on {m.get('hostname', '?')}",
+        caption,
+        f"{m.get('hostname', '?')}: {machine_line(m)}, git {(m.get('git_commit') or '-')[:12]}",
+        command,
+        _setup(doc),
+        head,
+        rows,
+        markdown_table(doc),
+        place_verdicts(doc),
+        place_links(doc),
+    )
     if plots:
         from . import plots as charts
 

@@ -43,9 +43,38 @@ DEFAULT_BATCHES = 5
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (1-30); beyond 30 the expansion
 # in _t95 is within 0.1% of the exact value.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def _t95(df: int) -> float:
@@ -54,7 +83,7 @@ def _t95(df: int) -> float:
     if df <= len(_T95):
         return _T95[df - 1]
     z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 @dataclass(frozen=True)
@@ -104,15 +133,25 @@ class Estimate:
         return math.isfinite(self.half_width)
 
     def to_dict(self) -> dict[str, object]:
-        return {"value": self.value, "half_width": self.half_width if self.measured else None,
-                "n": self.n, "method": self.method, "df": self.df}
+        return {
+            "value": self.value,
+            "half_width": self.half_width if self.measured else None,
+            "n": self.n,
+            "method": self.method,
+            "df": self.df,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Estimate:
         """The inverse of to_dict; runs stored before `df` was recorded get n - 1."""
         hw, df = d.get("half_width"), d.get("df")
-        return cls(float(d["value"]), math.inf if hw is None else float(hw), int(d.get("n", 1)),
-                   str(d.get("method", "single")), None if df is None else float(df))
+        return cls(
+            float(d["value"]),
+            math.inf if hw is None else float(hw),
+            int(d.get("n", 1)),
+            str(d.get("method", "single")),
+            None if df is None else float(df),
+        )
 
 
 def single(value: float) -> Estimate:
@@ -185,8 +224,7 @@ def scaled(estimate: Estimate, value: float) -> Estimate:
     slightly, e.g. by requests completed at the window's edge)."""
     if not estimate.measured:
         return Estimate(float(value), math.inf, estimate.n, estimate.method, estimate.df)
-    return Estimate(float(value), estimate.relative_half_width * abs(value), estimate.n, estimate.method,
-                    estimate.df)
+    return Estimate(float(value), estimate.relative_half_width * abs(value), estimate.n, estimate.method, estimate.df)
 
 
 def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
@@ -205,8 +243,9 @@ def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
     if any(e.method == "bracket" for e in estimates):
         # repeated capacity searches: what they disagree by, but never finer than a search resolves
         spread = from_samples(values).half_width if len(values) > 1 else 0.0
-        return Estimate(statistics.fmean(values), max(spread, *(e.half_width for e in estimates)),
-                        len(estimates), "bracket")
+        return Estimate(
+            statistics.fmean(values), max(spread, *(e.half_width for e in estimates)), len(estimates), "bracket"
+        )
     if len(estimates) >= min_repetitions:
         return from_samples(values)
     if len(estimates) == 1:
@@ -228,7 +267,7 @@ def pool(estimates: Sequence[Estimate], min_repetitions: int = 3) -> Estimate:
 def _welch_df(standard_errors: Sequence[float], dfs: Sequence[float]) -> float:
     """Welch-Satterthwaite degrees of freedom of a sum of independent terms (inf when all are exact)."""
     total = sum(se * se for se in standard_errors)
-    denominator = sum(se ** 4 / df for se, df in zip(standard_errors, dfs))
+    denominator = sum(se**4 / df for se, df in zip(standard_errors, dfs))
     return total * total / denominator if denominator else math.inf
 
 

@@ -50,8 +50,15 @@ class Contender:
 
     @classmethod
     def of(cls, p: Point) -> Contender:
-        return cls(p.server, p.estimate, tuple(p.flags), tuple(dict.fromkeys(p.reasons)), p.latency_count,
-                   p.error_rate, p.achieved_rate)
+        return cls(
+            p.server,
+            p.estimate,
+            tuple(p.flags),
+            tuple(dict.fromkeys(p.reasons)),
+            p.latency_count,
+            p.error_rate,
+            p.achieved_rate,
+        )
 
 
 @dataclass(frozen=True)
@@ -87,19 +94,40 @@ class Verdict:
     text: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "kind": self.kind, "winner": self.winner, "tie": list(self.tie),
-                "margin": _round(self.margin), "noise": _round(self.noise), "ceiling": self.ceiling,
-                "basis": {"level": self.level, "label": self.level_label, "metric": self.metric},
-                "confidence": self.confidence, "ranking": [r.to_dict() for r in self.ranking],
-                "excluded": [{"server": s, "reason": r} for s, r in self.excluded], "text": self.text}
+        return {
+            "scenario": self.scenario,
+            "kind": self.kind,
+            "winner": self.winner,
+            "tie": list(self.tie),
+            "margin": _round(self.margin),
+            "noise": _round(self.noise),
+            "ceiling": self.ceiling,
+            "basis": {"level": self.level, "label": self.level_label, "metric": self.metric},
+            "confidence": self.confidence,
+            "ranking": [r.to_dict() for r in self.ranking],
+            "excluded": [{"server": s, "reason": r} for s, r in self.excluded],
+            "text": self.text,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
         basis = d["basis"]
-        return cls(d["scenario"], d["kind"], d["winner"], tuple(d["tie"]), d["margin"], d.get("noise"),
-                   d.get("ceiling"), basis.get("level"), basis.get("label", ""), basis["metric"], d["confidence"],
-                   tuple(Ranked.from_dict(r) for r in d.get("ranking", [])),
-                   tuple((e["server"], e["reason"]) for e in d["excluded"]), d["text"])
+        return cls(
+            d["scenario"],
+            d["kind"],
+            d["winner"],
+            tuple(d["tie"]),
+            d["margin"],
+            d.get("noise"),
+            d.get("ceiling"),
+            basis.get("level"),
+            basis.get("label", ""),
+            basis["metric"],
+            d["confidence"],
+            tuple(Ranked.from_dict(r) for r in d.get("ranking", [])),
+            tuple((e["server"], e["reason"]) for e in d["excluded"]),
+            d["text"],
+        )
 
 
 def _round(v: float | None) -> float | None:
@@ -114,8 +142,10 @@ def exclusion(c: Contender, metric: str, higher_is_better: bool) -> str | None:
     if "errors" in c.flags:
         problems.append(f"{c.error_rate:.1%} of requests failed")
     if "stalled" in c.flags:
-        problems.append("stalled: " + next((r for r in c.reasons if "unanswered" in r or "waiting" in r),
-                                           "requests left unanswered"))
+        problems.append(
+            "stalled: "
+            + next((r for r in c.reasons if "unanswered" in r or "waiting" in r), "requests left unanswered")
+        )
     if "wrong-answers" in c.flags:
         problems.append("wrong answers")
     if "unclean-stop" in c.flags:
@@ -139,8 +169,10 @@ def _confidence(ranked: Sequence[Ranked]) -> str:
     batches = [e.n for e in measured if e.method == "batch-means"]
     parts = []
     if any(e.method == "bracket" for e in measured):
-        parts.append("capacity searches (each capacity known to its bracket: the highest rate that held and "
-                     "the lowest that failed)")
+        parts.append(
+            "capacity searches (each capacity known to its bracket: the highest rate that held and "
+            "the lowest that failed)"
+        )
     if reps:
         parts.append(f"{min(reps)}+ repetitions" if min(reps) != max(reps) else f"{reps[0]} repetitions")
     if batches:
@@ -152,8 +184,14 @@ def _confidence(ranked: Sequence[Ranked]) -> str:
     return "95% intervals from " + " and ".join(parts) + tail
 
 
-def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_is_better: bool,
-           level: int | None = None, label: str = "") -> Verdict:
+def decide(
+    scenario: str,
+    contenders: Sequence[Contender],
+    metric: str,
+    higher_is_better: bool,
+    level: int | None = None,
+    label: str = "",
+) -> Verdict:
     """The verdict among these contenders (the yardstick already left out)."""
     excluded, clean = [], []
     for c in contenders:
@@ -166,16 +204,46 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
     clean.sort(key=lambda r: (-sign * r.estimate.value, r.server))
     at = f" at {label}" if label else ""
 
-    def verdict(kind: str, winner: str | None, tie: Sequence[str], margin: float | None, noise: float | None,
-                ceiling: float | None, text: str, ranking: Sequence[Ranked]) -> Verdict:
-        return Verdict(scenario, kind, winner, tuple(tie), margin, noise, ceiling, level, label, metric,
-                       _confidence(ranking), tuple(ranking), tuple(excluded), text)
+    def verdict(
+        kind: str,
+        winner: str | None,
+        tie: Sequence[str],
+        margin: float | None,
+        noise: float | None,
+        ceiling: float | None,
+        text: str,
+        ranking: Sequence[Ranked],
+    ) -> Verdict:
+        return Verdict(
+            scenario,
+            kind,
+            winner,
+            tuple(tie),
+            margin,
+            noise,
+            ceiling,
+            level,
+            label,
+            metric,
+            _confidence(ranking),
+            tuple(ranking),
+            tuple(excluded),
+            text,
+        )
 
     if not clean:
         return verdict("none", None, (), None, None, None, "no model served it cleanly" + at, clean)
     if len(clean) == 1:
-        return verdict("winner", clean[0].server, (), None, None, None,
-                       f"{clean[0].server}: the only model that served it cleanly{at}", clean)
+        return verdict(
+            "winner",
+            clean[0].server,
+            (),
+            None,
+            None,
+            None,
+            f"{clean[0].server}: the only model that served it cleanly{at}",
+            clean,
+        )
     bound = [r for r in clean if r.client_bound]
     if bound:  # only for a throughput metric; exclusion() took them out of a latency verdict
         ceiling = min(r.estimate.value for r in bound)
@@ -184,40 +252,84 @@ def decide(scenario: str, contenders: Sequence[Contender], metric: str, higher_i
         ranking = reached + rest
         if len(reached) == 1 and rest and uncertainty.clearly_ahead(reached[0].estimate, rest[0].estimate):
             margin = uncertainty.lead(reached[0].estimate, rest[0].estimate)
-            return verdict("generator-limited", reached[0].server, (), margin, None, ceiling,
-                           f"{reached[0].server}, at least {margin:.1%} ahead of {rest[0].server}{at} (the load "
-                           f"generator was its limit at {format_value(metric, ceiling)})", ranking)
+            return verdict(
+                "generator-limited",
+                reached[0].server,
+                (),
+                margin,
+                None,
+                ceiling,
+                f"{reached[0].server}, at least {margin:.1%} ahead of {rest[0].server}{at} (the load "
+                f"generator was its limit at {format_value(metric, ceiling)})",
+                ranking,
+            )
         if len(reached) > 1:
             names = [r.server for r in reached]
             shown = format_value(metric, ceiling)
-            return verdict("generator-limited", None, names, None, None, ceiling,
-                           f"generator-limited: every model that reached {shown} {metric_unit(metric)} is tied at >= "
-                           f"{shown}{at}: {', '.join(names)}", ranking)
+            return verdict(
+                "generator-limited",
+                None,
+                names,
+                None,
+                None,
+                ceiling,
+                f"generator-limited: every model that reached {shown} {metric_unit(metric)} is tied at >= "
+                f"{shown}{at}: {', '.join(names)}",
+                ranking,
+            )
         clean = ranking
     leader, runner_up = clean[0], clean[1]
     if uncertainty.clearly_ahead(leader.estimate, runner_up.estimate, higher_is_better):
         margin = uncertainty.lead(leader.estimate, runner_up.estimate, higher_is_better)
         if "bracket" in (leader.estimate.method, runner_up.estimate.method):
-            return verdict("winner", leader.server, (), margin, None, None,
-                           f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (it held a rate "
-                           f"{runner_up.server} did not){at}", clean)
+            return verdict(
+                "winner",
+                leader.server,
+                (),
+                margin,
+                None,
+                None,
+                f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (it held a rate "
+                f"{runner_up.server} did not){at}",
+                clean,
+            )
         noise = uncertainty.combined_half_width(leader.estimate, runner_up.estimate) / abs(runner_up.estimate.value)
-        return verdict("winner", leader.server, (), margin, noise, None,
-                       f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (noise ±{noise:.1%}){at}", clean)
-    tie = [leader] + [r for r in clean[1:] if not uncertainty.clearly_ahead(leader.estimate, r.estimate,
-                                                                            higher_is_better)]
+        return verdict(
+            "winner",
+            leader.server,
+            (),
+            margin,
+            noise,
+            None,
+            f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (noise ±{noise:.1%}){at}",
+            clean,
+        )
+    tie = [leader] + [
+        r for r in clean[1:] if not uncertainty.clearly_ahead(leader.estimate, r.estimate, higher_is_better)
+    ]
     margin = uncertainty.lead(leader.estimate, tie[-1].estimate, higher_is_better)
     within = f"within {margin:.0%}" if math.isfinite(margin) else "noise unmeasured"
-    return verdict("tie", None, [r.server for r in tie], margin, None, None,
-                   f"tie: {', '.join(r.server for r in tie)} ({within}){at}", clean)
+    return verdict(
+        "tie",
+        None,
+        [r.server for r in tie],
+        margin,
+        None,
+        None,
+        f"tie: {', '.join(r.server for r in tie)} ({within}){at}",
+        clean,
+    )
 
 
 def scenario_verdict(view: RunView, scenario: str) -> Verdict:
     sc = view.scenarios[scenario]
     level = view.basis_level(scenario)
     label = level_label(sc, level) if level is not None else ""
-    contenders = [Contender.of(p) for s in view.models if (p := view.point(s, scenario, level)) is not None] \
-        if level is not None else []
+    contenders = (
+        [Contender.of(p) for s in view.models if (p := view.point(s, scenario, level)) is not None]
+        if level is not None
+        else []
+    )
     return decide(scenario, contenders, sc.metric, sc.higher_is_better, level, label)
 
 

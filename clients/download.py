@@ -86,8 +86,9 @@ def describe(exc: BaseException, url: str, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def request(url: str, headers: dict[str, str], timeout: float) -> tuple[http.client.HTTPConnection,
-                                                                         http.client.HTTPResponse, str]:
+def request(
+    url: str, headers: dict[str, str], timeout: float
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, str]:
     """GET url following redirects. Returns the connection, its response (body unread) and the final URL.
 
     timeout bounds connecting and every read: it is the longest silence we accept.
@@ -174,8 +175,10 @@ def open_body(url: str, timeout: float, offset: int = 0, known: dict | None = No
         return body
     if offset and resp.status in (206, 416):
         first, last, total = _content_range(resp.getheader("Content-Range"))
-        same = (known.get("validator") in (None, body.validator) or body.validator is None) and \
-            known.get("total") in (None, total)
+        same = (known.get("validator") in (None, body.validator) or body.validator is None) and known.get("total") in (
+            None,
+            total,
+        )
         if resp.status == 206 and same and first == offset and last is not None:
             body.start, body.total = offset, total if total is not None else last + 1
             return body
@@ -213,8 +216,13 @@ def progress_bar(show: bool, label: str, total: int | None, done: int) -> Iterat
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
@@ -252,8 +260,13 @@ def save(url: str, dest: str, *, resume: bool, timeout: float, show: bool) -> No
             os.replace(part, dest)
             os.unlink(meta)
         except (ClientError, OSError, http.client.HTTPException, KeyboardInterrupt) as exc:
-            message = str(exc) if isinstance(exc, ClientError) else "interrupted" if isinstance(
-                exc, KeyboardInterrupt) else describe(exc, url, timeout)
+            message = (
+                str(exc)
+                if isinstance(exc, ClientError)
+                else "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else describe(exc, url, timeout)
+            )
             try:
                 f.flush()
             except OSError:  # a full disk fails again here; what reached the file is what we keep
@@ -308,19 +321,31 @@ def one_line_errors(command: str) -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except OSError as exc:  # a local file: -o in a missing directory, no permission...
-        click.echo(f"serverzoo {command}: {exc.filename}: {exc.strerror}" if exc.filename else
-                   f"serverzoo {command}: {exc}", err=True)
+        click.echo(
+            f"serverzoo {command}: {exc.filename}: {exc.strerror}" if exc.filename else f"serverzoo {command}: {exc}",
+            err=True,
+        )
         sys.exit(1)
 
 
-TIMEOUT = click.option("--timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
-                       metavar="S", help="Seconds to wait for the connection and for each piece of data.")
+TIMEOUT = click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for the connection and for each piece of data.",
+)
 
 
 @click.command("get")
 @click.argument("url")
-@click.option("-o", "--output", metavar="PATH",
-              help="Where to save: a file, an existing directory, or - for stdout. [the URL's last path segment]")
+@click.option(
+    "-o",
+    "--output",
+    metavar="PATH",
+    help="Where to save: a file, an existing directory, or - for stdout. [the URL's last path segment]",
+)
 @click.option("--resume", is_flag=True, help="Continue PATH.part left by an interrupted download.")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it already exists.")
 @TIMEOUT
@@ -383,9 +408,14 @@ def entries_from_html(html: str, base: str) -> list[Entry]:
     found: dict[str, Entry] = {}
     for href, after in parser.links:
         link = urlsplit(urljoin(base, href))
-        rest = link.path[len(base_path):]
-        if (link.netloc != base_parts.netloc or link.query or not link.path.startswith(base_path) or not rest
-                or "/" in rest.rstrip("/")):
+        rest = link.path[len(base_path) :]
+        if (
+            link.netloc != base_parts.netloc
+            or link.query
+            or not link.path.startswith(base_path)
+            or not rest
+            or "/" in rest.rstrip("/")
+        ):
             continue
         tokens = after.split("\n")[0].split()
         size = int(tokens[-1]) if len(tokens) >= 2 and tokens[-1].isdigit() else None
@@ -397,11 +427,16 @@ def entries_from_html(html: str, base: str) -> list[Entry]:
 def entries_from_json(doc: object) -> list[Entry]:
     """serverzoo's {"entries": [...]} or nginx's `autoindex_format json` list."""
     items = doc.get("entries") if isinstance(doc, dict) else doc
-    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
-                                              for i in items):
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):
         raise ClientError("the JSON answer is not a directory listing")
-    return [Entry(i["name"], i.get("type") in ("dir", "directory"),
-                  i["size"] if isinstance(i.get("size"), int) and i.get("type") == "file" else None) for i in items]
+    return [
+        Entry(
+            i["name"],
+            i.get("type") in ("dir", "directory"),
+            i["size"] if isinstance(i.get("size"), int) and i.get("type") == "file" else None,
+        )
+        for i in items
+    ]
 
 
 def list_directory(url: str, timeout: float) -> list[Entry]:
@@ -445,8 +480,13 @@ def ls_command(url: str, as_json: bool, timeout: float) -> None:
     with one_line_errors("ls"):
         entries = list_directory(url, timeout)
         if as_json:
-            click.echo(json.dumps([{"name": e.name, "type": "dir" if e.is_dir else "file", "size": e.size}
-                                   for e in entries], ensure_ascii=False, indent=1))
+            click.echo(
+                json.dumps(
+                    [{"name": e.name, "type": "dir" if e.is_dir else "file", "size": e.size} for e in entries],
+                    ensure_ascii=False,
+                    indent=1,
+                )
+            )
             return
         names = [_CONTROL.sub("?", e.name) + ("/" if e.is_dir else "") for e in entries]
         if not any(e.size is not None for e in entries):

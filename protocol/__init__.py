@@ -8,6 +8,15 @@ from .responses import FileSlice, ResponsePlan, WorkOrder
 from .workload import cpu_kernel
 
 __all__ = [
-    "Docroot", "FileApp", "FileSlice", "HttpConnection", "Limits", "Request", "ResponsePlan",
-    "TargetError", "WorkOrder", "cpu_kernel", "normalise",
+    "Docroot",
+    "FileApp",
+    "FileSlice",
+    "HttpConnection",
+    "Limits",
+    "Request",
+    "ResponsePlan",
+    "TargetError",
+    "WorkOrder",
+    "cpu_kernel",
+    "normalise",
 ]

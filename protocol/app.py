@@ -45,8 +45,9 @@ class FileApp:
         return self._listing(req, entry, query, writer, close, ka, head_only)
 
     # -- files ---------------------------------------------------------------------
-    def _file(self, req: Request, e: FileEntry, writer: HeadWriter, close: bool, ka: bool,
-              head_only: bool, date: bytes) -> ResponsePlan:
+    def _file(
+        self, req: Request, e: FileEntry, writer: HeadWriter, close: bool, ka: bool, head_only: bool, date: bytes
+    ) -> ResponsePlan:
         headers = req.headers
         range_header = headers.get(b"range")
         if range_header is None and b"if-none-match" not in headers and b"if-modified-since" not in headers:
@@ -74,9 +75,14 @@ class FileApp:
             try:
                 span = parse_range(range_header, e.size)
             except Unsatisfiable:
-                return writer.error(416, f"range not satisfiable for {e.size} bytes", close=close,
-                                    extra=b"Content-Range: bytes */%d\r\n" % e.size, head_only=head_only,
-                                    keep_alive_header=ka)
+                return writer.error(
+                    416,
+                    f"range not satisfiable for {e.size} bytes",
+                    close=close,
+                    extra=b"Content-Range: bytes */%d\r\n" % e.size,
+                    head_only=head_only,
+                    keep_alive_header=ka,
+                )
         if span is None:
             status, offset, length, extra = 200, 0, e.size, b""
         else:
@@ -88,13 +94,14 @@ class FileApp:
         if head_only or length == 0:
             return ResponsePlan(status, head, close=close)
         if e.content is not None:
-            body = e.content if length == e.size else e.content[offset:offset + length]
+            body = e.content if length == e.size else e.content[offset : offset + length]
             return ResponsePlan(status, head, body, close=close)
         return ResponsePlan(status, head, file=FileSlice(e.real, offset, length), close=close)
 
     # -- listings ------------------------------------------------------------------
-    def _listing(self, req: Request, d: DirEntry, query: bytes, writer: HeadWriter, close: bool, ka: bool,
-                 head_only: bool) -> ResponsePlan:
+    def _listing(
+        self, req: Request, d: DirEntry, query: bytes, writer: HeadWriter, close: bool, ka: bool, head_only: bool
+    ) -> ResponsePlan:
         try:
             items = self.docroot.listing(d)
         except TargetError as exc:
@@ -104,8 +111,12 @@ class FileApp:
             doc = {
                 "path": here,
                 "entries": [
-                    {"name": i.name, "type": "dir" if i.is_dir else "file", "size": None if i.is_dir else i.size,
-                     "href": here + quote(i.name) + ("/" if i.is_dir else "")}
+                    {
+                        "name": i.name,
+                        "type": "dir" if i.is_dir else "file",
+                        "size": None if i.is_dir else i.size,
+                        "href": here + quote(i.name) + ("/" if i.is_dir else ""),
+                    }
                     for i in items
                 ],
             }
@@ -124,8 +135,9 @@ class FileApp:
         except BadWork as exc:
             return writer.error(400, str(exc), close=close, head_only=head_only, keep_alive_header=ka)
         body = b"cpu=%d wait_ms=%d\n" % (order.cpu, round(order.wait_s * 1000))
-        plan = writer.simple(200, body, close=close, keep_alive_header=ka, head_only=head_only,
-                             extra=b"Cache-Control: no-store\r\n")
+        plan = writer.simple(
+            200, body, close=close, keep_alive_header=ka, head_only=head_only, extra=b"Cache-Control: no-store\r\n"
+        )
         plan.work = order
         return plan
 

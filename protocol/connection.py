@@ -62,8 +62,16 @@ class HttpConnection:
         "draining",
     )
 
-    def __init__(self, app: FileApp, server_name: str, date: DateSource, *, max_head: int = MAX_HEAD_BYTES,
-                 parse_cache: bool = True, writer: HeadWriter | None = None):
+    def __init__(
+        self,
+        app: FileApp,
+        server_name: str,
+        date: DateSource,
+        *,
+        max_head: int = MAX_HEAD_BYTES,
+        parse_cache: bool = True,
+        writer: HeadWriter | None = None,
+    ):
         """writer: a HeadWriter to share between connections (it holds no per-connection state)."""
         self._app = app
         self._parse_cache = parse_cache
@@ -147,8 +155,7 @@ class HttpConnection:
         except httptools.HttpParserUpgrade:
             pass  # no upgrades here; the head is complete and is answered as a plain request
         except httptools.HttpParserInvalidMethodError:
-            return self._fail(405 if _TOKEN.match(head.split(b" ", 1)[0]) else 400, "method not allowed",
-                              _ALLOW)
+            return self._fail(405 if _TOKEN.match(head.split(b" ", 1)[0]) else 400, "method not allowed", _ALLOW)
         except httptools.HttpParserError as exc:
             return self._syntax_error(head, exc)
         if not self._complete:
@@ -189,8 +196,9 @@ class HttpConnection:
             _PARSED[head] = (method, target, version, headers, self._keep_alive)
         return self._respond(method, target, version, headers, self._keep_alive)
 
-    def _respond(self, method: bytes, target: bytes, version: str, headers: dict[bytes, bytes],
-                 keep_alive: bool) -> ResponsePlan:
+    def _respond(
+        self, method: bytes, target: bytes, version: str, headers: dict[bytes, bytes], keep_alive: bool
+    ) -> ResponsePlan:
         close = not keep_alive or self.draining
         req = Request(method, target, version, headers)
         plan = self._app.respond(req, self._writer, close)

@@ -86,9 +86,18 @@ class HeadWriter:
         head = self.head(status, fields, close=close, keep_alive_header=keep_alive_header)
         return ResponsePlan(status, head, b"" if head_only else body, close=close)
 
-    def error(self, status: int, message: str, *, close: bool, extra: bytes = b"", head_only: bool = False,
-              keep_alive_header: bool = False) -> ResponsePlan:
+    def error(
+        self,
+        status: int,
+        message: str,
+        *,
+        close: bool,
+        extra: bytes = b"",
+        head_only: bool = False,
+        keep_alive_header: bool = False,
+    ) -> ResponsePlan:
         """A short text body that says what was wrong: '404 Not Found: no such file'."""
         body = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode("utf-8", "replace")
-        return self.simple(status, body, close=close, extra=extra, head_only=head_only,
-                           keep_alive_header=keep_alive_header)
+        return self.simple(
+            status, body, close=close, extra=extra, head_only=head_only, keep_alive_header=keep_alive_header
+        )

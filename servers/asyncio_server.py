@@ -112,8 +112,12 @@ class HttpProtocol(asyncio.Protocol):
         "written",
     )
 
-    def __init__(self, srv: Server, http: HttpConnection | None = None,
-                 first: tuple[list[ResponsePlan], bytes | memoryview | None] | None = None) -> None:
+    def __init__(
+        self,
+        srv: Server,
+        http: HttpConnection | None = None,
+        first: tuple[list[ResponsePlan], bytes | memoryview | None] | None = None,
+    ) -> None:
         self.srv = srv
         self.loop = srv.loop
         self.limits = srv.limits
@@ -180,8 +184,9 @@ class HttpProtocol(asyncio.Protocol):
                 if plan.close:
                     self._close_when_flushed()
                     return
-                self.deadline = deadline_after_read(http, was_partial, True, self.deadline, self.loop.time(),
-                                                    self.limits)
+                self.deadline = deadline_after_read(
+                    http, was_partial, True, self.deadline, self.loop.time(), self.limits
+                )
                 if self.deadline < self.armed_at:
                     self._arm()
                 return
@@ -264,8 +269,9 @@ class HttpProtocol(asyncio.Protocol):
             self.reading = True
             t.resume_reading()
         now = self.loop.time()
-        self.deadline = now + (self.limits.header_timeout if http.has_partial_request
-                               else self.limits.keepalive_timeout)
+        self.deadline = now + (
+            self.limits.header_timeout if http.has_partial_request else self.limits.keepalive_timeout
+        )
         if self.deadline < self.armed_at:
             self._arm()
 
@@ -378,14 +384,16 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         loop.default_exception_handler(context)
 
 
-def _accept_with(loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext,
-                 protocol_class: type[HttpProtocol]) -> Callable[[], None]:
+def _accept_with(
+    loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext, protocol_class: type[HttpProtocol]
+) -> Callable[[], None]:
     """Accept in a reader callback on the listener (see the module docstring); returns the
     call that stops accepting."""
     listener, acceptor = ctx.listener, Acceptor(ctx)
     if protocol_class is BufferedHttpProtocol:  # the stdlib loop: its socket transport, made at once
         make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
     else:  # uvloop: a coroutine makes its transport, a task per connection the first exchange did not end
+
         def make_transport(sock: object, protocol: HttpProtocol) -> None:
             loop.create_task(loop.connect_accepted_socket(lambda: protocol, sock))  # type: ignore[arg-type]
 

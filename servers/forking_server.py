@@ -54,8 +54,11 @@ def serve(ctx: ServerContext) -> None:
             sock.close()  # the child has its own descriptor; ours would keep the connection open
             if len(children) >= cap and not ctx.stopping:
                 if not warned:
-                    print(f"forking: {cap} children alive (--max-children); new connections wait in the "
-                          "listen backlog", file=sys.stderr, flush=True)
+                    print(
+                        f"forking: {cap} children alive (--max-children); new connections wait in the listen backlog",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     warned = True
                 children.wait(lambda: len(children) < cap or ctx.stopping)
         children.stop(ctx.limits.grace)

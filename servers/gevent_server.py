@@ -189,8 +189,9 @@ def serve(ctx: ServerContext) -> None:
     # the Pool tracks every handler so shutdown can wait for them; size None means no cap
     handlers = Pool(ctx.options.get("pool"))
 
-    def handle(sock: _Socket, conn: HttpConnection, plans: list[ResponsePlan] | None,
-               rest: bytes | memoryview | None) -> None:
+    def handle(
+        sock: _Socket, conn: HttpConnection, plans: list[ResponsePlan] | None, rest: bytes | memoryview | None
+    ) -> None:
         tune_connection(sock)
         if rest is None:
             serve_connection(sock, ctx, sleep=gevent.sleep, use_sendfile=ctx.use_sendfile, conn=conn, plans=plans)

@@ -25,13 +25,34 @@ class ServerStartError(RuntimeError):
 class ServerProcess:
     """A running `serverzoo serve MODEL` child. Use as a context manager."""
 
-    def __init__(self, model: str, root: str, *args: str, host: str = "127.0.0.1", cpus: Sequence[int] | None = None,
-                 start_timeout: float = 20.0, env: dict[str, str] | None = None, stderr: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        root: str,
+        *args: str,
+        host: str = "127.0.0.1",
+        cpus: Sequence[int] | None = None,
+        start_timeout: float = 20.0,
+        env: dict[str, str] | None = None,
+        stderr: int | None = None,
+    ) -> None:
         """stderr: a descriptor to hand the server as its stderr (a test's pipe); by default a
         temporary file that stderr_text() reads."""
         self.model = model
-        self.argv = [sys.executable, "-m", "serverzoo", "serve", model, "--root", str(root), "--host", host,
-                     "--port", "0", *args]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "serverzoo",
+            "serve",
+            model,
+            "--root",
+            str(root),
+            "--host",
+            host,
+            "--port",
+            "0",
+            *args,
+        ]
         self.cpus = list(cpus) if cpus else None
         self.start_timeout = start_timeout
         self.env = env
@@ -61,8 +82,9 @@ class ServerProcess:
         if self._stderr_fd is None:
             self._stderr = tempfile.TemporaryFile()
         stderr = self._stderr if self._stderr_fd is None else self._stderr_fd
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
-                                     preexec_fn=preexec, env=self.env)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, preexec_fn=preexec, env=self.env
+        )
         deadline = time.monotonic() + self.start_timeout
         line = b""
         assert self.proc.stdout is not None  # stdout=PIPE

@@ -215,8 +215,9 @@ class SelectLoop:
                     if plan.close:
                         return self._close(c)
                     # inline: this runs once per request
-                    c.deadline = self.now + (self.header_timeout if http.has_partial_request
-                                             else self.keepalive_timeout)
+                    c.deadline = self.now + (
+                        self.header_timeout if http.has_partial_request else self.keepalive_timeout
+                    )
                     if c.deadline < c.armed_at:
                         self.deadlines.file(c, c.deadline)
                     return None

@@ -100,8 +100,9 @@ async def _serve(ctx: ServerContext) -> None:
             nursery.cancel_scope.deadline = trio.current_time() + ctx.limits.grace
 
 
-async def _accept_loop(ctx: ServerContext, accepting: trio.CancelScope, nursery: trio.Nursery,
-                       live: set[_Conversation]) -> None:
+async def _accept_loop(
+    ctx: ServerContext, accepting: trio.CancelScope, nursery: trio.Nursery, live: set[_Conversation]
+) -> None:
     if ctx.stopping:
         # a signal during start-up, before _serve's receiver existed: shutdown has already
         # closed the listener, and this task's first run comes after that
@@ -215,8 +216,9 @@ class _Conversation:
                         return
                 self.reading = True
             if not conn.closed:  # a deadline move costs trio a context manager: none for a closing connection
-                new = rounded_up(deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(),
-                                                      limits))
+                new = rounded_up(
+                    deadline_after_read(conn, was_partial, bool(plans), deadline, trio.current_time(), limits)
+                )
                 if new != deadline or self.moved:
                     guard.deadline = deadline = new
                     self.moved = False
@@ -284,7 +286,7 @@ async def _read_chunk(source: FileSource, buf: bytearray) -> bytes | memoryview:
     which is a plain memcpy; only when the data is not cached, in a worker thread, so a
     cold disk never stalls the loop. A thread hand-off per chunk costs far more CPU than
     the copy itself."""
-    view = memoryview(buf)[:source.left]  # buf is reused: the caller sends each chunk before the next
+    view = memoryview(buf)[: source.left]  # buf is reused: the caller sends each chunk before the next
     try:
         n = os.preadv(source.fd, [view], source.offset, _RWF_NOWAIT)
     except OSError as exc:  # BlockingIOError: not cached; EOPNOTSUPP/EINVAL: no RWF_NOWAIT here

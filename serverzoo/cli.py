@@ -21,10 +21,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("serverzoo.bench.bench_cli", "bench_command", "Run the benchmark matrix (quick: about 5 min)."),
     "report": ("serverzoo.bench.bench_cli", "report_command", "Write the HTML and Markdown report of runs."),
     "compare": ("serverzoo.bench.bench_cli", "compare_command", "Compare two runs; exit 1 on a regression."),
-    "profile": ("serverzoo.bench.profile_command", "profile_command",
-                "Where one model's time goes: CPU, syscalls, switches, memory, flame graph."),
+    "profile": (
+        "serverzoo.bench.profile_command",
+        "profile_command",
+        "Where one model's time goes: CPU, syscalls, switches, memory, flame graph.",
+    ),
     "udp": ("serverzoo.clients.udp.udp_cli", "udp_group", "UDP responder and tester: UDP beside TCP, measured."),
-    "net": ("serverzoo.clients.links.net_cli", "net_group", "Emulated network links: list, check, up, fetch, cleanup (root)."),
+    "net": (
+        "serverzoo.clients.links.net_cli",
+        "net_group",
+        "Emulated network links: list, check, up, fetch, cleanup (root).",
+    ),
 }
 
 

@@ -72,5 +72,7 @@ def describe_machine() -> dict:
 
 def machine_line(m: dict) -> str:
     """One line for report captions: 'cpu, N cores, Linux x, Python y, date'."""
-    return (f"{m.get('cpu_model')}, {m.get('cpus')} cores, Linux {m.get('kernel')}, "
-            f"Python {m.get('python')}, {str(m.get('date', ''))[:10]}")
+    return (
+        f"{m.get('cpu_model')}, {m.get('cpus')} cores, Linux {m.get('kernel')}, "
+        f"Python {m.get('python')}, {str(m.get('date', ''))[:10]}"
+    )

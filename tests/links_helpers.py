@@ -15,7 +15,8 @@ from serverzoo.clients.links.namespaces import list_namespaces
 PY = [sys.executable, "-m", "serverzoo"]
 needs_root_and_iproute2 = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
-    reason="emulated links need root and iproute2 (ip, tc)")
+    reason="emulated links need root and iproute2 (ip, tc)",
+)
 
 
 def ours() -> list[str]:
@@ -34,8 +35,11 @@ def our_delay_lines() -> list[int]:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and b"serverzoo.clients.links.delay_line" in argv and \
-                any(a.startswith(f"szoo-{os.getpid()}-".encode()) for a in argv):
+        if (
+            state != "Z"
+            and b"serverzoo.clients.links.delay_line" in argv
+            and any(a.startswith(f"szoo-{os.getpid()}-".encode()) for a in argv)
+        ):
             found.append(int(pid))
     return found
 

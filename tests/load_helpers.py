@@ -55,8 +55,13 @@ class MisbehavingServer:
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """`serverzoo ARGS...` in a subprocess, text output."""
-    return subprocess.run([sys.executable, "-m", "serverzoo", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "serverzoo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def refused_port() -> int:
@@ -86,9 +91,15 @@ def local_cluster(workers: int, **extra):
 
     import distributed
 
-    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                                    silence_logs=logging.ERROR, **extra)
+    return distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        silence_logs=logging.ERROR,
+        **extra,
+    )
 
 
 def run_in_pty(argv: list[str], timeout: float = 60, columns: int = 100) -> tuple[int, str]:

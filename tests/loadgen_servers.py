@@ -27,8 +27,7 @@ import struct
 import sys
 import time
 
-HEAD = ("HTTP/1.1 200 OK\r\nServer: misbehaving\r\nContent-Type: application/octet-stream\r\n"
-        "Content-Length: {n}\r\n\r\n")
+HEAD = "HTTP/1.1 200 OK\r\nServer: misbehaving\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n"
 
 
 def main() -> int:
@@ -74,13 +73,12 @@ def main() -> int:
             conn.sendall(HEAD.format(n=len(body)).encode() + data[: len(data) // 2])
             return False
         if behaviour == "chunked":
-            thirds = [data[: len(data) // 3], data[len(data) // 3: 2 * len(data) // 3], data[2 * len(data) // 3:]]
+            thirds = [data[: len(data) // 3], data[len(data) // 3 : 2 * len(data) // 3], data[2 * len(data) // 3 :]]
             out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             out += b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in thirds if c) + b"0\r\n\r\n"
         elif behaviour == "close":
             conn.setblocking(True)
-            conn.sendall(HEAD.format(n=len(data)).replace("\r\n\r\n", "\r\nConnection:close\r\n\r\n").encode()
-                         + data)
+            conn.sendall(HEAD.format(n=len(data)).replace("\r\n\r\n", "\r\nConnection:close\r\n\r\n").encode() + data)
             return False
         elif behaviour == "http10":
             conn.setblocking(True)

@@ -102,20 +102,24 @@ class Client:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def request_bytes(self, target: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None,
-                      version: str = "1.1") -> bytes:
+    def request_bytes(
+        self, target: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None, version: str = "1.1"
+    ) -> bytes:
         hs = headers if headers is not None else [("Host", "test")]
         lines = [f"{method} {target} HTTP/{version}"] + [f"{k}: {v}" for k, v in hs]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
-    def request(self, target: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None,
-                version: str = "1.1") -> Response:
+    def request(
+        self, target: str = "/", method: str = "GET", headers: list[tuple[str, str]] | None = None, version: str = "1.1"
+    ) -> Response:
         self.send(self.request_bytes(target, method, headers, version))
         return self.read_response(method, version)
 
     def read_response(self, method: str = "GET", version: str = "1.1") -> Response:
         conn = h11.Connection(h11.CLIENT)
-        conn.send(h11.Request(method=method, target="/", headers=[("Host", "test")]))  # h11 only speaks 1.1; the framing is the same
+        conn.send(
+            h11.Request(method=method, target="/", headers=[("Host", "test")])
+        )  # h11 only speaks 1.1; the framing is the same
         conn.send(h11.EndOfMessage())
         status, headers, body, resp_version = 0, {}, bytearray(), ""
         if self.buf:

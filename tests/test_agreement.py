@@ -18,8 +18,9 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "bench_run_fixture
 
 
 def verdict(*figures: tuple[str, float], rel: float = 0.02, flags: dict[str, tuple[str, ...]] | None = None):
-    cs = [Contender(s, u.Estimate(v, v * rel, 5, "batch-means"), (flags or {}).get(s, ()), (), 10_000)
-          for s, v in figures]
+    cs = [
+        Contender(s, u.Estimate(v, v * rel, 5, "batch-means"), (flags or {}).get(s, ()), (), 10_000) for s, v in figures
+    ]
     return decide("s", cs, "rps", True, 32, "c=32")
 
 
@@ -27,8 +28,9 @@ WIN_SELECT = verdict(("select", 130), ("asyncio", 100))
 WIN_ASYNCIO = verdict(("asyncio", 130), ("select", 100))
 TIE_SELECT_ASYNCIO = verdict(("select", 101), ("asyncio", 100), ("threading", 50))
 TIE_GEVENT_TRIO = verdict(("gevent", 101), ("trio", 100), ("select", 50))
-CEILING = verdict(("select", 38_000), ("prefork", 38_100), flags={"select": ("client-bound",),
-                                                                  "prefork": ("client-bound",)})
+CEILING = verdict(
+    ("select", 38_000), ("prefork", 38_100), flags={"select": ("client-bound",), "prefork": ("client-bound",)}
+)
 NONE = decide("s", [Contender("iterative", None, ("failed",), ("did not start",), 0)], "rps", True, 32, "c=32")
 
 # before, after -> status
@@ -79,12 +81,14 @@ def test_report_and_compare_say_whether_the_verdicts_reproduce(tmp_path):
     a, b, scenario = _changed_winner(tmp_path)
     from serverzoo.bench.report import build_report, render
 
-    report = build_report([Run.from_doc(json.load(open(a)), check=False),
-                           Run.from_doc(json.load(open(b)), check=False)], plots=False)
+    report = build_report(
+        [Run.from_doc(json.load(open(a)), check=False), Run.from_doc(json.load(open(b)), check=False)], plots=False
+    )
     table = report.delta_tables[0]
     assert [r.status for r in table.verdicts if r.scenario == scenario] == [agreement.DIFFERENT]
     md = render(report, "report.md.j2")
     assert table.verdict_summary in md and "**different**" in md
-    proc = subprocess.run([sys.executable, "-m", "serverzoo", "compare", a, b], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "serverzoo", "compare", a, b], capture_output=True, text=True, timeout=60
+    )
     assert "1 different." in proc.stdout and f"  {scenario}: " in proc.stdout, proc.stdout + proc.stderr

@@ -68,14 +68,17 @@ def test_a_capacity_scenario_is_read_and_a_preset_may_leave_it_out(tmp_path: Pat
     assert "wait-capacity" not in suite.scenarios("full")
 
 
-@pytest.mark.parametrize("change, message", [
-    (('goal = "p90<300ms"\n', ""), "needs goal"),
-    (('goal = "p90<300ms"', 'goal = "p90<300"'), "has no unit"),
-    (('goal = "p90<300ms"', 'goal = "rps>10"'), "latency or error goal"),
-    (('metric = "capacity_rps"', 'metric = "rps"'), "metric is capacity_rps"),
-    (("connections = 4,", "concurrency = [4], connections = 4,"), "drop concurrency"),
-    ((", time = 20", ""), "time must be a number"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (('goal = "p90<300ms"\n', ""), "needs goal"),
+        (('goal = "p90<300ms"', 'goal = "p90<300"'), "has no unit"),
+        (('goal = "p90<300ms"', 'goal = "rps>10"'), "latency or error goal"),
+        (('metric = "capacity_rps"', 'metric = "rps"'), "metric is capacity_rps"),
+        (("connections = 4,", "concurrency = [4], connections = 4,"), "drop concurrency"),
+        ((", time = 20", ""), "time must be a number"),
+    ],
+)
 def test_capacity_scenario_mistakes_are_one_line_errors(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         _suite(tmp_path, CAPACITY.replace(*change))
@@ -129,9 +132,15 @@ def test_tiny_capacity_run_ranks_models_and_draws_their_curves(out_dir: str) -> 
     scenarios = os.path.join(out_dir, "scenarios.toml")
     with open(scenarios, "w") as f:
         f.write(BASE + CAPACITY)
-    proc = subprocess.run([sys.executable, "-m", "serverzoo", "bench", "--scenarios-file", scenarios,
-                           "--models", "asyncio,iterative"], cwd=out_dir, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "serverzoo", "bench", "--scenarios-file", scenarios, "--models", "asyncio,iterative"],
+        cwd=out_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     [path] = glob.glob(os.path.join(out_dir, "results", "bench-*.json"))
     with open(path) as f:

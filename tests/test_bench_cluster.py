@@ -30,18 +30,30 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture
 def cluster():
     """A scheduler and two worker processes: one with resource server=1, one with client=1."""
+
     def worker(resources: dict) -> dict:
-        return {"cls": distributed.Nanny, "options": {"nthreads": 1, "resources": resources, "host": "127.0.0.1",
-                                                      "dashboard_address": None, "silence_logs": logging.ERROR}}
+        return {
+            "cls": distributed.Nanny,
+            "options": {
+                "nthreads": 1,
+                "resources": resources,
+                "host": "127.0.0.1",
+                "dashboard_address": None,
+                "silence_logs": logging.ERROR,
+            },
+        }
 
     spec = {"server": worker({"server": 1}), "client": worker({"client": 1})}
-    scheduler = {"cls": distributed.Scheduler,
-                 "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
-    with distributed.SpecCluster(workers=spec, scheduler=scheduler, silence_logs=logging.ERROR) as c, \
-            distributed.Client(c) as client:
+    scheduler = {
+        "cls": distributed.Scheduler,
+        "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"},
+    }
+    with (
+        distributed.SpecCluster(workers=spec, scheduler=scheduler, silence_logs=logging.ERROR) as c,
+        distributed.Client(c) as client,
+    ):
         client.wait_for_workers(2, timeout=30)
-        yield c.scheduler_address, {r: a for a, w in client.scheduler_info()["workers"].items()
-                                    for r in w["resources"]}
+        yield c.scheduler_address, {r: a for a, w in client.scheduler_info()["workers"].items() for r in w["resources"]}
 
 
 @pytest.fixture
@@ -57,10 +69,32 @@ def test_bench_places_server_and_load_by_resource(cluster, out_dir: str) -> None
     with open(os.path.join(out_dir, "scenarios.toml"), "w") as f:
         f.write(SCENARIOS)
     models = "threading,nginx" if nginx_binary() else "threading"
-    r = subprocess.run([sys.executable, "-m", "serverzoo", "bench", "--scenarios-file", "scenarios.toml",
-                        "--scenarios", "small", "--duration", "0.5", "--warmup", "0.1", "--models", models,
-                        "--cluster", scheduler, "--no-report"],
-                       cwd=out_dir, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serverzoo",
+            "bench",
+            "--scenarios-file",
+            "scenarios.toml",
+            "--scenarios",
+            "small",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--models",
+            models,
+            "--cluster",
+            scheduler,
+            "--no-report",
+        ],
+        cwd=out_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 0, r.stderr
     (path,) = glob.glob(os.path.join(out_dir, "results", "bench-*.json"))
     with open(path) as f:
@@ -85,9 +119,26 @@ def test_bench_places_server_and_load_by_resource(cluster, out_dir: str) -> None
 
 def test_bench_cluster_needs_a_server_worker(out_dir: str) -> None:
     with local_cluster(1, resources={"client": 1}) as c:
-        r = subprocess.run([sys.executable, "-m", "serverzoo", "bench", "--models", "threading", "--cluster",
-                            c.scheduler_address, "--max-cells", "1", "--no-report"],
-                           cwd=out_dir, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "serverzoo",
+                "bench",
+                "--models",
+                "threading",
+                "--cluster",
+                c.scheduler_address,
+                "--max-cells",
+                "1",
+                "--no-report",
+            ],
+            cwd=out_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
     assert r.returncode == 4
     assert r.stderr.strip().splitlines()[-1].startswith("serverzoo bench: --cluster") and "server=1" in r.stderr
 

@@ -34,8 +34,11 @@ def test_default_file_has_every_scenario_kind():
     quick = suite.scenarios("quick")
     assert len(quick) >= REQUIRED_SCENARIO_KINDS
     by_feature = {
-        "keep-alive small files": [s for s in quick.values() if s.connection == "keep-alive" and s.paths == ("/1KiB.bin",)
-                                   and not s.idle and not s.slow_readers],
+        "keep-alive small files": [
+            s
+            for s in quick.values()
+            if s.connection == "keep-alive" and s.paths == ("/1KiB.bin",) and not s.idle and not s.slow_readers
+        ],
         "new connection per request": [s for s in quick.values() if s.connection == "close"],
         "large file MB/s": [s for s in quick.values() if s.metric == "mb_per_s"],
         "zipf": [s for s in quick.values() if s.zipf],
@@ -57,8 +60,9 @@ def test_quick_preset_covers_every_model_and_scenario_within_five_minutes():
     # the arithmetic printed before starting, counting every registered model (implemented yet or not) and nginx:
     # the first pass fits well inside the budget, which leaves time for extra repetitions of close races
     per_server = sum(len(s.levels) * (s.warmup + s.duration + CELL_OVERHEAD_S) for s in plan.scenarios.values())
-    per_nginx = sum(len(s.levels) * (s.warmup + s.duration + CELL_OVERHEAD_S)
-                    for s in plan.scenarios.values() if s.reference)
+    per_nginx = sum(
+        len(s.levels) * (s.warmup + s.duration + CELL_OVERHEAD_S) for s in plan.scenarios.values() if s.reference
+    )
     first_pass = per_server * len(MODELS) + per_nginx + FIXED_OVERHEAD_S
     assert plan.adaptive.budget is not None and plan.adaptive.budget <= 300
     assert first_pass <= 0.75 * plan.adaptive.budget
@@ -78,36 +82,57 @@ def test_full_preset_is_wider_and_repeated():
 
 
 def test_plan_round_trips_through_the_run_file():
-    plan = build_plan(load_suite(), "quick", models=["iterative", "threading"], scenarios=["small-keepalive"],
-                      concurrency=[2, 8], repeat=2)
+    plan = build_plan(
+        load_suite(),
+        "quick",
+        models=["iterative", "threading"],
+        scenarios=["small-keepalive"],
+        concurrency=[2, 8],
+        repeat=2,
+    )
     again = BenchPlan.from_config(plan.to_config())
     assert [c.id for c in again.cells()] == [c.id for c in plan.cells()]
     assert again.cells()[0].id.startswith("iterative/small-keepalive/c2/r1")
 
 
 def test_narrowing_options_apply():
-    plan = build_plan(load_suite(), "quick", models=["threading"], scenarios=["wait-work", "cpu-work"],
-                      concurrency=[3], rates=[50, 70], duration=0.5, warmup=0.0, reference=False)
+    plan = build_plan(
+        load_suite(),
+        "quick",
+        models=["threading"],
+        scenarios=["wait-work", "cpu-work"],
+        concurrency=[3],
+        rates=[50, 70],
+        duration=0.5,
+        warmup=0.0,
+        reference=False,
+    )
     assert plan.scenarios["cpu-work"].levels == (3,)
     assert plan.scenarios["wait-work"].levels == (50, 70)
     assert all(s.duration == 0.5 and s.warmup == 0.0 for s in plan.scenarios.values())
-    assert [c.id for c in plan.cells()] == ["threading/wait-work/r50/r1", "threading/wait-work/r70/r1",
-                                            "threading/cpu-work/c3/r1"]
+    assert [c.id for c in plan.cells()] == [
+        "threading/wait-work/r50/r1",
+        "threading/wait-work/r70/r1",
+        "threading/cpu-work/c3/r1",
+    ]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--models", "iterative,nosuch"], "unknown model 'nosuch'"),
-    (["--scenarios", "nosuch"], "unknown scenario 'nosuch'"),
-    (["--preset", "medium"], "unknown preset 'medium'"),
-    (["--concurrency", "1,x"], "--concurrency takes positive integers"),
-    (["--concurrency", "0"], "--concurrency takes positive integers"),
-    (["--duration", "0"], "--duration must be > 0"),
-    (["--repeat", "0"], "--repeat must be at least 1"),
-    (["--server-cpus", "999"], "--server-cpus 999"),
-    (["--corpus", "/nonexistent/corpus"], "corpus /nonexistent/corpus does not exist"),
-    (["--scenarios-file", "/nonexistent.toml"], "cannot read scenarios file"),
-    (["--resume", "/nonexistent/run.json"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--models", "iterative,nosuch"], "unknown model 'nosuch'"),
+        (["--scenarios", "nosuch"], "unknown scenario 'nosuch'"),
+        (["--preset", "medium"], "unknown preset 'medium'"),
+        (["--concurrency", "1,x"], "--concurrency takes positive integers"),
+        (["--concurrency", "0"], "--concurrency takes positive integers"),
+        (["--duration", "0"], "--duration must be > 0"),
+        (["--repeat", "0"], "--repeat must be at least 1"),
+        (["--server-cpus", "999"], "--server-cpus 999"),
+        (["--corpus", "/nonexistent/corpus"], "corpus /nonexistent/corpus does not exist"),
+        (["--scenarios-file", "/nonexistent.toml"], "cannot read scenarios file"),
+        (["--resume", "/nonexistent/run.json"], "no such file"),
+    ],
+)
 def test_bad_configuration_fails_at_once_with_one_line(tmp_path, args, fragment):
     out = tmp_path / "out"
     result = run_cli("bench", "--out", str(out), *args)
@@ -119,8 +144,9 @@ def test_concurrency_above_the_open_file_limit_is_refused(tmp_path):
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         pytest.skip("no hard open-file limit on this machine")
-    result = run_cli("bench", "--out", str(tmp_path / "out"), "--scenarios", "small-keepalive",
-                     "--concurrency", str(hard + 10))
+    result = run_cli(
+        "bench", "--out", str(tmp_path / "out"), "--scenarios", "small-keepalive", "--concurrency", str(hard + 10)
+    )
     assert_one_line_error(result, "open files")
 
 
@@ -142,13 +168,16 @@ def _edited_copy(tmp_path, old: str, new: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("old, new, fragment", [
-    ('mode = "closed"', 'mode = "closd"', "mode must be one of closed, open"),
-    ('metric = "rps"', 'metirc = "rps"', "unknown key 'metirc'"),
-    ("quick = { concurrency = [32]", "quick = { concurrency = []", "non-empty list"),
-    ('paths = ["/1KiB.bin"]', 'paths = ["/nosuch.bin"]', "/nosuch.bin is not a file of the [corpus]"),
-    ("[scenarios.small-keepalive]", "[scenarios.small-keepalive", "scenarios file"),
-])
+@pytest.mark.parametrize(
+    "old, new, fragment",
+    [
+        ('mode = "closed"', 'mode = "closd"', "mode must be one of closed, open"),
+        ('metric = "rps"', 'metirc = "rps"', "unknown key 'metirc'"),
+        ("quick = { concurrency = [32]", "quick = { concurrency = []", "non-empty list"),
+        ('paths = ["/1KiB.bin"]', 'paths = ["/nosuch.bin"]', "/nosuch.bin is not a file of the [corpus]"),
+        ("[scenarios.small-keepalive]", "[scenarios.small-keepalive", "scenarios file"),
+    ],
+)
 def test_a_bad_scenarios_file_is_named_in_one_line(tmp_path, old, new, fragment):
     path = _edited_copy(tmp_path, old, new)
     result = run_cli("bench", "--scenarios-file", path, "--out", str(tmp_path / "out"), "--dry-run")
@@ -157,8 +186,19 @@ def test_a_bad_scenarios_file_is_named_in_one_line(tmp_path, old, new, fragment)
 
 def test_an_edited_copy_runs_and_the_dry_run_lists_its_cells(tmp_path):
     path = _edited_copy(tmp_path, "quick = { concurrency = [32]", "quick = { concurrency = [2, 3, 5]")
-    result = run_cli("bench", "--scenarios-file", path, "--models", "iterative", "--scenarios", "small-keepalive",
-                     "--no-reference", "--out", str(tmp_path / "out"), "--dry-run")
+    result = run_cli(
+        "bench",
+        "--scenarios-file",
+        path,
+        "--models",
+        "iterative",
+        "--scenarios",
+        "small-keepalive",
+        "--no-reference",
+        "--out",
+        str(tmp_path / "out"),
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout.split() == [f"iterative/small-keepalive/c{n}/r1" for n in (2, 3, 5)]
     assert "3 cells" in result.stderr and "estimated" in result.stderr

@@ -69,8 +69,7 @@ def out_dir():
 
 
 def bench(out: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([*PY, "bench", *args], cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen([*PY, "bench", *args], cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
@@ -116,8 +115,11 @@ def alive(pid: int) -> bool:
 
 def left_running(out: str, doc: dict) -> list[str]:
     """Servers of the run still alive, by their recorded PIDs, or any process whose command line names out."""
-    found = [f"server {c['server_process']['pid']}" for c in doc["cells"]
-             if c["server_process"].get("pid") and alive(c["server_process"]["pid"])]
+    found = [
+        f"server {c['server_process']['pid']}"
+        for c in doc["cells"]
+        if c["server_process"].get("pid") and alive(c["server_process"]["pid"])
+    ]
     for p in psutil.process_iter(["pid", "cmdline", "status"]):
         if p.info["status"] != psutil.STATUS_ZOMBIE and out in " ".join(p.info["cmdline"] or []):
             found.append(f"{p.pid}: {' '.join(p.info['cmdline'])}")
@@ -205,6 +207,7 @@ def test_bench_over_a_link_interrupted_resumed_and_reported_beside_loopback(out_
 
     from serverzoo.bench.report import build_report, render
     from serverzoo.bench.results import Run
+
     page = render(build_report([Run.from_doc(doc)], plots=False), "report.html.j2")
     assert "over <b>veth</b>" in page and "<td>network</td><td>link veth" in page
 
@@ -220,17 +223,49 @@ def test_an_unknown_link_is_one_line_and_nothing_runs(out_dir):
 
 def test_dry_run_names_the_link_from_the_scenarios_file_or_links_file(out_dir):
     scenarios = os.path.join(out_dir, "scenarios.toml")
-    done = subprocess.run([*PY, "bench", "--scenarios-file", scenarios, "--models", "iterative", "--no-reference",
-                           "--link", "mine", "--dry-run"], cwd=out_dir, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            *PY,
+            "bench",
+            "--scenarios-file",
+            scenarios,
+            "--models",
+            "iterative",
+            "--no-reference",
+            "--link",
+            "mine",
+            "--dry-run",
+        ],
+        cwd=out_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "over link mine (50 Mbit/s" in done.stderr
     assert done.stdout.split() == ["iterative/small/c2/r1"]
     links = os.path.join(out_dir, "links.toml")
     with open(links, "w") as f:
-        f.write('[links.far]\nrtt_ms = 30\nrate_mbit = 5\n')
-    done = subprocess.run([*PY, "bench", "--models", "iterative", "--scenarios", "small-keepalive",
-                           "--link", "far", "--links-file", links, "--dry-run"], cwd=out_dir, capture_output=True,
-                          text=True, timeout=60)
+        f.write("[links.far]\nrtt_ms = 30\nrate_mbit = 5\n")
+    done = subprocess.run(
+        [
+            *PY,
+            "bench",
+            "--models",
+            "iterative",
+            "--scenarios",
+            "small-keepalive",
+            "--link",
+            "far",
+            "--links-file",
+            links,
+            "--dry-run",
+        ],
+        cwd=out_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "over link far (30 ms RTT, 5 Mbit/s" in done.stderr
     assert runs(out_dir) == set()
@@ -239,9 +274,26 @@ def test_dry_run_names_the_link_from_the_scenarios_file_or_links_file(out_dir):
 @needs_links
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed to drop root")
 def test_without_root_it_says_so_in_one_line(out_dir):
-    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *PY, "bench",
-                           "--models", "iterative", "--scenarios", "small-keepalive", "--link", "veth"],
-                          cwd=out_dir, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *PY,
+            "bench",
+            "--models",
+            "iterative",
+            "--scenarios",
+            "small-keepalive",
+            "--link",
+            "veth",
+        ],
+        cwd=out_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 3, done.stderr
     assert "need root" in done.stderr and done.stderr.count("\n") == 1
     assert not os.path.exists(os.path.join(out_dir, "results")), "it wrote a corpus or a run before refusing"
@@ -250,9 +302,21 @@ def test_without_root_it_says_so_in_one_line(out_dir):
 # -- without root: the fixture run (synthetic numbers), given a link in its configuration ------
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "bench_run_fixture.json")
-WAN = {"profile": {"name": "wan", "description": "", "rtt_ms": 40, "jitter_ms": 0.0, "rate_mbit": 100,
-                   "loss_percent": 0.0, "queue_ms": 50.0},
-       "applied": ["delay 20 ms each way"], "server_addr": "127.18.0.1", "client_addr": "127.18.0.2", "kernel": None}
+WAN = {
+    "profile": {
+        "name": "wan",
+        "description": "",
+        "rtt_ms": 40,
+        "jitter_ms": 0.0,
+        "rate_mbit": 100,
+        "loss_percent": 0.0,
+        "queue_ms": 50.0,
+    },
+    "applied": ["delay 20 ms each way"],
+    "server_addr": "127.18.0.1",
+    "client_addr": "127.18.0.2",
+    "kernel": None,
+}
 
 
 def over(link: dict | None, run_id: str, tmp_path, rps_factor: float = 1.0) -> str:

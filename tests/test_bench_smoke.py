@@ -65,8 +65,13 @@ def out_dir():
 
 
 def bench(out: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "serverzoo", "bench", *args], cwd=out, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "serverzoo", "bench", *args],
+        cwd=out,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_file(out: str) -> str:
@@ -125,8 +130,11 @@ def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
     with open(scenarios, "w") as f:
         f.write(SCENARIOS)
     with_nginx = nginx_binary() is not None
-    expected = [f"{m}/small/c2/r1" for m in MODELS] + (["nginx/small/c2/r1"] if with_nginx else []) + \
-               [f"{m}/cpu/c2/r1" for m in MODELS]
+    expected = (
+        [f"{m}/small/c2/r1" for m in MODELS]
+        + (["nginx/small/c2/r1"] if with_nginx else [])
+        + [f"{m}/cpu/c2/r1" for m in MODELS]
+    )
     common = ["--scenarios-file", scenarios, "--models", ",".join(MODELS) + (",nginx" if with_nginx else "")]
 
     # 1. interrupted by SIGINT (Ctrl-C) after two cells
@@ -172,8 +180,7 @@ def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
 
     # the JSON: schema, machine, exact configuration, and every cell measured for real
     assert doc["schema"] == SCHEMA
-    for key in ("cpu_model", "cpus", "governor", "kernel", "python", "python_build", "packages", "git_commit",
-                "date"):
+    for key in ("cpu_model", "cpus", "governor", "kernel", "python", "python_build", "packages", "git_commit", "date"):
         assert key in doc["machine"]
     config = doc["config"]
     assert config["scenarios_toml"] == SCENARIOS and config["repeat"] == 1
@@ -229,12 +236,22 @@ def test_a_cell_that_cannot_start_or_load_is_recorded_as_failed(out_dir):
     from serverzoo.bench.runner import CellRunner
     from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec, ZipfMix
 
-    sc = Scenario("small", "small", "", "closed", (), ZipfMix("nomix", 1.0), "keep-alive", "rps", True, (), (1,), 0,
-                  0.3, 0.0)
-    plan = BenchPlan(preset="t", servers={"bad": ServerSpec("bad", "threading", ("--no-such-option",)),
-                                     "threading": ServerSpec("threading", "threading")},
-                scenarios={"small": sc}, repeat=1, run=RunSettings(0.1, 0.01, ()),
-                corpus=CorpusSpec(seed=1, files=("1KiB",)), server_cpus=[0], client_cpus=[0])
+    sc = Scenario(
+        "small", "small", "", "closed", (), ZipfMix("nomix", 1.0), "keep-alive", "rps", True, (), (1,), 0, 0.3, 0.0
+    )
+    plan = BenchPlan(
+        preset="t",
+        servers={
+            "bad": ServerSpec("bad", "threading", ("--no-such-option",)),
+            "threading": ServerSpec("threading", "threading"),
+        },
+        scenarios={"small": sc},
+        repeat=1,
+        run=RunSettings(0.1, 0.01, ()),
+        corpus=CorpusSpec(seed=1, files=("1KiB",)),
+        server_cpus=[0],
+        client_cpus=[0],
+    )
     root = ensure_corpus(os.path.join(out_dir, "corpus"), plan.corpus)
     bad, good = plan.cells()
     record = CellRunner(plan, root).run(bad)

@@ -68,18 +68,28 @@ def test_required_responses_follow_the_percentile() -> None:
 
 def _step_doc(target: float, achieved: float, p99: int, errors: int = 0) -> dict:
     lat = {"mean": p99 / 2, "p50": p99 // 2, "p90": p99, "p99": p99, "p99.9": p99, "max": p99, "count": 100}
-    return {"requests": 100, "errors": {"total": errors}, "elapsed_s": 1.0, "rps": 100.0, "latency_us": lat,
-            "achieved_rate": achieved, "client": {"client_bound": False}}
+    return {
+        "requests": 100,
+        "errors": {"total": errors},
+        "elapsed_s": 1.0,
+        "rps": 100.0,
+        "latency_us": lat,
+        "achieved_rate": achieved,
+        "client": {"client_bound": False},
+    }
 
 
-@pytest.mark.parametrize("achieved, p99, errors, goals, held, reason", [
-    (100.0, 5_000, 0, ["p99<10ms"], True, ""),
-    (95.0, 5_000, 0, ["p99<10ms"], True, ""),
-    (94.0, 5_000, 0, ["p99<10ms"], False, "achieved 94.0 of 100 req/s"),
-    (100.0, 12_000, 0, ["p99<10ms"], False, "p99<10ms: NOT met"),
-    (100.0, 5_000, 1, ["p99<10ms"], False, "1 requests failed"),
-    (100.0, 5_000, 1, ["p99<10ms", "errors<5%"], True, ""),
-])
+@pytest.mark.parametrize(
+    "achieved, p99, errors, goals, held, reason",
+    [
+        (100.0, 5_000, 0, ["p99<10ms"], True, ""),
+        (95.0, 5_000, 0, ["p99<10ms"], True, ""),
+        (94.0, 5_000, 0, ["p99<10ms"], False, "achieved 94.0 of 100 req/s"),
+        (100.0, 12_000, 0, ["p99<10ms"], False, "p99<10ms: NOT met"),
+        (100.0, 5_000, 1, ["p99<10ms"], False, "1 requests failed"),
+        (100.0, 5_000, 1, ["p99<10ms", "errors<5%"], True, ""),
+    ],
+)
 def test_judge_step(achieved: float, p99: int, errors: int, goals: list[str], held: bool, reason: str) -> None:
     parsed = parse_goals(goals)
     doc = _step_doc(100.0, achieved, p99, errors)
@@ -123,8 +133,25 @@ def test_known_answer_iterative_model(corpus: str) -> None:
 def test_cli_prints_the_curve_and_a_valid_document(corpus: str) -> None:
     with open(schema_path("capacity")) as f:
         validator = jsonschema.Draft202012Validator(json.load(f))
-    out = run_cli("load", "/_/work?wait=20", "--serve", "asyncio", "--root", corpus, "-c", "2", "--find-capacity",
-                  "--slo", "p90<300ms", "--search-start", "40", "--search-resolution", "0.5", "--json", "-")
+    out = run_cli(
+        "load",
+        "/_/work?wait=20",
+        "--serve",
+        "asyncio",
+        "--root",
+        corpus,
+        "-c",
+        "2",
+        "--find-capacity",
+        "--slo",
+        "p90<300ms",
+        "--search-start",
+        "40",
+        "--search-resolution",
+        "0.5",
+        "--json",
+        "-",
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     validator.validate(doc)
@@ -136,28 +163,67 @@ def test_cli_prints_the_curve_and_a_valid_document(corpus: str) -> None:
 
 
 def test_cli_no_rate_holds_exits_5(corpus: str) -> None:
-    out = run_cli("load", "/_/work?wait=20", "--serve", "asyncio", "--root", corpus, "-c", "2", "--find-capacity",
-                  "--slo", "p50<5ms", "--search-start", "40", "--search-time", "5s")
+    out = run_cli(
+        "load",
+        "/_/work?wait=20",
+        "--serve",
+        "asyncio",
+        "--root",
+        corpus,
+        "-c",
+        "2",
+        "--find-capacity",
+        "--slo",
+        "p50<5ms",
+        "--search-start",
+        "40",
+        "--search-time",
+        "5s",
+    )
     assert out.returncode == 5, out.stderr
     assert "Capacity: none found at p50<5ms" in out.stdout
 
 
-@pytest.mark.parametrize("goals, extra, part", [
-    ([], {}, "give --slo"),
-    (["rps>100"], {}, "not an rps goal"),
-    (["p99<10ms"], {"requests": 100}, "drop -n"),
-])
+@pytest.mark.parametrize(
+    "goals, extra, part",
+    [
+        ([], {}, "give --slo"),
+        (["rps>100"], {}, "not an rps goal"),
+        (["p99<10ms"], {"requests": 100}, "drop -n"),
+    ],
+)
 def test_a_search_that_cannot_mean_anything_is_refused(goals: list[str], extra: dict, part: str) -> None:
     opts = LoadOptions(url="http://127.0.0.1:9/", slos=goals, **extra)
     with pytest.raises(OptionError, match=part):
         find_capacity(opts, SearchSettings())
 
 
-
 def test_ctrl_c_ends_the_search(corpus: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "serverzoo", "load", "/_/work?wait=20", "--serve", "asyncio",
-                             "--root", corpus, "-c", "2", "--find-capacity", "--slo", "p90<300ms", "--search-start",
-                             "20", "-d", "20s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serverzoo",
+            "load",
+            "/_/work?wait=20",
+            "--serve",
+            "asyncio",
+            "--root",
+            corpus,
+            "-c",
+            "2",
+            "--find-capacity",
+            "--slo",
+            "p90<300ms",
+            "--search-start",
+            "20",
+            "-d",
+            "20s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         time.sleep(3)  # inside the first step's 20 s window

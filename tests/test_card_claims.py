@@ -33,8 +33,14 @@ SERVE_DESPITE_IDLE = ["select", "asyncio", "gevent", "threading", "trio"]
 
 
 def _load(corpus_root: str, model: str, args: list[str], **kw) -> dict:
-    opts = LoadOptions(url="/page.txt", serve=model, root=corpus_root, server_args=PATIENT + args,
-                       connections=kw.pop("connections", 2), **(RUN | kw))
+    opts = LoadOptions(
+        url="/page.txt",
+        serve=model,
+        root=corpus_root,
+        server_args=PATIENT + args,
+        connections=kw.pop("connections", 2),
+        **(RUN | kw),
+    )
     return run_load(opts)
 
 
@@ -66,8 +72,10 @@ def test_slow_readers_stall_the_iterative_server_and_not_an_event_loop(corpus_ro
 
 
 # "with more keep-alive clients than threads (workers, children) the extra ones starve until a holder leaves"
-@pytest.mark.parametrize("model,args", [("threadpool", ["--pool", "2"]), ("prefork", ["--workers", "2"]),
-                                        ("forking", ["--max-children", "2"])])
+@pytest.mark.parametrize(
+    "model,args",
+    [("threadpool", ["--pool", "2"]), ("prefork", ["--workers", "2"]), ("forking", ["--max-children", "2"])],
+)
 def test_more_keepalive_clients_than_the_cap_starve_the_extra_ones(corpus_root, model, args):
     kept = _load(corpus_root, model, args, connections=4, reconnect_after=None)
     assert kept["requests"] > 0 and kept["errors"].get("read_timeout", 0) > 0, (kept["requests"], kept["errors"])

@@ -26,6 +26,7 @@ def status_of(raw: bytes) -> int:
 
 # -- exact bytes ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", FILE_NAMES)
 def test_file_bytes_are_exact(server, name):
     with Client(server.url) as c:
@@ -37,8 +38,11 @@ def test_file_bytes_are_exact(server, name):
 
 def test_nested_unicode_and_space_names(server):
     with Client(server.url) as c:
-        for name, target in [("sub/nested.bin", "/sub/nested.bin"), ("with space.txt", "/with%20space.txt"),
-                             ("ünïcode.txt", "/%C3%BCn%C3%AFcode.txt")]:
+        for name, target in [
+            ("sub/nested.bin", "/sub/nested.bin"),
+            ("with space.txt", "/with%20space.txt"),
+            ("ünïcode.txt", "/%C3%BCn%C3%AFcode.txt"),
+        ]:
             r = c.request(target)
             assert r.status == 200, target
             assert r.body == content_for(name, FILES[name])
@@ -115,7 +119,7 @@ def test_range(server, spec, status, span):
         assert r.headers["content-range"] == f"bytes */{SIZE}"
         return
     start, length = span
-    assert r.body == data[start:start + length]
+    assert r.body == data[start : start + length]
     if status == 206:
         assert r.headers["content-range"] == f"bytes {start}-{start + length - 1}/{SIZE}"
 
@@ -126,7 +130,7 @@ def test_range_in_a_streamed_file(server):
     with Client(server.url) as c:
         r = c.request("/big.bin", headers=[("Host", "t"), ("Range", f"bytes={start}-{end}")])
     assert r.status == 206
-    assert r.body == content_for("big.bin", size)[start:end + 1]
+    assert r.body == content_for("big.bin", size)[start : end + 1]
 
 
 def test_range_on_empty_file_is_unsatisfiable(server):
@@ -143,6 +147,7 @@ def test_if_range_mismatch_sends_whole_file(server):
 
 # -- not found, traversal --------------------------------------------------------------
 
+
 def test_missing_file_is_404_with_a_reason(server):
     with Client(server.url) as c:
         r = c.request("/no/such/file.bin")
@@ -157,16 +162,40 @@ def test_fifo_is_not_served(server):
 
 
 TRAVERSALS = [
-    "/../outside/secret.txt", "/../../../../etc/passwd", "/sub/../../outside/secret.txt",
-    "/%2e%2e/outside/secret.txt", "/%2E%2E/outside/secret.txt", "/%2e%2e%2foutside%2fsecret.txt",
-    "/sub/%2e%2e/%2e%2e/outside/secret.txt", "/..%2foutside/secret.txt", "/..%2Foutside%2Fsecret.txt",
-    "/%252e%252e/outside/secret.txt", "/%252e%252e%252foutside%252fsecret.txt", "/.%2e/outside/secret.txt",
-    "/%2e./outside/secret.txt", "/..\\outside\\secret.txt", "/..%5coutside%5csecret.txt", "/%5c..%5csecret.txt",
-    "/link_out", "/dir_out/secret.txt", "/dir_out/", "/sub/../link_out", "/./link_out",
-    "/odd.bin%00.txt", "/%00", "/sub%00/../../outside/secret.txt", "//etc/passwd", "/..",
-    "/sub/..%2f..%2foutside/secret.txt", "/%c0%ae%c0%ae/outside/secret.txt", "/%ff/../../outside/secret.txt",
-    "/..;/outside/secret.txt", "/...//outside/secret.txt", "/./../outside/secret.txt",
-    "/%2e%2e%5coutside%5csecret.txt", "/sub/./../../outside/./secret.txt",
+    "/../outside/secret.txt",
+    "/../../../../etc/passwd",
+    "/sub/../../outside/secret.txt",
+    "/%2e%2e/outside/secret.txt",
+    "/%2E%2E/outside/secret.txt",
+    "/%2e%2e%2foutside%2fsecret.txt",
+    "/sub/%2e%2e/%2e%2e/outside/secret.txt",
+    "/..%2foutside/secret.txt",
+    "/..%2Foutside%2Fsecret.txt",
+    "/%252e%252e/outside/secret.txt",
+    "/%252e%252e%252foutside%252fsecret.txt",
+    "/.%2e/outside/secret.txt",
+    "/%2e./outside/secret.txt",
+    "/..\\outside\\secret.txt",
+    "/..%5coutside%5csecret.txt",
+    "/%5c..%5csecret.txt",
+    "/link_out",
+    "/dir_out/secret.txt",
+    "/dir_out/",
+    "/sub/../link_out",
+    "/./link_out",
+    "/odd.bin%00.txt",
+    "/%00",
+    "/sub%00/../../outside/secret.txt",
+    "//etc/passwd",
+    "/..",
+    "/sub/..%2f..%2foutside/secret.txt",
+    "/%c0%ae%c0%ae/outside/secret.txt",
+    "/%ff/../../outside/secret.txt",
+    "/..;/outside/secret.txt",
+    "/...//outside/secret.txt",
+    "/./../outside/secret.txt",
+    "/%2e%2e%5coutside%5csecret.txt",
+    "/sub/./../../outside/./secret.txt",
 ]
 
 
@@ -184,6 +213,7 @@ def test_traversal_in_absolute_form_is_refused(server):
 
 # -- methods, versions, malformed, limits --------------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "FOO"])
 def test_other_methods_get_405(server, method):
     raw = raw_exchange(server.url, f"{method} /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n".encode())
@@ -197,15 +227,19 @@ def test_other_versions_get_505(server, version):
     assert status_of(raw) == 505
 
 
-@pytest.mark.parametrize("head", [
-    b"GARBAGE\r\n\r\n",
-    b"GET /odd.bin HTTP/1.1\r\n\r\n",  # 1.1 without Host
-    b"GET /odd.bin HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    b"GET /odd.bin HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
-    b"GET odd.bin HTTP/1.1\r\nHost: t\r\n\r\n",
-    b"GET /odd.bin HTTP/1.1\nHost: t\n\n",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello
-], ids=["garbage", "no-host", "two-hosts", "bad-header", "no-slash", "bare-lf", "tls"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /odd.bin HTTP/1.1\r\n\r\n",  # 1.1 without Host
+        b"GET /odd.bin HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /odd.bin HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
+        b"GET odd.bin HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /odd.bin HTTP/1.1\nHost: t\n\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello
+    ],
+    ids=["garbage", "no-host", "two-hosts", "bad-header", "no-slash", "bare-lf", "tls"],
+)
 def test_malformed_requests_get_400_and_close(server, head):
     raw = raw_exchange(server.url, head)
     assert status_of(raw) == 400
@@ -230,6 +264,7 @@ def test_request_body_is_refused_and_connection_closed(server):
 
 # -- connections -------------------------------------------------------------------------
 
+
 def test_keep_alive_many_requests(server):
     with Client(server.url) as c:
         for i in range(200):
@@ -240,8 +275,18 @@ def test_keep_alive_many_requests(server):
 
 
 def test_pipelined_requests_answered_in_order(server):
-    names = ["odd.bin", "one.bin", "page.txt", "missing", "empty.bin", "sub/nested.bin", "odd.bin", "page.txt",
-             "one.bin", "mid.bin"]
+    names = [
+        "odd.bin",
+        "one.bin",
+        "page.txt",
+        "missing",
+        "empty.bin",
+        "sub/nested.bin",
+        "odd.bin",
+        "page.txt",
+        "one.bin",
+        "mid.bin",
+    ]
     with Client(server.url) as c:
         c.send(b"".join(c.request_bytes("/" + n) for n in names))
         for n in names:
@@ -324,6 +369,7 @@ def test_fifty_concurrent_clients_get_correct_bytes(server):
 
 # -- timeouts ----------------------------------------------------------------------------------
 
+
 def test_idle_keep_alive_connection_is_closed(server):
     with Client(server.url) as c:
         assert c.request("/one.bin").status == 200
@@ -345,7 +391,7 @@ def test_dribbling_client_cannot_outlast_the_header_timeout(server):
         closed = False
         for i in range(120):  # one byte every 0.1 s would take 12 s; the header timeout is 2 s
             try:
-                c.send(b"X-Slow: y\r\n"[i % 11:i % 11 + 1] if i else b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n")
+                c.send(b"X-Slow: y\r\n"[i % 11 : i % 11 + 1] if i else b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n")
             except OSError:
                 closed = True
                 break
@@ -358,6 +404,7 @@ def test_dribbling_client_cannot_outlast_the_header_timeout(server):
 
 
 # -- listings and the work endpoint -----------------------------------------------------------
+
 
 def test_listing_text_and_json(server):
     with Client(server.url) as c:

@@ -120,8 +120,14 @@ def test_draining_connection_says_close(app):
 
 
 NORMALISE = [
-    (b"/", ()), (b"/a/b", ("a", "b")), (b"//a///b/", ("a", "b")), (b"/a/./b", ("a", "b")),
-    (b"/a/../b", ("b",)), (b"/a%2Fb", ("a", "b")), (b"/%C3%BC", ("ü",)), (b"/%252e%252e", ("%2e%2e",)),
+    (b"/", ()),
+    (b"/a/b", ("a", "b")),
+    (b"//a///b/", ("a", "b")),
+    (b"/a/./b", ("a", "b")),
+    (b"/a/../b", ("b",)),
+    (b"/a%2Fb", ("a", "b")),
+    (b"/%C3%BC", ("ü",)),
+    (b"/%252e%252e", ("%2e%2e",)),
 ]
 
 
@@ -138,10 +144,21 @@ def test_normalise_refuses(path):
 
 
 RANGES = [  # (header, size, result) with None for the whole file and "416" for unsatisfiable
-    (None, 10, None), (b"bytes=0-0", 10, (0, 1)), (b"bytes=2-", 10, (2, 8)), (b"bytes=-3", 10, (7, 3)),
-    (b"bytes=-30", 10, (0, 10)), (b"bytes=5-100", 10, (5, 5)), (b"bytes=10-", 10, "416"), (b"bytes=-0", 10, "416"),
-    (b"bytes=0-", 0, "416"), (b"bytes=1-2,4-5", 10, None), (b"bytes=x-1", 10, None), (b"bytes=3-1", 10, None),
-    (b"bits=0-1", 10, None), (b"bytes= 1 - 2 ", 10, (1, 2)), (b"bytes=-", 10, None),
+    (None, 10, None),
+    (b"bytes=0-0", 10, (0, 1)),
+    (b"bytes=2-", 10, (2, 8)),
+    (b"bytes=-3", 10, (7, 3)),
+    (b"bytes=-30", 10, (0, 10)),
+    (b"bytes=5-100", 10, (5, 5)),
+    (b"bytes=10-", 10, "416"),
+    (b"bytes=-0", 10, "416"),
+    (b"bytes=0-", 0, "416"),
+    (b"bytes=1-2,4-5", 10, None),
+    (b"bytes=x-1", 10, None),
+    (b"bytes=3-1", 10, None),
+    (b"bits=0-1", 10, None),
+    (b"bytes= 1 - 2 ", 10, (1, 2)),
+    (b"bytes=-", 10, None),
 ]
 
 
@@ -213,8 +230,9 @@ def test_parse_cache_changes_no_answer(app, data, expected, closed):
     plain = HttpConnection(app, "serverzoo-test", lambda: DATE, parse_cache=False).receive(data)
     for _ in range(2):  # the second time round, valid heads come from the cache
         cached = HttpConnection(app, "serverzoo-test", lambda: DATE, parse_cache=True).receive(data)
-        assert [(p.status, p.head, p.body, p.file, p.close) for p in cached] == \
-               [(p.status, p.head, p.body, p.file, p.close) for p in plain]
+        assert [(p.status, p.head, p.body, p.file, p.close) for p in cached] == [
+            (p.status, p.head, p.body, p.file, p.close) for p in plain
+        ]
 
 
 def test_parse_cache_respects_draining(app):

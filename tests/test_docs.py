@@ -118,9 +118,15 @@ def test_runnable_block(block: Block, tmp_path: Path) -> None:
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     log = tmp_path / "block-output.txt"
     with log.open("wb") as out:
-        process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block.script], cwd=tmp_path, env=env,
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", block.script],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             returncode: int | None = process.wait(timeout=BLOCK_TIMEOUT)
         except subprocess.TimeoutExpired:

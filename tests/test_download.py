@@ -105,8 +105,12 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextmanager
 def python_http_server(root: str) -> Iterator[str]:
     # -u: it prints "Serving HTTP on 127.0.0.1 port N" once listening; unbuffered, we read the port from it
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", root,
-                             "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", root, "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         found = re.search(rb" port (\d+) ", _first_line(proc, 15))
         assert found, "python -m http.server did not say its port"
@@ -149,9 +153,12 @@ def nginx_server(root: str) -> Iterator[str]:
             port = _free_port()
             with open(f"{d}/nginx.conf", "w") as f:
                 f.write(NGINX_CONF.format(d=d, port=port, root=root))
-            proc = subprocess.Popen([nginx, "-p", d, "-e", f"{d}/error.log", "-c", f"{d}/nginx.conf", "-g",
-                                     "daemon off;"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [nginx, "-p", d, "-e", f"{d}/error.log", "-c", f"{d}/nginx.conf", "-g", "daemon off;"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 10
             while proc.poll() is None and time.monotonic() < deadline:
                 try:
@@ -174,6 +181,7 @@ def servers(root: str) -> Iterator[Callable[[str], str]]:
     """url_of(kind): a model name, "http.server" or "nginx", started on first use, stopped at module end."""
     urls: dict[str, str] = {}
     with ExitStack() as stack:
+
         def url_of(kind: str) -> str:
             if kind not in urls:
                 if kind == "http.server":
@@ -231,8 +239,13 @@ class RawServer:
 
 # -- helpers ----------------------------------------------------------------------------
 def run(*args: str, cwd: str | os.PathLike, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run([sys.executable, "-m", "serverzoo", *args], cwd=cwd, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "serverzoo", *args],
+        cwd=cwd,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
     assert b"Traceback" not in proc.stderr, proc.stderr.decode()
     return proc
 
@@ -267,8 +280,9 @@ def read(path: str | os.PathLike) -> bytes:
         return f.read()
 
 
-def write_partial(dest: str | os.PathLike, data: bytes, validator: str | None = None, total: int | None = None,
-                  meta: bool = True) -> None:
+def write_partial(
+    dest: str | os.PathLike, data: bytes, validator: str | None = None, total: int | None = None, meta: bool = True
+) -> None:
     with open(f"{dest}.part", "wb") as f:
         f.write(data)
     if meta:
@@ -309,8 +323,17 @@ def test_get_never_overwrites_without_force(servers, tmp_path):
     assert read(tmp_path / "into" / "odd.bin") == content("odd.bin")
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/", "http://127.0.0.1:9/a%2Fb", "http://127.0.0.1:9/..",
-                                 "http://127.0.0.1:9/%2e%2e", "http://127.0.0.1:9/a%5Cb", "http://127.0.0.1:9/x%0A"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/",
+        "http://127.0.0.1:9/a%2Fb",
+        "http://127.0.0.1:9/..",
+        "http://127.0.0.1:9/%2e%2e",
+        "http://127.0.0.1:9/a%5Cb",
+        "http://127.0.0.1:9/x%0A",
+    ],
+)
 def test_get_refuses_unsafe_default_names(url, tmp_path):
     err = one_line_error(run("get", url, cwd=tmp_path))
     assert "-o PATH" in err
@@ -386,8 +409,9 @@ def test_refused_connection(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "http:///x", "127.0.0.1/x", "http://127.0.0.1:99999/x",
-                                 "http://[::1/x"])
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x", "http:///x", "127.0.0.1/x", "http://127.0.0.1:99999/x", "http://[::1/x"]
+)
 def test_bad_url(url, tmp_path):
     assert "bad URL" in one_line_error(run("get", url, cwd=tmp_path))
     assert "bad URL" in one_line_error(run("ls", url, cwd=tmp_path), "ls")
@@ -397,14 +421,18 @@ def test_dns_failure_in_a_private_network_namespace(tmp_path):
     """In a new network namespace (loopback down, no route) a lookup fails at once, without real DNS traffic."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("cannot create a network namespace here (needs unshare and CAP_SYS_ADMIN)")
-    proc = subprocess.run(["unshare", "-n", sys.executable, "-m", "serverzoo", "get", "http://no-such-host.invalid/x"],
-                          cwd=tmp_path, capture_output=True, timeout=30)
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "serverzoo", "get", "http://no-such-host.invalid/x"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=30,
+    )
     assert b"Traceback" not in proc.stderr
     assert "cannot resolve host no-such-host.invalid" in one_line_error(proc)
 
 
 SIZE = 100_000
-HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: \"v1\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+HEAD = b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: "v1"\r\nContent-Type: application/octet-stream\r\n\r\n'
 BODY = random.Random("fake").randbytes(SIZE)
 
 
@@ -429,8 +457,10 @@ def test_short_body_then_resume_asks_for_the_rest(tmp_path):
     def first_short_then_the_rest(fake: RawServer, conn: socket.socket, head: bytes) -> None:
         if len(fake.heads) == 1:
             return short_body(fake, conn, head)
-        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 60000\r\nETag: \"v1\"\r\n"
-                     b"Content-Range: bytes 40000-99999/100000\r\n\r\n" + BODY[40_000:])
+        conn.sendall(
+            b'HTTP/1.1 206 Partial Content\r\nContent-Length: 60000\r\nETag: "v1"\r\n'
+            b"Content-Range: bytes 40000-99999/100000\r\n\r\n" + BODY[40_000:]
+        )
 
     with RawServer(first_short_then_the_rest) as fake:
         one_line_error(run("get", fake.url + "f.bin", cwd=tmp_path))
@@ -447,8 +477,10 @@ def test_resume_restarts_when_a_server_ignores_if_range_but_the_file_changed(tmp
         if found is None:
             return conn.sendall(HEAD % SIZE + BODY)
         start = int(found.group(1))
-        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\nETag: \"v1\"\r\n"
-                     b"Content-Range: bytes %d-%d/%d\r\n\r\n" % (SIZE - start, start, SIZE - 1, SIZE) + BODY[start:])
+        conn.sendall(
+            b'HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\nETag: "v1"\r\n'
+            b"Content-Range: bytes %d-%d/%d\r\n\r\n" % (SIZE - start, start, SIZE - 1, SIZE) + BODY[start:]
+        )
 
     write_partial(tmp_path / "f.bin", b"\xaa" * 1000, '"v0"', SIZE)  # from an older version of the file
     with RawServer(ranges_without_if_range) as fake:
@@ -484,9 +516,14 @@ def test_read_timeout(behave, tmp_path):
 def test_ctrl_c_keeps_the_partial_for_resume(tmp_path):
     with RawServer(stall_mid_body) as fake:
         # SIGINT back to its default: a shell starts background jobs with it ignored, which Python keeps
-        proc = subprocess.Popen([sys.executable, "-m", "serverzoo", "get", fake.url + "f.bin"], cwd=tmp_path,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serverzoo", "get", fake.url + "f.bin"],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             deadline = time.monotonic() + 15
             part = tmp_path / "f.bin.part"

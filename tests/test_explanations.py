@@ -17,65 +17,109 @@ from serverzoo.bench.verdicts import Contender, decide
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "bench_run_fixture.json")
 
 
-def spent(server: str, cores: float, given: int = 1, us_per_request: float = 10.0, p50_us: float = 500.0,
-          us_per_mb: float | None = None) -> Spend:
+def spent(
+    server: str,
+    cores: float,
+    given: int = 1,
+    us_per_request: float = 10.0,
+    p50_us: float = 500.0,
+    us_per_mb: float | None = None,
+) -> Spend:
     return Spend(server, cores, given, us_per_request / 1e6, None if us_per_mb is None else us_per_mb / 1e6, p50_us)
 
 
 def contenders(*figures: tuple[str, float], flags: dict[str, tuple[str, ...]] | None = None) -> list[Contender]:
-    return [Contender(s, u.Estimate(v, v * 0.02, 5, "batch-means"), (flags or {}).get(s, ()), (), 10_000)
-            for s, v in figures]
+    return [
+        Contender(s, u.Estimate(v, v * 0.02, 5, "batch-means"), (flags or {}).get(s, ()), (), 10_000)
+        for s, v in figures
+    ]
 
 
 # name, verdict inputs (contenders, metric, higher is better), spending, words the reading must hold
 # (or, after "!", must not)
 CASES = [
-    ("both busy: the cheaper request path",
-     (contenders(("select", 130), ("asyncio", 100)), "rps", True),
-     [spent("select", 0.92, us_per_request=7.5), spent("asyncio", 0.93, us_per_request=9.8)],
-     ["Both kept their CPU busy", "7.5 µs", "9.8 µs", "accounts for most of the lead"]),
-    ("both busy, but the cost gap covers little of the lead",
-     (contenders(("select", 150), ("asyncio", 100)), "rps", True),
-     [spent("select", 0.92, us_per_request=9.5), spent("asyncio", 0.93, us_per_request=10.0)],
-     ["Both kept their CPU busy", "!accounts for"]),
-    ("more cores on a two-CPU placement",
-     (contenders(("forking", 1500), ("select", 1000)), "rps", True),
-     [spent("forking", 1.8, given=2), spent("select", 1.0, given=2)],
-     ["forking put 1.8 cores to work against select's 1.0", "more than one core"]),
-    ("the slower one left its CPU idle",
-     (contenders(("threading", 900), ("iterative", 300)), "rps", True),
-     [spent("threading", 0.9), spent("iterative", 0.3)],
-     ["iterative left 70% of its CPU idle", "held up by waiting"]),
-    ("neither short of CPU: latency decides a closed loop",
-     (contenders(("asyncio", 400), ("threading", 300)), "rps", True),
-     [spent("asyncio", 0.4, p50_us=2000), spent("threading", 0.45, p50_us=2700)],
-     ["Neither was short of CPU", "connections / latency", "2.70 ms against 2.00 ms"]),
-    ("a latency winner whose runner-up queued for the CPU",
-     (contenders(("asyncio", 11_000), ("threading", 16_000)), "p99_us", False),
-     [spent("asyncio", 0.5), spent("threading", 0.95)],
-     ["threading's CPU was busy (95%)", "queued for the CPU"]),
-    ("a latency winner with CPU to spare on both sides",
-     (contenders(("asyncio", 11_000), ("threading", 16_000)), "p99_us", False),
-     [spent("asyncio", 0.2), spent("threading", 0.3)],
-     ["Neither was short of CPU", "schedules waiting requests"]),
-    ("a tie of models that spent alike",
-     (contenders(("select", 101), ("asyncio", 100)), "mb_per_s", True),
-     [spent("select", 0.95, us_per_mb=420), spent("asyncio", 0.96, us_per_mb=440)],
-     ["Alike in what they spent", "420.0-440.0 µs of CPU per MB", "95%-96% busy"]),
-    ("a tie at low load that CPU cost did not decide",
-     (contenders(("trio", 101), ("forking", 100)), "rps", True),
-     [spent("trio", 0.08, us_per_request=80), spent("forking", 0.3, us_per_request=300)],
-     ["None was short of CPU", "did not decide"]),
-    ("generator-limited with the servers busy too",
-     (contenders(("select", 38_000), ("prefork", 38_100), flags={"select": ("client-bound",),
-                                                                 "prefork": ("client-bound",)}), "rps", True),
-     [spent("select", 0.9), spent("prefork", 0.91)],
-     ["busy too", "may be theirs as much as the generator's"]),
-    ("generator-limited with room on the servers",
-     (contenders(("select", 38_000), ("prefork", 38_100), flags={"select": ("client-bound",),
-                                                                 "prefork": ("client-bound",)}), "rps", True),
-     [spent("select", 0.5), spent("prefork", 0.9)],
-     ["not busy", "select 50%", "room the generator could not fill"]),
+    (
+        "both busy: the cheaper request path",
+        (contenders(("select", 130), ("asyncio", 100)), "rps", True),
+        [spent("select", 0.92, us_per_request=7.5), spent("asyncio", 0.93, us_per_request=9.8)],
+        ["Both kept their CPU busy", "7.5 µs", "9.8 µs", "accounts for most of the lead"],
+    ),
+    (
+        "both busy, but the cost gap covers little of the lead",
+        (contenders(("select", 150), ("asyncio", 100)), "rps", True),
+        [spent("select", 0.92, us_per_request=9.5), spent("asyncio", 0.93, us_per_request=10.0)],
+        ["Both kept their CPU busy", "!accounts for"],
+    ),
+    (
+        "more cores on a two-CPU placement",
+        (contenders(("forking", 1500), ("select", 1000)), "rps", True),
+        [spent("forking", 1.8, given=2), spent("select", 1.0, given=2)],
+        ["forking put 1.8 cores to work against select's 1.0", "more than one core"],
+    ),
+    (
+        "the slower one left its CPU idle",
+        (contenders(("threading", 900), ("iterative", 300)), "rps", True),
+        [spent("threading", 0.9), spent("iterative", 0.3)],
+        ["iterative left 70% of its CPU idle", "held up by waiting"],
+    ),
+    (
+        "neither short of CPU: latency decides a closed loop",
+        (contenders(("asyncio", 400), ("threading", 300)), "rps", True),
+        [spent("asyncio", 0.4, p50_us=2000), spent("threading", 0.45, p50_us=2700)],
+        ["Neither was short of CPU", "connections / latency", "2.70 ms against 2.00 ms"],
+    ),
+    (
+        "a latency winner whose runner-up queued for the CPU",
+        (contenders(("asyncio", 11_000), ("threading", 16_000)), "p99_us", False),
+        [spent("asyncio", 0.5), spent("threading", 0.95)],
+        ["threading's CPU was busy (95%)", "queued for the CPU"],
+    ),
+    (
+        "a latency winner with CPU to spare on both sides",
+        (contenders(("asyncio", 11_000), ("threading", 16_000)), "p99_us", False),
+        [spent("asyncio", 0.2), spent("threading", 0.3)],
+        ["Neither was short of CPU", "schedules waiting requests"],
+    ),
+    (
+        "a tie of models that spent alike",
+        (contenders(("select", 101), ("asyncio", 100)), "mb_per_s", True),
+        [spent("select", 0.95, us_per_mb=420), spent("asyncio", 0.96, us_per_mb=440)],
+        ["Alike in what they spent", "420.0-440.0 µs of CPU per MB", "95%-96% busy"],
+    ),
+    (
+        "a tie at low load that CPU cost did not decide",
+        (contenders(("trio", 101), ("forking", 100)), "rps", True),
+        [spent("trio", 0.08, us_per_request=80), spent("forking", 0.3, us_per_request=300)],
+        ["None was short of CPU", "did not decide"],
+    ),
+    (
+        "generator-limited with the servers busy too",
+        (
+            contenders(
+                ("select", 38_000),
+                ("prefork", 38_100),
+                flags={"select": ("client-bound",), "prefork": ("client-bound",)},
+            ),
+            "rps",
+            True,
+        ),
+        [spent("select", 0.9), spent("prefork", 0.91)],
+        ["busy too", "may be theirs as much as the generator's"],
+    ),
+    (
+        "generator-limited with room on the servers",
+        (
+            contenders(
+                ("select", 38_000),
+                ("prefork", 38_100),
+                flags={"select": ("client-bound",), "prefork": ("client-bound",)},
+            ),
+            "rps",
+            True,
+        ),
+        [spent("select", 0.5), spent("prefork", 0.9)],
+        ["not busy", "select 50%", "room the generator could not fill"],
+    ),
 ]
 
 
@@ -98,8 +142,14 @@ def test_no_reading_without_the_figures():
 
 def _load_doc(cpu_percent: float | None, rps: float, cpu_s: float) -> dict:
     server = {"cpu_s": cpu_s} | ({} if cpu_percent is None else {"cpu_percent": cpu_percent})
-    return {"requests": int(rps), "errors": {"total": 0}, "rps": rps, "mb_per_s": 1.0, "latency_us": {},
-            "server": server}
+    return {
+        "requests": int(rps),
+        "errors": {"total": 0},
+        "rps": rps,
+        "mb_per_s": 1.0,
+        "latency_us": {},
+        "server": server,
+    }
 
 
 def test_cpu_per_request_is_the_cpu_rate_over_the_request_rate():

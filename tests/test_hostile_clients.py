@@ -62,7 +62,8 @@ def test_aborted_downloads_write_a_bounded_number_of_log_lines(start, variant):
     assert srv.stop(timeout=15) == 0
     lines = srv.stderr_text().splitlines()
     assert len(lines) <= 50, f"{variant.name} wrote {len(lines)} lines for 1,200 aborted downloads:\n" + "\n".join(
-        lines[:20])
+        lines[:20]
+    )
 
 
 def full_pipe() -> tuple[int, int]:

@@ -26,8 +26,10 @@ from serverzoo.clients.udp.stream import run_udp_stream
 
 from .links_helpers import PY, check_nothing_left_behind, needs_root_and_iproute2, ours, start_responder
 
-pytestmark = [needs_root_and_iproute2,
-              pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun: no TUN devices")]
+pytestmark = [
+    needs_root_and_iproute2,
+    pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun: no TUN devices"),
+]
 
 ETH_IP_UDP = 14 + 20 + 8  # the line counts an Ethernet header per packet, as tbf does on the veth
 
@@ -143,8 +145,9 @@ def test_the_line_and_namespaces_go_when_the_owner_is_killed(frozen):
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 10
-        while (alive(int(forwarder)) or {server_ns, client_ns} & set(list_namespaces())) \
-                and time.monotonic() < deadline:
+        while (
+            alive(int(forwarder)) or {server_ns, client_ns} & set(list_namespaces())
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not alive(int(forwarder)), "the delay line outlived its owner"
         assert not {server_ns, client_ns} & set(list_namespaces())

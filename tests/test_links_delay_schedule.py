@@ -10,16 +10,35 @@ from serverzoo.clients.links.delay_schedule import ETHERNET_HEADER, Direction, L
 from serverzoo.clients.links.profiles import LinkProfile, get_profile
 from serverzoo.clients.links.shaping import KernelSupport, plan
 
-NO_NETEM_TUN = KernelSupport(netem=False, netem_error="Specified qdisc kind is unknown", tbf=True, tbf_error=None,
-                             nft=True, nft_error=None, tun=True, tun_error=None)
-NO_NETEM_NO_TUN = KernelSupport(netem=False, netem_error="Specified qdisc kind is unknown", tbf=True,
-                                tbf_error=None, nft=True, nft_error=None, tun=False,
-                                tun_error="open: No such file or directory")
-WITH_NETEM = KernelSupport(netem=True, netem_error=None, tbf=True, tbf_error=None, nft=True, nft_error=None,
-                           tun=True, tun_error=None)
+NO_NETEM_TUN = KernelSupport(
+    netem=False,
+    netem_error="Specified qdisc kind is unknown",
+    tbf=True,
+    tbf_error=None,
+    nft=True,
+    nft_error=None,
+    tun=True,
+    tun_error=None,
+)
+NO_NETEM_NO_TUN = KernelSupport(
+    netem=False,
+    netem_error="Specified qdisc kind is unknown",
+    tbf=True,
+    tbf_error=None,
+    nft=True,
+    nft_error=None,
+    tun=False,
+    tun_error="open: No such file or directory",
+)
+WITH_NETEM = KernelSupport(
+    netem=True, netem_error=None, tbf=True, tbf_error=None, nft=True, nft_error=None, tun=True, tun_error=None
+)
 EGRESS = [("S", "veth-srv", "C", "veth-cli"), ("C", "veth-cli", "S", "veth-srv")]
-MEASURED = {"date": "2025-01-01T00:00:00+00:00", "capacity": {"mbit_s": 300.0, "packets_s": 25000.0},
-            "delay": {"rtt_ms_set": 40, "one_way_ms": {"p50": 20.3, "p99": 21.0}}}
+MEASURED = {
+    "date": "2025-01-01T00:00:00+00:00",
+    "capacity": {"mbit_s": 300.0, "packets_s": 25000.0},
+    "delay": {"rtt_ms_set": 40, "one_way_ms": {"p50": 20.3, "p99": 21.0}},
+}
 
 
 def line(**kw) -> Direction:
@@ -107,8 +126,7 @@ def test_lateness_percentiles():
 
 
 def test_settings_from_a_profile():
-    s = LineSettings.from_profile(LinkProfile("x", rtt_ms=40, jitter_ms=2, rate_mbit=100, loss_percent=1,
-                                              queue_ms=30))
+    s = LineSettings.from_profile(LinkProfile("x", rtt_ms=40, jitter_ms=2, rate_mbit=100, loss_percent=1, queue_ms=30))
     assert (s.delay_s, s.jitter_s, s.rate_bps, s.queue_s, s.loss) == (0.020, 0.002, 100e6, 0.030, 0.01)
     assert LineSettings.from_profile(get_profile("veth")).rate_bps is None
 
@@ -140,8 +158,9 @@ def test_without_netem_or_tun_delay_fails_naming_both():
 
 def test_what_net_check_measured_is_quoted_with_warnings_where_the_profile_asks_too_much():
     lan = plan(LinkProfile("fast", rtt_ms=0.2, rate_mbit=1000), NO_NETEM_TUN, EGRESS, measured=MEASURED)
-    assert lan.applied[-2].startswith("WARNING: delay 0.1 ms each way is small beside what the line adds by "
-                                      "itself (0.30 ms each way")
+    assert lan.applied[-2].startswith(
+        "WARNING: delay 0.1 ms each way is small beside what the line adds by itself (0.30 ms each way"
+    )
     assert "this link's delay is about 0.40 ms each way" in lan.applied[-2]
     assert lan.applied[-1].startswith("WARNING: rate 1000 Mbit/s is more than the delay line carried")
     assert "300 Mbit/s" in lan.applied[-1] and "the forwarder, not the profile, limits the rate" in lan.applied[-1]

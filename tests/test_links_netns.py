@@ -62,8 +62,9 @@ def test_namespace_pair_is_created_and_removed():
 def test_a_client_outside_the_namespace_stays_on_this_machine():
     with LinkedHosts("veth") as link:
         # from the host, the server's address is the host's own loopback: no route out, no traffic sent
-        route = subprocess.run(["ip", "route", "get", link.server_addr], capture_output=True, text=True,
-                               timeout=10).stdout
+        route = subprocess.run(
+            ["ip", "route", "get", link.server_addr], capture_output=True, text=True, timeout=10
+        ).stdout
         assert route.startswith("local ") and " dev lo " in route, route
     with open("/proc/sys/net/ipv4/conf/all/route_localnet") as f:
         assert f.read().strip() == "0"  # the host's own setting is untouched
@@ -107,8 +108,12 @@ def test_download_crosses_a_lossy_link_byte_exact(tmp_path):
             body = resp.read()
             conn.close()
         # the drops happened: the client side's rule counted data packets it threw away
-        rules = subprocess.run(["ip", "netns", "exec", link.client_ns, "nft", "list", "table", "inet",
-                                "szoo_link"], capture_output=True, text=True, timeout=10).stdout
+        rules = subprocess.run(
+            ["ip", "netns", "exec", link.client_ns, "nft", "list", "table", "inet", "szoo_link"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     assert resp.status == 200
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
     dropped = int(rules.split("counter packets ")[1].split()[0])
@@ -128,8 +133,12 @@ def test_delay_is_measured_where_the_kernel_has_netem(kernel):
 
 
 def test_cli_link_runs_and_describes_it():
-    done = subprocess.run([*PY, "udp", "test", "--link", "lossy-slow", "--rate", "10M", "--time", "0.5",
-                           "--json", "-"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*PY, "udp", "test", "--link", "lossy-slow", "--rate", "10M", "--time", "0.5", "--json", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["link"]["profile"]["name"] == "lossy-slow"
@@ -140,9 +149,27 @@ def test_cli_link_runs_and_describes_it():
 
 def test_cli_delay_profile_runs_and_says_how_the_delay_is_made(kernel, tmp_path):
     links = tmp_path / "links.toml"
-    links.write_text('[links.far]\nrtt_ms = 30\n')
-    done = subprocess.run([*PY, "udp", "test", "--link", "far", "--links-file", str(links), "--rate", "2M",
-                           "--time", "0.3", "--json", "-"], capture_output=True, text=True, timeout=60)
+    links.write_text("[links.far]\nrtt_ms = 30\n")
+    done = subprocess.run(
+        [
+            *PY,
+            "udp",
+            "test",
+            "--link",
+            "far",
+            "--links-file",
+            str(links),
+            "--rate",
+            "2M",
+            "--time",
+            "0.3",
+            "--json",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     link = json.loads(done.stdout)["link"]
     if kernel.netem:
@@ -156,8 +183,12 @@ def test_cli_delay_profile_runs_and_says_how_the_delay_is_made(kernel, tmp_path)
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed to drop root")
 def test_cli_without_root_is_one_line():
-    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *PY, "udp", "test",
-                           "--link", "veth"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *PY, "udp", "test", "--link", "veth"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 3, done.stderr
     assert "need root" in done.stderr and done.stderr.count("\n") == 1
 
@@ -188,9 +219,16 @@ def _alive(pid: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("start, sig", [(IN_NAMESPACE, signal.SIGKILL), (IN_NAMESPACE, signal.SIGTERM),
-                                        (IN_NAMESPACE, signal.SIGINT), (OUTSIDE, signal.SIGKILL)],
-                         ids=["kill", "term", "ctrl-c", "kill-child-outside"])
+@pytest.mark.parametrize(
+    "start, sig",
+    [
+        (IN_NAMESPACE, signal.SIGKILL),
+        (IN_NAMESPACE, signal.SIGTERM),
+        (IN_NAMESPACE, signal.SIGINT),
+        (OUTSIDE, signal.SIGKILL),
+    ],
+    ids=["kill", "term", "ctrl-c", "kill-child-outside"],
+)
 def test_namespaces_and_processes_go_away_when_the_owner_dies(start, sig):
     proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(start=start)], stdout=subprocess.PIPE, text=True)
     try:
@@ -222,10 +260,16 @@ def test_net_cleanup_removes_dead_runs_only():
     gone.wait()
     leftover = f"szoo-{gone.pid}-1-1-srv"  # a run whose owner is dead
     live = f"szoo-{os.getpid()}-{_start_time(os.getpid())}-1-srv"  # a run whose owner (this test) lives
-    script = (f"mount -t tmpfs serverzoo-test /run/netns && ip netns add {leftover} && ip netns add {live} && "
-              f"{sys.executable} -m serverzoo net cleanup && echo --- && ls /run/netns")
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=60)
+    script = (
+        f"mount -t tmpfs serverzoo-test /run/netns && ip netns add {leftover} && ip netns add {live} && "
+        f"{sys.executable} -m serverzoo net cleanup && echo --- && ls /run/netns"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     said, _, listed = done.stdout.partition("---")
     assert f"removed {leftover}" in said and live not in said, said
@@ -236,7 +280,8 @@ def test_net_cleanup_removes_dead_runs_only():
 
 def test_cli_net_fetch_checks_the_bytes(tmp_path):
     (tmp_path / "f.bin").write_bytes(os.urandom(300_000))
-    done = subprocess.run([*PY, "net", "fetch", "lossy", "f.bin", "--root", str(tmp_path)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [*PY, "net", "fetch", "lossy", "f.bin", "--root", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "HTTP 200, 300000 bytes" in done.stdout and "sha256 matches" in done.stdout

@@ -11,11 +11,13 @@ from serverzoo.clients.links import namespaces, shaping
 from serverzoo.clients.links.profiles import LinkProfile, ProfileError, get_profile, load_profiles
 from serverzoo.clients.links.shaping import KernelSupport, LinkUnavailable, plan
 
-NO_NETEM = KernelSupport(netem=False, netem_error="Specified qdisc kind is unknown", tbf=True, tbf_error=None,
-                         nft=True, nft_error=None)
+NO_NETEM = KernelSupport(
+    netem=False, netem_error="Specified qdisc kind is unknown", tbf=True, tbf_error=None, nft=True, nft_error=None
+)
 WITH_NETEM = KernelSupport(netem=True, netem_error=None, tbf=True, tbf_error=None, nft=True, nft_error=None)
-BARE = KernelSupport(netem=False, netem_error="unknown", tbf=False, tbf_error="unknown", nft=False,
-                     nft_error="nft is not installed")
+BARE = KernelSupport(
+    netem=False, netem_error="unknown", tbf=False, tbf_error="unknown", nft=False, nft_error="nft is not installed"
+)
 EGRESS = [("S", "veth-srv", "C", "veth-cli"), ("C", "veth-cli", "S", "veth-srv")]
 
 
@@ -31,17 +33,20 @@ def test_default_links_file_has_the_named_profiles():
     assert profiles["veth"].summary() == "nothing added"
 
 
-@pytest.mark.parametrize("toml, message", [
-    ("[links.a]\nspeed = 3\n", "unknown key(s) speed"),
-    ("[links.a]\nrate_mbit = -1\n", "must be a number >= 0"),
-    ("[links.a]\nrate_mbit = 0\n", "rate_mbit must be > 0"),
-    ("[links.a]\nloss_percent = 120\n", "at most 100"),
-    ("[links.a]\njitter_ms = 2\n", "needs a delay"),
-    ("[links.a]\nrtt_ms = 'far'\n", "must be a number"),
-    ("links = 3\n", "no [links.NAME] tables"),
-    ("[links]\na = 1\n", "must be a table"),
-    ("[links.a\n", "links file"),
-])
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[links.a]\nspeed = 3\n", "unknown key(s) speed"),
+        ("[links.a]\nrate_mbit = -1\n", "must be a number >= 0"),
+        ("[links.a]\nrate_mbit = 0\n", "rate_mbit must be > 0"),
+        ("[links.a]\nloss_percent = 120\n", "at most 100"),
+        ("[links.a]\njitter_ms = 2\n", "needs a delay"),
+        ("[links.a]\nrtt_ms = 'far'\n", "must be a number"),
+        ("links = 3\n", "no [links.NAME] tables"),
+        ("[links]\na = 1\n", "must be a table"),
+        ("[links.a\n", "links file"),
+    ],
+)
 def test_bad_links_files_are_one_clear_error(tmp_path, toml, message):
     path = tmp_path / "links.toml"
     path.write_text(toml)
@@ -77,8 +82,10 @@ def test_loss_without_netem_drops_on_arrival_with_nftables():
 def test_rate_without_netem_is_a_root_tbf():
     p = plan(LinkProfile("x", rate_mbit=100), NO_NETEM, EGRESS)
     tbf = [line for line in argv_lines(p) if " tbf " in line]
-    assert tbf == ["tc -n S qdisc add dev veth-srv root handle 10: tbf rate 100mbit burst 16384 latency 50ms",
-                   "tc -n C qdisc add dev veth-cli root handle 10: tbf rate 100mbit burst 16384 latency 50ms"]
+    assert tbf == [
+        "tc -n S qdisc add dev veth-srv root handle 10: tbf rate 100mbit burst 16384 latency 50ms",
+        "tc -n C qdisc add dev veth-cli root handle 10: tbf rate 100mbit burst 16384 latency 50ms",
+    ]
 
 
 def test_with_netem_delay_and_loss_go_to_netem_and_rate_to_its_tbf_child():
@@ -117,8 +124,9 @@ def test_missing_helper_binary_is_named():
 
 
 def test_net_links_lists_every_profile():
-    done = subprocess.run([sys.executable, "-m", "serverzoo", "net", "links"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "serverzoo", "net", "links"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     for name in load_profiles():
         assert any(line.startswith(name + " ") for line in done.stdout.splitlines())
@@ -127,5 +135,7 @@ def test_net_links_lists_every_profile():
 def test_only_lossy_links_give_up_segmentation_offload():
     assert not [s for s in plan(LinkProfile("x", rate_mbit=10), NO_NETEM, EGRESS).steps if s.what == "gso"]
     gso = [s.argv for s in plan(get_profile("lossy"), NO_NETEM, EGRESS).steps if s.what == "gso"]
-    assert gso == [["ip", "-n", "S", "link", "set", "dev", "veth-srv", "gso_max_segs", "1"],
-                   ["ip", "-n", "C", "link", "set", "dev", "veth-cli", "gso_max_segs", "1"]]
+    assert gso == [
+        ["ip", "-n", "S", "link", "set", "dev", "veth-srv", "gso_max_segs", "1"],
+        ["ip", "-n", "C", "link", "set", "dev", "veth-cli", "gso_max_segs", "1"],
+    ]

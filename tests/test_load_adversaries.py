@@ -18,9 +18,21 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_adversaries_are_held_and_reported(corpus: str) -> None:
     with ServerProcess("threading", corpus, "--header-timeout", "0.5", "--keepalive-timeout", "5") as srv:
-        doc = run_load(LoadOptions(url=srv.url + "1KiB.bin", corpus=corpus, connections=2, duration=1.5, workers=1,
-                                   idle=3, slow_readers=2, slow_read_rate=100_000, slow_read_path="/4MiB.bin",
-                                   slow_senders=2, slow_send_interval_s=0.1))
+        doc = run_load(
+            LoadOptions(
+                url=srv.url + "1KiB.bin",
+                corpus=corpus,
+                connections=2,
+                duration=1.5,
+                workers=1,
+                idle=3,
+                slow_readers=2,
+                slow_read_rate=100_000,
+                slow_read_path="/4MiB.bin",
+                slow_senders=2,
+                slow_send_interval_s=0.1,
+            )
+        )
     assert doc["errors"]["total"] == 0 and doc["requests"] > 0  # the well-behaved clients were served
     adv = doc["adversaries"]
     idle, readers, senders = adv["idle"], adv["slow_readers"], adv["slow_senders"]

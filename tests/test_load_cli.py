@@ -39,8 +39,18 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_closed_loop_document_validates(server, corpus: str, validator) -> None:
-    doc = run_load(LoadOptions(url=server.url + "1KiB.bin", corpus=corpus, connections=4, duration=1.0, workers=1,
-                               warmup_s=0.3, server_pid=server.pid, percentiles=[75, 99.5]))
+    doc = run_load(
+        LoadOptions(
+            url=server.url + "1KiB.bin",
+            corpus=corpus,
+            connections=4,
+            duration=1.0,
+            workers=1,
+            warmup_s=0.3,
+            server_pid=server.pid,
+            percentiles=[75, 99.5],
+        )
+    )
     validator.validate(doc)
     assert doc["schema"] == "serverzoo.load/1" and doc["mode"] == "closed"
     assert doc["target_rate"] is None and doc["achieved_rate"] is None
@@ -57,8 +67,11 @@ def test_closed_loop_document_validates(server, corpus: str, validator) -> None:
 
 
 def test_open_loop_document_validates(server, corpus: str, validator) -> None:
-    doc = run_load(LoadOptions(url=server.url, corpus=corpus, zipf=1.1, connections=4, rate=200, duration=1.0,
-                               workers=2, ramp_up_s=0.2))
+    doc = run_load(
+        LoadOptions(
+            url=server.url, corpus=corpus, zipf=1.1, connections=4, rate=200, duration=1.0, workers=2, ramp_up_s=0.2
+        )
+    )
     validator.validate(doc)
     assert doc["mode"] == "open" and doc["target_rate"] == 200
     assert doc["achieved_rate"] == pytest.approx(200, rel=0.15)
@@ -66,8 +79,7 @@ def test_open_loop_document_validates(server, corpus: str, validator) -> None:
 
 
 def test_cli_json_to_stdout_validates(server, corpus: str, validator, tmp_path) -> None:
-    out = run_cli("load", server.url + "16KiB.bin", "--corpus", corpus, "-c", "2", "-n", "50", "-w", "1",
-                  "--json", "-")
+    out = run_cli("load", server.url + "16KiB.bin", "--corpus", corpus, "-c", "2", "-n", "50", "-w", "1", "--json", "-")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     validator.validate(doc)
@@ -85,18 +97,21 @@ def test_cli_summary_says_errors_loudly_and_exits_1(server) -> None:
     assert "ERRORS: 3 requests failed (bad_status 3)" in out.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-R", "1", "-w", "2", "-c", "4"], "--rate 1 is below --workers 2"),
-    (["-d", "0"], "--duration must be positive"),
-    (["-d", "1", "-n", "10"], "give --duration or --requests, not both"),
-    (["-c", "1", "-w", "2"], "--connections 1 is below --workers 2"),
-    (["-R", "100", "--conn-mode", "pipeline"], "pipelining is a closed-loop setting"),
-    (["--depth", "4"], "--depth applies to --conn-mode pipeline"),
-    (["-n", "3", "-c", "10"], "--requests 3 is below --connections 10"),
-    (["--zipf", "1"], "--zipf ranks the files of a corpus"),
-    (["--corpus", "/nonexistent-dir"], "no corpus manifest"),
-    (["--cpus", "999"], "--cpus 999 not available"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-R", "1", "-w", "2", "-c", "4"], "--rate 1 is below --workers 2"),
+        (["-d", "0"], "--duration must be positive"),
+        (["-d", "1", "-n", "10"], "give --duration or --requests, not both"),
+        (["-c", "1", "-w", "2"], "--connections 1 is below --workers 2"),
+        (["-R", "100", "--conn-mode", "pipeline"], "pipelining is a closed-loop setting"),
+        (["--depth", "4"], "--depth applies to --conn-mode pipeline"),
+        (["-n", "3", "-c", "10"], "--requests 3 is below --connections 10"),
+        (["--zipf", "1"], "--zipf ranks the files of a corpus"),
+        (["--corpus", "/nonexistent-dir"], "no corpus manifest"),
+        (["--cpus", "999"], "--cpus 999 not available"),
+    ],
+)
 def test_meaningless_settings_are_refused_in_one_line(args: list[str], message: str) -> None:
     out = run_cli("load", "http://127.0.0.1:9/x", *args)
     assert out.returncode == 2
@@ -136,13 +151,18 @@ def test_corpus_is_reproducible_and_checked(tmp_path) -> None:
 
 def test_python_http_server_is_driven(tmp_path, corpus: str) -> None:
     """The standard library's http.server answers HTTP/1.0 and closes: we reconnect and verify."""
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
-                             "--directory", corpus], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", corpus],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) ..."
         port = int(line.split(" port ")[1].split()[0])
-        doc = run_load(LoadOptions(url=f"http://127.0.0.1:{port}/16KiB.bin", corpus=corpus, connections=2,
-                                   requests=40, workers=1))
+        doc = run_load(
+            LoadOptions(url=f"http://127.0.0.1:{port}/16KiB.bin", corpus=corpus, connections=2, requests=40, workers=1)
+        )
     finally:
         proc.terminate()
         proc.wait(10)
@@ -150,14 +170,16 @@ def test_python_http_server_is_driven(tmp_path, corpus: str) -> None:
 
 
 def test_think_time_paces_the_closed_loop(server, corpus: str) -> None:
-    doc = run_load(LoadOptions(url=server.url + "1KiB.bin", corpus=corpus, connections=2, duration=1.0, workers=1,
-                               think_s=0.05))
+    doc = run_load(
+        LoadOptions(url=server.url + "1KiB.bin", corpus=corpus, connections=2, duration=1.0, workers=1, think_s=0.05)
+    )
     # each connection sends at most one request per 50 ms of thinking: about 40 in a second
     assert 20 <= doc["requests"] <= 42 and doc["errors"]["total"] == 0
 
 
-def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(server, corpus: str, validator,
-                                                                              tmp_path) -> None:
+def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(
+    server, corpus: str, validator, tmp_path
+) -> None:
     from serverzoo.bench.cgroups import CgroupPlacer
 
     placer = CgroupPlacer()
@@ -166,9 +188,18 @@ def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(se
         pytest.skip(f"no cgroup v2 here: {placer.why_not}")
     try:
         assert cgroup.adopt(server.pid) >= 1
-        doc = run_load(LoadOptions(url=server.url + "1KiB.bin", corpus=corpus, connections=2, duration=0.6,
-                                   workers=2, timeline_interval_s=0.1, server_pid=server.pid,
-                                   server_cgroup=cgroup.path))
+        doc = run_load(
+            LoadOptions(
+                url=server.url + "1KiB.bin",
+                corpus=corpus,
+                connections=2,
+                duration=0.6,
+                workers=2,
+                timeline_interval_s=0.1,
+                server_pid=server.pid,
+                server_cgroup=cgroup.path,
+            )
+        )
     finally:
         # the module's server lives on: move it back out before the cgroup goes
         with open(os.path.join(os.path.dirname(cgroup.path), "cgroup.procs"), "w") as f:
@@ -191,12 +222,15 @@ def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(se
     assert doc["server"]["cpu_source"] == "cgroup" and doc["server"]["cpu_s"] > 0
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--timeline-interval", "1ms"], "--timeline-interval must be at least"),
-    (["--reconnect-after", "0"], "--reconnect-after must be at least 1"),
-    (["--reconnect-after", "5", "--conn-mode", "new"], "--reconnect-after applies to the closed keep-alive loop"),
-    (["--server-cgroup", "/tmp"], "not a cgroup v2 directory"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--timeline-interval", "1ms"], "--timeline-interval must be at least"),
+        (["--reconnect-after", "0"], "--reconnect-after must be at least 1"),
+        (["--reconnect-after", "5", "--conn-mode", "new"], "--reconnect-after applies to the closed keep-alive loop"),
+        (["--server-cgroup", "/tmp"], "not a cgroup v2 directory"),
+    ],
+)
 def test_bad_slice_reconnect_and_cgroup_options_are_one_line_errors(args, fragment) -> None:
     result = run_cli("load", "http://127.0.0.1:9/x", "-d", "1", *args)
     assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr

@@ -47,8 +47,23 @@ def server(corpus: str):
 
 def test_cli_local_cluster_merges_workers_exactly(server, corpus: str, tmp_path) -> None:
     out = tmp_path / "out.json"
-    r = run_cli("load", server.url + "1KiB.bin", "--corpus", corpus, "-c", "4", "-d", "1", "--warmup", "0.2",
-                "--cluster", "local:2", "--json", str(out), timeout=60)
+    r = run_cli(
+        "load",
+        server.url + "1KiB.bin",
+        "--corpus",
+        corpus,
+        "-c",
+        "4",
+        "-d",
+        "1",
+        "--warmup",
+        "0.2",
+        "--cluster",
+        "local:2",
+        "--json",
+        str(out),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     with open(schema_path()) as f:
@@ -64,6 +79,7 @@ def test_cli_local_cluster_merges_workers_exactly(server, corpus: str, tmp_path)
     merged = latency.decode(doc["histogram"])
     parts = latency.merge(w["histogram"] for w in workers)
     assert merged.get_total_count() == doc["requests"]
+
     def counts(hist) -> list[tuple[int, int]]:
         return [(v.value_iterated_to, v.count_at_value_iterated_to) for v in hist.get_recorded_iterator()]
 
@@ -77,8 +93,21 @@ def test_unreachable_scheduler_fails_before_any_load(tmp_path) -> None:
         target.listen()
         target.setblocking(False)
         url = f"http://127.0.0.1:{target.getsockname()[1]}/1KiB.bin"
-        r = run_cli("load", url, "-c", "2", "-d", "1", "--cluster", f"tcp://127.0.0.1:{refused_port()}",
-                    "--cluster-timeout", "1", "--json", str(tmp_path / "out.json"), timeout=30)
+        r = run_cli(
+            "load",
+            url,
+            "-c",
+            "2",
+            "-d",
+            "1",
+            "--cluster",
+            f"tcp://127.0.0.1:{refused_port()}",
+            "--cluster-timeout",
+            "1",
+            "--json",
+            str(tmp_path / "out.json"),
+            timeout=30,
+        )
         with pytest.raises(BlockingIOError):
             target.accept()
     assert r.returncode == 4
@@ -92,8 +121,10 @@ def test_cluster_refuses_what_it_cannot_do() -> None:
     r = run_cli("load", "http://127.0.0.1:1/", "--cluster", "local:0")
     assert r.returncode == 2 and "local:N" in r.stderr
     with pytest.raises(ClusterError, match="has only 2 workers"), local_cluster(2) as cluster:
-        run_cluster_load(LoadOptions(url="http://127.0.0.1:1/", connections=4, duration=1),
-                         ClusterOptions(cluster.scheduler_address, workers=3))
+        run_cluster_load(
+            LoadOptions(url="http://127.0.0.1:1/", connections=4, duration=1),
+            ClusterOptions(cluster.scheduler_address, workers=3),
+        )
 
 
 def test_killed_worker_gives_partial_result(server, corpus: str) -> None:
@@ -106,7 +137,8 @@ def test_killed_worker_gives_partial_result(server, corpus: str) -> None:
             try:
                 outcome["doc"] = run_cluster_load(
                     LoadOptions(url=server.url + "1KiB.bin", corpus=corpus, connections=4, duration=20),
-                    ClusterOptions(cluster.scheduler_address))
+                    ClusterOptions(cluster.scheduler_address),
+                )
             except Exception as exc:  # the outcome under test
                 outcome["error"] = exc
 
@@ -139,14 +171,14 @@ def test_killed_worker_gives_partial_result(server, corpus: str) -> None:
 def _connected(proc: psutil.Process, port: int) -> bool:
     connections = getattr(proc, "net_connections", None) or proc.connections  # psutil 6 renamed it
     try:
-        return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-                   for c in connections("tcp"))
+        return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in connections("tcp"))
     except psutil.Error:
         return False
 
 
 def test_local_cluster_runs_without_dask_housekeeping_timers() -> None:
     """The settings reach the worker processes (through their nannies), not only this process."""
+
     def timers(dask_worker) -> list[str]:
         return sorted(dask_worker.periodic_callbacks)
 
@@ -160,4 +192,3 @@ def test_local_cluster_runs_without_dask_housekeeping_timers() -> None:
         assert set(client.run(tick_ms).values()) == {1000}
         scheduler = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.periodic_callbacks))
         assert "stealing" not in scheduler and not any(n.startswith("amm") for n in scheduler), scheduler
-

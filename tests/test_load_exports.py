@@ -23,8 +23,24 @@ def url(tmp_path_factory: pytest.TempPathFactory):
 
 def test_timeline_as_csv_and_hdr_log(url: str, tmp_path) -> None:
     csv_path, log_path, json_path = (str(tmp_path / n) for n in ("t.csv", "t.hlog", "r.json"))
-    res = run_cli("load", url, "-c", "4", "-w", "2", "-d", "1.2s", "--timeline-interval", "200ms",
-                  "--csv", csv_path, "--hdr-log", log_path, "--json", json_path)
+    res = run_cli(
+        "load",
+        url,
+        "-c",
+        "4",
+        "-w",
+        "2",
+        "-d",
+        "1.2s",
+        "--timeline-interval",
+        "200ms",
+        "--csv",
+        csv_path,
+        "--hdr-log",
+        log_path,
+        "--json",
+        json_path,
+    )
     assert res.returncode == 0, res.stderr
     with open(json_path) as f:
         doc = json.load(f)
@@ -49,8 +65,9 @@ def test_timeline_as_csv_and_hdr_log(url: str, tmp_path) -> None:
     assert [h.get_value_at_percentile(99) for h in intervals] == [s["p99_us"] for s in timeline]
     # absolute time stamps: the window's start on the wall clock, plus each slice's offset
     assert reader.get_start_time_sec() == pytest.approx(doc["started_unix_s"], abs=0.001)
-    assert intervals[1].get_start_time_stamp() / 1000 == pytest.approx(doc["started_unix_s"] + timeline[0]["t"],
-                                                                        abs=0.01)
+    assert intervals[1].get_start_time_stamp() / 1000 == pytest.approx(
+        doc["started_unix_s"] + timeline[0]["t"], abs=0.01
+    )
 
 
 def test_an_unwritable_export_path_is_a_one_line_error(url: str, tmp_path) -> None:

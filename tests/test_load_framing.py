@@ -45,8 +45,14 @@ class FakeTransport:
 def manifest_dir(tmp_path) -> str:
     """A manifest with no files beside it: bodies can only be checked by hashing."""
     with open(tmp_path / "manifest.json", "w") as f:
-        json.dump({"schema": "serverzoo.corpus/1", "seed": 0,
-                   "files": [{"name": "b.bin", "size": len(BODY), "sha256": hashlib.sha256(BODY).hexdigest()}]}, f)
+        json.dump(
+            {
+                "schema": "serverzoo.corpus/1",
+                "seed": 0,
+                "files": [{"name": "b.bin", "size": len(BODY), "sha256": hashlib.sha256(BODY).hexdigest()}],
+            },
+            f,
+        )
     return str(tmp_path)
 
 
@@ -69,9 +75,12 @@ def make_connection(corpus: str, conn_class=ClientConnection):
 def response(body: bytes, chunked: bool = False) -> bytes:
     if not chunked:
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    pieces = [body[i:i + 70_001] for i in range(0, len(body), 70_001)]
-    return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\nX-Trailer: y\r\n\r\n")
+    pieces = [body[i : i + 70_001] for i in range(0, len(body), 70_001)]
+    return (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
+        + b"0\r\nX-Trailer: y\r\n\r\n"
+    )
 
 
 def feed(conn, data: bytes, sizes: list[int]) -> None:
@@ -84,12 +93,12 @@ def feed(conn, data: bytes, sizes: list[int]) -> None:
         if buffered:
             buffer = conn.get_buffer(-1)
             n = min(n, len(buffer))
-            piece = data[i:i + n]
-            buffer[:len(piece)] = piece
+            piece = data[i : i + n]
+            buffer[: len(piece)] = piece
             conn.buffer_updated(len(piece))
-            buffer[:len(piece)] = b"\xff" * len(piece)  # what a later read would overwrite
+            buffer[: len(piece)] = b"\xff" * len(piece)  # what a later read would overwrite
         else:
-            conn.data_received(data[i:i + n])
+            conn.data_received(data[i : i + n])
         i += n
         k += 1
 
@@ -105,8 +114,9 @@ def corrupt(body: bytes, at: int) -> bytes:
 @pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
 @pytest.mark.parametrize("sizes", [[1 << 20], [7, 1000, 65536], [1]], ids=["whole", "odd-pieces", "bytewise"])
 @pytest.mark.parametrize("digest_from", [verification.DIGEST_FROM, 1000], ids=["memcmp", "xxh3"])
-def test_bodies_are_checked_however_they_arrive(manifest_dir, monkeypatch, budget, chunked, sizes, conn_class,
-                                                digest_from) -> None:
+def test_bodies_are_checked_however_they_arrive(
+    manifest_dir, monkeypatch, budget, chunked, sizes, conn_class, digest_from
+) -> None:
     monkeypatch.setattr(verification, "REFERENCE_ALWAYS", 0)
     monkeypatch.setattr(verification, "REFERENCE_BUDGET", budget)
     monkeypatch.setattr(verification, "DIGEST_FROM", digest_from)
@@ -161,13 +171,16 @@ def test_split_heads_and_unsolicited_bytes(manifest_dir) -> None:
         loop.close()
 
 
-@pytest.mark.parametrize("head, error", [
-    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "bad_status"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world!", "bad_length"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n", "bad_response"),
-    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "bad_response"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "bad_response"),
-])
+@pytest.mark.parametrize(
+    "head, error",
+    [
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "bad_status"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world!", "bad_length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n", "bad_response"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "bad_response"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "bad_response"),
+    ],
+)
 def test_bad_heads_are_classified(manifest_dir, head: bytes, error: str) -> None:
     loop, run, conn = make_connection(manifest_dir)
     try:

@@ -30,21 +30,23 @@ def load(url: str, **kw) -> dict:
     return run_load(LoadOptions(url=url, **kw))
 
 
-@pytest.mark.parametrize("behaviour, file, n, errors", [
-    ("ok", "1KiB.bin", 10, {"total": 0}),
-    ("ok", "16KiB.bin", 10, {"total": 0}),
-    ("vary", "1KiB.bin", 7, {"total": 0}),  # a new head every 7th response: framed and learned again
-    ("vary", "16KiB.bin", 1, {"total": 0}),  # a new head every time: never the fast path
-    ("corrupt", "1KiB.bin", 10, {"total": 6, "corrupt_body": 6}),  # one bad byte among known responses
-    ("corrupt", "1KiB.bin", 1, {"total": REQUESTS, "corrupt_body": REQUESTS}),  # nothing good to learn
-    ("chunked", "16KiB.bin", 10, {"total": 0}),
-    ("http10", "16KiB.bin", 10, {"total": 0}),  # close-delimited: a new connection per response
-    ("close", "1KiB.bin", 10, {"total": 0}),
-    ("short", "16KiB.bin", 10, {"total": REQUESTS, "short_body": REQUESTS}),
-    ("reset", "1KiB.bin", 10, {"total": REQUESTS, "reset": REQUESTS}),
-])
-def test_keepalive_frames_verifies_and_classifies(corpus: str, behaviour: str, file: str, n: int,
-                                                  errors: dict) -> None:
+@pytest.mark.parametrize(
+    "behaviour, file, n, errors",
+    [
+        ("ok", "1KiB.bin", 10, {"total": 0}),
+        ("ok", "16KiB.bin", 10, {"total": 0}),
+        ("vary", "1KiB.bin", 7, {"total": 0}),  # a new head every 7th response: framed and learned again
+        ("vary", "16KiB.bin", 1, {"total": 0}),  # a new head every time: never the fast path
+        ("corrupt", "1KiB.bin", 10, {"total": 6, "corrupt_body": 6}),  # one bad byte among known responses
+        ("corrupt", "1KiB.bin", 1, {"total": REQUESTS, "corrupt_body": REQUESTS}),  # nothing good to learn
+        ("chunked", "16KiB.bin", 10, {"total": 0}),
+        ("http10", "16KiB.bin", 10, {"total": 0}),  # close-delimited: a new connection per response
+        ("close", "1KiB.bin", 10, {"total": 0}),
+        ("short", "16KiB.bin", 10, {"total": REQUESTS, "short_body": REQUESTS}),
+        ("reset", "1KiB.bin", 10, {"total": REQUESTS, "reset": REQUESTS}),
+    ],
+)
+def test_keepalive_frames_verifies_and_classifies(corpus: str, behaviour: str, file: str, n: int, errors: dict) -> None:
     path = os.path.join(corpus, file)
     with MisbehavingServer(behaviour, path, n=n) as srv:
         doc = load(srv.url + file, corpus=corpus, connections=3, requests=REQUESTS)
@@ -66,16 +68,19 @@ def test_a_mix_switches_known_responses_per_target(corpus: str) -> None:
     assert doc["body_bytes"] == sum(t["sent"] * t["expect_length"] for t in doc["targets"])
 
 
-@pytest.mark.parametrize("changes, carried", [
-    ({}, True),
-    ({"loopback_sources": 4}, True),
-    ({"rate": 100.0}, False),  # open loop: drivers.py schedules the sends
-    ({"think_s": 0.01}, False),
-    ({"conn_mode": "pipeline"}, False),
-    ({"conn_mode": "new"}, False),  # fresh_connections.py
-    ({"reconnect_after": 10}, False),
-    ({"url": "http://127.0.0.1:1/64KiB.bin"}, False),  # large bodies go to the buffered protocol
-])
+@pytest.mark.parametrize(
+    "changes, carried",
+    [
+        ({}, True),
+        ({"loopback_sources": 4}, True),
+        ({"rate": 100.0}, False),  # open loop: drivers.py schedules the sends
+        ({"think_s": 0.01}, False),
+        ({"conn_mode": "pipeline"}, False),
+        ({"conn_mode": "new"}, False),  # fresh_connections.py
+        ({"reconnect_after": 10}, False),
+        ({"url": "http://127.0.0.1:1/64KiB.bin"}, False),  # large bodies go to the buffered protocol
+    ],
+)
 def test_which_runs_take_the_raw_socket_path(corpus: str, changes: dict, carried: bool) -> None:
     opts = LoadOptions(**({"url": "http://127.0.0.1:1/16KiB.bin", "corpus": corpus, "requests": 10} | changes))
     opts.validate()

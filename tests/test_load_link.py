@@ -67,8 +67,13 @@ def nothing_left_behind(corpus: str):
 
 def load_cli(*args: str, timeout: float = 45) -> tuple[int, str, str]:
     """`serverzoo load ARGS` in a subprocess: (exit code, stdout, stderr); its namespaces must be gone."""
-    proc = subprocess.Popen([sys.executable, "-m", "serverzoo", "load", "--quiet", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serverzoo", "load", "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -81,12 +86,15 @@ def load_cli(*args: str, timeout: float = 45) -> tuple[int, str, str]:
 
 def wire_bytes(namespace: str) -> tuple[int, int]:
     """(received, sent) bytes over every interface of a namespace but loopback: what crossed the link."""
-    out = subprocess.run(["ip", "-n", namespace, "-s", "-j", "link", "show"], capture_output=True, text=True,
-                         timeout=10, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", namespace, "-s", "-j", "link", "show"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     links = [link for link in json.loads(out) if link["ifname"] != "lo"]
     assert links, out
-    return (sum(link["stats64"]["rx"]["bytes"] for link in links),
-            sum(link["stats64"]["tx"]["bytes"] for link in links))
+    return (
+        sum(link["stats64"]["rx"]["bytes"] for link in links),
+        sum(link["stats64"]["tx"]["bytes"] for link in links),
+    )
 
 
 def body_bytes_expected(doc: dict) -> int:
@@ -95,8 +103,22 @@ def body_bytes_expected(doc: dict) -> int:
 
 # -- --serve on loopback ----------------------------------------------------------------------
 def test_serve_on_loopback_verifies_bodies_and_records_the_server(corpus: str, validator) -> None:
-    code, out, err = load_cli("/1KiB.bin", "/64KiB.bin", "--serve", "threading", "--corpus", corpus,
-                              "-n", "200", "-c", "4", "-w", "1", "--json", "-")
+    code, out, err = load_cli(
+        "/1KiB.bin",
+        "/64KiB.bin",
+        "--serve",
+        "threading",
+        "--corpus",
+        corpus,
+        "-n",
+        "200",
+        "-c",
+        "4",
+        "-w",
+        "1",
+        "--json",
+        "-",
+    )
     assert code == 0, err
     doc = json.loads(out)
     validator.validate(doc)
@@ -118,8 +140,9 @@ def test_serve_on_loopback_verifies_bodies_and_records_the_server(corpus: str, v
 def test_requests_left_waiting_are_reported_not_dropped(corpus: str, validator) -> None:
     """The iterative server serves one keep-alive connection until it closes: the other three
     wait the whole window. Their requests are in no latency figure, so they are counted apart."""
-    code, out, err = load_cli("/1KiB.bin", "--serve", "iterative", "--corpus", corpus, "-c", "4", "-w", "1",
-                              "-d", "1s", "--json", "-")
+    code, out, err = load_cli(
+        "/1KiB.bin", "--serve", "iterative", "--corpus", corpus, "-c", "4", "-w", "1", "-d", "1s", "--json", "-"
+    )
     assert code == 0, err
     doc = json.loads(out)
     validator.validate(doc)
@@ -132,8 +155,25 @@ def test_requests_left_waiting_are_reported_not_dropped(corpus: str, validator) 
 
 
 def test_serve_resolves_a_variant_and_passes_server_args(corpus: str) -> None:
-    code, out, err = load_cli("/1KiB.bin", "--serve", "asyncio-uvloop", "--server-args", "--workers 2",
-                              "--root", corpus, "--server-cpus", "0", "-n", "50", "-c", "2", "-w", "1", "--json", "-")
+    code, out, err = load_cli(
+        "/1KiB.bin",
+        "--serve",
+        "asyncio-uvloop",
+        "--server-args",
+        "--workers 2",
+        "--root",
+        corpus,
+        "--server-cpus",
+        "0",
+        "-n",
+        "50",
+        "-c",
+        "2",
+        "-w",
+        "1",
+        "--json",
+        "-",
+    )
     assert code == 0, err
     started = json.loads(out)["server_process"]
     assert started["name"] == "asyncio-uvloop" and started["model"] == "asyncio"
@@ -142,17 +182,39 @@ def test_serve_resolves_a_variant_and_passes_server_args(corpus: str) -> None:
     assert started["cpus"] == [0] and started["clean_stop"] is True
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["/1KiB.bin", "--link", "veth", "--corpus", "{corpus}"], 2, "--link runs the server on the link's server host"),
-    (["http://127.0.0.1:9/1KiB.bin", "--serve", "threading", "--corpus", "{corpus}"], 2, "give paths like /1KiB.bin"),
-    (["/1KiB.bin", "--serve", "nosuch", "--corpus", "{corpus}"], 2, "--serve nosuch: unknown server"),
-    (["/1KiB.bin", "--serve", "threading"], 2, "--serve needs a directory to serve"),
-    (["/1KiB.bin", "--corpus", "{corpus}"], 2, "/1KiB.bin is a path: give a full URL"),
-    (["/1KiB.bin", "--serve", "threading", "--corpus", "{corpus}", "--server-args", "--pool 3"], 2,
-     "--serve threading did not start: Error: --pool does not apply to the threading model"),
-    (["/1KiB.bin", "--serve", "threading", "--corpus", "{corpus}", "--link", "nosuch"], 3, "--link nosuch: "),
-], ids=["link-without-serve", "url-with-serve", "unknown-model", "no-root", "path-without-serve",
-        "server-fails", "unknown-link"])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (
+            ["/1KiB.bin", "--link", "veth", "--corpus", "{corpus}"],
+            2,
+            "--link runs the server on the link's server host",
+        ),
+        (
+            ["http://127.0.0.1:9/1KiB.bin", "--serve", "threading", "--corpus", "{corpus}"],
+            2,
+            "give paths like /1KiB.bin",
+        ),
+        (["/1KiB.bin", "--serve", "nosuch", "--corpus", "{corpus}"], 2, "--serve nosuch: unknown server"),
+        (["/1KiB.bin", "--serve", "threading"], 2, "--serve needs a directory to serve"),
+        (["/1KiB.bin", "--corpus", "{corpus}"], 2, "/1KiB.bin is a path: give a full URL"),
+        (
+            ["/1KiB.bin", "--serve", "threading", "--corpus", "{corpus}", "--server-args", "--pool 3"],
+            2,
+            "--serve threading did not start: Error: --pool does not apply to the threading model",
+        ),
+        (["/1KiB.bin", "--serve", "threading", "--corpus", "{corpus}", "--link", "nosuch"], 3, "--link nosuch: "),
+    ],
+    ids=[
+        "link-without-serve",
+        "url-with-serve",
+        "unknown-model",
+        "no-root",
+        "path-without-serve",
+        "server-fails",
+        "unknown-link",
+    ],
+)
 def test_bad_settings_say_so_in_one_line(corpus: str, args: list[str], code: int, message: str) -> None:
     rc, out, err = load_cli(*(a.format(corpus=corpus) for a in args), "-n", "10", "-c", "1")
     assert rc == code, err
@@ -166,8 +228,12 @@ def test_bad_settings_say_so_in_one_line(corpus: str, args: list[str], code: int
 def test_requests_cross_the_link(corpus: str) -> None:
     with LinkedHosts("veth") as link:
         rx0, tx0 = wire_bytes(link.server_ns)
-        doc = run_load(LoadOptions(url="/64KiB.bin", serve="threading", corpus=corpus, link="veth", requests=200,
-                                   connections=4, workers=1), hosts=link)
+        doc = run_load(
+            LoadOptions(
+                url="/64KiB.bin", serve="threading", corpus=corpus, link="veth", requests=200, connections=4, workers=1
+            ),
+            hosts=link,
+        )
         rx1, tx1 = wire_bytes(link.server_ns)
     assert doc["requests"] == 200 and doc["errors"]["total"] == 0
     # every request came in over the server host's side of the link, every body went out over it
@@ -181,8 +247,23 @@ def test_requests_cross_the_link(corpus: str) -> None:
 
 @needs_links
 def test_cli_link_result_names_the_link(corpus: str, validator) -> None:
-    code, out, err = load_cli("/1KiB.bin", "--serve", "threading", "--corpus", corpus, "--link", "veth",
-                              "-n", "200", "-c", "4", "-w", "1", "--json", "-")
+    code, out, err = load_cli(
+        "/1KiB.bin",
+        "--serve",
+        "threading",
+        "--corpus",
+        corpus,
+        "--link",
+        "veth",
+        "-n",
+        "200",
+        "-c",
+        "4",
+        "-w",
+        "1",
+        "--json",
+        "-",
+    )
     assert code == 0, err
     doc = json.loads(out)
     validator.validate(doc)
@@ -199,8 +280,23 @@ def test_cli_link_result_names_the_link(corpus: str, validator) -> None:
 
 @needs_links
 def test_lossy_link_every_byte_verified(corpus: str) -> None:
-    code, out, err = load_cli("/64KiB.bin", "--serve", "threading", "--corpus", corpus, "--link", "lossy",
-                              "-n", "200", "-c", "4", "-w", "1", "--json", "-")
+    code, out, err = load_cli(
+        "/64KiB.bin",
+        "--serve",
+        "threading",
+        "--corpus",
+        corpus,
+        "--link",
+        "lossy",
+        "-n",
+        "200",
+        "-c",
+        "4",
+        "-w",
+        "1",
+        "--json",
+        "-",
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert any("loss" in a for a in doc["link"]["applied"]), doc["link"]
@@ -212,9 +308,14 @@ def test_lossy_link_every_byte_verified(corpus: str) -> None:
 def start_in_window(*args: str) -> tuple[subprocess.Popen, bytes]:
     """`serverzoo load --live ARGS` as a terminal's foreground job (its own process group, Ctrl-C not
     ignored), returned once its live line shows that the measured window has begun."""
-    proc = subprocess.Popen([sys.executable, "-m", "serverzoo", "load", "--live", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serverzoo", "load", "--live", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = b""
     deadline = time.monotonic() + 30
     while b"req/s" not in seen and time.monotonic() < deadline:
@@ -244,8 +345,23 @@ def test_ctrl_c_ends_the_window_and_removes_everything(corpus: str, tmp_path) ->
     """A terminal's Ctrl-C (SIGINT to the foreground process group) ends the window early; the server,
     which must not see that SIGINT (it would fail the window's last requests), and the link go away."""
     result = tmp_path / "run.json"
-    proc, seen = start_in_window("/1KiB.bin", "--serve", "threading", "--corpus", corpus, "--link", "veth",
-                                 "-d", "30s", "-c", "2", "-w", "1", "--json", str(result))
+    proc, seen = start_in_window(
+        "/1KiB.bin",
+        "--serve",
+        "threading",
+        "--corpus",
+        corpus,
+        "--link",
+        "veth",
+        "-d",
+        "30s",
+        "-c",
+        "2",
+        "-w",
+        "1",
+        "--json",
+        str(result),
+    )
     try:
         (server_pid,) = servers_on(corpus)
         assert namespaces_of(proc.pid), "the link is up"
@@ -265,8 +381,9 @@ def test_ctrl_c_ends_the_window_and_removes_everything(corpus: str, tmp_path) ->
 
 
 def test_sigterm_stops_the_started_server(corpus: str) -> None:
-    proc, seen = start_in_window("/1KiB.bin", "--serve", "threading", "--corpus", corpus, "-d", "30s", "-c", "2",
-                                 "-w", "1")
+    proc, seen = start_in_window(
+        "/1KiB.bin", "--serve", "threading", "--corpus", corpus, "-d", "30s", "-c", "2", "-w", "1"
+    )
     try:
         (server_pid,) = servers_on(corpus)
         proc.terminate()

@@ -18,8 +18,10 @@ from serverzoo.clients.loadgen.options import LoadOptions
 from .load_helpers import one_kib_server, run_cli, run_in_pty
 
 ESCAPE = "\x1b"
-PLAIN_LINE = re.compile(r"^\s+-?\d+\.\d+s (ramp-up|warmup|measure)\s+[\d,]+ req/s  p50 \S+  p99 \S+  "
-                        r"overall p50 \S+ p99 \S+  errors 0  client CPU \d+%$")
+PLAIN_LINE = re.compile(
+    r"^\s+-?\d+\.\d+s (ramp-up|warmup|measure)\s+[\d,]+ req/s  p50 \S+  p99 \S+  "
+    r"overall p50 \S+ p99 \S+  errors 0  client CPU \d+%$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +84,15 @@ class _Collect:
 
 def _tick(seq: int, completed: int, ns: int, values: list[int], phase: str = "measure") -> dict:
     hist = latency.encode(latency.histogram_of(values))
-    return {"seq": seq, "phase": phase, "completed": completed, "measured": completed, "errors": {},
-            "recent": [(phase, hist)] if values else [], "ns": ns}
+    return {
+        "seq": seq,
+        "phase": phase,
+        "completed": completed,
+        "measured": completed,
+        "errors": {},
+        "recent": [(phase, hist)] if values else [],
+        "ns": ns,
+    }
 
 
 def test_a_second_is_shown_once_every_worker_has_ticked_or_one_is_behind() -> None:

@@ -31,17 +31,20 @@ def load(url: str, **kw) -> dict:
     return run_load(LoadOptions(url=url, conn_mode="new", **kw))
 
 
-@pytest.mark.parametrize("behaviour, file, errors", [
-    ("ok", "1KiB.bin", {"total": 0}),
-    ("ok", "64KiB.bin", {"total": 0}),  # arrives in pieces: the general path takes over
-    ("chunked", "64KiB.bin", {"total": 0}),
-    ("http10", "64KiB.bin", {"total": 0}),
-    ("close", "1KiB.bin", {"total": 0}),
-    ("corrupt", "1KiB.bin", {"total": 3, "corrupt_body": 3}),
-    ("corrupt", "64KiB.bin", {"total": 3, "corrupt_body": 3}),
-    ("short", "64KiB.bin", {"total": 30, "short_body": 30}),
-    ("reset", "1KiB.bin", {"total": 30, "reset": 30}),
-])
+@pytest.mark.parametrize(
+    "behaviour, file, errors",
+    [
+        ("ok", "1KiB.bin", {"total": 0}),
+        ("ok", "64KiB.bin", {"total": 0}),  # arrives in pieces: the general path takes over
+        ("chunked", "64KiB.bin", {"total": 0}),
+        ("http10", "64KiB.bin", {"total": 0}),
+        ("close", "1KiB.bin", {"total": 0}),
+        ("corrupt", "1KiB.bin", {"total": 3, "corrupt_body": 3}),
+        ("corrupt", "64KiB.bin", {"total": 3, "corrupt_body": 3}),
+        ("short", "64KiB.bin", {"total": 30, "short_body": 30}),
+        ("reset", "1KiB.bin", {"total": 30, "reset": 30}),
+    ],
+)
 def test_new_connections_frame_verify_and_classify(corpus: str, behaviour: str, file: str, errors: dict) -> None:
     with MisbehavingServer(behaviour, os.path.join(corpus, file), n=10) as srv:
         doc = load(srv.url + file, corpus=corpus, connections=3, requests=30)
@@ -101,8 +104,11 @@ class PeerRecorder:
                     while b"\r\n\r\n" in data:
                         head, _, data = data.partition(b"\r\n\r\n")
                         closing = b"connection: close" in head.lower()
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" +
-                                     (b"Connection: close\r\n" if closing else b"") + b"\r\n")
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                            + (b"Connection: close\r\n" if closing else b"")
+                            + b"\r\n"
+                        )
                         if closing:
                             return
             except OSError:
@@ -117,8 +123,9 @@ class PeerRecorder:
 def test_loopback_sources_spread_the_connections(conn_mode: str) -> None:
     server = PeerRecorder()
     try:
-        doc = run_load(LoadOptions(url=server.url, conn_mode=conn_mode, connections=4, requests=40, workers=1,
-                                   loopback_sources=4))
+        doc = run_load(
+            LoadOptions(url=server.url, conn_mode=conn_mode, connections=4, requests=40, workers=1, loopback_sources=4)
+        )
     finally:
         server.close()
     assert doc["errors"] == {"total": 0} and doc["requests"] == 40
@@ -150,11 +157,14 @@ def test_running_out_of_local_ports_is_explained(corpus: str) -> None:
     """In a private network namespace with four local ports, eight keep-alive connections cannot all open."""
     if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot create a network namespace here (needs root and unshare)")
-    script = ("ip link set lo up && echo '40000 40003' > /proc/sys/net/ipv4/ip_local_port_range && "
-              f"exec {sys.executable} -m serverzoo load /1KiB.bin --serve select --corpus {corpus} "
-              "-c 8 -w 1 -d 0.6 --quiet")
-    proc = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    script = (
+        "ip link set lo up && echo '40000 40003' > /proc/sys/net/ipv4/ip_local_port_range && "
+        f"exec {sys.executable} -m serverzoo load /1KiB.bin --serve select --corpus {corpus} "
+        "-c 8 -w 1 -d 0.6 --quiet"
+    )
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 1, proc.stderr  # some requests failed
     explained = [line for line in (proc.stdout + proc.stderr).splitlines() if "no free local port" in line]
     assert len(explained) == 1, proc.stdout + proc.stderr

@@ -23,8 +23,9 @@ def test_one_second_stall_shows_in_corrected_p99_only(body) -> None:
     root, path = body
     # 1000 req/s over 4 connections for 2 s; the whole server stops for 1 s after 300 responses
     with MisbehavingServer("stall", path, n=300) as srv:
-        doc = run_load(LoadOptions(url=srv.url + "1KiB.bin", corpus=root, connections=4, rate=1000, duration=2.0,
-                                   workers=1))
+        doc = run_load(
+            LoadOptions(url=srv.url + "1KiB.bin", corpus=root, connections=4, rate=1000, duration=2.0, workers=1)
+        )
     assert doc["mode"] == "open" and doc["errors"]["total"] == 0
     corrected, uncorrected = doc["latency_us"], doc["latency_uncorrected_us"]
     # about half of the requests came due during the stall: the corrected view sees it...
@@ -43,8 +44,17 @@ def test_one_second_stall_shows_in_corrected_p99_only(body) -> None:
 def test_open_loop_rate_and_request_count(body) -> None:
     root, path = body
     with MisbehavingServer("ok", path) as srv:
-        doc = run_load(LoadOptions(url=srv.url + "1KiB.bin", corpus=root, connections=4, rate=400, requests=200,
-                                   arrivals="poisson", workers=2))
+        doc = run_load(
+            LoadOptions(
+                url=srv.url + "1KiB.bin",
+                corpus=root,
+                connections=4,
+                rate=400,
+                requests=200,
+                arrivals="poisson",
+                workers=2,
+            )
+        )
         seen = srv.stop()
     assert doc["requests"] == 200 and doc["errors"]["total"] == 0 and seen == 200
     # 200 requests at 400/s take about half a second

@@ -51,38 +51,66 @@ def frame(chunks, eof: bool = False, as_views: bool = False) -> list:
 
 RESPONSES = [  # (bytes, the end of the stream follows, events)
     (OK_HEAD + b"hello", False, [("head", 200, 5, False, False), b"hello", "end"]),
-    (OK_HEAD + b"hello" + OK_HEAD + b"world", False,
-     [("head", 200, 5, False, False), b"hello", "end", ("head", 200, 5, False, False), b"world", "end"]),
-    (b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH:  3 \r\nConnection: Keep-Alive, Close\r\n\r\nabc", False,
-     [("head", 200, 3, False, True), b"abc", "end"]),
+    (
+        OK_HEAD + b"hello" + OK_HEAD + b"world",
+        False,
+        [("head", 200, 5, False, False), b"hello", "end", ("head", 200, 5, False, False), b"world", "end"],
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH:  3 \r\nConnection: Keep-Alive, Close\r\n\r\nabc",
+        False,
+        [("head", 200, 3, False, True), b"abc", "end"],
+    ),
     (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", False, [("head", 404, 0, False, False), "end"]),
     (b"HTTP/1.1 204 No Content\r\n\r\n", False, [("head", 204, 0, False, False), "end"]),
     (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", False, [("head", 304, 0, False, False), "end"]),
-    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK_HEAD + b"hello", False,
-     [("head", 200, 5, False, False), b"hello", "end"]),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\n"
-     b"X-Trailer: y\r\n\r\n", False, [("head", 200, None, True, False), b"abc0123456789", "end"]),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n0\r\n\r\n" + OK_HEAD + b"hello",
-     False, [("head", 200, None, True, False), "end", ("head", 200, 5, False, False), b"hello", "end"]),
+    (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK_HEAD + b"hello",
+        False,
+        [("head", 200, 5, False, False), b"hello", "end"],
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\n"
+        b"X-Trailer: y\r\n\r\n",
+        False,
+        [("head", 200, None, True, False), b"abc0123456789", "end"],
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n0\r\n\r\n" + OK_HEAD + b"hello",
+        False,
+        [("head", 200, None, True, False), "end", ("head", 200, 5, False, False), b"hello", "end"],
+    ),
     (b"HTTP/1.0 200 OK\r\n\r\nuntil the close", True, [("head", 200, None, False, True), b"until the close", "end"]),
     (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nab", False, [("head", 200, 2, False, True), b"ab", "end"]),
-    (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nab", False,
-     [("head", 200, 2, False, False), b"ab", "end"]),
+    (
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nab",
+        False,
+        [("head", 200, 2, False, False), b"ab", "end"],
+    ),
     (OK_HEAD + b"hel", False, [("head", 200, 5, False, False), b"hel"]),  # waits for the rest
     (b"HTTP/1.1 200 OK\r\nContent-Le", False, []),
     # errors
     (b"", True, [("error", "closed")]),
     (b"HTTP/1.1 200 OK\r\n", True, [("error", "bad_response")]),
     (OK_HEAD + b"hel", True, [("head", 200, 5, False, False), b"hel", ("error", "short_body")]),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", True,
-     [("head", 200, None, True, False), b"ab", ("error", "short_body")]),
+    (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        True,
+        [("head", 200, None, True, False), b"ab", ("error", "short_body")],
+    ),
     (b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n", False, [("error", "bad_response")]),
     (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", False, [("error", "bad_response")]),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", False, [("error", "bad_response")]),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False,
-     [("head", 200, None, True, False), ("error", "bad_response")]),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", False,
-     [("head", 200, None, True, False), b"ab", ("error", "bad_response")]),
+    (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        False,
+        [("head", 200, None, True, False), ("error", "bad_response")],
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n",
+        False,
+        [("head", 200, None, True, False), b"ab", ("error", "bad_response")],
+    ),
     (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", False, [("error", "bad_response")]),
     (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", False, [("error", "bad_response")]),
     (b"HTTP/1.1 2x0 OK\r\n\r\n", False, [("error", "bad_response")]),
@@ -99,7 +127,7 @@ def test_response_table(data: bytes, eof: bool, events: list) -> None:
 def test_any_split_frames_the_same(data: bytes, eof: bool, events: list) -> None:
     for cut in range(1, len(data)):
         assert frame([data[:cut], data[cut:]], eof) == events, cut
-    assert frame([data[i:i + 1] for i in range(len(data))], eof) == events
+    assert frame([data[i : i + 1] for i in range(len(data))], eof) == events
 
 
 @pytest.mark.parametrize("data, eof, events", RESPONSES, ids=IDS)
@@ -140,7 +168,7 @@ def test_whole_response_fast_path(data: bytes, stop: int) -> None:
     reader = ResponseReader()
     assert reader.whole_response(data) == stop
     if stop >= 0:
-        assert reader.known_length == 5 and data[stop - 5:stop] == b"hello"
+        assert reader.known_length == 5 and data[stop - 5 : stop] == b"hello"
         assert reader.whole_response(data) == stop  # the second time from the remembered head
     assert reader.idle  # it never consumes: the general path starts from scratch
 
@@ -152,12 +180,15 @@ def test_whole_response_only_between_responses() -> None:
     assert reader.whole_response(OK_HEAD + b"hello") == -1
 
 
-@pytest.mark.parametrize("head, closes", [
-    (b"http/1.1 200 ok\r\nconnection: close\r\n", True),
-    (b"http/1.1 200 ok\r\nconnection: keep-alive, close\r\n", True),
-    (b"http/1.1 200 ok\r\nconnection: keep-alive\r\nx-close: close\r\n", False),
-    (b"http/1.1 200 ok\r\nconnection: closed\r\n", False),
-])
+@pytest.mark.parametrize(
+    "head, closes",
+    [
+        (b"http/1.1 200 ok\r\nconnection: close\r\n", True),
+        (b"http/1.1 200 ok\r\nconnection: keep-alive, close\r\n", True),
+        (b"http/1.1 200 ok\r\nconnection: keep-alive\r\nx-close: close\r\n", False),
+        (b"http/1.1 200 ok\r\nconnection: closed\r\n", False),
+    ],
+)
 def test_says_close(head: bytes, closes: bool) -> None:
     assert says_close(head) is closes
 

@@ -36,8 +36,24 @@ def validator() -> jsonschema.Draft202012Validator:
 
 def test_a_missed_goal_exits_5_and_the_json_says_by_how_much(server, corpus: str, validator) -> None:
     # every response waits 20 ms, so its p90 cannot be under 10 ms, and it is under 1 s
-    out = run_cli("load", server.url + "_/work?wait=20", "-c", "2", "-n", "40", "-w", "1",
-                  "--slo", "p90<10ms", "--slo", "p90<1s", "--slo", "errors<=0%", "--json", "-")
+    out = run_cli(
+        "load",
+        server.url + "_/work?wait=20",
+        "-c",
+        "2",
+        "-n",
+        "40",
+        "-w",
+        "1",
+        "--slo",
+        "p90<10ms",
+        "--slo",
+        "p90<1s",
+        "--slo",
+        "errors<=0%",
+        "--json",
+        "-",
+    )
     assert out.returncode == 5, out.stderr
     doc = json.loads(out.stdout)
     validator.validate(doc)
@@ -50,8 +66,9 @@ def test_a_missed_goal_exits_5_and_the_json_says_by_how_much(server, corpus: str
 
 
 def test_goals_met_exit_0(server) -> None:
-    out = run_cli("load", server.url + "1KiB.bin", "-c", "2", "-n", "200", "-w", "1",
-                  "--slo", "p99<5s", "--slo", "rps>1")
+    out = run_cli(
+        "load", server.url + "1KiB.bin", "-c", "2", "-n", "200", "-w", "1", "--slo", "p99<5s", "--slo", "rps>1"
+    )
     assert out.returncode == 0, out.stderr
     assert "SLO met:" in out.stdout and "rps>1: met" in out.stdout
 
@@ -62,8 +79,10 @@ def test_help_documents_the_exit_status() -> None:
     assert "--abort-on-fail" in out.stdout
 
 
-@pytest.mark.parametrize("goal, part", [("p99<10", "has no unit"), ("p99 >10ms", "upper bound"),
-                                        ("throughput>5", "unknown measure 'throughput'")])
+@pytest.mark.parametrize(
+    "goal, part",
+    [("p99<10", "has no unit"), ("p99 >10ms", "upper bound"), ("throughput>5", "unknown measure 'throughput'")],
+)
 def test_a_malformed_goal_is_a_usage_error(server, goal: str, part: str) -> None:
     out = run_cli("load", server.url + "1KiB.bin", "-n", "10", "--slo", goal)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -82,8 +101,17 @@ def test_abort_on_fail_needs_a_bound_on_the_window(server) -> None:
 def test_abort_on_fail_stops_once_the_goal_is_lost(server, validator) -> None:
     # 100 req/s for 20 s, each waiting 30 ms: after the first second the ~100 slow responses
     # already outnumber the 1% of at most ~2000 the window may hold beyond p99 < 10 ms
-    doc = run_load(LoadOptions(url=server.url + "_/work?wait=30", connections=8, rate=100, duration=20.0, workers=1,
-                               slos=["p99<10ms", "errors<1%"], abort_on_fail=True))
+    doc = run_load(
+        LoadOptions(
+            url=server.url + "_/work?wait=30",
+            connections=8,
+            rate=100,
+            duration=20.0,
+            workers=1,
+            slos=["p99<10ms", "errors<1%"],
+            abort_on_fail=True,
+        )
+    )
     validator.validate(doc)
     lost = doc["slo"]["aborted"]
     assert lost is not None and lost["goal"] == "p99<10ms" and lost["at_s"] < 20
@@ -93,7 +121,16 @@ def test_abort_on_fail_stops_once_the_goal_is_lost(server, validator) -> None:
 
 
 def test_abort_on_fail_lets_a_run_that_holds_finish(server) -> None:
-    doc = run_load(LoadOptions(url=server.url + "1KiB.bin", connections=2, rate=200, duration=2.5, workers=1,
-                               slos=["p99<2s", "errors<=0%"], abort_on_fail=True))
+    doc = run_load(
+        LoadOptions(
+            url=server.url + "1KiB.bin",
+            connections=2,
+            rate=200,
+            duration=2.5,
+            workers=1,
+            slos=["p99<2s", "errors<=0%"],
+            abort_on_fail=True,
+        )
+    )
     assert doc["slo"]["passed"] and doc["slo"]["aborted"] is None
     assert doc["elapsed_s"] >= 2.4

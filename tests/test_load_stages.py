@@ -59,19 +59,22 @@ def test_a_ramp_is_reported_in_segments(url: str) -> None:
     assert "a ramp from 100 to 900 req/s over 2s" in text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-R", "fast"], "not a rate"),
-    (["-R", "1000,2000"], "several rates need --stage"),
-    (["-R", "1000..2000"], "a ramp needs --ramp"),
-    (["-R", "1000", "--stage", "1s"], "--stage needs several rates"),
-    (["-R", "1000,2000", "--ramp", "1s"], "--ramp needs a range"),
-    (["-R", "1000,0", "--stage", "1s"], "rates must be positive"),
-    (["-R", "1000,2000", "--stage", "0s"], "--stage must be at least"),
-    (["-R", "100..200", "--ramp", "1s", "--stage", "2s"], "longer than --ramp"),
-    (["--stage", "1s"], "give -R too"),
-    (["-R", "1000,2000", "--stage", "1s", "-d", "5s"], "drop --duration"),
-    (["-R", "1000,2000", "--stage", "1s", "-n", "500"], "drop --duration and --requests"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-R", "fast"], "not a rate"),
+        (["-R", "1000,2000"], "several rates need --stage"),
+        (["-R", "1000..2000"], "a ramp needs --ramp"),
+        (["-R", "1000", "--stage", "1s"], "--stage needs several rates"),
+        (["-R", "1000,2000", "--ramp", "1s"], "--ramp needs a range"),
+        (["-R", "1000,0", "--stage", "1s"], "rates must be positive"),
+        (["-R", "1000,2000", "--stage", "0s"], "--stage must be at least"),
+        (["-R", "100..200", "--ramp", "1s", "--stage", "2s"], "longer than --ramp"),
+        (["--stage", "1s"], "give -R too"),
+        (["-R", "1000,2000", "--stage", "1s", "-d", "5s"], "drop --duration"),
+        (["-R", "1000,2000", "--stage", "1s", "-n", "500"], "drop --duration and --requests"),
+    ],
+)
 def test_malformed_stages_are_a_one_line_usage_error(args: list[str], message: str) -> None:
     res = run_cli("load", "http://127.0.0.1:9/x", *args)
     assert res.returncode == 2, res

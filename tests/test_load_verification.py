@@ -81,8 +81,7 @@ def test_streamed_and_mixed_bodies_verify(threading_server, corpus: str) -> None
 
 def test_mix_file_weights_targets(threading_server, corpus: str, tmp_path) -> None:
     mix = tmp_path / "mix.txt"
-    mix.write_text("# weight path\n3 1KiB.bin\n1 /64KiB.bin   # absolute\n"
-                   f"1 {threading_server.url}_/work?cpu=1\n")
+    mix.write_text(f"# weight path\n3 1KiB.bin\n1 /64KiB.bin   # absolute\n1 {threading_server.url}_/work?cpu=1\n")
     doc = load(threading_server.url, corpus=corpus, mix_file=str(mix), connections=4, requests=1000)
     assert doc["requests"] == 1000 and doc["errors"]["total"] == 0
     sent = {t["path"]: t["sent"] for t in doc["targets"]}
@@ -192,7 +191,8 @@ def test_connect_timeout_is_classified() -> None:
 
 
 def test_stdlib_event_loop_gives_the_same_counts(threading_server, corpus: str) -> None:
-    doc = load(threading_server.url, corpus=corpus, zipf=1.0, connections=3, requests=90, loop="asyncio",
-               conn_mode="pipeline")
+    doc = load(
+        threading_server.url, corpus=corpus, zipf=1.0, connections=3, requests=90, loop="asyncio", conn_mode="pipeline"
+    )
     assert doc["requests"] == 90 and doc["errors"]["total"] == 0
     assert doc["client"]["workers"][0]["loop"] == "asyncio"

@@ -31,6 +31,7 @@ from .support import FILES, Client, check_variant_serves, content_for, open_fds,
 
 QUICK = ("--keepalive-timeout", "30", "--header-timeout", "30", "--grace", "5")
 
+
 def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while True:
@@ -66,6 +67,7 @@ def has_data(sock: socket.socket) -> bool:
 
 # -- forking ---------------------------------------------------------------------------
 
+
 def test_forking_leaves_no_zombies_after_200_short_connections(fresh_server):
     srv = fresh_server("forking", "--max-children", "1000", *QUICK)  # the cap is not what this tests
     errors: list[str] = []
@@ -84,8 +86,9 @@ def test_forking_leaves_no_zombies_after_200_short_connections(fresh_server):
         t.join(40)
     assert errors == []
     # every child has exited and been reaped: none left as a zombie, none still alive
-    assert wait_until(lambda: not children_of(srv.pid), 5), \
+    assert wait_until(lambda: not children_of(srv.pid), 5), (
         f"{len(children_of(srv.pid))} children left, {zombies_of(srv.pid)} of them zombies"
+    )
 
 
 def test_forking_cap_makes_new_clients_wait_in_the_backlog(fresh_server):
@@ -110,6 +113,7 @@ def test_forking_cap_makes_new_clients_wait_in_the_backlog(fresh_server):
 
 
 # -- prefork ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_prefork_worker_that_dies_is_replaced(fresh_server, sig):
@@ -208,6 +212,7 @@ def connect_many(url: str, count: int) -> list[socket.socket]:
 
 
 # -- many connections ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["select", "asyncio-uvloop"])
 def test_a_thousand_keep_alive_connections_are_all_served(start, name):
@@ -323,6 +328,7 @@ def test_out_of_descriptors_the_server_backs_off_then_serves_everyone(start, mod
 
 # -- shutdown ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", GREEN)
 def test_shutdown_finishes_work_in_flight_within_the_grace_and_cuts_the_rest(start, model):
     srv = start(model, "--grace", "2")
@@ -350,6 +356,7 @@ def test_sigint_closes_idle_connections_and_exits_cleanly(start, model):
 
 
 # -- trio's read-and-send loop ----------------------------------------------------------------
+
 
 def test_trio_read_loop_reads_uncached_files_in_a_worker_thread(start, tmp_path):
     """Page-cached chunks are read on the loop; uncached ones in a thread, so a cold disk
@@ -407,6 +414,7 @@ def _evict(path: str, attempts: int = 40) -> bool:
 
 # -- gevent stays in its own process ------------------------------------------------------------
 
+
 def _mapped_files(pid: int) -> str:
     with open(f"/proc/{pid}/maps") as f:
         return f.read()
@@ -423,22 +431,26 @@ def test_gevent_is_loaded_only_in_a_gevent_server_process(start):
 
 
 def test_the_registry_and_launcher_do_not_import_gevent():
-    code = ("import sys; import serverzoo.servers, serverzoo.servers.launch, serverzoo.servers.runtime.serve_cli, "
-            "serverzoo.servers.runtime.runner; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('gevent', 'trio')))")
+    code = (
+        "import sys; import serverzoo.servers, serverzoo.servers.launch, serverzoo.servers.runtime.serve_cli, "
+        "serverzoo.servers.runtime.runner; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('gevent', 'trio')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
 def test_loading_the_gevent_model_patches_nothing():
-    code = ("import socket, time, threading, select, ssl; "
-            "from serverzoo.servers import get_model; get_model('gevent').load(); "
-            "import gevent.monkey; "
-            "assert not gevent.monkey.is_anything_patched(), gevent.monkey.saved; "
-            "assert socket.socket.__module__ == 'socket', socket.socket; "
-            "assert time.sleep.__module__ == 'time', time.sleep; "
-            "assert threading.Lock.__module__ == '_thread', threading.Lock; print('clean')")
+    code = (
+        "import socket, time, threading, select, ssl; "
+        "from serverzoo.servers import get_model; get_model('gevent').load(); "
+        "import gevent.monkey; "
+        "assert not gevent.monkey.is_anything_patched(), gevent.monkey.saved; "
+        "assert socket.socket.__module__ == 'socket', socket.socket; "
+        "assert time.sleep.__module__ == 'time', time.sleep; "
+        "assert threading.Lock.__module__ == '_thread', threading.Lock; print('clean')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"

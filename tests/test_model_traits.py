@@ -88,6 +88,7 @@ def start_long_wait(url: str, wait_ms: int) -> Client:
 
 # -- waiting --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", CONCURRENT, ids=_ids(CONCURRENT))
 def test_a_long_wait_does_not_delay_a_file_request(start, model):
     srv = start(model.name, *QUICK, *serve_args(model, cap=2))
@@ -110,6 +111,7 @@ def test_at_its_cap_a_long_wait_does_delay_a_file_request(start, model):
 
 
 # -- computing ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", MODELS.values(), ids=list(MODELS))
 def test_cpu_work_stalls_the_process_exactly_when_the_registry_says_so(start, model):
@@ -137,6 +139,7 @@ def test_cpu_work_stalls_the_process_exactly_when_the_registry_says_so(start, mo
 
 
 # -- resources ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model,mode", FILE_SENDING, ids=FILE_SENDING_IDS)
 def test_no_descriptor_or_thread_leak_after_aborted_requests(start, model, mode):
@@ -168,6 +171,7 @@ def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(start, m
 
 
 # -- the file-send mode the conformance suite does not start serves the same bytes ---------------
+
 
 @pytest.mark.parametrize("model", MODELS.values(), ids=list(MODELS))
 def test_the_other_file_send_mode_serves_exact_bytes_ranges_and_pipelines(start, model):

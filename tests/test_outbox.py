@@ -55,28 +55,58 @@ CASES = {
     "one small response": (lambda p: [small()], False, [("SEND", 2, False), ("DONE",)]),
     "a head without a body": (lambda p: [small(body=b"")], False, [("SEND", 1, False), ("DONE",)]),
     "a response that closes": (lambda p: [small(close=True)], False, [("SEND", 2, False), ("CLOSE",)]),
-    "a file, read in chunks": (lambda p: [file_plan(p)], False,
-                               [("SEND", 4, True), ("SEND", READ_CHUNK, False), ("SEND", 1000, False), ("DONE",)]),
+    "a file, read in chunks": (
+        lambda p: [file_plan(p)],
+        False,
+        [("SEND", 4, True), ("SEND", READ_CHUNK, False), ("SEND", 1000, False), ("DONE",)],
+    ),
     "a range of a file": (lambda p: [file_plan(p, 10, 20)], False, [("SEND", 4, True), ("SEND", 20, False), ("DONE",)]),
     "an empty slice": (lambda p: [file_plan(p, 0, 0)], False, [("SEND", 4, True), ("DONE",)]),
     "a file by sendfile": (lambda p: [file_plan(p)], True, [("SEND", 4, True), ("SENDFILE", SIZE), ("DONE",)]),
-    "a file, then close": (lambda p: [file_plan(p, 0, 5, close=True)], False,
-                           [("SEND", 4, True), ("SEND", 5, False), ("CLOSE",)]),
-    "a work wait, then its response": (
-        lambda p: [ResponsePlan(200, b"W", b"x", work=WorkOrder(0, 0.25))], False,
-        [("WAIT", 0.25), ("SEND", 2, False), ("DONE",)]),
-    "work without a wait": (lambda p: [ResponsePlan(200, b"W", b"x", work=WorkOrder(1, 0))], False,
-                            [("SEND", 2, False), ("DONE",)]),
-    "a pipeline, in order": (
-        lambda p: [small(), file_plan(p, 0, 3), ResponsePlan(200, b"W", work=WorkOrder(0, 0.5)), small(close=True),
-                   small()],
+    "a file, then close": (
+        lambda p: [file_plan(p, 0, 5, close=True)],
         False,
-        [("SEND", 2, False), ("SEND", 4, True), ("SEND", 3, False), ("WAIT", 0.5), ("SEND", 1, False),
-         ("SEND", 2, False), ("CLOSE",)]),
-    "a file gone since it was planned": (lambda p: [small(), file_plan(p + ".gone")], False,
-                                         [("SEND", 2, False), ("ABORT",)]),
-    "a file shorter than planned": (lambda p: [file_plan(p, SIZE - 10, 50)], False,
-                                    [("SEND", 4, True), ("SEND", 10, False), ("ABORT",)]),
+        [("SEND", 4, True), ("SEND", 5, False), ("CLOSE",)],
+    ),
+    "a work wait, then its response": (
+        lambda p: [ResponsePlan(200, b"W", b"x", work=WorkOrder(0, 0.25))],
+        False,
+        [("WAIT", 0.25), ("SEND", 2, False), ("DONE",)],
+    ),
+    "work without a wait": (
+        lambda p: [ResponsePlan(200, b"W", b"x", work=WorkOrder(1, 0))],
+        False,
+        [("SEND", 2, False), ("DONE",)],
+    ),
+    "a pipeline, in order": (
+        lambda p: [
+            small(),
+            file_plan(p, 0, 3),
+            ResponsePlan(200, b"W", work=WorkOrder(0, 0.5)),
+            small(close=True),
+            small(),
+        ],
+        False,
+        [
+            ("SEND", 2, False),
+            ("SEND", 4, True),
+            ("SEND", 3, False),
+            ("WAIT", 0.5),
+            ("SEND", 1, False),
+            ("SEND", 2, False),
+            ("CLOSE",),
+        ],
+    ),
+    "a file gone since it was planned": (
+        lambda p: [small(), file_plan(p + ".gone")],
+        False,
+        [("SEND", 2, False), ("ABORT",)],
+    ),
+    "a file shorter than planned": (
+        lambda p: [file_plan(p, SIZE - 10, 50)],
+        False,
+        [("SEND", 4, True), ("SEND", 10, False), ("ABORT",)],
+    ),
 }
 
 

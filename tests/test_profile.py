@@ -49,8 +49,9 @@ connection = "close"
 quick = { concurrency = [1], duration = 0.3 }
 """
 
-needs_strace = pytest.mark.skipif(syscall_counts.strace_binary() is None,
-                                  reason="strace is not installed (Debian package strace)")
+needs_strace = pytest.mark.skipif(
+    syscall_counts.strace_binary() is None, reason="strace is not installed (Debian package strace)"
+)
 needs_py_spy = pytest.mark.skipif(py_spy_binary() is None, reason="py-spy is not installed (pip install py-spy)")
 
 
@@ -63,8 +64,9 @@ def suite_and_corpus(tmp_path_factory: pytest.TempPathFactory):
     return suite, ensure_corpus(str(base / "corpus"), suite.corpus), str(base)
 
 
-def _profile(suite_and_corpus, model: str, scenario: str, passes: tuple[str, ...], level: int = 1,
-             idle: int = 0) -> dict:
+def _profile(
+    suite_and_corpus, model: str, scenario: str, passes: tuple[str, ...], level: int = 1, idle: int = 0
+) -> dict:
     suite, corpus, base = suite_and_corpus
     plan = build_plan(suite, "quick", models=[model], scenarios=[scenario], concurrency=[level])
     profiler = Profiler(plan, corpus, passes=passes, idle=idle)
@@ -90,8 +92,10 @@ def test_iterative_keepalive_makes_a_few_fixed_syscalls_and_no_extra_switch(suit
 
 
 @needs_strace
-@pytest.mark.parametrize("model, created, not_created", [("forking", "processes_created", "threads_created"),
-                                                         ("threading", "threads_created", "processes_created")])
+@pytest.mark.parametrize(
+    "model, created, not_created",
+    [("forking", "processes_created", "threads_created"), ("threading", "threads_created", "processes_created")],
+)
 def test_one_process_or_thread_per_connection(suite_and_corpus, model, created, not_created):
     r = _profile(suite_and_corpus, model, "new-connection", ("syscalls",))
     accepted = r["passes"]["syscalls"]["connections_accepted"]
@@ -167,8 +171,10 @@ STRACE_OUTPUT = """\
 
 
 def test_accepted_connections_are_the_accept_calls_that_did_not_fail():
-    text = STRACE_OUTPUT.replace(" 0.00    0.000000           0         1           recvfrom",
-                                 " 1.00    0.000100           1        12         4 accept4")
+    text = STRACE_OUTPUT.replace(
+        " 0.00    0.000000           0         1           recvfrom",
+        " 1.00    0.000100           1        12         4 accept4",
+    )
     assert syscall_counts.parse_strace_output(text).accepted == 8
 
 
@@ -181,6 +187,7 @@ def test_strace_output_gives_counts_and_what_was_created():
 
 # -- code links and the report section ---------------------------------------------------
 
+
 def test_every_model_links_to_code_that_exists():
     assert set(code_links.ROLES) == set(MODELS)
     for model in MODELS:
@@ -189,37 +196,62 @@ def test_every_model_links_to_code_that_exists():
         for ref in filter(None, refs.values()):
             with open(os.path.join(code_links._repository_root(), ref.path), encoding="utf-8") as f:
                 lines = f.read().splitlines()
-            assert "\n".join(lines[ref.first - 1:ref.last]) + "\n" == ref.source
+            assert "\n".join(lines[ref.first - 1 : ref.last]) + "\n" == ref.source
             name = ref.name.rsplit(".", 1)[-1]
             assert f"def {name}(" in lines[ref.first - 1] or f"def {name}(" in ref.source.split("\n", 3)[-1], ref
 
 
 def _record(server: str, model: str, **figures) -> dict:
-    base = {"server": server, "model": model, "scenario": "small", "level_key": "c8", "skipped": {}, "passes": {
-        "syscalls": {"connections": 40}, "flamegraph": {"samples": 12, "requests_served": 100}},
+    base = {
+        "server": server,
+        "model": model,
+        "scenario": "small",
+        "level_key": "c8",
+        "skipped": {},
+        "passes": {"syscalls": {"connections": 40}, "flamegraph": {"samples": 12, "requests_served": 100}},
         "cpu_us_per_request": {"user": 20.0, "system": 10.0},
         "context_switches_per_request": {"voluntary": 1.9, "involuntary": 0.1},
-        "syscalls_per_request": {"futex": 3.0, "recvfrom": 1.0, "sendto": 1.0}, "syscalls_total_per_request": 5.0,
-        "threads_created": 40, "processes_created": 0, "threads_created_per_connection": 1.0,
-        "processes_created_per_connection": 0.0, "threads_peak": 9, "processes_peak": 1, "processes_min": 1,
-        "rss_per_idle_connection_bytes": 24000, "pss_per_idle_connection_bytes": 24000, "idle_memory": {"held": 50},
-        "flamegraph": None}
+        "syscalls_per_request": {"futex": 3.0, "recvfrom": 1.0, "sendto": 1.0},
+        "syscalls_total_per_request": 5.0,
+        "threads_created": 40,
+        "processes_created": 0,
+        "threads_created_per_connection": 1.0,
+        "processes_created_per_connection": 0.0,
+        "threads_peak": 9,
+        "processes_peak": 1,
+        "processes_min": 1,
+        "rss_per_idle_connection_bytes": 24000,
+        "pss_per_idle_connection_bytes": 24000,
+        "idle_memory": {"held": 50},
+        "flamegraph": None,
+    }
     return base | figures
 
 
 def test_section_renders_table_chart_sentences_code_and_inline_flame_graphs(tmp_path):
     svg = '<?xml version="1.0"?><svg width="1200" height="300" onload="init(evt)"><script>var x="</iframe>";</script></svg>'
     (tmp_path / "t.svg").write_text(svg)
-    records = [_record("threading", "threading", flamegraph="t.svg"),
-               _record("forking", "forking", threads_created=0, threads_created_per_connection=0.0,
-                       processes_created=40, processes_created_per_connection=1.0, threads_peak=9, processes_peak=9,
-                       syscalls_per_request=None, syscalls_total_per_request=None,
-                       skipped={"syscalls": "strace is not installed (Debian package strace)"})]
+    records = [
+        _record("threading", "threading", flamegraph="t.svg"),
+        _record(
+            "forking",
+            "forking",
+            threads_created=0,
+            threads_created_per_connection=0.0,
+            processes_created=40,
+            processes_created_per_connection=1.0,
+            threads_peak=9,
+            processes_peak=9,
+            syscalls_per_request=None,
+            syscalls_total_per_request=None,
+            skipped={"syscalls": "strace is not installed (Debian package strace)"},
+        ),
+    ]
     section = profile_report.build_section(records, str(tmp_path), "caption")
     html = str(profile_report.render_html(section))
     assert "Where the time goes" in html and "<table>" in html and "<svg" in html  # the chart
     assert html.count('sandbox="allow-scripts allow-same-origin"') == 1
-    assert "</iframe>\";" not in html  # the SVG travels base64-encoded, never as markup of the page
+    assert '</iframe>";' not in html  # the SVG travels base64-encoded, never as markup of the page
     assert "threading: 30 µs of CPU per request" in html and "1.00 threads created per connection" in html
     assert "forking:" in html and "1.00 processes created per connection" in html
     assert "Skipped syscalls: strace is not installed" in html
@@ -235,9 +267,16 @@ def test_sentence_follows_the_figures():
     threaded = profile_report.explain(_record("threading", "threading"))
     assert threaded.startswith("threading: 30 µs of CPU per request, 33% of it in the kernel; 1.90 voluntary")
     assert "futex (3/request under strace)" in threaded
-    loop = profile_report.explain(_record("select", "select", context_switches_per_request={
-        "voluntary": 0.01, "involuntary": 0.0}, threads_created=0, threads_created_per_connection=0.0,
-        threads_peak=1))
+    loop = profile_report.explain(
+        _record(
+            "select",
+            "select",
+            context_switches_per_request={"voluntary": 0.01, "involuntary": 0.0},
+            threads_created=0,
+            threads_created_per_connection=0.0,
+            threads_peak=1,
+        )
+    )
     assert "seldom sleeps" in loop and "no thread or process created for 40 connections" in loop
 
 
@@ -248,14 +287,22 @@ def test_run_without_profiles_has_no_section():
 
 # -- the command line -------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["nosuchmodel"], "unknown model 'nosuchmodel'"),
-    (["select", "--scenario", "nope"], "unknown scenario 'nope'"),
-    (["nginx"], "not a Python model"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["select", "--scenario", "nope"], "unknown scenario 'nope'"),
+        (["nginx"], "not a Python model"),
+    ],
+)
 def test_cli_refuses_bad_input_in_one_line(args, message, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "serverzoo", "profile", *args, "--json", str(tmp_path / "p.json")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "serverzoo", "profile", *args, "--json", str(tmp_path / "p.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2, out
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not os.path.exists(tmp_path / "p.json")
@@ -264,14 +311,43 @@ def test_cli_refuses_bad_input_in_one_line(args, message, tmp_path):
 def test_cli_writes_the_json_with_machine_and_command(suite_and_corpus, tmp_path):
     _, corpus, base = suite_and_corpus
     path = tmp_path / "p.json"
-    out = subprocess.run([sys.executable, "-m", "serverzoo", "profile", "select", "--scenario", "keepalive",
-                          "--scenarios-file", os.path.join(base, "scenarios.toml"), "--corpus", corpus,
-                          "--idle", "20", "--duration", "0.2", "--json", str(path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serverzoo",
+            "profile",
+            "select",
+            "--scenario",
+            "keepalive",
+            "--scenarios-file",
+            os.path.join(base, "scenarios.toml"),
+            "--corpus",
+            corpus,
+            "--idle",
+            "20",
+            "--duration",
+            "0.2",
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(path.read_text())
-    for key in ("cpu_us_per_request", "syscalls_per_request", "context_switches_per_request", "processes_created",
-                "threads_peak", "rss_per_idle_connection_bytes", "flamegraph", "machine", "command"):
+    for key in (
+        "cpu_us_per_request",
+        "syscalls_per_request",
+        "context_switches_per_request",
+        "processes_created",
+        "threads_peak",
+        "rss_per_idle_connection_bytes",
+        "flamegraph",
+        "machine",
+        "command",
+    ):
         assert key in doc
     assert doc["command"][:3] == ["serverzoo", "profile", "select"] and doc["machine"]["cpu_model"]
     if doc["flamegraph"]:
@@ -284,9 +360,28 @@ def test_cli_writes_the_json_with_machine_and_command(suite_and_corpus, tmp_path
 def test_bench_profile_stores_profiles_and_reports_them(suite_and_corpus, tmp_path):
     """`serverzoo bench --profile`: the profiles follow the cells, go into the run's JSON and its report."""
     _, corpus, base = suite_and_corpus
-    out = subprocess.run([sys.executable, "-m", "serverzoo", "bench", "--models", "select", "--scenarios", "keepalive",
-                          "--scenarios-file", os.path.join(base, "scenarios.toml"), "--corpus", corpus, "--out",
-                          str(tmp_path), "--profile"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serverzoo",
+            "bench",
+            "--models",
+            "select",
+            "--scenarios",
+            "keepalive",
+            "--scenarios-file",
+            os.path.join(base, "scenarios.toml"),
+            "--corpus",
+            corpus,
+            "--out",
+            str(tmp_path),
+            "--profile",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     [run_path] = tmp_path.glob("bench-*.json")
     doc = json.loads(run_path.read_text())
@@ -302,12 +397,15 @@ def test_bench_profile_stores_profiles_and_reports_them(suite_and_corpus, tmp_pa
         assert (tmp_path / profile["flamegraph"]).is_file() and "<iframe" in html
 
 
-@pytest.mark.parametrize("stderr, tasks", [
-    ("strace: Process 19004 attached with 33 threads\n", 33),  # -p on a threaded process: one line for all
-    ("strace: Process 7 attached\nstrace: Process 9 attached\n", 2),
-    ("strace: Process 7 attached with 3 threads\nstrace: Process 12 attached\n", 4),  # a thread born later
-    ("strace: attach: ptrace(PTRACE_SEIZE, 7): Operation not permitted\n", 0),
-    ("", 0),
-])
+@pytest.mark.parametrize(
+    "stderr, tasks",
+    [
+        ("strace: Process 19004 attached with 33 threads\n", 33),  # -p on a threaded process: one line for all
+        ("strace: Process 7 attached\nstrace: Process 9 attached\n", 2),
+        ("strace: Process 7 attached with 3 threads\nstrace: Process 12 attached\n", 4),  # a thread born later
+        ("strace: attach: ptrace(PTRACE_SEIZE, 7): Operation not permitted\n", 0),
+        ("", 0),
+    ],
+)
 def test_strace_attach_lines_count_every_task(stderr, tasks):
     assert syscall_counts.attached_tasks(stderr) == tasks

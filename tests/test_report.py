@@ -84,8 +84,14 @@ def test_html_is_self_contained_with_every_chart_captioned(run, rendered):
         caption = re.search(r"<figcaption>(.*?)</figcaption>", fig, flags=re.DOTALL).group(1)
         assert run["run_id"] in caption and "FIXTURE" in caption and "2000-01-01" in caption
         assert run["run_id"] in fig.split("<figcaption>")[0], "the chart image carries its own caption"
-    for title in ("latency spectrum", "p99 against offered load", "CPU efficiency", "Memory per open connection",
-                  "Heat map", "Errors by class"):
+    for title in (
+        "latency spectrum",
+        "p99 against offered load",
+        "CPU efficiency",
+        "Memory per open connection",
+        "Heat map",
+        "Errors by class",
+    ):
         assert title in html, title
 
 
@@ -121,8 +127,9 @@ def test_interval_and_ratio_to_a_healthy_baseline_are_recomputed_from_cells(run,
     # nginx is client-bound at c=32 and threading unstable there: neither may be the baseline; of the healthy
     # models (iterative, asyncio) the median is the lower one, iterative
     assert rows["iterative"][-1] == "baseline"
-    ratio = (median_metric(run, "asyncio", "small-keepalive", 32)
-             / median_metric(run, "iterative", "small-keepalive", 32))
+    ratio = median_metric(run, "asyncio", "small-keepalive", 32) / median_metric(
+        run, "iterative", "small-keepalive", 32
+    )
     assert rows["asyncio"][-1] == f"{ratio:.2f}x faster"
     # lower is better for a latency metric; iterative fails the idle scenario, so nginx (healthy there) is its baseline
     wait = md_section_rows(md, "Backend-bound requests, open loop")
@@ -189,18 +196,21 @@ def test_model_cards_come_from_the_model_files_without_importing_them(rendered):
     doc = module_docstring(os.path.join(os.path.dirname(servers.__file__), "threading_server.py"))
     first = doc.split("\n\n")[0].replace("\n", " ")
     assert first in md and first in html
-    code = ("import sys; from serverzoo.bench.report import build_report, render; "
-            "from serverzoo.bench.store import load_run; "
-            f"r = build_report([load_run({FIXTURE!r})], plots=False); render(r, 'report.html.j2'); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('gevent', 'trio', 'uvloop')] + "
-            "[m for m in sys.modules if m.startswith('serverzoo.servers.') and m.endswith('_server')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; from serverzoo.bench.report import build_report, render; "
+        "from serverzoo.bench.store import load_run; "
+        f"r = build_report([load_run({FIXTURE!r})], plots=False); render(r, 'report.html.j2'); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('gevent', 'trio', 'uvloop')] + "
+        "[m for m in sys.modules if m.startswith('serverzoo.servers.') and m.endswith('_server')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _variant(run: dict, factor: float, server: str = "threading", scenario: str = "small-keepalive",
-             level: int = 1) -> dict:
+def _variant(
+    run: dict, factor: float, server: str = "threading", scenario: str = "small-keepalive", level: int = 1
+) -> dict:
     other = copy.deepcopy(run)
     other["run_id"] = f"fixture-run-x{factor}"
     for c in other["cells"]:
@@ -223,17 +233,21 @@ def test_delta_table_marks_changes_beyond_noise(run, tmp_path):
     text = open(md).read()
     section = text.split("## Changes from fixture-run-1 to fixture-run-x0.7\n", 1)[1]
     assert "1 regression(s), 0 improvement(s) beyond noise" in section
-    assert re.search(r"\| threading \| small-keepalive \| 1 \| [^|]+ \| [^|]+ \| -30\.0% \| [^|]+ \| \*\*worse\*\* \|",
-                     section)
+    assert re.search(
+        r"\| threading \| small-keepalive \| 1 \| [^|]+ \| [^|]+ \| -30\.0% \| [^|]+ \| \*\*worse\*\* \|", section
+    )
     assert "within noise" in section
 
 
-@pytest.mark.parametrize("factor, code, words", [
-    (1.0, 0, "0 regression(s)"),
-    (0.7, 1, "REGRESSION"),
-    (1.5, 0, "improvement"),
-    (0.97, 0, "0 regression(s)"),  # 3% is within the noise floor
-])
+@pytest.mark.parametrize(
+    "factor, code, words",
+    [
+        (1.0, 0, "0 regression(s)"),
+        (0.7, 1, "REGRESSION"),
+        (1.5, 0, "improvement"),
+        (0.97, 0, "0 regression(s)"),  # 3% is within the noise floor
+    ],
+)
 def test_compare_exit_code_is_a_regression_gate(run, tmp_path, factor, code, words):
     after = _write(tmp_path, "after.json", _variant(run, factor))
     result = CliRunner().invoke(main, ["compare", FIXTURE, after])
@@ -254,9 +268,11 @@ def test_compare_counts_a_newly_failing_cell_as_a_regression(run, tmp_path):
 def test_compare_and_report_reject_bad_input_in_one_line(run, tmp_path):
     other = copy.deepcopy(run)
     other["cells"] = []
-    for args in (["compare", FIXTURE, str(tmp_path / "missing.json")],
-                 ["compare", FIXTURE, _write(tmp_path, "empty.json", other)],
-                 ["report", _write(tmp_path, "x.json", {"schema": "nope"})]):
+    for args in (
+        ["compare", FIXTURE, str(tmp_path / "missing.json")],
+        ["compare", FIXTURE, _write(tmp_path, "empty.json", other)],
+        ["report", _write(tmp_path, "x.json", {"schema": "nope"})],
+    ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -276,8 +292,9 @@ def test_compare_claims_nothing_where_the_noise_between_server_starts_was_not_me
     one = copy.deepcopy(run)
     one["cells"] = [c for c in one["cells"] if c["repetition"] == 1]  # a quick run: one repetition per cell
     slower = _variant(one, 0.7)
-    result = CliRunner().invoke(main, ["compare", _write(tmp_path, "a.json", one), _write(tmp_path, "b.json", slower),
-                                       "--all"])
+    result = CliRunner().invoke(
+        main, ["compare", _write(tmp_path, "a.json", one), _write(tmp_path, "b.json", slower), "--all"]
+    )
     assert result.exit_code == 0, result.output + result.stderr
     assert "threading/small-keepalive/1:" in result.output and "-30.0%" in result.output
     assert "unmeasured" in result.output and "REGRESSION" not in result.output
@@ -304,8 +321,10 @@ def test_each_scenario_says_where_server_and_generator_ran(run):
             c["placement"] = {"name": "server-all", "text": "the server on every CPU; the load generator shares one"}
     md = render(build_report([Run.from_doc(placed)], plots=False), "report.md.j2")
     large = md.split("## Large-file streaming\n", 1)[1].split("\n## ", 1)[0]
-    assert ("CPU placement: the server on every CPU; the load generator shares one (server on CPU 0,1, load "
-            "generator on CPU 1)") in large
+    assert (
+        "CPU placement: the server on every CPU; the load generator shares one (server on CPU 0,1, load "
+        "generator on CPU 1)"
+    ) in large
     small = md.split("## Small files, keep-alive\n", 1)[1].split("\n## ", 1)[0]
     assert "CPU placement: server on CPU 0, load generator on CPU 1." in small
 

@@ -52,17 +52,32 @@ class DevTools:
     def __init__(self, profile: str) -> None:
         self.to_browser_r, self.to_browser_w = os.pipe()
         self.from_browser_r, self.from_browser_w = os.pipe()
-        argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                "--remote-debugging-pipe", "about:blank"]
+        argv = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
 
         # the protocol's fixed descriptors in the browser: 3 reads commands, 4 writes answers. bash moves the pipe
         # ends there (from descriptors >= 10, so no move overwrites another) and execs the browser
         r, w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (self.to_browser_r, self.from_browser_w))
         shell = f'exec "$@" 3<&{r} 4>&{w} {r}<&- {w}>&-'
         try:
-            self.proc = subprocess.Popen(["/bin/bash", "-c", shell, "bash", *argv], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(r, w))
+            self.proc = subprocess.Popen(
+                ["/bin/bash", "-c", shell, "bash", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(r, w),
+            )
         finally:
             os.close(r)
             os.close(w)
@@ -110,12 +125,15 @@ class DevTools:
 
     def open_page(self, width: int, mobile: bool) -> None:
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
-                                 session=False)["sessionId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
-                                                         "mobile": mobile})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": mobile},
+        )
 
     def load(self, url: str) -> None:
         self.send("Page.navigate", {"url": url})

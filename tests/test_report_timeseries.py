@@ -26,13 +26,16 @@ def test_long_cells_get_charts_over_time_and_short_ones_none() -> None:
 
 def test_a_stall_shows_as_a_dip_in_throughput_and_a_gap_in_p99() -> None:
     doc = stretched_fixture()
-    cell = next(c for c in doc["cells"] if c["scenario"] == "small-keepalive" and c["level"] == 32
-                and (c["server"], c["repetition"]) == STALLED_CELL)
+    cell = next(
+        c
+        for c in doc["cells"]
+        if c["scenario"] == "small-keepalive" and c["level"] == 32 and (c["server"], c["repetition"]) == STALLED_CELL
+    )
     series = time_series(Load.from_doc(cell["load"]))
     assert series is not None and len(series.t) == 50 and series.t[-1] == 5.0
     stall = len(series.t) // 2
     assert series.rps[stall] == 40.0  # 4 responses in a 0.1 s slice
-    assert min(series.rps[:stall] + series.rps[stall + 1:]) > 10 * series.rps[stall]
+    assert min(series.rps[:stall] + series.rps[stall + 1 :]) > 10 * series.rps[stall]
     assert series.p99_us[stall] is None  # 4 responses cannot name a p99
     assert all(v is not None for i, v in enumerate(series.p99_us) if i != stall)
 

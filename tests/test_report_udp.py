@@ -45,12 +45,39 @@ def compared(tmp_path_factory, worker_id) -> dict:
         if not os.path.exists(paths["stdout"]):
             folder.mkdir(exist_ok=True)
             # the smallest settings it takes: a one-rate sweep, 0.3 s parts
-            done = subprocess.run([*PY, "udp", "compare", "--links", f"veth,{NO_SUCH_LINK}", "--time", "0.3",
-                                   "--step-time", "0.2", "--sweep-from", "4M", "--sweep-to", "4M", "--count", "50",
-                                   "--cpus", "", "--json", paths["json"]], capture_output=True, text=True, timeout=50)
+            done = subprocess.run(
+                [
+                    *PY,
+                    "udp",
+                    "compare",
+                    "--links",
+                    f"veth,{NO_SUCH_LINK}",
+                    "--time",
+                    "0.3",
+                    "--step-time",
+                    "0.2",
+                    "--sweep-from",
+                    "4M",
+                    "--sweep-to",
+                    "4M",
+                    "--count",
+                    "50",
+                    "--cpus",
+                    "",
+                    "--json",
+                    paths["json"],
+                ],
+                capture_output=True,
+                text=True,
+                timeout=50,
+            )
             assert done.returncode == 0, done.stderr
-            rendered = subprocess.run([*PY, "report", paths["json"], "--html", paths["html"], "--md", paths["md"]],
-                                      capture_output=True, text=True, timeout=50)
+            rendered = subprocess.run(
+                [*PY, "report", paths["json"], "--html", paths["html"], "--md", paths["md"]],
+                capture_output=True,
+                text=True,
+                timeout=50,
+            )
             assert rendered.returncode == 0, rendered.stderr
             with open(paths["stdout"] + ".part", "w") as f:
                 f.write(done.stdout)
@@ -59,8 +86,13 @@ def compared(tmp_path_factory, worker_id) -> dict:
     for key in ("json", "html", "md", "stdout"):
         with open(paths[key]) as f:
             texts[key] = f.read()
-    return {**paths, "doc": json.loads(texts["json"]), "stdout": texts["stdout"], "html_text": texts["html"],
-            "md_text": texts["md"]}
+    return {
+        **paths,
+        "doc": json.loads(texts["json"]),
+        "stdout": texts["stdout"],
+        "html_text": texts["html"],
+        "md_text": texts["md"],
+    }
 
 
 def esc(text: str) -> str:
@@ -127,12 +159,15 @@ def test_numbers_in_the_section_match_the_json(compared):
         for p in measured(doc):
             rx, tcp = p["udp_stream"]["receiver"], p["tcp_stream"]
             udp_cell, clean_cell, tcp_cell, rtt_cell = rows[p["place"]]
-            assert udp_cell.startswith(f"{mbit(rx['throughput_bps'])} Mbit/s, {rx['loss_percent']:.2f}% lost, "
-                                       f"{rx['jitter_ms']:.3f} ms")
+            assert udp_cell.startswith(
+                f"{mbit(rx['throughput_bps'])} Mbit/s, {rx['loss_percent']:.2f}% lost, {rx['jitter_ms']:.3f} ms"
+            )
             clean = p["udp_sweep"]["summary"]["max_clean_bps"]
             assert clean_cell.startswith(f"{mbit(clean)} Mbit/s" if clean else "lossy from the first rate")
-            assert tcp_cell == f"{mbit(tcp['sender']['goodput_bps'])} Mbit/s, " \
-                               f"{'yes' if tcp['receiver']['complete'] else 'NO'}"
+            assert (
+                tcp_cell == f"{mbit(tcp['sender']['goodput_bps'])} Mbit/s, "
+                f"{'yes' if tcp['receiver']['complete'] else 'NO'}"
+            )
             for r, cell in zip(p["roundtrip"]["results"], rtt_cell.split(" · ")):
                 assert cell.startswith(f"{r['rtt_ms']['p50']:.3f} / {r['rtt_ms']['p99']:.3f}")
 
@@ -143,17 +178,22 @@ def test_verdict_lines_quote_the_measurement(compared):
         line = next(x for x in md.splitlines() if x.startswith(f"- **{p['place']}**: "))
         rx, tcp = p["udp_stream"]["receiver"], p["tcp_stream"]
         if rx["lost"]:
-            assert f"UDP lost {rx['loss_percent']:.2f}% of its datagrams ({rx['lost']:,} of {rx['expected']:,})" \
-                   in line
+            assert f"UDP lost {rx['loss_percent']:.2f}% of its datagrams ({rx['lost']:,} of {rx['expected']:,})" in line
         else:
             assert f"UDP delivered all {rx['expected']:,} datagrams" in line
         assert tcp["receiver"]["complete"] is True  # loopback and a bare veth lose nothing
         assert f"TCP delivered every byte, at {mbit(tcp['sender']['goodput_bps'])} Mbit/s" in line
         rtt = {r["connection"]: r["rtt_ms"]["p50"] for r in p["roundtrip"]["results"]}
         handshake = rtt["fresh"] - rtt["keep-alive"]
-        assert (f"the handshake adds {handshake:.3f} ms" if 0 <= handshake < 10 else  # a lost SYN: 1 s
-                "the handshake adds " if handshake >= 0 else "was no slower than") in line
-        assert esc(line[len(f"- **{p['place']}**: "):]) in compared["html_text"]
+        assert (
+            f"the handshake adds {handshake:.3f} ms"
+            if 0 <= handshake < 10
+            # a lost SYN: 1 s
+            else "the handshake adds "
+            if handshake >= 0
+            else "was no slower than"
+        ) in line
+        assert esc(line[len(f"- **{p['place']}**: ") :]) in compared["html_text"]
 
 
 def test_a_link_that_could_not_be_built_shows_its_reason(compared):
@@ -224,9 +264,13 @@ def test_bad_files_give_one_line_and_exit_2(compared, tmp_path):
     incomplete = tmp_path / "incomplete.json"
     incomplete.write_text(json.dumps(torn))
     out = str(tmp_path / "r.md")
-    for bad, words in ((garbage, "not JSON"), (unknown, "neither a serverzoo bench run nor a udp-compare result"),
-                       (udp_test, "'serverzoo.udp/1'"), (incomplete, "has no roundtrip"),
-                       (tmp_path / "missing.json", "no such file")):
+    for bad, words in (
+        (garbage, "not JSON"),
+        (unknown, "neither a serverzoo bench run nor a udp-compare result"),
+        (udp_test, "'serverzoo.udp/1'"),
+        (incomplete, "has no roundtrip"),
+        (tmp_path / "missing.json", "no such file"),
+    ):
         for args in (["report", str(bad)], ["report", compared["json"], str(bad), "--md", out]):
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 2, result.output
@@ -236,7 +280,11 @@ def test_bad_files_give_one_line_and_exit_2(compared, tmp_path):
 
 
 def test_compare_refuses_an_unwritable_json_path_before_measuring(tmp_path):
-    done = subprocess.run([*PY, "udp", "compare", "--links", "", "--json", str(tmp_path / "no" / "such" / "r.json")],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*PY, "udp", "compare", "--links", "", "--json", str(tmp_path / "no" / "such" / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "--json" in done.stderr and "no folder" in done.stderr and "Traceback" not in done.stderr

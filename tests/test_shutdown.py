@@ -83,8 +83,12 @@ sys.exit(Supervisor(2, worker, grace=5).run(on_started=lambda: os.write(1, b"sta
 
 @pytest.mark.parametrize("worker_status,expected", [(0, 0), (3, 1)], ids=["clean", "failed"])
 def test_supervisor_exit_code_says_whether_every_worker_stopped_cleanly(worker_status, expected):
-    proc = subprocess.Popen([sys.executable, "-c", SUPERVISED.format(status=worker_status)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISED.format(status=worker_status)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = sorted(proc.stdout.readline() for _ in range(3))  # both workers have their handler now
         assert lines == ["ready\n", "ready\n", "started\n"]

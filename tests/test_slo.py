@@ -79,9 +79,14 @@ def _doc(values: list[int], errors: int = 0, elapsed: float = 1.0) -> dict:
     """The parts of a load result that goals read, from raw latencies."""
     raw = latency.RawStats.of(array("q", values))
     hist = latency.histogram_of(values)
-    return {"requests": len(values), "errors": {"total": errors}, "elapsed_s": elapsed,
-            "rps": len(values) / elapsed if elapsed else 0.0,
-            "latency_us": latency.summary(hist, raw), "histogram": latency.encode(hist)}
+    return {
+        "requests": len(values),
+        "errors": {"total": errors},
+        "elapsed_s": elapsed,
+        "rps": len(values) / elapsed if elapsed else 0.0,
+        "latency_us": latency.summary(hist, raw),
+        "histogram": latency.encode(hist),
+    }
 
 
 def test_check_reads_the_reported_percentile_and_the_margin() -> None:
@@ -173,9 +178,13 @@ def test_a_lost_verdict_holds_however_the_window_ends() -> None:
     for _ in range(300):
         most = rng.randint(20, 400)  # outcomes the window holds at most
         slow_share = rng.random() * 0.3
-        outcomes = [None if rng.random() < 0.02 else  # an error
-                    (rng.randint(10_000, 60_000) if rng.random() < slow_share else rng.randint(100, 12_000))
-                    for _ in range(most)]
+        outcomes = [
+            None
+            if rng.random() < 0.02
+            # an error
+            else (rng.randint(10_000, 60_000) if rng.random() < slow_share else rng.randint(100, 12_000))
+            for _ in range(most)
+        ]
         cut = rng.randint(1, most)
         seen = outcomes[:cut]
         values = [v for v in seen if v is not None]
@@ -187,7 +196,7 @@ def test_a_lost_verdict_holds_however_the_window_ends() -> None:
         called += 1
         goal = next(g for g in goals if g.text == lost["goal"])
         for _ in range(5):  # however many of the rest arrive, and however fast they are
-            rest = outcomes[cut:cut + rng.randint(0, most - cut)]
+            rest = outcomes[cut : cut + rng.randint(0, most - cut)]
             fast = [1 if v is not None else None for v in rest]
             final = seen + fast
             doc = _doc([v for v in final if v is not None], errors=sum(v is None for v in final))

@@ -32,6 +32,7 @@ def log():
             return os.read(r, 1 << 20).decode().splitlines()
         except BlockingIOError:
             return []
+
     stream.lines = lines
 
     def drain(n: int) -> bytes:
@@ -40,6 +41,7 @@ def log():
         while len(out) < n:
             out += os.read(r, n - len(out))
         return out
+
     stream.drain = drain
     yield stream
     os.close(r)
@@ -64,9 +66,15 @@ def test_counts_still_held_are_printed_at_exit(log):
     assert log.lines() == ["t: connection reset", "no newline yet", "t: 2 more line(s) of 'reset' in the last 0 s"]
 
 
-@pytest.mark.parametrize("pieces", [
-    ["a\nb\n"], ["a", "\n", "b", "\n"], ["a\nb", "\n"], ["", "a\n", "", "b\n"],
-])
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ["a\nb\n"],
+        ["a", "\n", "b", "\n"],
+        ["a\nb", "\n"],
+        ["", "a\n", "", "b\n"],
+    ],
+)
 def test_other_output_is_split_into_lines_however_it_is_written(log, pieces):
     for piece in pieces:
         assert log.write(piece) == len(piece)

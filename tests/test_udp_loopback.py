@@ -26,8 +26,12 @@ class Responder:
     """A `serverzoo udp serve` child; stopped by PID with SIGTERM (then SIGKILL)."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([*PY, "udp", "serve", "--port", "0", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*PY, "udp", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         ready, _, _ = select.select([self.proc.stdout], [], [], 20)
         line = self.proc.stdout.readline().decode() if ready else ""
         if not line.startswith("READY udp://"):
@@ -96,9 +100,16 @@ def test_responder_survives_a_garbage_flood():
             s.setblocking(False)
             payloads = [b"", b"SZu1", wire.MAX_DATAGRAM * b"\xff", bytes(wire.HEADER_SIZE)]
             for kind in b"DPHRAZ":  # every kind with a random or truncated body, and one unknown kind
-                payloads.append(wire.make(kind, rng.getrandbits(32), rng.getrandbits(64), rng.getrandbits(64),
-                                          rng.randbytes(rng.randrange(0, 50))))
-                payloads.append(wire.make(kind, 1, 2, 3)[:rng.randrange(4, wire.HEADER_SIZE)])
+                payloads.append(
+                    wire.make(
+                        kind,
+                        rng.getrandbits(32),
+                        rng.getrandbits(64),
+                        rng.getrandbits(64),
+                        rng.randbytes(rng.randrange(0, 50)),
+                    )
+                )
+                payloads.append(wire.make(kind, 1, 2, 3)[: rng.randrange(4, wire.HEADER_SIZE)])
             payloads.append(wire.make(wire.REPORT, 5, 0, 0, b'{"sent": "many"}'))
             payloads.append(wire.make(wire.REPORT, 5, 0, 0, b'{"sent": -3}'))
             payloads.append(wire.make(wire.DATA, 9, (1 << 64) - 1, 0))  # a sequence number far out of range
@@ -158,8 +169,12 @@ def test_nothing_listening_is_one_clear_error():
 
 def test_cli_json_and_summary(responder, tmp_path):
     path = tmp_path / "out.json"
-    done = subprocess.run([*PY, "udp", "test", responder.url, "--rate", "4M", "--size", "1000", "--time", "0.3",
-                           "--json", str(path)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*PY, "udp", "test", responder.url, "--rate", "4M", "--size", "1000", "--time", "0.3", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert "0 lost" in done.stdout
     doc = json.loads(path.read_text())
@@ -171,23 +186,44 @@ def test_cli_json_and_summary(responder, tmp_path):
 
 
 def test_cli_sweep_is_bounded_and_summarised(responder):
-    done = subprocess.run([*PY, "udp", "test", responder.url, "--mode", "sweep", "--sweep-from", "2M",
-                           "--sweep-to", "8M", "--step-time", "0.2", "--json", "-"],
-                          capture_output=True, text=True, timeout=40)
+    done = subprocess.run(
+        [
+            *PY,
+            "udp",
+            "test",
+            responder.url,
+            "--mode",
+            "sweep",
+            "--sweep-from",
+            "2M",
+            "--sweep-to",
+            "8M",
+            "--step-time",
+            "0.2",
+            "--json",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    assert [s["target_bps"] for s in doc["results"]][:3] == [2e6, 4e6, 8e6][:len(doc["results"])]
+    assert [s["target_bps"] for s in doc["results"]][:3] == [2e6, 4e6, 8e6][: len(doc["results"])]
     assert set(doc["summary"]) >= {"max_clean_bps", "loss_begins_bps", "sender_limit_bps"}
 
 
-@pytest.mark.parametrize("args, code, text", [
-    (["udp", "test"], 2, "missing TARGET"),
-    (["udp", "test", "nonsense"], 1, "expected udp://HOST:PORT/"),
-    (["udp", "test", "127.0.0.1:9", "--size", "5"], 1, "at least 28"),
-    (["udp", "test", "127.0.0.1:9", "--rate", "fast"], 2, "positive bit rate"),
-    (["udp", "test", "127.0.0.1:9", "--link", "veth"], 2, "not both"),
-    (["udp", "serve", "--host", "203.0.113.1"], 2, "cannot listen"),  # TEST-NET-3: not ours, bind fails
-])
+@pytest.mark.parametrize(
+    "args, code, text",
+    [
+        (["udp", "test"], 2, "missing TARGET"),
+        (["udp", "test", "nonsense"], 1, "expected udp://HOST:PORT/"),
+        (["udp", "test", "127.0.0.1:9", "--size", "5"], 1, "at least 28"),
+        (["udp", "test", "127.0.0.1:9", "--rate", "fast"], 2, "positive bit rate"),
+        (["udp", "test", "127.0.0.1:9", "--link", "veth"], 2, "not both"),
+        (["udp", "serve", "--host", "203.0.113.1"], 2, "cannot listen"),  # TEST-NET-3: not ours, bind fails
+    ],
+)
 def test_cli_bad_input_is_one_line(args, code, text):
     done = subprocess.run([*PY, *args], capture_output=True, text=True, timeout=30)
     assert done.returncode == code
@@ -197,9 +233,32 @@ def test_cli_bad_input_is_one_line(args, code, text):
 
 def test_cli_compare_on_loopback_prints_the_table(tmp_path):
     path = tmp_path / "compare.json"
-    done = subprocess.run([*PY, "udp", "compare", "--links", "", "--time", "0.3", "--step-time", "0.2",
-                           "--sweep-from", "2M", "--sweep-to", "4M", "--count", "20", "--cpus", "",
-                           "--json", str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            *PY,
+            "udp",
+            "compare",
+            "--links",
+            "",
+            "--time",
+            "0.3",
+            "--step-time",
+            "0.2",
+            "--sweep-from",
+            "2M",
+            "--sweep-to",
+            "4M",
+            "--count",
+            "20",
+            "--cpus",
+            "",
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "| loopback |" in done.stdout
     doc = json.loads(path.read_text())

@@ -55,7 +55,7 @@ def test_heavy_reordering_loses_nothing():
 def test_tail_loss_needs_the_senders_count():
     s = ReceiverStats()
     feed(s, list(range(10)))
-    assert s.summary()["lost"] == 0           # the receiver alone cannot see the last two vanish
+    assert s.summary()["lost"] == 0  # the receiver alone cannot see the last two vanish
     assert s.summary(sent=12)["lost"] == 2
     assert s.summary(sent=12)["expected"] == 12
 
@@ -121,16 +121,18 @@ def test_wire_round_trip_and_garbage():
     hdr = wire.parse(data)
     assert (hdr.kind, hdr.run, hdr.seq, hdr.sent_ns) == (wire.DATA, 7, 123456789012, 42)
     assert wire.parse(b"") is None
-    assert wire.parse(b"SZu1") is None                            # truncated
-    assert wire.parse(b"XXXX" + data[4:]) is None                 # wrong magic
-    assert wire.parse(data[:4] + b"Z" + data[5:]) is None        # unknown kind
+    assert wire.parse(b"SZu1") is None  # truncated
+    assert wire.parse(b"XXXX" + data[4:]) is None  # wrong magic
+    assert wire.parse(data[:4] + b"Z" + data[5:]) is None  # unknown kind
     assert wire.body_json(wire.make(wire.HELLO, 1, 0, 0, b"\xff\xfe")) is None
     assert wire.body_json(wire.make(wire.HELLO, 1, 0, 0, b"[1, 2]")) is None
     assert wire.body_json(wire.make_json(wire.HELLO, 1, 0, 0, {"a": 1})) == {"a": 1}
 
 
-@pytest.mark.parametrize("text, bps", [("100M", 100e6), ("1.5G", 1.5e9), ("500k", 500e3), ("2000", 2000.0),
-                                       ("10Mbit", 10e6), ("10 mbps", 10e6)])
+@pytest.mark.parametrize(
+    "text, bps",
+    [("100M", 100e6), ("1.5G", 1.5e9), ("500k", 500e3), ("2000", 2000.0), ("10Mbit", 10e6), ("10 mbps", 10e6)],
+)
 def test_parse_rate(text, bps):
     assert parse_rate(text) == bps
 

@@ -8,8 +8,9 @@ import pytest
 from serverzoo.bench import uncertainty as u
 
 
-@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042), (40, 2.021),
-                                          (120, 1.980), (10_000, 1.960)])
+@pytest.mark.parametrize(
+    "df, expected", [(1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042), (40, 2.021), (120, 1.980), (10_000, 1.960)]
+)
 def test_t_quantiles_match_the_table_and_the_expansion(df, expected):
     assert u._t95(df) == pytest.approx(expected, abs=0.002)
 
@@ -107,11 +108,11 @@ def test_estimates_round_trip_through_json_and_old_runs_read_as_n_minus_one():
 
 # a, b, higher_is_better, clearly ahead?
 AHEAD = [
-    (u.Estimate(110, 3, 5, "x"), u.Estimate(100, 3, 5, "x"), True, True),    # 10 > 3.52
-    (u.Estimate(104, 4, 5, "x"), u.Estimate(100, 4, 5, "x"), True, False),   # 4 < 4.70: a tie
-    (u.Estimate(100, 3, 5, "x"), u.Estimate(110, 3, 5, "x"), True, False),   # behind
+    (u.Estimate(110, 3, 5, "x"), u.Estimate(100, 3, 5, "x"), True, True),  # 10 > 3.52
+    (u.Estimate(104, 4, 5, "x"), u.Estimate(100, 4, 5, "x"), True, False),  # 4 < 4.70: a tie
+    (u.Estimate(100, 3, 5, "x"), u.Estimate(110, 3, 5, "x"), True, False),  # behind
     (u.Estimate(5.0, 0.2, 5, "x"), u.Estimate(6.0, 0.2, 5, "x"), False, True),  # lower latency wins
-    (u.single(200), u.Estimate(100, 1, 5, "x"), True, False),               # one sample decides nothing
+    (u.single(200), u.Estimate(100, 1, 5, "x"), True, False),  # one sample decides nothing
 ]
 
 
@@ -123,7 +124,7 @@ def test_clearly_ahead_needs_a_lead_beyond_the_combined_noise(a, b, higher, expe
 def test_the_difference_interval_is_welchs():
     a, b = u.from_samples([100.0, 104.0, 96.0]), u.from_samples([90.0, 91.0, 89.0, 90.0])
     se_a, se_b = 4.0 / math.sqrt(3), statistics.stdev([90, 91, 89, 90]) / math.sqrt(4)
-    df = (se_a ** 2 + se_b ** 2) ** 2 / (se_a ** 4 / 2 + se_b ** 4 / 3)
+    df = (se_a**2 + se_b**2) ** 2 / (se_a**4 / 2 + se_b**4 / 3)
     assert u.combined_half_width(a, b) == pytest.approx(u._t95(math.floor(df)) * math.hypot(se_a, se_b))
     # with few samples on both sides, tighter than the two intervals in quadrature (each with only its own df)
     c = u.from_samples([90.0, 94.0, 86.0])

@@ -26,39 +26,116 @@ def est(value: float, rel: float | None = 0.02, n: int = 5) -> u.Estimate:
     return u.Estimate(value, value * rel, n, "batch-means") if rel is not None else u.single(value)
 
 
-def c(server: str, value: float | None, rel: float | None = 0.02, *flags: str, responses: int = 10_000,
-      reasons: tuple[str, ...] = ()) -> Contender:
+def c(
+    server: str,
+    value: float | None,
+    rel: float | None = 0.02,
+    *flags: str,
+    responses: int = 10_000,
+    reasons: tuple[str, ...] = (),
+) -> Contender:
     return Contender(server, est(value, rel) if value is not None else None, flags, reasons, responses)
 
 
 # name, contenders, metric, higher is better -> kind, winner, tie
 CASES = [
-    ("clear winner", [c("select", 120), c("asyncio", 100), c("threading", 80)], "rps", True,
-     "winner", "select", ()),
-    ("tie within the noise", [c("select", 103, 0.03), c("asyncio", 100, 0.03), c("threading", 80)], "rps", True,
-     "tie", None, ("select", "asyncio")),
-    ("noisy pair far apart still ties", [c("gevent", 150, 0.4), c("trio", 100, 0.4)], "rps", True,
-     "tie", None, ("gevent", "trio")),
-    ("one sample separates nothing", [c("select", 200, None), c("asyncio", 100)], "rps", True,
-     "tie", None, ("select", "asyncio")),
-    ("a failed leader is left out", [c("iterative", 500, 0.02, "failed", reasons=("server did not start",)),
-                                     c("select", 120), c("asyncio", 100)], "rps", True, "winner", "select", ()),
-    ("a degraded leader is left out", [c("iterative", 500, 0.02, "errors", "stalled"), c("select", 100),
-                                       c("asyncio", 101)], "rps", True, "tie", None, ("asyncio", "select")),
-    ("client-bound leaders tie at the generator's ceiling",
-     [c("select", 20_000, 0.02, "client-bound"), c("asyncio", 19_900), c("prefork", 20_500, 0.02, "client-bound"),
-      c("threading", 9_000)], "rps", True, "generator-limited", None, ("prefork", "select", "asyncio")),
-    ("a lone client-bound model clearly ahead wins by at least its margin",
-     [c("prefork", 20_000, 0.02, "client-bound"), c("iterative", 7_000), c("threading", 9_000)], "rps", True,
-     "generator-limited", "prefork", ()),
+    ("clear winner", [c("select", 120), c("asyncio", 100), c("threading", 80)], "rps", True, "winner", "select", ()),
+    (
+        "tie within the noise",
+        [c("select", 103, 0.03), c("asyncio", 100, 0.03), c("threading", 80)],
+        "rps",
+        True,
+        "tie",
+        None,
+        ("select", "asyncio"),
+    ),
+    (
+        "noisy pair far apart still ties",
+        [c("gevent", 150, 0.4), c("trio", 100, 0.4)],
+        "rps",
+        True,
+        "tie",
+        None,
+        ("gevent", "trio"),
+    ),
+    (
+        "one sample separates nothing",
+        [c("select", 200, None), c("asyncio", 100)],
+        "rps",
+        True,
+        "tie",
+        None,
+        ("select", "asyncio"),
+    ),
+    (
+        "a failed leader is left out",
+        [c("iterative", 500, 0.02, "failed", reasons=("server did not start",)), c("select", 120), c("asyncio", 100)],
+        "rps",
+        True,
+        "winner",
+        "select",
+        (),
+    ),
+    (
+        "a degraded leader is left out",
+        [c("iterative", 500, 0.02, "errors", "stalled"), c("select", 100), c("asyncio", 101)],
+        "rps",
+        True,
+        "tie",
+        None,
+        ("asyncio", "select"),
+    ),
+    (
+        "client-bound leaders tie at the generator's ceiling",
+        [
+            c("select", 20_000, 0.02, "client-bound"),
+            c("asyncio", 19_900),
+            c("prefork", 20_500, 0.02, "client-bound"),
+            c("threading", 9_000),
+        ],
+        "rps",
+        True,
+        "generator-limited",
+        None,
+        ("prefork", "select", "asyncio"),
+    ),
+    (
+        "a lone client-bound model clearly ahead wins by at least its margin",
+        [c("prefork", 20_000, 0.02, "client-bound"), c("iterative", 7_000), c("threading", 9_000)],
+        "rps",
+        True,
+        "generator-limited",
+        "prefork",
+        (),
+    ),
     ("lower latency wins", [c("asyncio", 11_000), c("threading", 13_000)], "p99_us", False, "winner", "asyncio", ()),
-    ("a p99 from too few responses is left out", [c("iterative", 5_000, 0.02, responses=2), c("asyncio", 11_000),
-                                                  c("threading", 13_000)], "p99_us", False, "winner", "asyncio", ()),
-    ("a client-bound latency is left out", [c("select", 5_000, 0.02, "client-bound"), c("asyncio", 11_000),
-                                            c("threading", 11_100)], "p99_us", False, "tie", None,
-     ("asyncio", "threading")),
-    ("the only clean model", [c("asyncio", 100), c("iterative", None, None, "failed")], "rps", True,
-     "winner", "asyncio", ()),
+    (
+        "a p99 from too few responses is left out",
+        [c("iterative", 5_000, 0.02, responses=2), c("asyncio", 11_000), c("threading", 13_000)],
+        "p99_us",
+        False,
+        "winner",
+        "asyncio",
+        (),
+    ),
+    (
+        "a client-bound latency is left out",
+        [c("select", 5_000, 0.02, "client-bound"), c("asyncio", 11_000), c("threading", 11_100)],
+        "p99_us",
+        False,
+        "tie",
+        None,
+        ("asyncio", "threading"),
+    ),
+    (
+        "the only clean model",
+        [c("asyncio", 100), c("iterative", None, None, "failed")],
+        "rps",
+        True,
+        "winner",
+        "asyncio",
+        (),
+    ),
     ("nobody served it", [c("iterative", None, None, "failed")], "rps", True, "none", None, ()),
 ]
 
@@ -85,8 +162,9 @@ def test_verdict_texts_state_margin_basis_and_confidence():
     tie = decide("s", [c("select", 103, 0.03), c("asyncio", 100, 0.03)], "rps", True, 32, "c=32")
     assert tie.text == "tie: select, asyncio (within 3%) at c=32"
     bound = decide("s", [c("select", 20_000, 0.02, "client-bound"), c("asyncio", 19_900)], "rps", True, 32, "c=32")
-    assert bound.text == ("generator-limited: every model that reached 20,000 req/s is tied at >= 20,000 at c=32: "
-                          "select, asyncio")
+    assert bound.text == (
+        "generator-limited: every model that reached 20,000 req/s is tied at >= 20,000 at c=32: select, asyncio"
+    )
     blind = decide("s", [c("select", 200, None), c("asyncio", 100, None)], "rps", True, 1, "c=1")
     assert blind.confidence.startswith("noise unmeasured")
     d = won.to_dict()
@@ -161,14 +239,22 @@ def test_gate_table(before, after, higher, verdict):
 
 # -- typed results -----------------------------------------------------------------------------
 
+
 def _load(timeline: list[dict], rps: float = 1000.0, p99: float = 900.0) -> Load:
-    return Load.from_doc({"requests": int(rps), "errors": {"total": 0}, "rps": rps, "mb_per_s": 1.0,
-                          "latency_us": {"p99": p99}, "timeline": timeline})
+    return Load.from_doc(
+        {
+            "requests": int(rps),
+            "errors": {"total": 0},
+            "rps": rps,
+            "mb_per_s": 1.0,
+            "latency_us": {"p99": p99},
+            "timeline": timeline,
+        }
+    )
 
 
 def test_a_repetition_has_an_interval_from_its_slices():
-    steady = [{"start_ns": i * 10**8, "end_ns": (i + 1) * 10**8, "requests": 100, "bytes": 10_000}
-              for i in range(10)]
+    steady = [{"start_ns": i * 10**8, "end_ns": (i + 1) * 10**8, "requests": 100, "bytes": 10_000} for i in range(10)]
     e = repetition_estimate(_load(steady), "rps")
     assert (e.value, e.method, e.n) == (1000.0, "batch-means", 5) and e.half_width == pytest.approx(0, abs=1e-6)
     assert repetition_estimate(_load(steady), "mb_per_s").measured
@@ -181,8 +267,15 @@ def test_a_repetition_has_an_interval_from_its_slices():
 def test_a_p99_interval_comes_from_merged_slice_histograms():
     from serverzoo.clients.loadgen.latency import encode, histogram_of
 
-    slices = [{"start_ns": i * 10**8, "end_ns": (i + 1) * 10**8, "requests": 100,
-               "histogram": encode(histogram_of([100 + i] * 99 + [1000 + 10 * i]))} for i in range(10)]
+    slices = [
+        {
+            "start_ns": i * 10**8,
+            "end_ns": (i + 1) * 10**8,
+            "requests": 100,
+            "histogram": encode(histogram_of([100 + i] * 99 + [1000 + 10 * i])),
+        }
+        for i in range(10)
+    ]
     e = repetition_estimate(_load(slices), "p99_us")
     assert e.method == "batch-means" and e.n == 5 and e.measured
     few = [dict(s, histogram=encode(histogram_of([100] * 10))) for s in slices]  # 20 responses per batch
@@ -190,8 +283,9 @@ def test_a_p99_interval_comes_from_merged_slice_histograms():
 
 
 def test_older_timelines_are_read_by_their_end_times():
-    load = _load([{"t": 0.5, "requests": 500, "errors": 0, "p99_us": 1}, {"t": 1.0, "requests": 500, "errors": 0,
-                                                                            "p99_us": 1}])
+    load = _load(
+        [{"t": 0.5, "requests": 500, "errors": 0, "p99_us": 1}, {"t": 1.0, "requests": 500, "errors": 0, "p99_us": 1}]
+    )
     assert [s.seconds for s in load.timeline] == [0.5, 0.5]
     assert load.timeline[0] == Slice(0.5, 500, None, None)
 
@@ -211,30 +305,48 @@ def test_the_summary_says_what_to_pick_and_how_sure():
     from serverzoo.bench.report import summary_line
 
     won = decide("s", [c("select", 120), c("asyncio", 100)], "rps", True, 32, "c=32")
-    assert summary_line(won, "Small files") == ("Small files: pick select, 20.0% ahead of asyncio at c=32 (95% intervals "
-                                                "from 5 timeline batches of one repetition).")
+    assert summary_line(won, "Small files") == (
+        "Small files: pick select, 20.0% ahead of asyncio at c=32 (95% intervals "
+        "from 5 timeline batches of one repetition)."
+    )
     tie = decide("s", [c("select", 103, 0.03), c("asyncio", 100, 0.03)], "rps", True, 32, "c=32")
-    assert summary_line(tie, "Small files").startswith("Small files: any of select, asyncio (within 3% at c=32): this "
-                                                       "run cannot separate them")
+    assert summary_line(tie, "Small files").startswith(
+        "Small files: any of select, asyncio (within 3% at c=32): this run cannot separate them"
+    )
     bound = decide("s", [c("select", 2_000, 0.02, "client-bound"), c("asyncio", 1_990)], "mb_per_s", True, 4, "c=4")
-    assert summary_line(bound, "Large files").startswith("Large files: the load generator was the limit; select, "
-                                                         "asyncio all reached 2,000.0 MB/s at c=4")
+    assert summary_line(bound, "Large files").startswith(
+        "Large files: the load generator was the limit; select, asyncio all reached 2,000.0 MB/s at c=4"
+    )
     none = decide("s", [c("iterative", None, None, "failed")], "rps", True, 16, "c=16")
     assert summary_line(none, "Idle") == "Idle: no model served it cleanly at c=16."
 
 
 def _load_with(unfinished: dict, slowest_us: int) -> dict:
-    return {"requests": 100, "errors": {"total": 0}, "rps": 100.0, "mb_per_s": 1.0,
-            "latency_us": {"max": slowest_us}, "unfinished": unfinished}
+    return {
+        "requests": 100,
+        "errors": {"total": 0},
+        "rps": 100.0,
+        "mb_per_s": 1.0,
+        "latency_us": {"max": slowest_us},
+        "unfinished": unfinished,
+    }
 
 
 # unfinished at the window's close, slowest response (us) -> requests counted as stalled
 STALLS = [
     ("recorded by the generator", {"count": 8, "oldest_us": 900, "longer_than_max": 3, "stalled": 2}, 400, 2),
-    ("a download in flight, a little older than the slowest: the tail, not a stall",
-     {"count": 4, "oldest_us": 606_201, "median_age_us": 207_871, "longer_than_max": 1}, 561_275, 0),
-    ("an old run whose waiters were far older than the slowest",
-     {"count": 32, "oldest_us": 98_528, "median_age_us": 98_346, "longer_than_max": 31}, 3_959, 31),
+    (
+        "a download in flight, a little older than the slowest: the tail, not a stall",
+        {"count": 4, "oldest_us": 606_201, "median_age_us": 207_871, "longer_than_max": 1},
+        561_275,
+        0,
+    ),
+    (
+        "an old run whose waiters were far older than the slowest",
+        {"count": 32, "oldest_us": 98_528, "median_age_us": 98_346, "longer_than_max": 31},
+        3_959,
+        31,
+    ),
     ("nothing owed", {"count": 0, "oldest_us": None, "longer_than_max": 0}, 1_000, 0),
 ]
 

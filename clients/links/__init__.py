@@ -24,11 +24,11 @@ from .profiles import LinkProfile, get_profile, load_profiles
 from .shaping import LinkUnavailable
 
 __all__ = [
-           "LinkProfile",
-           "LinkUnavailable",
-           "LinkedHosts",
-           "cleanup_leftovers",
-           "get_profile",
-           "load_profiles",
-           "require_support",
+    "LinkProfile",
+    "LinkUnavailable",
+    "LinkedHosts",
+    "cleanup_leftovers",
+    "get_profile",
+    "load_profiles",
+    "require_support",
 ]

@@ -21,16 +21,24 @@ class NoLinkError(click.ClickException):
 
 def link_options(command: Callable) -> Callable:
     """Adds --link NAME and --links-file PATH to a click command (parameters `link`, `links_file`)."""
-    command = click.option("--links-file", type=click.Path(dir_okay=False), default=None,
-                           help="TOML file with [links.NAME] tables. [clients/links/links.toml]")(command)
-    return click.option("--link", "link", metavar="NAME", default=None,
-                        help="Run the server and the client on two network namespaces joined by the "
-                             "emulated link NAME (root; see `serverzoo net links`).")(command)
+    command = click.option(
+        "--links-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML file with [links.NAME] tables. [clients/links/links.toml]",
+    )(command)
+    return click.option(
+        "--link",
+        "link",
+        metavar="NAME",
+        default=None,
+        help="Run the server and the client on two network namespaces joined by the "
+        "emulated link NAME (root; see `serverzoo net links`).",
+    )(command)
 
 
 @contextmanager
-def linked_hosts_or_exit(name: str | LinkProfile | None,
-                         links_file: str | None = None) -> Iterator[LinkedHosts | None]:
+def linked_hosts_or_exit(name: str | LinkProfile | None, links_file: str | None = None) -> Iterator[LinkedHosts | None]:
     """Yields None without a name; else an up LinkedHosts, removed afterwards whatever happens.
     A LinkProfile instead of a name builds that exact profile (a resumed run's recorded one)."""
     if not name:

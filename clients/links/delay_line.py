@@ -39,13 +39,13 @@ import time
 from .delay_schedule import Direction, Lateness, LineSettings
 
 SERVER_TUN, CLIENT_TUN = "tun-srv", "tun-cli"
-TUN_MTU = 1500           # the owner sets it; 1500 as on an Ethernet path
+TUN_MTU = 1500  # the owner sets it; 1500 as on an Ethernet path
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 PR_SET_TIMERSLACK = 29
-READ_SIZE = 65536        # more than any MTU: a packet is never cut short
-BATCH = 64               # packets read from one device before the departures are looked at again
-WINDOW_S = 0.1           # busy accounting: windows with under 5% idle count as saturated
+READ_SIZE = 65536  # more than any MTU: a packet is never cut short
+BATCH = 64  # packets read from one device before the departures are looked at again
+WINDOW_S = 0.1  # busy accounting: windows with under 5% idle count as saturated
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 
@@ -128,8 +128,11 @@ class Usage:
 
     def stats(self, now: float) -> dict:
         wall = now - self.started
-        return {"wall_s": round(wall, 3), "busy_s": round(wall - self.idle_s, 3),
-                "saturated_s": round(self.saturated_s, 3)}
+        return {
+            "wall_s": round(wall, 3),
+            "busy_s": round(wall - self.idle_s, 3),
+            "saturated_s": round(self.saturated_s, 3),
+        }
 
 
 def process_stats() -> dict:
@@ -141,17 +144,23 @@ def process_stats() -> dict:
     except (OSError, IndexError, ValueError):
         last_cpu = None
     policy = os.sched_getscheduler(0)
-    return {"pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)), "last_cpu": last_cpu,
-            "policy": f"SCHED_FIFO {os.sched_getparam(0).sched_priority}" if policy == os.SCHED_FIFO else
-                      "SCHED_OTHER", "nice": os.getpriority(os.PRIO_PROCESS, 0),
-            "cpu_s": round(times.user + times.system, 3)}
+    return {
+        "pid": os.getpid(),
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "last_cpu": last_cpu,
+        "policy": f"SCHED_FIFO {os.sched_getparam(0).sched_priority}" if policy == os.SCHED_FIFO else "SCHED_OTHER",
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "cpu_s": round(times.user + times.system, 3),
+    }
 
 
 def forward(server_fd: int, client_fd: int, settings: LineSettings, seed: int, control: int = 0) -> None:
     """Move packets both ways until the control pipe says `q` or reaches EOF."""
     clock = time.monotonic
-    legs = (Leg("server_to_client", server_fd, client_fd, Direction(settings, random.Random(seed * 2 + 1))),
-            Leg("client_to_server", client_fd, server_fd, Direction(settings, random.Random(seed * 2 + 2))))
+    legs = (
+        Leg("server_to_client", server_fd, client_fd, Direction(settings, random.Random(seed * 2 + 1))),
+        Leg("client_to_server", client_fd, server_fd, Direction(settings, random.Random(seed * 2 + 2))),
+    )
     by_fd = {leg.in_fd: leg for leg in legs}
     read_fds = [control, server_fd, client_fd]
     usage = Usage(clock())
@@ -207,8 +216,10 @@ def _prioritize(fifo: int, nice: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serverzoo.clients.links.delay_line",
-                                     description="Forward packets between two TUN devices with a delay.")
+    parser = argparse.ArgumentParser(
+        prog="python -m serverzoo.clients.links.delay_line",
+        description="Forward packets between two TUN devices with a delay.",
+    )
     parser.add_argument("server_ns")
     parser.add_argument("client_ns")
     parser.add_argument("settings", help="JSON of delay_schedule.LineSettings")

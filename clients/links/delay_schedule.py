@@ -22,24 +22,28 @@ from typing import Any
 
 from .profiles import LinkProfile
 
-LIMIT_PACKETS = 10000    # packets a direction may hold, as the netem path's limit
-ETHERNET_HEADER = 14     # counted per packet against the rate, as tbf counts it on a veth
+LIMIT_PACKETS = 10000  # packets a direction may hold, as the netem path's limit
+ETHERNET_HEADER = 14  # counted per packet against the rate, as tbf counts it on a veth
 
 
 @dataclass(frozen=True)
 class LineSettings:
     delay_s: float = 0.0
     jitter_s: float = 0.0
-    rate_bps: float | None = None      # bits per second per direction; None: no cap
-    queue_s: float = 0.05              # longest wait for the wire before a tail drop (with a rate)
-    loss: float = 0.0                  # probability, 0..1
+    rate_bps: float | None = None  # bits per second per direction; None: no cap
+    queue_s: float = 0.05  # longest wait for the wire before a tail drop (with a rate)
+    loss: float = 0.0  # probability, 0..1
     limit_packets: int = LIMIT_PACKETS
 
     @classmethod
     def from_profile(cls, profile: LinkProfile) -> LineSettings:
-        return cls(delay_s=profile.delay_ms / 1e3, jitter_s=profile.jitter_ms / 1e3,
-                   rate_bps=profile.rate_mbit * 1e6 if profile.rate_mbit else None,
-                   queue_s=profile.queue_ms / 1e3, loss=profile.loss_percent / 100)
+        return cls(
+            delay_s=profile.delay_ms / 1e3,
+            jitter_s=profile.jitter_ms / 1e3,
+            rate_bps=profile.rate_mbit * 1e6 if profile.rate_mbit else None,
+            queue_s=profile.queue_ms / 1e3,
+            loss=profile.loss_percent / 100,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +55,7 @@ class Direction:
     def __init__(self, settings: LineSettings, rng: random.Random) -> None:
         self.settings = settings
         self.rng = rng
-        self.queue: deque[tuple[float, Any]] = deque()   # (departure, packet), departures non-decreasing
+        self.queue: deque[tuple[float, Any]] = deque()  # (departure, packet), departures non-decreasing
         self.wire_free = float("-inf")
         self.last_departure = float("-inf")
         self.offered = self.lost = self.queue_drops = self.limit_drops = 0
@@ -91,9 +95,16 @@ class Direction:
             yield queue.popleft()
 
     def counters(self) -> dict:
-        return {"offered": self.offered, "sent": self.sent, "sent_bytes": self.sent_bytes, "lost": self.lost,
-                "queue_drops": self.queue_drops, "limit_drops": self.limit_drops, "queued": len(self.queue),
-                "max_queued": self.max_queued}
+        return {
+            "offered": self.offered,
+            "sent": self.sent,
+            "sent_bytes": self.sent_bytes,
+            "lost": self.lost,
+            "queue_drops": self.queue_drops,
+            "limit_drops": self.limit_drops,
+            "queued": len(self.queue),
+            "max_queued": self.max_queued,
+        }
 
 
 class Lateness:
@@ -124,5 +135,9 @@ class Lateness:
         return self.max_us
 
     def summary(self) -> dict:
-        return {"count": self.count, "p50_us": self.percentile(50), "p99_us": self.percentile(99),
-                "max_us": self.max_us if self.count else None}
+        return {
+            "count": self.count,
+            "p50_us": self.percentile(50),
+            "p99_us": self.percentile(99),
+            "max_us": self.max_us if self.count else None,
+        }

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from .namespaces import LinkedHosts
 from .profiles import LinkProfile
 
-BULK_FILE_BYTES = 1 << 34   # sparse: no disk used; more than any transfer here can read
+BULK_FILE_BYTES = 1 << 34  # sparse: no disk used; more than any transfer here can read
 RECV_CHUNK = 1 << 20
 
 
@@ -22,10 +22,16 @@ def measure_delay(rtt_ms: float = 40.0, pings: int = 50) -> dict:
     hosts' stacks and the echo tools take without any link), and the line's own lateness. Each
     way, the line adds about (RTT over the line - RTT over the veth) / 2."""
     base = _echo(LinkedHosts(LinkProfile("check-base")), pings, 5)
-    line = _echo(LinkedHosts(LinkProfile("check-delay", rtt_ms=rtt_ms), delay_line=True), pings,
-                 pings * rtt_ms / 1e3 * 3 + 5)
-    out = {"rtt_ms_set": rtt_ms, "rtt_ms": line["rtt_ms"], "failed": line["failed"],
-           "veth_rtt_ms": base["rtt_ms"], "lateness_us": line["lateness_us"]}
+    line = _echo(
+        LinkedHosts(LinkProfile("check-delay", rtt_ms=rtt_ms), delay_line=True), pings, pings * rtt_ms / 1e3 * 3 + 5
+    )
+    out = {
+        "rtt_ms_set": rtt_ms,
+        "rtt_ms": line["rtt_ms"],
+        "failed": line["failed"],
+        "veth_rtt_ms": base["rtt_ms"],
+        "lateness_us": line["lateness_us"],
+    }
     if line["rtt_ms"].get("count") and base["rtt_ms"].get("count"):
         out["one_way_ms"] = {p: (line["rtt_ms"][p] - base["rtt_ms"]["p50"]) / 2 for p in ("p50", "p99")}
     return out
@@ -33,15 +39,20 @@ def measure_delay(rtt_ms: float = 40.0, pings: int = 50) -> dict:
 
 def _echo(hosts: LinkedHosts, pings: int, seconds: float) -> dict:
     from ..udp.roundtrip import run_roundtrip
+
     with hosts as link:
         _, url = link.start_ready([sys.executable, "-m", "serverzoo", "udp", "serve", "--host", link.server_addr])
         port = int(url.rstrip("/").rsplit(":", 1)[1])
         with link.client_namespace():
             result = run_roundtrip(link.server_addr, port, 64, pings, seconds, tcp=False)["results"][0]
         stats = (link.line.stats() if link.line else None) or {}
-    return {"rtt_ms": result["rtt_ms"], "failed": result["failed"],
-            "lateness_us": {leg: stats[leg]["lateness"] for leg in ("server_to_client", "client_to_server")
-                            if leg in stats}}
+    return {
+        "rtt_ms": result["rtt_ms"],
+        "failed": result["failed"],
+        "lateness_us": {
+            leg: stats[leg]["lateness"] for leg in ("server_to_client", "client_to_server") if leg in stats
+        },
+    }
 
 
 def measure_capacity(seconds: float = 3.0, warmup: float = 0.5, rtt_ms: float = 0.2) -> dict:
@@ -50,8 +61,10 @@ def measure_capacity(seconds: float = 3.0, warmup: float = 0.5, rtt_ms: float = 
     with tempfile.TemporaryDirectory(prefix="szoo-capacity-") as root:
         with open(os.path.join(root, "bulk.bin"), "wb") as f:
             f.truncate(BULK_FILE_BYTES)
-        with LinkedHosts(LinkProfile("check-capacity", rtt_ms=rtt_ms), delay_line=True) as link, \
-                link.server_process("select", root) as server:
+        with (
+            LinkedHosts(LinkProfile("check-capacity", rtt_ms=rtt_ms), delay_line=True) as link,
+            link.server_process("select", root) as server,
+        ):
             with link.client_namespace():
                 sock = socket.create_connection((link.server_addr, server.port), timeout=10)
             try:
@@ -76,15 +89,23 @@ def measure_capacity(seconds: float = 3.0, warmup: float = 0.5, rtt_ms: float = 
     def delta(key: str, leg: str | None = None) -> float:
         return (after[leg][key] - before[leg][key]) if leg else (after[key] - before[key])
 
-    return {"mbit_s": received * 8 / elapsed / 1e6, "seconds": round(elapsed, 3), "rtt_ms": rtt_ms,
-            "packets_s": delta("sent", "server_to_client") / elapsed,
-            "ack_packets_s": delta("sent", "client_to_server") / elapsed,
-            "forwarder_cpu_share": delta("cpu_s") / elapsed,
-            "forwarder_saturated_share": delta("saturated_s") / elapsed,
-            "forwarder_cpus": after["cpus"], "forwarder_policy": after["policy"],
-            "lateness_us": after["server_to_client"]["lateness"]}
+    return {
+        "mbit_s": received * 8 / elapsed / 1e6,
+        "seconds": round(elapsed, 3),
+        "rtt_ms": rtt_ms,
+        "packets_s": delta("sent", "server_to_client") / elapsed,
+        "ack_packets_s": delta("sent", "client_to_server") / elapsed,
+        "forwarder_cpu_share": delta("cpu_s") / elapsed,
+        "forwarder_saturated_share": delta("saturated_s") / elapsed,
+        "forwarder_cpus": after["cpus"],
+        "forwarder_policy": after["policy"],
+        "lateness_us": after["server_to_client"]["lateness"],
+    }
 
 
 def measure(seconds: float = 3.0) -> dict:
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "delay": measure_delay(), "capacity": measure_capacity(seconds)}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "delay": measure_delay(),
+        "capacity": measure_capacity(seconds),
+    }

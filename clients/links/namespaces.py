@@ -174,9 +174,15 @@ class LinkedHosts:
     forwarder (default: any CPU); seed makes its random drops and jitter repeatable (default: drawn
     and recorded in describe())."""
 
-    def __init__(self, profile: LinkProfile | str, links_file: str | None = None, *,
-                 delay_line: bool | None = None, delay_line_cpus: list[int] | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        profile: LinkProfile | str,
+        links_file: str | None = None,
+        *,
+        delay_line: bool | None = None,
+        delay_line_cpus: list[int] | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.profile = profile if isinstance(profile, LinkProfile) else get_profile(profile, links_file)
         self.server_ns, self.client_ns = new_names()
         # each end is created inside its own namespace, so these names never meet another run's
@@ -201,10 +207,16 @@ class LinkedHosts:
             self._start_watchdog()
             self._create_namespaces()
             self.support = shaping.probe(self.server_ns)
-            p = shaping.plan(self.profile, self.support,
-                             [(self.server_ns, self.server_dev, self.client_ns, self.client_dev),
-                              (self.client_ns, self.client_dev, self.server_ns, self.server_dev)],
-                             delay_line=self._delay_line, measured=load_measurement())
+            p = shaping.plan(
+                self.profile,
+                self.support,
+                [
+                    (self.server_ns, self.server_dev, self.client_ns, self.client_dev),
+                    (self.client_ns, self.client_dev, self.server_ns, self.server_dev),
+                ],
+                delay_line=self._delay_line,
+                measured=load_measurement(),
+            )
             if p.missing:
                 raise LinkUnavailable(f"link {self.profile.name!r} cannot be built here: " + "; ".join(p.missing))
             if p.line is not None:
@@ -239,8 +251,23 @@ class LinkedHosts:
 
     def _join_by_veth(self) -> None:
         # both ends are created directly inside their namespaces: no name ever appears on the host
-        sh(["ip", "link", "add", self.server_dev, "netns", self.server_ns, "type", "veth", "peer", "name",
-            self.client_dev, "netns", self.client_ns])
+        sh(
+            [
+                "ip",
+                "link",
+                "add",
+                self.server_dev,
+                "netns",
+                self.server_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.client_dev,
+                "netns",
+                self.client_ns,
+            ]
+        )
         self._address()
 
     def _join_by_delay_line(self, settings) -> None:
@@ -254,8 +281,10 @@ class LinkedHosts:
         self._address()
 
     def _address(self) -> None:
-        for ns, dev, addr in ((self.server_ns, self.server_dev, SERVER_ADDR),
-                              (self.client_ns, self.client_dev, CLIENT_ADDR)):
+        for ns, dev, addr in (
+            (self.server_ns, self.server_dev, SERVER_ADDR),
+            (self.client_ns, self.client_dev, CLIENT_ADDR),
+        ):
             sh(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", dev])
             sh(["ip", "-n", ns, "link", "set", "dev", dev, "up"])
 
@@ -278,8 +307,7 @@ class LinkedHosts:
 
     def _trap_sigterm(self) -> None:
         # SIGTERM's default action would skip __exit__ and leave the namespaces behind
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._old_sigterm = signal.SIG_DFL
             signal.signal(signal.SIGTERM, _raise_exit)
 
@@ -288,8 +316,11 @@ class LinkedHosts:
         try:
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-m", "serverzoo.clients.links.watchdog", self.server_ns, self.client_ns],
-                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)  # Ctrl-C in a terminal must not reach it
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # Ctrl-C in a terminal must not reach it
         finally:
             os.close(read_end)
         self._watchdog_pipe = write_end
@@ -343,8 +374,9 @@ class LinkedHosts:
     def start_ready(self, argv: list[str], side: str = "server", timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
         """Start a program that prints `READY URL` (serverzoo's servers do) and wait for that line."""
         err = tempfile.TemporaryFile()
-        proc = self._adopt(subprocess.Popen(self.command(side, argv), stdout=subprocess.PIPE, stderr=err,
-                                            stdin=subprocess.DEVNULL))
+        proc = self._adopt(
+            subprocess.Popen(self.command(side, argv), stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        )
         line = b""
         deadline = time.monotonic() + timeout
         fd = proc.stdout.fileno()
@@ -357,13 +389,16 @@ class LinkedHosts:
         if not line.startswith(b"READY "):
             _stop(proc)
             err.seek(0)
-            raise LinkUnavailable(f"{' '.join(argv)} on the {side} host did not print READY: "
-                                  f"{err.read().decode(errors='replace').strip()[-300:] or line!r}")
+            raise LinkUnavailable(
+                f"{' '.join(argv)} on the {side} host did not print READY: "
+                f"{err.read().decode(errors='replace').strip()[-300:] or line!r}"
+            )
         return proc, line.split()[1].decode()
 
     def server_process(self, model: str, root: str, *args: str, cpus=None, start_timeout: float = 20.0):
         """A servers.launch.ServerProcess (not started) that runs on the server host, on server_addr."""
         from ...servers.launch import ServerProcess
+
         server = ServerProcess(model, root, *args, host=self.server_addr, cpus=cpus, start_timeout=start_timeout)
         server.argv = self.command("server", server.argv)
         return server
@@ -380,11 +415,15 @@ class LinkedHosts:
     def describe(self) -> dict:
         """For JSON results: the profile, what was applied, and how (with the delay line: its
         settings, where it runs, and its figures so far, or its final ones after close())."""
-        return {"profile": self.profile.to_dict(), "applied": self.applied,
-                "server_addr": self.server_addr, "client_addr": self.client_addr,
-                "kernel": self.support.to_dict() if self.support else None,
-                "via": "delay-line" if self.line else "veth",
-                "delay_line": self.line.describe() if self.line else None}
+        return {
+            "profile": self.profile.to_dict(),
+            "applied": self.applied,
+            "server_addr": self.server_addr,
+            "client_addr": self.client_addr,
+            "kernel": self.support.to_dict() if self.support else None,
+            "via": "delay-line" if self.line else "veth",
+            "delay_line": self.line.describe() if self.line else None,
+        }
 
 
 def _raise_exit(_sig, _frame) -> None:

@@ -21,11 +21,11 @@ class ProfileError(ValueError):
 class LinkProfile:
     name: str
     description: str = ""
-    rtt_ms: float = 0.0            # added round trip, half on each direction
-    jitter_ms: float = 0.0         # per direction
+    rtt_ms: float = 0.0  # added round trip, half on each direction
+    jitter_ms: float = 0.0  # per direction
     rate_mbit: float | None = None  # per direction; None: no cap
-    loss_percent: float = 0.0      # per direction
-    queue_ms: float = 50.0         # rate limiter's queue, as time at the rate
+    loss_percent: float = 0.0  # per direction
+    queue_ms: float = 50.0  # rate limiter's queue, as time at the rate
 
     def __post_init__(self) -> None:
         for field in NUMBER_FIELDS:
@@ -87,8 +87,10 @@ def profiles_from_tables(links: dict, where: str) -> dict[str, LinkProfile]:
             raise ProfileError(f"{where}: links.{name} must be a table")
         unknown = set(table) - allowed
         if unknown:
-            raise ProfileError(f"{where}: links.{name}: unknown key(s) {', '.join(sorted(unknown))} "
-                               f"(known: {', '.join(sorted(allowed))})")
+            raise ProfileError(
+                f"{where}: links.{name}: unknown key(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(allowed))})"
+            )
         profiles[name] = LinkProfile(name=name, **table)
     return profiles
 

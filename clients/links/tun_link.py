@@ -26,8 +26,9 @@ FALLBACK_NICE = -10
 class DelayLineProcess:
     """One forwarder process joining two namespaces (started by LinkedHosts)."""
 
-    def __init__(self, server_ns: str, client_ns: str, settings: LineSettings, seed: int,
-                 cpus: list[int] | None = None) -> None:
+    def __init__(
+        self, server_ns: str, client_ns: str, settings: LineSettings, seed: int, cpus: list[int] | None = None
+    ) -> None:
         self.server_ns, self.client_ns = server_ns, client_ns
         self.settings, self.seed, self.cpus = settings, seed, cpus
         self.proc: subprocess.Popen | None = None
@@ -41,21 +42,35 @@ class DelayLineProcess:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout: float = 15.0) -> None:
-        argv = [sys.executable, "-m", "serverzoo.clients.links.delay_line", self.server_ns, self.client_ns,
-                json.dumps(self.settings.to_dict()), "--seed", str(self.seed), "--fifo", str(FIFO_PRIORITY),
-                "--nice", str(FALLBACK_NICE)]
+        argv = [
+            sys.executable,
+            "-m",
+            "serverzoo.clients.links.delay_line",
+            self.server_ns,
+            self.client_ns,
+            json.dumps(self.settings.to_dict()),
+            "--seed",
+            str(self.seed),
+            "--fifo",
+            str(FIFO_PRIORITY),
+            "--nice",
+            str(FALLBACK_NICE),
+        ]
         if self.cpus:
             argv += ["--cpus", ",".join(map(str, self.cpus))]
         self._err = tempfile.TemporaryFile()
         # its own session: a Ctrl-C meant for the owner must not cut the link under it
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-                                     bufsize=0, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, bufsize=0, start_new_session=True
+        )
         line = self._read_line(timeout)
         if not line.startswith(b"READY "):
             self.stop()
             self._err.seek(0)
-            raise LinkUnavailable("the delay line did not start: "
-                                  + (self._err.read().decode(errors="replace").strip()[-300:] or repr(line)))
+            raise LinkUnavailable(
+                "the delay line did not start: "
+                + (self._err.read().decode(errors="replace").strip()[-300:] or repr(line))
+            )
         self.started = json.loads(line[6:])
 
     def _read_line(self, timeout: float) -> bytes:
@@ -108,11 +123,18 @@ class DelayLineProcess:
 
     def describe(self) -> dict:
         stats = self.stats()
-        return {"how": "userspace delay line: a TUN device in each namespace, joined by one forwarder process",
-                "pid": self.started.get("pid"), "seed": self.seed, "mtu": TUN_MTU,
-                "settings": self.settings.to_dict(), "cpus": self.started.get("cpus"),
-                "policy": self.started.get("policy"), "nice": self.started.get("nice"), "stats": stats,
-                "warnings": warnings(self.settings, stats)}
+        return {
+            "how": "userspace delay line: a TUN device in each namespace, joined by one forwarder process",
+            "pid": self.started.get("pid"),
+            "seed": self.seed,
+            "mtu": TUN_MTU,
+            "settings": self.settings.to_dict(),
+            "cpus": self.started.get("cpus"),
+            "policy": self.started.get("policy"),
+            "nice": self.started.get("nice"),
+            "stats": stats,
+            "warnings": warnings(self.settings, stats),
+        }
 
 
 def warnings(settings: LineSettings, stats: dict | None) -> list[str]:
@@ -121,16 +143,22 @@ def warnings(settings: LineSettings, stats: dict | None) -> list[str]:
         return ["the delay line gave no figures (it stopped, or did not answer)"]
     out = []
     if stats["saturated_s"] >= 0.5 or stats["saturated_s"] > 0.1 * stats["wall_s"] > 0:
-        out.append(f"the delay line never idled for {stats['saturated_s']:.1f} s of {stats['wall_s']:.1f} s: "
-                   "then it, not the profile, set the pace (and the delay)")
+        out.append(
+            f"the delay line never idled for {stats['saturated_s']:.1f} s of {stats['wall_s']:.1f} s: "
+            "then it, not the profile, set the pace (and the delay)"
+        )
     for leg in ("server_to_client", "client_to_server"):
         late, counts = stats[leg]["lateness"], stats[leg]
         if late["count"] and late["p99_us"] > max(1000, 0.05 * settings.delay_s * 1e6):
-            out.append(f"{leg.replace('_', ' ')}: 1% of packets left over {late['p99_us'] / 1000:.1f} ms after "
-                       f"their time (max {late['max_us'] / 1000:.1f} ms): the forwarder waited for a CPU")
+            out.append(
+                f"{leg.replace('_', ' ')}: 1% of packets left over {late['p99_us'] / 1000:.1f} ms after "
+                f"their time (max {late['max_us'] / 1000:.1f} ms): the forwarder waited for a CPU"
+            )
         if counts["limit_drops"]:
-            out.append(f"{leg.replace('_', ' ')}: {counts['limit_drops']} packets dropped because "
-                       f"{settings.limit_packets} were already queued")
+            out.append(
+                f"{leg.replace('_', ' ')}: {counts['limit_drops']} packets dropped because "
+                f"{settings.limit_packets} were already queued"
+            )
     return out
 
 
@@ -141,8 +169,12 @@ def measurement_file() -> str:
 
 
 def this_machine() -> dict:
-    return {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
-            "python": platform.python_version()}
+    return {
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def load_measurement() -> dict | None:

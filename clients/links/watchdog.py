@@ -21,6 +21,7 @@ def main(names: list[str]) -> int:
     while chunk := os.read(0, 4096):
         received += chunk
     from .namespaces import end_processes, list_namespaces, remove_namespace, still_running
+
     started = []
     for line in received.decode(errors="replace").splitlines():
         pid, _, start = line.partition(" ")

@@ -28,8 +28,13 @@ import os
 __all__ = ["SCHEMA", "LoadError", "LoadOptions", "OptionError", "run_load", "schema_path"]
 
 # imported on first use, so a worker process (or `serverzoo corpus`) does not load the coordinator's stack
-_LAZY = {"run_load": "coordinator", "LoadError": "coordinator", "SCHEMA": "coordinator",
-         "LoadOptions": "options", "OptionError": "options"}
+_LAZY = {
+    "run_load": "coordinator",
+    "LoadError": "coordinator",
+    "SCHEMA": "coordinator",
+    "LoadOptions": "options",
+    "OptionError": "options",
+}
 
 
 def __getattr__(name: str):

@@ -64,8 +64,9 @@ class _Adversary:
     async def _connect(self) -> None:
         sock = self._sock()
         try:
-            await asyncio.wait_for(self.loop.sock_connect(sock, (self.run.address, self.run.port)),
-                                   self.run.connect_timeout_s)
+            await asyncio.wait_for(
+                self.loop.sock_connect(sock, (self.run.address, self.run.port)), self.run.connect_timeout_s
+            )
             conn = _Conn(self)
             await self.loop.create_connection(lambda: conn, sock=sock)
         except (TimeoutError, OSError):
@@ -147,14 +148,14 @@ class SlowReader(_Adversary):
                 end = self.head.find(b"\r\n\r\n")
                 if end < 0:
                     return
-                data = self.head[end + 4:]
+                data = self.head[end + 4 :]
                 head = self.head[:end].lower()
                 at = head.find(b"\r\ncontent-length:")
                 if at < 0:
                     self.remaining = 1 << 62  # read until the server closes
                 else:
                     stop = head.find(b"\r\n", at + 17)
-                    self.remaining = int(head[at + 17:stop if stop >= 0 else len(head)])
+                    self.remaining = int(head[at + 17 : stop if stop >= 0 else len(head)])
             take = min(len(data), self.remaining)
             self.remaining -= take
             data = data[take:]
@@ -187,7 +188,7 @@ class SlowSender(_Adversary):
     def _dribble(self, conn: _Conn) -> None:
         if self.stopped or conn is not self.conn or conn.transport.is_closing():
             return
-        conn.transport.write(self.request[self.sent:self.sent + 1])
+        conn.transport.write(self.request[self.sent : self.sent + 1])
         self.sent += 1
         self.stats["bytes_sent"] += 1
         if self.sent < len(self.request):
@@ -206,18 +207,50 @@ class SlowSender(_Adversary):
 
 def new_stats() -> dict:
     return {
-        "idle": {"connections": 0, "connects": 0, "connect_failures": 0, "closed_by_server": 0, "open_at_end": 0,
-                 "held_s": 0.0},
-        "slow_readers": {"connections": 0, "connects": 0, "connect_failures": 0, "closed_by_server": 0,
-                         "open_at_end": 0, "held_s": 0.0, "responses": 0, "bytes": 0, "rate_bytes_per_s": 0.0},
-        "slow_senders": {"connections": 0, "connects": 0, "connect_failures": 0, "closed_by_server": 0,
-                         "open_at_end": 0, "held_s": 0.0, "bytes_sent": 0, "heads_completed": 0, "responses": 0,
-                         "statuses": Counter()},
+        "idle": {
+            "connections": 0,
+            "connects": 0,
+            "connect_failures": 0,
+            "closed_by_server": 0,
+            "open_at_end": 0,
+            "held_s": 0.0,
+        },
+        "slow_readers": {
+            "connections": 0,
+            "connects": 0,
+            "connect_failures": 0,
+            "closed_by_server": 0,
+            "open_at_end": 0,
+            "held_s": 0.0,
+            "responses": 0,
+            "bytes": 0,
+            "rate_bytes_per_s": 0.0,
+        },
+        "slow_senders": {
+            "connections": 0,
+            "connects": 0,
+            "connect_failures": 0,
+            "closed_by_server": 0,
+            "open_at_end": 0,
+            "held_s": 0.0,
+            "bytes_sent": 0,
+            "heads_completed": 0,
+            "responses": 0,
+            "statuses": Counter(),
+        },
     }
 
 
-def start_adversaries(run, idle: int, slow_readers: int, slow_senders: int, read_target, read_rate: float,
-                      send_target, send_interval: float) -> tuple[list[_Adversary], dict]:
+def start_adversaries(
+    run,
+    idle: int,
+    slow_readers: int,
+    slow_senders: int,
+    read_target,
+    read_rate: float,
+    send_target,
+    send_interval: float,
+) -> tuple[list[_Adversary], dict]:
     stats = new_stats()
     made: list[_Adversary] = []
     for _ in range(idle):

@@ -161,8 +161,8 @@ def judge_step(goals: list[Goal], doc: dict, target: float) -> dict:
         "requests": doc["requests"],
         "errors": errors,
         "elapsed_s": doc["elapsed_s"],
-        "latency_us": {k: lat.get(k) for k in ("mean", *CURVE_PERCENTILES, "max")} | {
-            c["goal"]: c["measured"] for c in section["goals"] if c["measure"] == LATENCY},
+        "latency_us": {k: lat.get(k) for k in ("mean", *CURVE_PERCENTILES, "max")}
+        | {c["goal"]: c["measured"] for c in section["goals"] if c["measure"] == LATENCY},
         "goals": section["goals"],
         "stopped_early": section["aborted"],
         "client_bound": doc["client"]["client_bound"],
@@ -185,8 +185,7 @@ def check_search(opts: LoadOptions, goals: list[Goal]) -> None:
         raise OptionError("--find-capacity walks an open-loop rate; --think is a closed-loop setting")
 
 
-def find_capacity(opts: LoadOptions, settings: SearchSettings,
-                  on_step: Callable[[dict], None] | None = None) -> dict:
+def find_capacity(opts: LoadOptions, settings: SearchSettings, on_step: Callable[[dict], None] | None = None) -> dict:
     """Run the search (module docstring) and return its document (schema serverzoo.capacity/1).
 
     opts gives the server, targets, connections and goals (opts.slos); its rate, duration and
@@ -212,11 +211,14 @@ def find_capacity(opts: LoadOptions, settings: SearchSettings,
                 break
             warmup, window = step_lengths(rate, opts.connections, need, settings)
             if monotonic() - began + warmup + window + STEP_OVERHEAD_S > settings.max_time_s:
-                search.stop(f"time limit: a step at {rate:g} req/s ({warmup + window:.1f} s) would end after "
-                            f"{settings.max_time_s:g} s")
+                search.stop(
+                    f"time limit: a step at {rate:g} req/s ({warmup + window:.1f} s) would end after "
+                    f"{settings.max_time_s:g} s"
+                )
                 break
-            step = dataclasses.replace(opts, rate=rate, duration=window, warmup_s=warmup, requests=None,
-                                       abort_on_fail=True, live=False)
+            step = dataclasses.replace(
+                opts, rate=rate, duration=window, warmup_s=warmup, requests=None, abort_on_fail=True, live=False
+            )
             try:
                 result = session.measure(step)
             except KeyboardInterrupt:  # Ctrl-C while the step's workers started: nothing measured
@@ -242,16 +244,26 @@ def find_capacity(opts: LoadOptions, settings: SearchSettings,
     return doc
 
 
-def _document(opts: LoadOptions, settings: SearchSettings, goals: list[Goal], search: Search, rows: list[dict], *,
-              elapsed: float, need: int) -> dict:
+def _document(
+    opts: LoadOptions,
+    settings: SearchSettings,
+    goals: list[Goal],
+    search: Search,
+    rows: list[dict],
+    *,
+    elapsed: float,
+    need: int,
+) -> dict:
     warnings = []
     held = [r for r in rows if r["held"]]
     best = max(held, key=lambda r: r["target_rate"]) if held else None
     failed = [r for r in rows if not r["held"]]
     limit = min(failed, key=lambda r: r["target_rate"]) if failed else None
     if limit is not None and limit["client_bound"]:
-        warnings.append(f"the load generator was the limit in the lowest step that failed ({limit['target_rate']:g} "
-                        f"req/s, see client_bound): the capacity found may be the generator's, not the server's")
+        warnings.append(
+            f"the load generator was the limit in the lowest step that failed ({limit['target_rate']:g} "
+            f"req/s, see client_bound): the capacity found may be the generator's, not the server's"
+        )
     if search.failed is None and rows:
         warnings.append("no step failed: the capacity is at least the highest rate tried")
     return {
@@ -261,8 +273,8 @@ def _document(opts: LoadOptions, settings: SearchSettings, goals: list[Goal], se
         "options": opts.to_dict(),
         "url": opts.url,
         "goals": [g.text for g in goals],
-        "search": dataclasses.asdict(settings) | {"growth": GROWTH, "achieved_tolerance": ACHIEVED_TOLERANCE,
-                                                  "required_responses": need},
+        "search": dataclasses.asdict(settings)
+        | {"growth": GROWTH, "achieved_tolerance": ACHIEVED_TOLERANCE, "required_responses": need},
         "capacity_rps": best["target_rate"] if best else None,
         "bracket": [search.held, search.failed],
         "resolved": search.reason.startswith("resolved"),
@@ -279,22 +291,30 @@ def capacity_text(doc: dict) -> str:
     """The curve the search walked, in rate order, and its answer."""
     o = doc["options"]
     goals = ", ".join(doc["goals"])
-    lines = [f"Capacity search @ {doc['url']}: {goals}; {o['connections']} connections, open loop "
-             f"({o['arrivals']} arrivals), {len(doc['steps'])} steps in {doc['elapsed_s']:.1f} s"]
-    lines.append(f"  {'step':>4} {'target/s':>10} {'achieved/s':>11} " + "".join(f"{k:>9}" for k in CURVE_PERCENTILES)
-                 + f" {'errors':>7}  held")
+    lines = [
+        f"Capacity search @ {doc['url']}: {goals}; {o['connections']} connections, open loop "
+        f"({o['arrivals']} arrivals), {len(doc['steps'])} steps in {doc['elapsed_s']:.1f} s"
+    ]
+    lines.append(
+        f"  {'step':>4} {'target/s':>10} {'achieved/s':>11} "
+        + "".join(f"{k:>9}" for k in CURVE_PERCENTILES)
+        + f" {'errors':>7}  held"
+    )
     for r in sorted(doc["steps"], key=lambda r: r["target_rate"]):
         lat = r["latency_us"]
         mark = "yes" if r["held"] else "no: " + "; ".join(r["reasons"])
-        lines.append(f"  {r['step']:>4} {r['target_rate']:>10,.1f} {r['achieved_rate']:>11,.1f} "
-                     + "".join(f"{fmt_us(lat.get(k)):>9}" for k in CURVE_PERCENTILES)
-                     + f" {r['errors']:>7}  {mark}")
+        lines.append(
+            f"  {r['step']:>4} {r['target_rate']:>10,.1f} {r['achieved_rate']:>11,.1f} "
+            + "".join(f"{fmt_us(lat.get(k)):>9}" for k in CURVE_PERCENTILES)
+            + f" {r['errors']:>7}  {mark}"
+        )
     if doc["capacity_rps"] is not None:
         hi = doc["bracket"][1]
         above = f"; {hi:,.4g} req/s did not" if hi is not None else ""
         ended = "" if doc["resolved"] else f"; the search ended early: {doc['stopped']}"
-        lines.append(f"Capacity: {doc['capacity_rps']:,.4g} req/s at {goals} (the highest rate that held{above}"
-                     f"{ended})")
+        lines.append(
+            f"Capacity: {doc['capacity_rps']:,.4g} req/s at {goals} (the highest rate that held{above}{ended})"
+        )
     else:
         lines.append(f"Capacity: none found at {goals} ({doc['stopped']})")
     for w in doc["warnings"]:

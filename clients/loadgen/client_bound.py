@@ -32,8 +32,9 @@ def server_saturated(server_cpu_percent: float | None, server_cpus: int | None) 
     return server_cpu_percent >= CPU_BOUND_PERCENT * server_cpus
 
 
-def judge_client(results: list[dict], elapsed: float, server_cpu_percent: float | None = None,
-                 server_cpus: int | None = None) -> dict:
+def judge_client(
+    results: list[dict], elapsed: float, server_cpu_percent: float | None = None, server_cpus: int | None = None
+) -> dict:
     """The `client` object of a result from the workers' results: CPU, per-worker figures, the verdict.
 
     server_cpu_percent: the server's CPU over the window (100 = one CPU), None if not sampled;
@@ -45,30 +46,41 @@ def judge_client(results: list[dict], elapsed: float, server_cpu_percent: float 
         pct = r["cpu_s"] / elapsed * 100 if elapsed > 0 else 0.0
         wait = r["runqueue_wait_s"]
         wait_pct = wait / elapsed * 100 if wait is not None and elapsed > 0 else None
-        per_worker.append({"worker": r["worker"], "pid": r["pid"], "cpu": r["cpu"], "loop": r["loop"],
-                           "cpu_percent": round(pct, 1),
-                           "runqueue_wait_percent": round(wait_pct, 1) if wait_pct is not None else None,
-                           "loop_lag_p50_us": r["lag"]["p50_us"],
-                           "loop_lag_p99_us": r["lag"]["p99_us"],
-                           "loop_lag_max_us": r["lag"]["max_us"]})
+        per_worker.append(
+            {
+                "worker": r["worker"],
+                "pid": r["pid"],
+                "cpu": r["cpu"],
+                "loop": r["loop"],
+                "cpu_percent": round(pct, 1),
+                "runqueue_wait_percent": round(wait_pct, 1) if wait_pct is not None else None,
+                "loop_lag_p50_us": r["lag"]["p50_us"],
+                "loop_lag_p99_us": r["lag"]["p99_us"],
+                "loop_lag_max_us": r["lag"]["max_us"],
+            }
+        )
         if pct >= CPU_BOUND_PERCENT:
             busy.append(f"worker {r['worker']} used {pct:.0f}% of a CPU (>= {CPU_BOUND_PERCENT:.0f}%)")
         if wait_pct is not None and wait_pct >= WAIT_BOUND_PERCENT:
-            busy.append(f"worker {r['worker']} waited for a CPU {wait_pct:.0f}% of the time "
-                        f"(its CPU is shared with other work)")
+            busy.append(
+                f"worker {r['worker']} waited for a CPU {wait_pct:.0f}% of the time (its CPU is shared with other work)"
+            )
         ol = r["open_loop"]
         if ol and ol["slip"]["p99_us"] is not None and ol["slip"]["p99_us"] > SLIP_BOUND_US:
-            late.append(f"worker {r['worker']} sent requests late: schedule slip p99 "
-                        f"{ol['slip']['p99_us'] / 1000:.1f} ms")
+            late.append(
+                f"worker {r['worker']} sent requests late: schedule slip p99 {ol['slip']['p99_us'] / 1000:.1f} ms"
+            )
     total_cpu = sum(r["cpu_s"] for r in results)
     if elapsed < JUDGE_MIN_S:
         busy, late = [], []  # CPU shares of a few milliseconds say nothing; the result warns instead
     both = bool(busy) and server_saturated(server_cpu_percent, server_cpus)
     notes = []
     if both:
-        notes.append(f"both saturated: the server used {server_cpu_percent:.0f}% of its {server_cpus} CPU"
-                     f"{'s' if server_cpus != 1 else ''}, so the server is the limit, not the generator "
-                     f"({'; '.join(busy)})")
+        notes.append(
+            f"both saturated: the server used {server_cpu_percent:.0f}% of its {server_cpus} CPU"
+            f"{'s' if server_cpus != 1 else ''}, so the server is the limit, not the generator "
+            f"({'; '.join(busy)})"
+        )
     reasons = late + ([] if both else busy)
     return {
         "cpu_percent": round(total_cpu / elapsed * 100, 1) if elapsed > 0 else 0.0,

@@ -113,7 +113,7 @@ class ClusterOptions:
         """N of local:N, None for a scheduler address."""
         if not self.scheduler.startswith(LOCAL_PREFIX):
             return None
-        text = self.scheduler[len(LOCAL_PREFIX):]
+        text = self.scheduler[len(LOCAL_PREFIX) :]
         if not text.isdigit() or int(text) < 1:
             raise OptionError(f"--cluster {self.scheduler}: write local:N with N >= 1 worker processes")
         return int(text)
@@ -140,11 +140,15 @@ def check_cluster_options(opts: LoadOptions, cluster: ClusterOptions) -> None:
     """OptionError (one line) for what cluster mode cannot do, before anything is contacted."""
     cluster.validate()
     if opts.serve is not None or opts.link is not None:
-        raise OptionError("--cluster loads a server that is already running: give its URL "
-                          "(--serve and --link start one on this machine)")
+        raise OptionError(
+            "--cluster loads a server that is already running: give its URL "
+            "(--serve and --link start one on this machine)"
+        )
     if opts.workers is not None:
-        raise OptionError("-w/--workers sets processes on this machine; with --cluster each Dask worker runs "
-                          "one generator process: use --cluster-workers")
+        raise OptionError(
+            "-w/--workers sets processes on this machine; with --cluster each Dask worker runs "
+            "one generator process: use --cluster-workers"
+        )
     # one generator per Dask worker; the usual checks (with --cpus left to the worker machines)
     replace(opts, workers=cluster.workers or 1, cpus=None).validate()
     build_plan(opts)
@@ -179,11 +183,20 @@ def cluster_client(cluster: ClusterOptions) -> Iterator[Client]:
         # faults are ours to report in one line); no dashboard, the scheduler's own HTTP endpoints
         # (idle unless asked) on a free port rather than 8787; its housekeeping turned down
         # (QUIET_DASK): CPU taken from the generators that share this machine
-        with dask.config.set(QUIET_DASK), \
-                LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                             dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                             silence_logs=logging.CRITICAL, resources={CLIENT_RESOURCE: 1}) as local, \
-                Client(local, set_as_default=False) as client:
+        with (
+            dask.config.set(QUIET_DASK),
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.CRITICAL,
+                resources={CLIENT_RESOURCE: 1},
+            ) as local,
+            Client(local, set_as_default=False) as client,
+        ):
             yield client
         return
     try:
@@ -270,11 +283,22 @@ def generator_task(names: str, opts: LoadOptions, plan: LoadPlan, share) -> dict
         proc.send(("start", local_start_ns))
         stopped = _follow(proc, stop)
         result = proc.result
-        first = next((result["phases"][p]["start_ns"] for p in ("ramp_up", "warmup", "measure")
-                      if result["phases"][p]["start_ns"]), None)
+        first = next(
+            (
+                result["phases"][p]["start_ns"]
+                for p in ("ramp_up", "warmup", "measure")
+                if result["phases"][p]["start_ns"]
+            ),
+            None,
+        )
         _shift_times(result, time.time_ns() - monotonic_ns() + offset_ns)
-        return {"result": result, "offset_ns": offset_ns, "rtt_ns": rtt_ns, "stopped": stopped,
-                "late_ns": first - local_start_ns if first is not None else None}
+        return {
+            "result": result,
+            "offset_ns": offset_ns,
+            "rtt_ns": rtt_ns,
+            "stopped": stopped,
+            "late_ns": first - local_start_ns if first is not None else None,
+        }
     finally:
         proc.finish()
 
@@ -308,8 +332,9 @@ class _Fault(Exception):
 
 
 class _ClusterRun:
-    def __init__(self, client: Client, opts: LoadOptions, plan: LoadPlan, chosen: list[ClusterWorker],
-                 cluster: ClusterOptions) -> None:
+    def __init__(
+        self, client: Client, opts: LoadOptions, plan: LoadPlan, chosen: list[ClusterWorker], cluster: ClusterOptions
+    ) -> None:
         from distributed import Event, Variable
 
         self.client, self.opts, self.plan, self.chosen, self.cluster = client, opts, plan, chosen, cluster
@@ -329,10 +354,20 @@ class _ClusterRun:
         offset_ns, rtt_ns = measure_offset(lambda: self.client.run_on_scheduler(time.time_ns))
         self.client_clock = {"offset_ns": offset_ns, "rtt_ns": rtt_ns}
         try:
-            self.futures = [self.client.submit(generator_task, self.names, self.opts, self.plan, share,
-                                               workers=[w.address], allow_other_workers=False, pure=False,
-                                               key=f"{self.names}-{i}")
-                            for i, (w, share) in enumerate(zip(self.chosen, self.shares))]
+            self.futures = [
+                self.client.submit(
+                    generator_task,
+                    self.names,
+                    self.opts,
+                    self.plan,
+                    share,
+                    workers=[w.address],
+                    allow_other_workers=False,
+                    pure=False,
+                    key=f"{self.names}-{i}",
+                )
+                for i, (w, share) in enumerate(zip(self.chosen, self.shares))
+            ]
             try:
                 self._wait_ready()
             except _Fault as fault:
@@ -367,8 +402,10 @@ class _ClusterRun:
         try:
             return call()
         except (OSError, RuntimeError, asyncio.CancelledError) as exc:
-            raise _Fault(f"lost the Dask scheduler {self.cluster.scheduler} "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'closed'})") from None
+            raise _Fault(
+                f"lost the Dask scheduler {self.cluster.scheduler} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'closed'})"
+            ) from None
 
     def _check(self) -> None:
         """Raise _Fault for a task that failed or a worker that left the scheduler or fell silent."""
@@ -402,8 +439,7 @@ class _ClusterRun:
                 raise _Fault(f"cluster worker {w.address} (host {w.host}) was lost mid-run")
             if now_s - seen.get("last_seen", now_s) > SILENT_WORKER_S:
                 self.status[i] = "lost"
-                raise _Fault(f"cluster worker {w.address} (host {w.host}) sent no heartbeat for "
-                             f"{SILENT_WORKER_S:g} s")
+                raise _Fault(f"cluster worker {w.address} (host {w.host}) sent no heartbeat for {SILENT_WORKER_S:g} s")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -453,8 +489,9 @@ class _ClusterRun:
             except _Fault:
                 return fault, interrupted  # the scheduler is gone: nothing more comes back
             deadline = time.monotonic() + STOP_GRACE_S
-            while time.monotonic() < deadline and any(s == "running" and not f.done()
-                                                      for s, f in zip(self.status, self.futures)):
+            while time.monotonic() < deadline and any(
+                s == "running" and not f.done() for s, f in zip(self.status, self.futures)
+            ):
                 time.sleep(POLL_S)
                 self._take_results()
         self._take_results()
@@ -485,12 +522,13 @@ class _ClusterRun:
         doc["cluster"] = self._section(kept, fault, -delta)
         doc["partial"] = fault is not None
         if fault is not None:
-            doc["warnings"].insert(0, f"partial result: {fault}; {len(kept)} of {len(self.chosen)} workers "
-                                      f"measured")
+            doc["warnings"].insert(0, f"partial result: {fault}; {len(kept)} of {len(self.chosen)} workers measured")
         start = doc["cluster"]["start"]
         if start["skew_ms"] is not None and start["skew_ms"] + start["offset_error_ms"] > START_SKEW_BOUND_MS:
-            doc["warnings"].append(f"the generators started {start['skew_ms']:.1f} ms apart (clock offsets known "
-                                   f"to {start['offset_error_ms']:.1f} ms), more than {START_SKEW_BOUND_MS:g} ms")
+            doc["warnings"].append(
+                f"the generators started {start['skew_ms']:.1f} ms apart (clock offsets known "
+                f"to {start['offset_error_ms']:.1f} ms), more than {START_SKEW_BOUND_MS:g} ms"
+            )
         return doc
 
     def _section(self, kept: list[tuple[int, dict]], fault: _Fault | None, to_scheduler_ns: int) -> dict:
@@ -500,10 +538,25 @@ class _ClusterRun:
         for i, w in enumerate(self.chosen):
             share = self.shares[i]
             status = "unreported" if self.status[i] == "running" else self.status[i]  # silent past the grace
-            row = {"address": w.address, "host": w.host, "name": w.name, "worker": i, "status": status,
-                   "connections": share.connections, "requests": None, "errors": None, "elapsed_s": None,
-                   "rps": None, "cpu_percent": None, "client_bound": None, "clock_offset_ms": None,
-                   "rtt_ms": None, "start_late_ms": None, "latency_p99_us": None, "histogram": None}
+            row = {
+                "address": w.address,
+                "host": w.host,
+                "name": w.name,
+                "worker": i,
+                "status": status,
+                "connections": share.connections,
+                "requests": None,
+                "errors": None,
+                "elapsed_s": None,
+                "rps": None,
+                "cpu_percent": None,
+                "client_bound": None,
+                "clock_offset_ms": None,
+                "rtt_ms": None,
+                "start_late_ms": None,
+                "latency_p99_us": None,
+                "histogram": None,
+            }
             out = self.outputs[i]
             if out is not None:
                 r = out["result"]
@@ -516,14 +569,21 @@ class _ClusterRun:
                 if m["start_ns"] and m["end_ns"]:
                     starts.append(m["start_ns"])
                     ends.append(m["end_ns"])
-                row.update(requests=m["requests"], errors=sum(m["errors"].values()), elapsed_s=round(elapsed, 6),
-                           rps=round(m["requests"] / elapsed, 3) if elapsed > 0 else 0.0,
-                           cpu_percent=judged["cpu_percent"], client_bound=judged["client_bound"],
-                           clock_offset_ms=round(out["offset_ns"] / 1e6, 3), rtt_ms=round(out["rtt_ns"] / 1e6, 3),
-                           start_late_ms=round(late, 3) if late is not None else None,
-                           latency_p99_us=latency.summary(latency.decode(m["histogram"]),
-                                                          latency.RawStats.from_dict(m["raw"]))["p99"],
-                           histogram=m["histogram"])
+                row.update(
+                    requests=m["requests"],
+                    errors=sum(m["errors"].values()),
+                    elapsed_s=round(elapsed, 6),
+                    rps=round(m["requests"] / elapsed, 3) if elapsed > 0 else 0.0,
+                    cpu_percent=judged["cpu_percent"],
+                    client_bound=judged["client_bound"],
+                    clock_offset_ms=round(out["offset_ns"] / 1e6, 3),
+                    rtt_ms=round(out["rtt_ns"] / 1e6, 3),
+                    start_late_ms=round(late, 3) if late is not None else None,
+                    latency_p99_us=latency.summary(
+                        latency.decode(m["histogram"]), latency.RawStats.from_dict(m["raw"])
+                    )["p99"],
+                    histogram=m["histogram"],
+                )
             rows.append(row)
         rtts = [o["rtt_ns"] for _, o in kept] + [self.client_clock["rtt_ns"]]
         return {
@@ -532,15 +592,19 @@ class _ClusterRun:
             "fault": str(fault) if fault is not None else None,
             "client_clock_offset_ms": round(self.client_clock["offset_ns"] / 1e6, 3),
             "client_rtt_ms": round(self.client_clock["rtt_ns"] / 1e6, 3),
-            "start": {"lead_s": self.cluster.lead_s,
-                      "skew_ms": round(max(lates) - min(lates), 3) if lates else None,
-                      # each offset is off by at most half its round trip; two of them add up
-                      "offset_error_ms": round(max(rtts) / 1e6, 3)},
-            "window": {"union_s": round((max(ends) - min(starts)) / 1e9, 6) if starts else 0.0,
-                       "common_s": round(max(min(ends) - max(starts), 0) / 1e9, 6) if starts else 0.0,
-                       # the union on the scheduler's clock, for what other machines sampled meanwhile
-                       "scheduler_start_ns": min(starts) + to_scheduler_ns if starts else None,
-                       "scheduler_end_ns": max(ends) + to_scheduler_ns if starts else None},
+            "start": {
+                "lead_s": self.cluster.lead_s,
+                "skew_ms": round(max(lates) - min(lates), 3) if lates else None,
+                # each offset is off by at most half its round trip; two of them add up
+                "offset_error_ms": round(max(rtts) / 1e6, 3),
+            },
+            "window": {
+                "union_s": round((max(ends) - min(starts)) / 1e9, 6) if starts else 0.0,
+                "common_s": round(max(min(ends) - max(starts), 0) / 1e9, 6) if starts else 0.0,
+                # the union on the scheduler's clock, for what other machines sampled meanwhile
+                "scheduler_start_ns": min(starts) + to_scheduler_ns if starts else None,
+                "scheduler_end_ns": max(ends) + to_scheduler_ns if starts else None,
+            },
             "workers": rows,
         }
 
@@ -548,12 +612,16 @@ class _ClusterRun:
 def cluster_text(doc: dict) -> str:
     """The per-worker table under the summary."""
     c = doc["cluster"]
-    lines = [f"Cluster {c['scheduler']}: {len(c['workers'])} workers, start skew "
-             + (f"{c['start']['skew_ms']:.1f} ms" if c["start"]["skew_ms"] is not None else "-")
-             + f" (offsets within {c['start']['offset_error_ms']:.1f} ms), measured window "
-               f"{c['window']['common_s']:.2f} s common of {c['window']['union_s']:.2f} s"]
-    lines.append(f"  {'worker':<24}{'host':<16}{'status':<9}{'conns':>6}{'requests':>10}{'req/s':>11}"
-                 f"{'CPU%':>6}{'bound':>6}{'offset':>10}{'rtt':>9}")
+    lines = [
+        f"Cluster {c['scheduler']}: {len(c['workers'])} workers, start skew "
+        + (f"{c['start']['skew_ms']:.1f} ms" if c["start"]["skew_ms"] is not None else "-")
+        + f" (offsets within {c['start']['offset_error_ms']:.1f} ms), measured window "
+        f"{c['window']['common_s']:.2f} s common of {c['window']['union_s']:.2f} s"
+    ]
+    lines.append(
+        f"  {'worker':<24}{'host':<16}{'status':<9}{'conns':>6}{'requests':>10}{'req/s':>11}"
+        f"{'CPU%':>6}{'bound':>6}{'offset':>10}{'rtt':>9}"
+    )
 
     def num(v, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
@@ -563,7 +631,9 @@ def cluster_text(doc: dict) -> str:
 
     for w in c["workers"]:
         bound = "-" if w["client_bound"] is None else ("yes" if w["client_bound"] else "no")
-        lines.append(f"  {w['address']:<24}{w['host']:<16}{w['status']:<9}{w['connections']:>6}"
-                     f"{num(w['requests'], 'd'):>10}{num(w['rps'], ',.0f'):>11}{num(w['cpu_percent'], '.0f'):>6}"
-                     f"{bound:>6}{ms(w['clock_offset_ms']):>10}{ms(w['rtt_ms']):>9}")
+        lines.append(
+            f"  {w['address']:<24}{w['host']:<16}{w['status']:<9}{w['connections']:>6}"
+            f"{num(w['requests'], 'd'):>10}{num(w['rps'], ',.0f'):>11}{num(w['cpu_percent'], '.0f'):>6}"
+            f"{bound:>6}{ms(w['clock_offset_ms']):>10}{ms(w['rtt_ms']):>9}"
+        )
     return "\n".join(lines)

@@ -33,8 +33,20 @@ RESET = "reset"
 READ_TIMEOUT = "read_timeout"
 BAD_STATUS = "bad_status"
 BAD_LENGTH = "bad_length"  # Content-Length differs from the expected size
-ERROR_CLASSES = (CONNECT_REFUSED, CONNECT_TIMEOUT, CONNECT_ERROR, NO_LOCAL_PORT, RESET, CLOSED, READ_TIMEOUT, BAD_STATUS,
-                 BAD_LENGTH, SHORT_BODY, CORRUPT_BODY, BAD_RESPONSE)
+ERROR_CLASSES = (
+    CONNECT_REFUSED,
+    CONNECT_TIMEOUT,
+    CONNECT_ERROR,
+    NO_LOCAL_PORT,
+    RESET,
+    CLOSED,
+    READ_TIMEOUT,
+    BAD_STATUS,
+    BAD_LENGTH,
+    SHORT_BODY,
+    CORRUPT_BODY,
+    BAD_RESPONSE,
+)
 LARGE_BODY = 64 * 1024  # from this expected size up, bodies are received into a reused buffer
 
 

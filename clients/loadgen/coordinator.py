@@ -71,9 +71,13 @@ class WorkerProcess:
     def __init__(self, share: WorkerShare, opts: LoadOptions, plan: LoadPlan) -> None:
         self.share = share
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "serverzoo.clients.loadgen.worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     start_new_session=True)  # Ctrl-C reaches the coordinator only
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serverzoo.clients.loadgen.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            start_new_session=True,
+        )  # Ctrl-C reaches the coordinator only
         self.fd = self.proc.stdout.fileno()
         self.buffer = b""
         self.ready = False
@@ -105,8 +109,10 @@ class WorkerProcess:
         if kind == "eof" and self.result is None:
             self.proc.wait(5)
             tail = self.stderr_tail().strip().splitlines()
-            raise LoadError(f"load worker {self.share.index} exited with code {self.proc.returncode}"
-                            + (f": {tail[-1]}" if tail else ""))
+            raise LoadError(
+                f"load worker {self.share.index} exited with code {self.proc.returncode}"
+                + (f": {tail[-1]}" if tail else "")
+            )
         if kind == "tick":
             self.last_tick = msg[1]
         elif kind == "result":
@@ -141,8 +147,11 @@ def make_shares(opts: LoadOptions) -> list[WorkerShare]:
     for i in range(k):
         rate = opts.rate * conns[i] / opts.connections if opts.rate is not None else None
         cpu = opts.cpus[i % len(opts.cpus)] if opts.cpus else None
-        shares.append(WorkerShare(i, k, conns[i], first, opts.connections, rate, requests[i], idle[i], readers[i],
-                                  senders[i], cpu))
+        shares.append(
+            WorkerShare(
+                i, k, conns[i], first, opts.connections, rate, requests[i], idle[i], readers[i], senders[i], cpu
+            )
+        )
         first += conns[i]
     return shares
 
@@ -201,6 +210,7 @@ def load_session(opts: LoadOptions, hosts: LinkedHosts | None = None) -> Iterato
         return
     check_options(opts)  # the workload's own mistakes are reported before a server or a link is started
     from .serving import ServerNotStarted, served
+
     try:
         with served(opts, hosts) as run:
             yield LoadSession(build_plan(opts, run.url), run.pid, run)
@@ -247,8 +257,10 @@ def add_slo_section(doc: dict, goals: list, lost: dict | None) -> None:
     """The result's "slo" entry (slo.slo_section), and a warning when a lost goal ended the run."""
     doc["slo"] = slo_section(goals, doc, lost)
     if lost is not None:
-        doc["warnings"].append(f"stopped early ({lost['at_s']:g} s into the measured window): "
-                               f"{lost['goal']} could no longer be met: {lost['reason']}")
+        doc["warnings"].append(
+            f"stopped early ({lost['at_s']:g} s into the measured window): "
+            f"{lost['goal']} could no longer be met: {lost['reason']}"
+        )
 
 
 def wait_ready(workers: list[WorkerProcess]) -> None:
@@ -269,8 +281,14 @@ def wait_ready(workers: list[WorkerProcess]) -> None:
                         w.ready = True
 
 
-def _collect(workers: list[WorkerProcess], opts: LoadOptions, sampler: ServerSampler | None,
-             live: LiveFigures | None, measure_ns: int, watch: Watch | None = None) -> bool:
+def _collect(
+    workers: list[WorkerProcess],
+    opts: LoadOptions,
+    sampler: ServerSampler | None,
+    live: LiveFigures | None,
+    measure_ns: int,
+    watch: Watch | None = None,
+) -> bool:
     """Read ticks and results until every worker has reported; True if Ctrl-C cut the run short.
     With a watch (--abort-on-fail), the workers are stopped once it proves a goal lost."""
     interval_ns = int(opts.sample_interval_s * 1e9)
@@ -302,8 +320,11 @@ def _collect(workers: list[WorkerProcess], opts: LoadOptions, sampler: ServerSam
                     next_sample += interval_ns
                     if next_sample < monotonic_ns():
                         next_sample = monotonic_ns() + interval_ns
-                if watch and events and watch.update([w.last_tick for w in workers],
-                                                     (monotonic_ns() - measure_ns) / 1e9):
+                if (
+                    watch
+                    and events
+                    and watch.update([w.last_tick for w in workers], (monotonic_ns() - measure_ns) / 1e9)
+                ):
                     for w in workers:
                         w.send(("stop",))
                 check_alive(workers)
@@ -323,8 +344,9 @@ def check_alive(workers: list[WorkerProcess]) -> None:
     now = monotonic_ns()
     for w in workers:
         if w.result is None and now - w.last_message_ns > SILENCE_LIMIT_NS:
-            raise LoadError(f"load worker {w.share.index} sent nothing for {SILENCE_LIMIT_NS / 1e9:g} s; "
-                            f"stopped waiting for it")
+            raise LoadError(
+                f"load worker {w.share.index} sent nothing for {SILENCE_LIMIT_NS / 1e9:g} s; stopped waiting for it"
+            )
 
 
 # -- merging ------------------------------------------------------------------------------
@@ -364,10 +386,13 @@ def _merge_phase(results: list[dict], name: str, extra: list[float]) -> dict:
 def _unfinished(results: list[dict], slowest_us: int | None) -> dict:
     """The requests still owed when the measured window closed (sent or due, no response yet)."""
     ages = sorted(age for r in results for age in r["unfinished_us"])
-    return {"count": len(ages), "oldest_us": ages[-1] if ages else None,
-            "median_age_us": ages[len(ages) // 2] if ages else None,
-            "longer_than_max": sum(age > (slowest_us or 0) for age in ages),
-            "stalled": sum(age > latency.STALLED_BEYOND_SLOWEST * (slowest_us or 0) for age in ages)}
+    return {
+        "count": len(ages),
+        "oldest_us": ages[-1] if ages else None,
+        "median_age_us": ages[len(ages) // 2] if ages else None,
+        "longer_than_max": sum(age > (slowest_us or 0) for age in ages),
+        "stalled": sum(age > latency.STALLED_BEYOND_SLOWEST * (slowest_us or 0) for age in ages),
+    }
 
 
 def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
@@ -379,18 +404,20 @@ def _merge_timeline(results: list[dict], start_ns: int) -> list[dict]:
         end = max(s["end_ns"] for s in slices)
         begin = min(s["start_ns"] for s in slices)
         n = sum(s["requests"] for s in slices)
-        out.append({
-            "t": round((end - start_ns) / 1e9, 3),
-            "dt": round((end - begin) / 1e9, 3),
-            "requests": n,
-            "errors": sum(s["errors"] for s in slices),
-            "bytes": sum(s["bytes"] for s in slices),
-            "p50_us": hist.get_value_at_percentile(50) if n else None,
-            "p99_us": hist.get_value_at_percentile(99) if n else None,
-            "max_us": hist.get_max_value() if n else None,
-            # the slice's latencies, so batches of slices give a percentile with an interval
-            "histogram": latency.encode(hist),
-        })
+        out.append(
+            {
+                "t": round((end - start_ns) / 1e9, 3),
+                "dt": round((end - begin) / 1e9, 3),
+                "requests": n,
+                "errors": sum(s["errors"] for s in slices),
+                "bytes": sum(s["bytes"] for s in slices),
+                "p50_us": hist.get_value_at_percentile(50) if n else None,
+                "p99_us": hist.get_value_at_percentile(99) if n else None,
+                "max_us": hist.get_max_value() if n else None,
+                # the slice's latencies, so batches of slices give a percentile with an interval
+                "histogram": latency.encode(hist),
+            }
+        )
     return out
 
 
@@ -410,13 +437,21 @@ def _merge_stages(opts: LoadOptions, results: list[dict], extra: list[float]) ->
             for k, v in p["errors"].items():
                 errors[k] = errors.get(k, 0) + v
         requests = sum(p["requests"] for p in parts)
-        stage = {"stage": i + 1, "target_rate": round(target, 3), "start_s": round(begin, 3), "end_s": round(end, 3),
-                 "elapsed_s": round(elapsed, 6), "requests": requests,
-                 "errors": {"total": sum(errors.values()), **dict(sorted(errors.items()))},
-                 "scheduled": sum(p["scheduled"] for p in parts),
-                 "achieved_rate": round((requests + sum(errors.values())) / elapsed, 3) if elapsed > 0 else 0.0}
-        for key, raw_key, hist_key in (("latency_us", "raw", "histogram"),
-                                       ("latency_uncorrected_us", "raw_uncorrected", "histogram_uncorrected")):
+        stage = {
+            "stage": i + 1,
+            "target_rate": round(target, 3),
+            "start_s": round(begin, 3),
+            "end_s": round(end, 3),
+            "elapsed_s": round(elapsed, 6),
+            "requests": requests,
+            "errors": {"total": sum(errors.values()), **dict(sorted(errors.items()))},
+            "scheduled": sum(p["scheduled"] for p in parts),
+            "achieved_rate": round((requests + sum(errors.values())) / elapsed, 3) if elapsed > 0 else 0.0,
+        }
+        for key, raw_key, hist_key in (
+            ("latency_us", "raw", "histogram"),
+            ("latency_uncorrected_us", "raw_uncorrected", "histogram_uncorrected"),
+        ):
             raw = latency.RawStats()
             for p in parts:
                 raw.add(latency.RawStats.from_dict(p[raw_key]))
@@ -425,8 +460,9 @@ def _merge_stages(opts: LoadOptions, results: list[dict], extra: list[float]) ->
     return out
 
 
-def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampler: ServerSampler | None,
-                   interrupted: bool = False) -> dict:
+def build_document(
+    opts: LoadOptions, plan: LoadPlan, results: list[dict], sampler: ServerSampler | None, interrupted: bool = False
+) -> dict:
     extra = list(opts.percentiles)
     m = _merge_phase(results, "measure", extra)
     elapsed = m["elapsed_s"]
@@ -445,11 +481,13 @@ def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampl
     if interrupted:
         warnings.append("interrupted: the measured window ended early")
     if elapsed < JUDGE_MIN_S:
-        warnings.append(f"the measured window ({elapsed:.3f} s) is too short to judge whether the generator "
-                        f"was the limit")
+        warnings.append(
+            f"the measured window ({elapsed:.3f} s) is too short to judge whether the generator was the limit"
+        )
     if errors["total"]:
-        warnings.append(f"{errors['total']} requests failed: " +
-                        ", ".join(f"{k} {v}" for k, v in errors.items() if k != "total"))
+        warnings.append(
+            f"{errors['total']} requests failed: " + ", ".join(f"{k} {v}" for k, v in errors.items() if k != "total")
+        )
     if errors.get(NO_LOCAL_PORT):
         warnings.append(explain_no_local_port(errors[NO_LOCAL_PORT], opts.loopback_sources))
     if opts.cpus and opts.server_cpus and set(opts.cpus) & set(opts.server_cpus):
@@ -463,20 +501,27 @@ def build_document(opts: LoadOptions, plan: LoadPlan, results: list[dict], sampl
         slip = latency.RawStats()
         for r in results:
             slip.add(latency.RawStats.from_dict(r["open_loop"]["slip"]))
-        schedule = {"scheduled": scheduled, "queued_sends": queued,
-                    "slip_mean_us": round(slip.total / slip.count, 1) if slip.count else None,
-                    "slip_p99_us": max((r["open_loop"]["slip"]["p99_us"] or 0 for r in results), default=None),
-                    "slip_max_us": slip.high if slip.count else None}
+        schedule = {
+            "scheduled": scheduled,
+            "queued_sends": queued,
+            "slip_mean_us": round(slip.total / slip.count, 1) if slip.count else None,
+            "slip_p99_us": max((r["open_loop"]["slip"]["p99_us"] or 0 for r in results), default=None),
+            "slip_max_us": slip.high if slip.count else None,
+        }
         target = opts.rate_schedule.mean if opts.rate_schedule is not None else opts.rate
         if opts.requests is None and achieved < 0.95 * target:
-            warnings.append(f"target rate not reached: {achieved:.0f} of {target:g} req/s "
-                            f"({queued} requests waited for a busy connection)")
+            warnings.append(
+                f"target rate not reached: {achieved:.0f} of {target:g} req/s "
+                f"({queued} requests waited for a busy connection)"
+            )
     unfinished = _unfinished(results, m["latency_us"]["max"])
     if unfinished["longer_than_max"]:
-        warnings.append(f"{unfinished['count']} requests were still waiting when the window closed, "
-                        f"{unfinished['longer_than_max']} of them for longer than the slowest measured "
-                        f"response (the oldest for {unfinished['oldest_us'] / 1000:.1f} ms); the latency "
-                        f"figures leave them out")
+        warnings.append(
+            f"{unfinished['count']} requests were still waiting when the window closed, "
+            f"{unfinished['longer_than_max']} of them for longer than the slowest measured "
+            f"response (the oldest for {unfinished['oldest_us'] / 1000:.1f} ms); the latency "
+            f"figures leave them out"
+        )
     warm = _merge_phase(results, "warmup", extra) if opts.warmup_s else None
     ramp = _merge_phase(results, "ramp_up", extra) if opts.ramp_up_s else None
     adversaries = None

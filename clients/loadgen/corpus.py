@@ -23,8 +23,19 @@ GENERATOR = "shake256-1MiB-chunks/1"
 CHUNK = 1 << 20
 DEFAULT_SIZES = ("1KiB", "4KiB", "16KiB", "64KiB", "256KiB", "1MiB", "4MiB")
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 _SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -85,8 +96,12 @@ class Manifest:
         return self.by_name.get(name)
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "generator": GENERATOR, "seed": self.seed,
-                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files]}
+        return {
+            "schema": SCHEMA,
+            "generator": GENERATOR,
+            "seed": self.seed,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+        }
 
 
 def file_bytes_chunks(seed: int, name: str, size: int):

@@ -54,8 +54,9 @@ class Driver:
         run = self.run
         conn = run.conn_class(self)
         try:
-            await self.loop.create_connection(lambda: conn, run.address, run.port,
-                                              local_addr=(run.sources.next(), 0) if run.sources else None)
+            await self.loop.create_connection(
+                lambda: conn, run.address, run.port, local_addr=(run.sources.next(), 0) if run.sources else None
+            )
         except asyncio.CancelledError:
             self.connecting = None
             if run.stopping or not self.connect_timed_out:
@@ -189,8 +190,13 @@ class ClosedLoopDriver(Driver):
     def on_response(self, conn, now: int) -> bool:
         if conn.inflight:
             return True  # the rest of a pipelined batch
-        if (conn.server_closes or self.close_each or self.think or self.depth != 1
-                or (self.reconnect_after and self._count_response())):
+        if (
+            conn.server_closes
+            or self.close_each
+            or self.think
+            or self.depth != 1
+            or (self.reconnect_after and self._count_response())
+        ):
             return self._after_response(conn)
         # the hot path (keep-alive, one request at a time): send the next one right here
         run = self.run

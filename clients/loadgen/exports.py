@@ -28,10 +28,19 @@ def timeline_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for piece in doc["timeline"]:
         end = piece["t"]
         length = piece.get("dt") or 0.0
-        rows.append({"start_s": round(end - length, 3), "end_s": end, "requests": piece["requests"],
-                     "errors": piece["errors"], "bytes": piece.get("bytes", 0),
-                     "requests_per_s": round(piece["requests"] / length, 3) if length > 0 else None,
-                     "p50_us": piece.get("p50_us"), "p99_us": piece["p99_us"], "max_us": piece.get("max_us")})
+        rows.append(
+            {
+                "start_s": round(end - length, 3),
+                "end_s": end,
+                "requests": piece["requests"],
+                "errors": piece["errors"],
+                "bytes": piece.get("bytes", 0),
+                "requests_per_s": round(piece["requests"] / length, 3) if length > 0 else None,
+                "p50_us": piece.get("p50_us"),
+                "p99_us": piece["p99_us"],
+                "max_us": piece.get("max_us"),
+            }
+        )
     return rows
 
 

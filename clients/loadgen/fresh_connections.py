@@ -34,6 +34,8 @@ from .response_reader import ResponseReader
 
 RECV_SIZE = 16384
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+
+
 class FreshConnectionClients(SocketPool):
     """`count` virtual clients, each a new connection per request; their Slots are the run's drivers."""
 
@@ -206,5 +208,3 @@ class Slot(SocketSlot):
 
     def owed_since(self) -> list[int]:
         return [self.start_ns] if self.sock is not None else []
-
-

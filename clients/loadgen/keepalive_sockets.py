@@ -45,8 +45,13 @@ EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 
 def suits(opts: LoadOptions, plan: LoadPlan) -> bool:
     """Whether a run is one this path carries: keep-alive, closed loop, depth 1, small bodies."""
-    return (opts.conn_mode == "keepalive" and not opts.open_loop and not opts.think_s
-            and opts.reconnect_after is None and all((t.expect_length or 0) < LARGE_BODY for t in plan.targets))
+    return (
+        opts.conn_mode == "keepalive"
+        and not opts.open_loop
+        and not opts.think_s
+        and opts.reconnect_after is None
+        and all((t.expect_length or 0) < LARGE_BODY for t in plan.targets)
+    )
 
 
 class KeepAliveClients(SocketPool):
@@ -179,8 +184,9 @@ class KeepAliveClients(SocketPool):
             self._learn(target, data, conn.reader)
         # the fast path again only between responses, with nothing buffered (slot.conn may be a new one)
         conn = slot.conn
-        slot.known = (self.known.get(id(conn.inflight[0]))
-                      if conn is not None and conn.inflight and conn.reader.idle else None)
+        slot.known = (
+            self.known.get(id(conn.inflight[0])) if conn is not None and conn.inflight and conn.reader.idle else None
+        )
 
     def _learn(self, target: Target, data: bytes, reader) -> None:
         """Keep data as the target's known response if it is one whole keep-alive response (the reader's
@@ -194,8 +200,11 @@ class KeepAliveClients(SocketPool):
         if expected is not None and length != expected:
             return
         ref = target.reference
-        proven = (target.expect_sha256 is None or not self.run.verify_every
-                  or (ref is not None and len(ref) == length and data.startswith(ref, len(head))))
+        proven = (
+            target.expect_sha256 is None
+            or not self.run.verify_every
+            or (ref is not None and len(ref) == length and data.startswith(ref, len(head)))
+        )
         if proven:
             self.known[id(target)] = (data, len(data), length)
 

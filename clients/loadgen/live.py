@@ -82,8 +82,9 @@ class _WorkerState:
 class LiveFigures:
     """Folds the workers' ticks into one Second per second and passes each to the displays."""
 
-    def __init__(self, opts: LoadOptions, pids: list[int | None], start_ns: int, measure_ns: int,
-                 displays: list[Display]) -> None:
+    def __init__(
+        self, opts: LoadOptions, pids: list[int | None], start_ns: int, measure_ns: int, displays: list[Display]
+    ) -> None:
         self.opts = opts
         self.measure_ns = measure_ns
         self.displays = displays
@@ -142,11 +143,18 @@ class LiveFigures:
         schedule = self.opts.rate_schedule
         target = (schedule.rate_at(t) if schedule is not None else self.opts.rate) if self.opts.rate else None
         second = Second(
-            t=round(t, 3), phase=phase, rps=round(rps, 1),
-            p50_us=_pct(recent, 50), p99_us=_pct(recent, 99),
-            overall_p50_us=_pct(self.overall, 50), overall_p99_us=_pct(self.overall, 99),
-            completed=sum(w.measured for w in self.workers), errors=dict(sorted(errors.items())),
-            client_cpu_percent=self._cpu_percent(), target_rate=target)
+            t=round(t, 3),
+            phase=phase,
+            rps=round(rps, 1),
+            p50_us=_pct(recent, 50),
+            p99_us=_pct(recent, 99),
+            overall_p50_us=_pct(self.overall, 50),
+            overall_p99_us=_pct(self.overall, 99),
+            completed=sum(w.measured for w in self.workers),
+            errors=dict(sorted(errors.items())),
+            client_cpu_percent=self._cpu_percent(),
+            target_rate=target,
+        )
         self.history.append(rps)
         for d in self.displays:
             d.show(second, list(self.history))
@@ -207,8 +215,9 @@ class RichView:
 
     def __init__(self, console: Console, opts: LoadOptions, title: str) -> None:
         self.opts, self.title = opts, title
-        self.live = Live(console=console, auto_refresh=False, transient=True, redirect_stdout=False,
-                         redirect_stderr=False)
+        self.live = Live(
+            console=console, auto_refresh=False, transient=True, redirect_stdout=False, redirect_stderr=False
+        )
         self.live.start()
 
     def show(self, second: Second, history: list[float]) -> None:
@@ -219,8 +228,11 @@ class RichView:
         grid.add_row("requests/s", f"{second.rps:,.0f}{target}")
         grid.add_row("last 30 s", Text(sparkline(history), style="cyan"))
         grid.add_row("last second", f"p50 {fmt_us(second.p50_us)}   p99 {fmt_us(second.p99_us)}")
-        grid.add_row("overall", f"p50 {fmt_us(second.overall_p50_us)}   p99 {fmt_us(second.overall_p99_us)}"
-                                f"   {second.completed:,} responses")
+        grid.add_row(
+            "overall",
+            f"p50 {fmt_us(second.overall_p50_us)}   p99 {fmt_us(second.overall_p99_us)}"
+            f"   {second.completed:,} responses",
+        )
         grid.add_row("errors", Text(_errors_text(second.errors), style="red" if second.errors else ""))
         cpu = "-" if second.client_cpu_percent is None else f"{second.client_cpu_percent:.0f}%"
         workers = self.opts.resolved_workers()
@@ -240,10 +252,12 @@ class PlainLines:
 
     def show(self, second: Second, history: list[float]) -> None:
         cpu = "-" if second.client_cpu_percent is None else f"{second.client_cpu_percent:.0f}%"
-        self.stream.write(f"{second.t:7.1f}s {second.phase.replace('_', '-'):<8} {second.rps:>10,.0f} req/s  "
-                          f"p50 {fmt_us(second.p50_us)}  p99 {fmt_us(second.p99_us)}  "
-                          f"overall p50 {fmt_us(second.overall_p50_us)} p99 {fmt_us(second.overall_p99_us)}  "
-                          f"errors {_errors_text(second.errors)}  client CPU {cpu}\n")
+        self.stream.write(
+            f"{second.t:7.1f}s {second.phase.replace('_', '-'):<8} {second.rps:>10,.0f} req/s  "
+            f"p50 {fmt_us(second.p50_us)}  p99 {fmt_us(second.p99_us)}  "
+            f"overall p50 {fmt_us(second.overall_p50_us)} p99 {fmt_us(second.overall_p99_us)}  "
+            f"errors {_errors_text(second.errors)}  client CPU {cpu}\n"
+        )
         self.stream.flush()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ def write_message(fd: int, message: object) -> None:
     data = struct.pack(">I", len(data)) + data
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def read_message(fd: int) -> object:
@@ -39,6 +39,6 @@ def parse_messages(buffer: bytes) -> tuple[list, bytes]:
         (size,) = struct.unpack(">I", buffer[:4])
         if len(buffer) < 4 + size:
             break
-        out.append(pickle.loads(buffer[4:4 + size]))
-        buffer = buffer[4 + size:]
+        out.append(pickle.loads(buffer[4 : 4 + size]))
+        buffer = buffer[4 + size :]
     return out, buffer

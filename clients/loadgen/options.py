@@ -165,25 +165,33 @@ class LoadOptions:
             _check(self.requests >= 1, f"--requests must be at least 1 (got {self.requests})")
         workers = self.resolved_workers()
         _check(workers >= 1, f"--workers must be at least 1 (got {workers})")
-        _check(self.connections >= workers,
-               f"--connections {self.connections} is below --workers {workers}: a worker would have no connection")
+        _check(
+            self.connections >= workers,
+            f"--connections {self.connections} is below --workers {workers}: a worker would have no connection",
+        )
         if self.rate is not None:
             _check(self.rate > 0, f"--rate must be positive (got {self.rate:g})")
-            _check(self.lowest_rate >= workers,
-                   f"--rate {self.lowest_rate:g} is below --workers {workers}: each worker process would send "
-                   f"less than one request per second")
+            _check(
+                self.lowest_rate >= workers,
+                f"--rate {self.lowest_rate:g} is below --workers {workers}: each worker process would send "
+                f"less than one request per second",
+            )
             _check(self.conn_mode != "pipeline", "pipelining is a closed-loop setting; drop --rate or the pipeline")
             _check(self.think_s == 0, "--think is a closed-loop setting; the open loop sends on a schedule")
         else:
             _check(self.arrivals == "constant", "--arrivals applies to the open loop; give --rate too")
             _check(self.rate_schedule is None, "rate stages need an open loop: give -R")
         if self.rate_schedule is not None:
-            _check(self.duration is None and self.requests is None,
-                   "--stage and --ramp set the measured time; drop --duration and --requests")
+            _check(
+                self.duration is None and self.requests is None,
+                "--stage and --ramp set the measured time; drop --duration and --requests",
+            )
         if self.requests is not None and self.rate is None:
-            _check(self.requests >= self.connections,
-                   f"--requests {self.requests} is below --connections {self.connections}: "
-                   f"some connections would never send")
+            _check(
+                self.requests >= self.connections,
+                f"--requests {self.requests} is below --connections {self.connections}: "
+                f"some connections would never send",
+            )
         _check(self.arrivals in ARRIVALS, f"--arrivals must be one of {', '.join(ARRIVALS)}")
         _check(self.conn_mode in CONN_MODES, f"--conn-mode must be one of {', '.join(CONN_MODES)}")
         if self.pipeline_depth is not None:
@@ -195,40 +203,55 @@ class LoadOptions:
         _check(self.connect_timeout_s > 0, f"--connect-timeout must be positive (got {self.connect_timeout_s:g})")
         _check(self.verify_every >= 0, f"--verify-every cannot be negative (got {self.verify_every})")
         _check(100 <= self.expect_status <= 599, f"--status must be an HTTP status (got {self.expect_status})")
-        for name, value in (("--idle", self.idle), ("--slow-readers", self.slow_readers),
-                            ("--slow-senders", self.slow_senders)):
+        for name, value in (
+            ("--idle", self.idle),
+            ("--slow-readers", self.slow_readers),
+            ("--slow-senders", self.slow_senders),
+        ):
             _check(value >= 0, f"{name} cannot be negative (got {value})")
         if self.slow_readers:
             _check(self.slow_read_rate > 0, f"--slow-read-rate must be positive (got {self.slow_read_rate:g})")
         if self.slow_senders:
-            _check(self.slow_send_interval_s > 0,
-                   f"--slow-send-interval must be positive (got {self.slow_send_interval_s:g})")
+            _check(
+                self.slow_send_interval_s > 0,
+                f"--slow-send-interval must be positive (got {self.slow_send_interval_s:g})",
+            )
         if self.zipf is not None:
             _check(self.corpus is not None, "--zipf ranks the files of a corpus; give --corpus DIR too")
             _check(self.zipf >= 0, f"--zipf exponent cannot be negative (got {self.zipf:g})")
         for p in self.percentiles:
             _check(0 < p <= 100, f"percentiles are in (0, 100] (got {p:g})")
         _check(self.sample_interval_s > 0, "--sample-interval must be positive")
-        _check(self.timeline_interval_s >= 0.01,
-               f"--timeline-interval must be at least 0.01 s (got {self.timeline_interval_s:g})")
+        _check(
+            self.timeline_interval_s >= 0.01,
+            f"--timeline-interval must be at least 0.01 s (got {self.timeline_interval_s:g})",
+        )
         if self.reconnect_after is not None:
             _check(self.reconnect_after >= 1, f"--reconnect-after must be at least 1 (got {self.reconnect_after})")
-            _check(self.conn_mode == "keepalive" and self.rate is None,
-                   "--reconnect-after applies to the closed keep-alive loop (no --rate, --conn-mode keepalive)")
+            _check(
+                self.conn_mode == "keepalive" and self.rate is None,
+                "--reconnect-after applies to the closed keep-alive loop (no --rate, --conn-mode keepalive)",
+            )
         if self.server_cgroup is not None:
-            _check(os.path.isfile(os.path.join(self.server_cgroup, "cpu.stat")),
-                   f"--server-cgroup {self.server_cgroup}: not a cgroup v2 directory (no cpu.stat)")
+            _check(
+                os.path.isfile(os.path.join(self.server_cgroup, "cpu.stat")),
+                f"--server-cgroup {self.server_cgroup}: not a cgroup v2 directory (no cpu.stat)",
+            )
             _check(self.server_pid is not None, "--server-cgroup needs --server-pid (the process it samples)")
         _check(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}")
         for h in self.headers:
-            _check(re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*$", h) is not None,
-                   f"not a header line: {h!r} (write 'Name: value')")
+            _check(
+                re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*$", h) is not None,
+                f"not a header line: {h!r} (write 'Name: value')",
+            )
         self._check_goals()
         self._check_sources()
         self._check_cpus()
         self._check_serve()
         if self.server_pid is not None:
-            _check(self.server_pid > 0 and _pid_exists(self.server_pid), f"no process with --server-pid {self.server_pid}")
+            _check(
+                self.server_pid > 0 and _pid_exists(self.server_pid), f"no process with --server-pid {self.server_pid}"
+            )
 
     def _check_goals(self) -> None:
         from .slo import SloError, parse_goals
@@ -239,25 +262,32 @@ class LoadOptions:
             raise OptionError(f"--slo {exc}") from None
         if self.abort_on_fail:
             _check(bool(self.slos), "--abort-on-fail stops a run whose --slo goal is lost: give --slo too")
-            _check(self.requests is not None or self.rate is not None,
-                   "--abort-on-fail needs a bounded window to prove a goal lost: give -R (open loop) or -n; "
-                   "a closed loop with a duration has no bound on the responses still to come")
+            _check(
+                self.requests is not None or self.rate is not None,
+                "--abort-on-fail needs a bounded window to prove a goal lost: give -R (open loop) or -n; "
+                "a closed loop with a duration has no bound on the responses still to come",
+            )
 
     def _check_sources(self) -> None:
         if not self.loopback_sources:
             return
         from .ports import LOOPBACK_ADDRESSES
 
-        _check(0 < self.loopback_sources <= LOOPBACK_ADDRESSES,
-               f"--loopback-sources must be 1 to {LOOPBACK_ADDRESSES} (got {self.loopback_sources})")
+        _check(
+            0 < self.loopback_sources <= LOOPBACK_ADDRESSES,
+            f"--loopback-sources must be 1 to {LOOPBACK_ADDRESSES} (got {self.loopback_sources})",
+        )
         if self.serve is None and not self.url.startswith("/"):
             try:
                 host = urlsplit(self.url).hostname or ""
                 loopback = ipaddress.ip_address(host) in ipaddress.ip_network("127.0.0.0/8")
             except ValueError:
                 loopback = False
-            _check(loopback, f"--loopback-sources connects from 127.0.0.0/8: the server must be on a "
-                             f"127.x.x.x address (got {self.url})")
+            _check(
+                loopback,
+                f"--loopback-sources connects from 127.0.0.0/8: the server must be on a "
+                f"127.x.x.x address (got {self.url})",
+            )
         _check(self.link is None, "--loopback-sources applies to loopback, not to a --link")
 
     def _check_cpus(self) -> None:
@@ -272,8 +302,10 @@ class LoadOptions:
         if self.server_cpus is not None and self.serve is not None:  # they pin the server we start
             _check(len(self.server_cpus) > 0, "--server-cpus is empty")
             missing = sorted(set(self.server_cpus) - usable)
-            _check(not missing, f"--server-cpus {_cpu_list(missing)} not available here "
-                                f"(usable: {_cpu_list(sorted(usable))})")
+            _check(
+                not missing,
+                f"--server-cpus {_cpu_list(missing)} not available here (usable: {_cpu_list(sorted(usable))})",
+            )
 
     def _check_serve(self) -> None:
         _check(self.links_file is None or self.link is not None, "--links-file applies to --link")
@@ -281,10 +313,14 @@ class LoadOptions:
             _check(self.link is None, "--link runs the server on the link's server host: give --serve MODEL too")
             _check(self.root is None, "--root is the directory of the server --serve starts; give --serve MODEL too")
             _check(not self.server_args, "--server-args applies to --serve")
-            _check(not self.url.startswith("/"), f"{self.url} is a path: give a full URL "
-                                                 f"(http://HOST:PORT{self.url}), or --serve MODEL to start a server")
+            _check(
+                not self.url.startswith("/"),
+                f"{self.url} is a path: give a full URL "
+                f"(http://HOST:PORT{self.url}), or --serve MODEL to start a server",
+            )
             return
         from ...servers import UnknownServer, resolve
+
         try:
             resolve(self.serve)
         except UnknownServer as exc:
@@ -294,8 +330,11 @@ class LoadOptions:
         _check(root is not None, "--serve needs a directory to serve: give --root DIR (or --corpus DIR)")
         _check(os.path.isdir(root), f"{'--root' if self.root is not None else '--corpus'} {root}: not a directory")
         for t in [self.url, *self.urls]:
-            _check("://" not in t, f"with --serve, give paths like /1KiB.bin, not URLs ({t}): "
-                                   f"the server's address is known once it starts")
+            _check(
+                "://" not in t,
+                f"with --serve, give paths like /1KiB.bin, not URLs ({t}): "
+                f"the server's address is known once it starts",
+            )
         _check(self.url.startswith("/"), f"with --serve, the first target is a path starting with /: {self.url!r}")
 
 

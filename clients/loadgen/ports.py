@@ -57,8 +57,10 @@ def explain_no_local_port(failed: int, sources: int) -> str:
     tw = time_wait_sockets()
     ports = f"ports {span[0]}-{span[1]} ({span[1] - span[0] + 1} per source address)" if span else "the local ports"
     waiting = f"; {tw} in TIME_WAIT now" if tw is not None else ""
-    fix = ("widen net.ipv4.ip_local_port_range or use more with --loopback-sources"
-           if sources else "connect from more loopback addresses with --loopback-sources N (or all), or widen "
-                           "net.ipv4.ip_local_port_range")
-    return (f"{failed} connects found no free local port: {ports} were all in use (open or in TIME_WAIT"
-            f"{waiting}); {fix}")
+    fix = (
+        "widen net.ipv4.ip_local_port_range or use more with --loopback-sources"
+        if sources
+        else "connect from more loopback addresses with --loopback-sources N (or all), or widen "
+        "net.ipv4.ip_local_port_range"
+    )
+    return f"{failed} connects found no free local port: {ports} were all in use (open or in TIME_WAIT{waiting}); {fix}"

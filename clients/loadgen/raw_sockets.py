@@ -117,8 +117,20 @@ class SocketSlot:
     """One virtual client of a raw-socket path: the driver of its socket (and of the ClientConnection
     on it). Subclasses open connections through their pool (pool.open, pool.release)."""
 
-    __slots__ = ("conn", "connected", "done", "failures", "fd", "handle", "index", "phase", "pool", "run", "sock",
-                 "unsent")
+    __slots__ = (
+        "conn",
+        "connected",
+        "done",
+        "failures",
+        "fd",
+        "handle",
+        "index",
+        "phase",
+        "pool",
+        "run",
+        "sock",
+        "unsent",
+    )
 
     def __init__(self, pool, index: int) -> None:
         self.pool = pool

@@ -73,7 +73,7 @@ def says_close(head: bytes) -> bool:
     at = head.find(b"\r\nconnection:")
     while at >= 0:
         end = head.find(b"\r\n", at + 13)
-        if b"close" in (token.strip() for token in head[at + 13:end].split(b",")):
+        if b"close" in (token.strip() for token in head[at + 13 : end].split(b",")):
             return True
         at = head.find(b"\r\nconnection:", end)
     return False
@@ -85,7 +85,7 @@ def _content_length(head: bytes) -> int | None:
     if at < 0:
         return None
     try:
-        length = int(head[at + 17:head.find(b"\r\n", at + 17)])
+        length = int(head[at + 17 : head.find(b"\r\n", at + 17)])
     except ValueError:
         raise FramingError(BAD_RESPONSE) from None
     if length < 0:
@@ -117,8 +117,7 @@ def parse_head(head: bytes) -> Head | None:
         length = _content_length(head)
     # the server will close after this response: HTTP/1.0 unless it says keep-alive, Connection:
     # close, or a body that only the close can end
-    closes = ((length is None and not chunked) or says_close(head)
-              or (head[7] == 48 and head.find(b"keep-alive") < 0))
+    closes = (length is None and not chunked) or says_close(head) or (head[7] == 48 and head.find(b"keep-alive") < 0)
     return Head(status, length, chunked, closes)
 
 
@@ -179,7 +178,7 @@ class ResponseReader:
 
     def feed(self, data: bytes | memoryview) -> None:
         if self.pos < len(self.data):
-            rest = self.data[self.pos:]
+            rest = self.data[self.pos :]
             self.data = bytes(rest) + data if type(rest) is memoryview else rest + data
         else:
             self.data = data
@@ -203,14 +202,18 @@ class ResponseReader:
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return -1
-        head = data[:end + 2].lower()
+        head = data[: end + 2].lower()
         at = head.find(b"\r\ncontent-length:")
-        if (at < 0 or head[9:12] != self.status_bytes or not head.startswith(b"http/1.1")
-                or head.find(b"\r\ntransfer-encoding:") >= 0
-                or (not self.close_ok and b"close" in head and says_close(head))):
+        if (
+            at < 0
+            or head[9:12] != self.status_bytes
+            or not head.startswith(b"http/1.1")
+            or head.find(b"\r\ntransfer-encoding:") >= 0
+            or (not self.close_ok and b"close" in head and says_close(head))
+        ):
             return -1
         try:
-            length = int(head[at + 17:head.find(b"\r\n", at + 17)])
+            length = int(head[at + 17 : head.find(b"\r\n", at + 17)])
         except ValueError:
             return -1
         if length < 0:
@@ -269,7 +272,7 @@ class ResponseReader:
                 if pos >= len(data):
                     self.data, self.pos = b"", 0  # nothing buffered: whole_response may be used
                 return NEED_DATA
-            head = parse_head(data[pos:end + 2].lower())
+            head = parse_head(data[pos : end + 2].lower())
             self.pos = end + 4
             if head is None:
                 continue  # an interim response: the real head follows
@@ -298,7 +301,7 @@ class ResponseReader:
             self.pos = size
             need -= size - pos
         else:
-            piece = data[pos:pos + need]
+            piece = data[pos : pos + need]
             self.pos = pos + need
             need = 0
         self.need = need

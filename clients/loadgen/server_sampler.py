@@ -64,8 +64,9 @@ class ServerSampler:
 
     def report(self, window_start_ns: int, window_end_ns: int) -> dict:
         """CPU used and peak RSS within the window, and the samples as seconds from its start."""
-        return window_report(self.samples, window_start_ns, window_end_ns, self.pid,
-                             "cgroup" if self.cgroup_stat else "process tree")
+        return window_report(
+            self.samples, window_start_ns, window_end_ns, self.pid, "cgroup" if self.cgroup_stat else "process tree"
+        )
 
 
 def window_report(samples: list[dict], window_start_ns: int, window_end_ns: int, pid: int, cpu_source: str) -> dict:
@@ -81,12 +82,14 @@ def window_report(samples: list[dict], window_start_ns: int, window_end_ns: int,
     prev = first
     for s in inside:
         dt = (s["t_ns"] - prev["t_ns"]) / 1e9 if prev else 0.0
-        rows.append({
-            "t": round((s["t_ns"] - window_start_ns) / 1e9, 3),
-            "cpu_percent": round((s["cpu_s"] - prev["cpu_s"]) / dt * 100, 1) if prev and dt > 0 else None,
-            "rss_bytes": s["rss_bytes"],
-            "processes": s["processes"],
-        })
+        rows.append(
+            {
+                "t": round((s["t_ns"] - window_start_ns) / 1e9, 3),
+                "cpu_percent": round((s["cpu_s"] - prev["cpu_s"]) / dt * 100, 1) if prev and dt > 0 else None,
+                "rss_bytes": s["rss_bytes"],
+                "processes": s["processes"],
+            }
+        )
         prev = s
     return {
         "pid": pid,

@@ -45,9 +45,18 @@ class ServedRun:
         self.server = server
         self.hosts = hosts
         self.warnings: list[str] = []
-        self.record: dict = {"name": opts.serve, "model": resolve(opts.serve).model.name, "root": opts.root or opts.corpus,
-                             "argv": list(server.argv), "cpus": opts.server_cpus, "pid": None, "url": None,
-                             "exit_code": None, "clean_stop": None, "problem": None}
+        self.record: dict = {
+            "name": opts.serve,
+            "model": resolve(opts.serve).model.name,
+            "root": opts.root or opts.corpus,
+            "argv": list(server.argv),
+            "cpus": opts.server_cpus,
+            "pid": None,
+            "url": None,
+            "exit_code": None,
+            "clean_stop": None,
+            "problem": None,
+        }
 
     @property
     def url(self) -> str:
@@ -79,8 +88,10 @@ class ServedRun:
         self.record.update(exit_code=code, clean_stop=not problems, problem=", ".join(problems) or None)
         if problems:
             self.record["stderr_tail"] = stderr[-STDERR_TAIL:]
-            self.warnings.append(f"the server started for this run ({self.record['name']}, pid {self.server.pid}) "
-                                 f"did not stop cleanly: {self.record['problem']}")
+            self.warnings.append(
+                f"the server started for this run ({self.record['name']}, pid {self.server.pid}) "
+                f"did not stop cleanly: {self.record['problem']}"
+            )
 
     def add_to(self, doc: dict) -> None:
         """Record the server, the link and any warning in the run's result document."""
@@ -106,6 +117,7 @@ def served(opts: LoadOptions, hosts: LinkedHosts | None = None) -> Iterator[Serv
         stack.enter_context(_sigterm_as_exit())
         if hosts is None and opts.link is not None:
             from ..links import LinkedHosts
+
             hosts = stack.enter_context(LinkedHosts(opts.link, opts.links_file))
         if hosts is not None:
             server = hosts.server_process(model, root, *args, cpus=opts.server_cpus)
@@ -117,8 +129,9 @@ def served(opts: LoadOptions, hosts: LinkedHosts | None = None) -> Iterator[Serv
                 server.start()
         except ServerStartError as exc:
             stderr = server.stderr_text()
-            raise ServerNotStarted(f"--serve {opts.serve} did not start: {_last_line(stderr) or exc}",
-                                   stderr or str(exc)) from None
+            raise ServerNotStarted(
+                f"--serve {opts.serve} did not start: {_last_line(stderr) or exc}", stderr or str(exc)
+            ) from None
         except (OSError, subprocess.SubprocessError) as exc:
             server.stop(timeout=2)
             raise ServerNotStarted(f"--serve {opts.serve} did not start: {exc}") from None
@@ -136,8 +149,10 @@ def served(opts: LoadOptions, hosts: LinkedHosts | None = None) -> Iterator[Serv
 def _sigterm_as_exit() -> Iterator[None]:
     """SIGTERM's default action would end this process without stopping the server: meanwhile it
     raises SystemExit instead, so the server is stopped on the way out (main thread, default action only)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
     signal.signal(signal.SIGTERM, _raise_exit)

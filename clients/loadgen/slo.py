@@ -59,8 +59,12 @@ class Goal:
         return self.op in ("<", ">")
 
     def holds(self, measured: float) -> bool:
-        return {"<": measured < self.limit, "<=": measured <= self.limit,
-                ">": measured > self.limit, ">=": measured >= self.limit}[self.op]
+        return {
+            "<": measured < self.limit,
+            "<=": measured <= self.limit,
+            ">": measured > self.limit,
+            ">=": measured >= self.limit,
+        }[self.op]
 
     @property
     def key(self) -> str:
@@ -189,6 +193,7 @@ UNITS = {LATENCY: "us", ERRORS: "fraction", RPS: "req/s"}
 def format_value(goal: Goal, value: float) -> str:
     if goal.measure == LATENCY:
         from .report import fmt_us
+
         return fmt_us(value)
     if goal.measure == ERRORS:
         return f"{value * 100:.3g}%"

@@ -53,7 +53,7 @@ class Tally:
         self.beyond = [0] * len(limits)
 
     def update(self, values: Sequence[int]) -> list[int]:
-        fresh = values[self.seen:]
+        fresh = values[self.seen :]
         self.seen = len(values)
         for i, (limit, strict) in enumerate(self.limits):
             # at or above the limit breaks `<`; only above it breaks `<=`
@@ -78,9 +78,13 @@ def combine(ticks: list[dict | None], window_s: float | None) -> Progress | None
     if not parts or any(p is None or p["remaining"] is None for p in parts):
         return None
     n = len(parts[0]["violations"])
-    return Progress(sum(p["responses"] for p in parts), sum(p["errors"] for p in parts),
-                    tuple(sum(p["violations"][i] for p in parts) for i in range(n)),
-                    sum(p["remaining"] for p in parts), window_s)
+    return Progress(
+        sum(p["responses"] for p in parts),
+        sum(p["errors"] for p in parts),
+        tuple(sum(p["violations"][i] for p in parts) for i in range(n)),
+        sum(p["remaining"] for p in parts),
+        window_s,
+    )
 
 
 def lost_goal(goals: list[Goal], progress: Progress) -> dict | None:
@@ -108,8 +112,10 @@ def _latency_lost(goal: Goal, p: Progress, beyond: int) -> str | None:
         return None
     limit = format_value(goal, goal.limit)
     took = f"{limit} or more" if goal.strict else f"more than {limit}"
-    return (f"{beyond} responses already took {took}; the window holds at most {most} responses, "
-            f"of which no more than {allowed} may lie beyond its {goal.key}")
+    return (
+        f"{beyond} responses already took {took}; the window holds at most {most} responses, "
+        f"of which no more than {allowed} may lie beyond its {goal.key}"
+    )
 
 
 def _errors_lost(goal: Goal, p: Progress) -> str | None:
@@ -118,8 +124,10 @@ def _errors_lost(goal: Goal, p: Progress) -> str | None:
     best = p.errors / (p.errors + p.responses + p.remaining)  # every outcome still to come a success
     if goal.holds(best):
         return None
-    return (f"{p.errors} requests already failed: at least {format_value(goal, best)} of the "
-            f"{p.errors + p.responses + p.remaining} the window can hold at most")
+    return (
+        f"{p.errors} requests already failed: at least {format_value(goal, best)} of the "
+        f"{p.errors + p.responses + p.remaining} the window can hold at most"
+    )
 
 
 def _rps_lost(goal: Goal, p: Progress) -> str | None:
@@ -128,9 +136,10 @@ def _rps_lost(goal: Goal, p: Progress) -> str | None:
     best = (p.responses + p.remaining) / (p.window_s * (1 - WINDOW_SLACK))
     if goal.holds(best):
         return None
-    return (f"at most {p.responses + p.remaining} responses fit in the {p.window_s:g} s window: "
-            f"{format_value(goal, best)} at best")
-
+    return (
+        f"at most {p.responses + p.remaining} responses fit in the {p.window_s:g} s window: "
+        f"{format_value(goal, best)} at best"
+    )
 
 
 class Watch:

@@ -105,8 +105,9 @@ def parse_rate(text: str, stage_s: float | None, ramp_s: float | None) -> tuple[
     try:
         rates = tuple(float(p) for p in parts)
     except ValueError:
-        raise OptionError(f"-R {text}: not a rate (examples: 2000, 1000,2000,4000 with --stage, "
-                          f"1000..8000 with --ramp)") from None
+        raise OptionError(
+            f"-R {text}: not a rate (examples: 2000, 1000,2000,4000 with --stage, 1000..8000 with --ramp)"
+        ) from None
     if not all(math.isfinite(r) for r in rates):
         raise OptionError(f"-R {text}: rates are finite numbers")
     _positive(text, rates)

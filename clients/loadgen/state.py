@@ -88,8 +88,15 @@ class StageMark:
 class Run:
     """The state every connection and driver of this worker shares."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, opts: LoadOptions, plan: LoadPlan, share: WorkerShare,
-                 address: str, family: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        opts: LoadOptions,
+        plan: LoadPlan,
+        share: WorkerShare,
+        address: str,
+        family: int,
+    ) -> None:
         self.loop = loop
         self.opts = opts
         self.share = share
@@ -109,8 +116,7 @@ class Run:
         self.close_each = opts.conn_mode == "new"
         self.reconnect_after = opts.reconnect_after
         # workers start at different addresses of the list, so their connections spread out
-        self.sources = (LoopbackSources(opts.loopback_sources, share.index * 7919)
-                        if opts.loopback_sources else None)
+        self.sources = LoopbackSources(opts.loopback_sources, share.index * 7919) if opts.loopback_sources else None
         self.depth = opts.depth
         self.think_s = opts.think_s
         self.connect_timeout_s = opts.connect_timeout_s
@@ -188,8 +194,9 @@ class Run:
 
     def stage_mark(self) -> StageMark:
         p = self.phases["measure"]
-        return StageMark(monotonic_ns(), len(p.lat), len(p.lat_uncorrected), dict(p.errors), self.bytes_in,
-                         self.scheduled)
+        return StageMark(
+            monotonic_ns(), len(p.lat), len(p.lat_uncorrected), dict(p.errors), self.bytes_in, self.scheduled
+        )
 
     def end_measure(self) -> None:
         if self.phase.name != "measure":

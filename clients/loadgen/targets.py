@@ -55,12 +55,19 @@ class LoadPlan:
     slow_read_target: Target | None = None  # what slow readers fetch, when not the largest target
 
     def largest_target(self) -> Target:
-        return max(self.targets, key=lambda t: (t.expect_length or 0))
+        return max(self.targets, key=lambda t: t.expect_length or 0)
 
     def describe(self) -> list[dict]:
         total = sum(t.weight for t in self.targets)
-        return [{"path": t.path, "weight": round(t.weight / total, 6), "expect_length": t.expect_length,
-                 "sha256": t.expect_sha256.hex() if t.expect_sha256 else None} for t in self.targets]
+        return [
+            {
+                "path": t.path,
+                "weight": round(t.weight / total, 6),
+                "expect_length": t.expect_length,
+                "sha256": t.expect_sha256.hex() if t.expect_sha256 else None,
+            }
+            for t in self.targets
+        ]
 
 
 def parse_server(url: str) -> tuple[Server, str]:
@@ -144,7 +151,7 @@ def read_mix_file(path: str) -> list[tuple[float, str]]:
 
 
 def zipf_weights(n: int, exponent: float) -> list[float]:
-    return [1.0 / (rank ** exponent) for rank in range(1, n + 1)]
+    return [1.0 / (rank**exponent) for rank in range(1, n + 1)]
 
 
 def served_url(path: str, base_url: str) -> str:
@@ -181,12 +188,14 @@ def build_plan(opts: LoadOptions, base_url: str | None = None) -> LoadPlan:
     extra_headers = "".join(h.split(":", 1)[0].strip() + ":" + h.split(":", 1)[1] + "\r\n" for h in opts.headers)
     has_host = any(h.split(":", 1)[0].strip().lower() == "host" for h in opts.headers)
     host_line = "" if has_host else f"Host: {server.netloc}\r\n"
+
     def make(weight: float, target: str) -> Target:
         if any(c in target for c in " \r\n\t"):
             raise OptionError(f"target contains whitespace: {target!r} (percent-encode it)")
         head = f"GET {target} HTTP/1.1\r\n{host_line}{extra_headers}"
-        return Target(target, weight, (head + "\r\n").encode("latin-1"),
-                      (head + "Connection: close\r\n\r\n").encode("latin-1"))
+        return Target(
+            target, weight, (head + "\r\n").encode("latin-1"), (head + "Connection: close\r\n\r\n").encode("latin-1")
+        )
 
     targets = []
     for weight, target in entries:
@@ -198,9 +207,13 @@ def build_plan(opts: LoadOptions, base_url: str | None = None) -> LoadPlan:
         elif manifest is not None:
             path = target.partition("?")[0]
             if path.startswith(server.base):
-                entry = manifest.get(unquote(path[len(server.base):]))
+                entry = manifest.get(unquote(path[len(server.base) :]))
                 if entry is not None:
-                    t.expect_length, t.expect_sha256, t.corpus_name = entry.size, bytes.fromhex(entry.sha256), entry.name
+                    t.expect_length, t.expect_sha256, t.corpus_name = (
+                        entry.size,
+                        bytes.fromhex(entry.sha256),
+                        entry.name,
+                    )
         targets.append(t)
     slow = make(0.0, _join(server, opts.slow_read_path)) if opts.slow_read_path else None
     return LoadPlan(server, targets, draw_sequence(targets, opts.seed), slow)

@@ -138,8 +138,14 @@ class Worker:
         for i in range(share.connections):
             if opts.open_loop:
                 slot = share.first_slot + i
-                d = OpenLoopDriver(run, i, share.rate / share.connections, slot / share.total_slots,
-                                   opts.arrivals == "poisson", seed=hash((opts.seed, slot)))
+                d = OpenLoopDriver(
+                    run,
+                    i,
+                    share.rate / share.connections,
+                    slot / share.total_slots,
+                    opts.arrivals == "poisson",
+                    seed=hash((opts.seed, slot)),
+                )
             else:
                 d = ClosedLoopDriver(run, i)
             run.drivers.append(d)
@@ -157,8 +163,15 @@ class Worker:
             return
         read_target = self.plan.slow_read_target or self.plan.largest_target()
         self.adversaries, self.adversary_stats = start_adversaries(
-            self.run, s.idle, s.slow_readers, s.slow_senders, read_target, opts.slow_read_rate,
-            self.plan.targets[0], opts.slow_send_interval_s)
+            self.run,
+            s.idle,
+            s.slow_readers,
+            s.slow_senders,
+            read_target,
+            opts.slow_read_rate,
+            self.plan.targets[0],
+            opts.slow_send_interval_s,
+        )
         tasks = [a.task for a in self.adversaries if a.task is not None]
         if not tasks:
             return
@@ -244,8 +257,15 @@ class Worker:
                 if len(values) > since:
                     recent.append((name, latency.encode(latency.histogram_of(values[since:]))))
                     self.ticked[name] = len(values)
-        tick = {"seq": seq, "phase": p.name, "completed": done, "measured": len(run.phases["measure"].lat),
-                "errors": dict(errors), "recent": recent, "ns": monotonic_ns()}
+        tick = {
+            "seq": seq,
+            "phase": p.name,
+            "completed": done,
+            "measured": len(run.phases["measure"].lat),
+            "errors": dict(errors),
+            "recent": recent,
+            "ns": monotonic_ns(),
+        }
         if self.tally is not None:
             tick["slo"] = self._slo_progress()
         write_message(self.out_fd, ("tick", tick))
@@ -263,8 +283,9 @@ class Worker:
                 remaining = self.share.requests - len(m.lat) - m.error_count
             elif run.open_loop:
                 end_ns = m.start_ns + int(self.opts.measured_duration * 1e9)
-                remaining = (sum(len(d.owed_since()) for d in run.drivers)
-                             + sum(d.arrivals_before(end_ns) for d in run.drivers))
+                remaining = sum(len(d.owed_since()) for d in run.drivers) + sum(
+                    d.arrivals_before(end_ns) for d in run.drivers
+                )
         return {"responses": len(m.lat), "errors": m.error_count, "violations": beyond, "remaining": remaining}
 
     def _on_stop_message(self, fd: int) -> None:
@@ -297,7 +318,8 @@ class Worker:
                 "histogram": latency.encode(corrected),
                 "raw_uncorrected": latency.RawStats.of(p.lat_uncorrected).to_dict() if run.open_loop else None,
                 "histogram_uncorrected": latency.encode(latency.histogram_of(p.lat_uncorrected))
-                if run.open_loop else None,
+                if run.open_loop
+                else None,
             }
         m = run.phases["measure"]
         timeline = []
@@ -305,21 +327,35 @@ class Worker:
         for prev, cur in zip([start, *run.marks], run.marks):
             if cur[0] <= prev[0]:
                 continue
-            values = m.lat[prev[1]:cur[1]]
-            timeline.append({"start_ns": prev[0], "end_ns": cur[0], "requests": cur[1] - prev[1],
-                             "errors": cur[3] - prev[3], "bytes": cur[4] - prev[4],
-                             "histogram": latency.encode(latency.histogram_of(values))})
+            values = m.lat[prev[1] : cur[1]]
+            timeline.append(
+                {
+                    "start_ns": prev[0],
+                    "end_ns": cur[0],
+                    "requests": cur[1] - prev[1],
+                    "errors": cur[3] - prev[3],
+                    "bytes": cur[4] - prev[4],
+                    "histogram": latency.encode(latency.histogram_of(values)),
+                }
+            )
         stages = []
         for a, b in zip(run.stage_marks, run.stage_marks[1:], strict=False):
-            stages.append({"start_ns": a.ns, "end_ns": b.ns, "requests": b.completed - a.completed,
-                           "errors": {k: n - a.errors.get(k, 0) for k, n in b.errors.items() if n > a.errors.get(k, 0)},
-                           "bytes": b.bytes_in - a.bytes_in, "scheduled": b.scheduled - a.scheduled,
-                           "raw": latency.RawStats.of(m.lat[a.completed:b.completed]).to_dict(),
-                           "histogram": latency.encode(latency.histogram_of(m.lat[a.completed:b.completed])),
-                           "raw_uncorrected": latency.RawStats.of(m.lat_uncorrected[a.uncorrected:b.uncorrected]
-                                                                  ).to_dict(),
-                           "histogram_uncorrected": latency.encode(latency.histogram_of(
-                               m.lat_uncorrected[a.uncorrected:b.uncorrected]))})
+            stages.append(
+                {
+                    "start_ns": a.ns,
+                    "end_ns": b.ns,
+                    "requests": b.completed - a.completed,
+                    "errors": {k: n - a.errors.get(k, 0) for k, n in b.errors.items() if n > a.errors.get(k, 0)},
+                    "bytes": b.bytes_in - a.bytes_in,
+                    "scheduled": b.scheduled - a.scheduled,
+                    "raw": latency.RawStats.of(m.lat[a.completed : b.completed]).to_dict(),
+                    "histogram": latency.encode(latency.histogram_of(m.lat[a.completed : b.completed])),
+                    "raw_uncorrected": latency.RawStats.of(m.lat_uncorrected[a.uncorrected : b.uncorrected]).to_dict(),
+                    "histogram_uncorrected": latency.encode(
+                        latency.histogram_of(m.lat_uncorrected[a.uncorrected : b.uncorrected])
+                    ),
+                }
+            )
         cpu_s = run.cpu_window[1] - run.cpu_window[0] if len(run.cpu_window) == 2 else 0.0
         waits = run.wait_window
         wait_s = waits[1] - waits[0] if len(waits) == 2 and None not in waits else None
@@ -334,13 +370,18 @@ class Worker:
             "cpu_s": cpu_s,
             "unfinished_us": run.unfinished_us,
             "runqueue_wait_s": wait_s,
-            "lag": latency.RawStats.of(run.lag).to_dict() | {
-                "p50_us": _quantile(run.lag, 0.5), "p99_us": _quantile(run.lag, 0.99)},
-            "open_loop": {"scheduled": run.scheduled, "queued_sends": run.queued_sends,
-                          "slip": latency.RawStats.of(run.slip).to_dict() | {"p99_us": _quantile(run.slip, 0.99)}}
-            if run.open_loop else None,
+            "lag": latency.RawStats.of(run.lag).to_dict()
+            | {"p50_us": _quantile(run.lag, 0.5), "p99_us": _quantile(run.lag, 0.99)},
+            "open_loop": {
+                "scheduled": run.scheduled,
+                "queued_sends": run.queued_sends,
+                "slip": latency.RawStats.of(run.slip).to_dict() | {"p99_us": _quantile(run.slip, 0.99)},
+            }
+            if run.open_loop
+            else None,
             "adversaries": self.adversary_stats or None,
-            "sent": [b - a for a, b in zip(*run.sent_window)] if run.single is None and len(run.sent_window) == 2
+            "sent": [b - a for a, b in zip(*run.sent_window)]
+            if run.single is None and len(run.sent_window) == 2
             else None,
         }
 

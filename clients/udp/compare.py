@@ -24,8 +24,13 @@ SCHEMA = "serverzoo.udp-compare/1"
 
 def _start_local_responder(stack: ExitStack, cpu: int | None) -> str:
     preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    proc = subprocess.Popen([sys.executable, "-m", "serverzoo", "udp", "serve"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, preexec_fn=preexec)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serverzoo", "udp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=preexec,
+    )
 
     def stop() -> None:
         proc.terminate()
@@ -43,8 +48,17 @@ def _start_local_responder(stack: ExitStack, cpu: int | None) -> str:
     return line.split()[1]
 
 
-def measure_place(host: str, port: int, rate_bps: float, size: int, seconds: float, rr_count: int,
-                  sweep_from: float, sweep_to: float, step_s: float) -> dict:
+def measure_place(
+    host: str,
+    port: int,
+    rate_bps: float,
+    size: int,
+    seconds: float,
+    rr_count: int,
+    sweep_from: float,
+    sweep_to: float,
+    step_s: float,
+) -> dict:
     return {
         "udp_stream": stream.run_udp_stream(host, port, rate_bps, size, seconds),
         "udp_sweep": stream.run_sweep(host, port, size, step_s, sweep_from, sweep_to),
@@ -53,9 +67,19 @@ def measure_place(host: str, port: int, rate_bps: float, size: int, seconds: flo
     }
 
 
-def run_compare(links: list[str], links_file: str | None, rate_bps: float, size: int, seconds: float,
-                rr_count: int, sweep_from: float, sweep_to: float, step_s: float,
-                cpus: tuple[int, int] | None, progress=print) -> dict:
+def run_compare(
+    links: list[str],
+    links_file: str | None,
+    rate_bps: float,
+    size: int,
+    seconds: float,
+    rr_count: int,
+    sweep_from: float,
+    sweep_to: float,
+    step_s: float,
+    cpus: tuple[int, int] | None,
+    progress=print,
+) -> dict:
     server_cpu, client_cpu = cpus or (None, None)
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
@@ -118,9 +142,13 @@ def table(doc: dict) -> tuple[list[str], list[list[str]]]:
 
     The one source of the comparison table: `udp compare` prints it, `serverzoo report` shows it."""
     o = doc["options"]
-    head = ["path", f"UDP {mbit(o['rate_bps'])} Mbit/s offered: received, lost, jitter",
-            "UDP clean up to (loss <= 0.1%)", "TCP stream goodput, every byte?",
-            "RTT p50 / p99 ms: UDP · TCP keep-alive · TCP fresh"]
+    head = [
+        "path",
+        f"UDP {mbit(o['rate_bps'])} Mbit/s offered: received, lost, jitter",
+        "UDP clean up to (loss <= 0.1%)",
+        "TCP stream goodput, every byte?",
+        "RTT p50 / p99 ms: UDP · TCP keep-alive · TCP fresh",
+    ]
     rows = []
     for p in doc["places"]:
         if "unavailable" in p:
@@ -139,18 +167,27 @@ def table(doc: dict) -> tuple[list[str], list[list[str]]]:
             if s["sender_limit_bps"] and not s["loss_begins_bps"]:
                 clean += " (the sender's own limit)"
         t = p["tcp_stream"]
-        rtt = " · ".join(f"{r['rtt_ms'].get('p50', float('nan')):.3f} / {r['rtt_ms'].get('p99', float('nan')):.3f}"
-                         + (f" ({r['failed']} lost)" if r["failed"] else "")
-                         for r in p["roundtrip"]["results"])
-        rows.append([p["place"], f"{mbit(u['throughput_bps'])} Mbit/s, {u['loss_percent']:.2f}% lost, "
-                                 f"{u['jitter_ms']:.3f} ms{held}", clean,
-                     f"{mbit(t['sender']['goodput_bps'])} Mbit/s, {'yes' if t['receiver']['complete'] else 'NO'}",
-                     rtt])
+        rtt = " · ".join(
+            f"{r['rtt_ms'].get('p50', float('nan')):.3f} / {r['rtt_ms'].get('p99', float('nan')):.3f}"
+            + (f" ({r['failed']} lost)" if r["failed"] else "")
+            for r in p["roundtrip"]["results"]
+        )
+        rows.append(
+            [
+                p["place"],
+                f"{mbit(u['throughput_bps'])} Mbit/s, {u['loss_percent']:.2f}% lost, {u['jitter_ms']:.3f} ms{held}",
+                clean,
+                f"{mbit(t['sender']['goodput_bps'])} Mbit/s, {'yes' if t['receiver']['complete'] else 'NO'}",
+                rtt,
+            ]
+        )
     return head, rows
 
 
 def markdown_table(doc: dict) -> str:
     """The comparison table as Markdown."""
     head, rows = table(doc)
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                     + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows])
+    return "\n".join(
+        ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    )

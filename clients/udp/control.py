@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from . import wire
 
-CONTROL_TIMEOUT_S = 0.3     # per attempt; control datagrams can be lost like any other
+CONTROL_TIMEOUT_S = 0.3  # per attempt; control datagrams can be lost like any other
 CONTROL_ATTEMPTS = 10
-IP_MTU = getattr(socket, "IP_MTU", 14)        # Linux values; Python's socket module lacks them
+IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux values; Python's socket module lacks them
 IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
 # a datagram queued in a receive buffer costs its payload plus the kernel's skb overhead
 SKB_OVERHEAD = 768
@@ -55,19 +55,30 @@ def connect_udp(host: str, port: int, sndbuf: int | None = None) -> socket.socke
     return sock
 
 
-def exchange(sock: socket.socket, kind: int, run: int, seq: int, body: dict | None,
-             attempts: int = CONTROL_ATTEMPTS, timeout: float = CONTROL_TIMEOUT_S) -> dict:
+def exchange(
+    sock: socket.socket,
+    kind: int,
+    run: int,
+    seq: int,
+    body: dict | None,
+    attempts: int = CONTROL_ATTEMPTS,
+    timeout: float = CONTROL_TIMEOUT_S,
+) -> dict:
     """Send a control request until its ANSWER (same run and seq) comes back; return the JSON.
     kind PING (body None) waits for the echo instead and returns {}: is anyone there?"""
-    request = (wire.make(kind, run, seq, time.monotonic_ns()) if body is None
-               else wire.make_json(kind, run, seq, time.monotonic_ns(), body))
+    request = (
+        wire.make(kind, run, seq, time.monotonic_ns())
+        if body is None
+        else wire.make_json(kind, run, seq, time.monotonic_ns(), body)
+    )
     buf = bytearray(65536)
     for _ in range(attempts):
         try:
             sock.send(request)
         except ConnectionRefusedError:
-            raise UdpTestError(f"nothing listens on udp://{_peer(sock)}/ (ICMP port unreachable); "
-                               "start `serverzoo udp serve` there") from None
+            raise UdpTestError(
+                f"nothing listens on udp://{_peer(sock)}/ (ICMP port unreachable); start `serverzoo udp serve` there"
+            ) from None
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             ready, _, _ = select.select([sock], [], [], left)
@@ -76,8 +87,10 @@ def exchange(sock: socket.socket, kind: int, run: int, seq: int, body: dict | No
             try:
                 n = sock.recv_into(buf)
             except ConnectionRefusedError:
-                raise UdpTestError(f"nothing listens on udp://{_peer(sock)}/ (ICMP port unreachable); "
-                                   "start `serverzoo udp serve` there") from None
+                raise UdpTestError(
+                    f"nothing listens on udp://{_peer(sock)}/ (ICMP port unreachable); "
+                    "start `serverzoo udp serve` there"
+                ) from None
             hdr = wire.parse(memoryview(buf)[:n])
             if kind == wire.PING and hdr and hdr.kind == wire.PING and hdr.run == run and hdr.seq == seq:
                 return {}
@@ -87,10 +100,14 @@ def exchange(sock: socket.socket, kind: int, run: int, seq: int, body: dict | No
                     raise UdpTestError("the responder answered with something that is not JSON")
                 return answer
             if hdr and hdr.kind == kind and hdr.run == run:
-                raise UdpTestError(f"udp://{_peer(sock)}/ echoes instead of answering: it is a plain echo "
-                                   "server or `udp serve --mode echo`; stream tests need --mode both or sink")
-    raise UdpTestError(f"no answer from udp://{_peer(sock)}/ after {attempts} tries "
-                       f"({attempts * timeout:.1f} s): is `serverzoo udp serve` running there?")
+                raise UdpTestError(
+                    f"udp://{_peer(sock)}/ echoes instead of answering: it is a plain echo "
+                    "server or `udp serve --mode echo`; stream tests need --mode both or sink"
+                )
+    raise UdpTestError(
+        f"no answer from udp://{_peer(sock)}/ after {attempts} tries "
+        f"({attempts * timeout:.1f} s): is `serverzoo udp serve` running there?"
+    )
 
 
 def _peer(sock: socket.socket) -> str:
@@ -117,26 +134,33 @@ def size_warnings(sock: socket.socket, size: int, peer_rcvbuf: int | None) -> li
     if mtu and size + overhead > mtu:
         per_fragment = (mtu - (overhead - 8)) // 8 * 8
         pieces = math.ceil((size + 8) / per_fragment)
-        warnings.append(f"datagram of {size} B + {overhead} B of IP/UDP headers exceeds the path MTU ({mtu} B): "
-                        f"IP splits it into {pieces} fragments, and losing any one loses the whole datagram")
+        warnings.append(
+            f"datagram of {size} B + {overhead} B of IP/UDP headers exceeds the path MTU ({mtu} B): "
+            f"IP splits it into {pieces} fragments, and losing any one loses the whole datagram"
+        )
     sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     if size > sndbuf:
         warnings.append(f"datagram of {size} B is larger than this socket's send buffer ({sndbuf} B)")
     if peer_rcvbuf:
         fit = peer_rcvbuf // (size + SKB_OVERHEAD)
         if fit < 1:
-            warnings.append(f"datagram of {size} B does not fit the responder's receive buffer "
-                            f"({peer_rcvbuf} B): every one will be dropped")
+            warnings.append(
+                f"datagram of {size} B does not fit the responder's receive buffer "
+                f"({peer_rcvbuf} B): every one will be dropped"
+            )
         elif fit < 8:
-            warnings.append(f"the responder's receive buffer ({peer_rcvbuf} B) holds only ~{fit} datagrams of "
-                            f"{size} B: any pause of the responder loses datagrams")
+            warnings.append(
+                f"the responder's receive buffer ({peer_rcvbuf} B) holds only ~{fit} datagrams of "
+                f"{size} B: any pause of the responder loses datagrams"
+            )
     return warnings
 
 
 def check_size(size: int) -> None:
     if size < wire.HEADER_SIZE:
-        raise UdpTestError(f"--size {size}: a datagram carries a {wire.HEADER_SIZE}-byte header, so at least "
-                           f"{wire.HEADER_SIZE}")
+        raise UdpTestError(
+            f"--size {size}: a datagram carries a {wire.HEADER_SIZE}-byte header, so at least {wire.HEADER_SIZE}"
+        )
     if size > wire.MAX_DATAGRAM:
         raise UdpTestError(f"--size {size}: UDP over IPv4 carries at most {wire.MAX_DATAGRAM} bytes")
 

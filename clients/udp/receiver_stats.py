@@ -21,12 +21,12 @@ MAX_SEQ = 1 << 26
 class ReceiverStats:
     def __init__(self, max_seq: int = MAX_SEQ) -> None:
         self.max_seq = max_seq
-        self.received = 0          # unique datagrams
-        self.bytes = 0             # payload bytes of unique datagrams
+        self.received = 0  # unique datagrams
+        self.bytes = 0  # payload bytes of unique datagrams
         self.duplicates = 0
         self.reordered = 0
         self.reorder_max_distance = 0
-        self.out_of_range = 0      # sequence numbers >= max_seq: not tracked
+        self.out_of_range = 0  # sequence numbers >= max_seq: not tracked
         self.highest_seq = -1
         self.first_arrival_ns: int | None = None
         self.last_arrival_ns: int | None = None

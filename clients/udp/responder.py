@@ -32,11 +32,11 @@ from . import wire
 from .receiver_stats import ReceiverStats
 
 MODES = ("both", "echo", "sink")
-MAX_SESSIONS = 16            # runs tracked at once; the least recently used is dropped
+MAX_SESSIONS = 16  # runs tracked at once; the least recently used is dropped
 MAX_TCP_CONNECTIONS = 256
-TCP_QUEUE_LIMIT = 1 << 20    # echo bytes queued for a slow reader before we stop reading
+TCP_QUEUE_LIMIT = 1 << 20  # echo bytes queued for a slow reader before we stop reading
 TCP_IDLE_S = 60.0
-UDP_BATCH = 512              # datagrams drained per wake-up, so TCP is not starved
+UDP_BATCH = 512  # datagrams drained per wake-up, so TCP is not starved
 TICK_S = 0.2
 
 
@@ -61,18 +61,19 @@ class _TcpConn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.role = b""          # b"E" echo, b"S" sink, b"" not chosen yet
+        self.role = b""  # b"E" echo, b"S" sink, b"" not chosen yet
         self.out = bytearray()
         self.count = 0
         self.first_ns = 0
         self.last_active = time.monotonic()
-        self.closing = False     # close once out is sent
+        self.closing = False  # close once out is sent
         self.events = selectors.EVENT_READ
 
 
 class Responder:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, mode: str = "both", tcp: bool = True,
-                 rcvbuf: int | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, mode: str = "both", tcp: bool = True, rcvbuf: int | None = None
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.host, self.port, self.mode, self.tcp, self.rcvbuf = host, port, mode, tcp, rcvbuf
@@ -82,15 +83,22 @@ class Responder:
         self.conns: dict[int, _TcpConn] = {}
         self.sel = selectors.DefaultSelector()
         self.stopping = False
-        self.counters = {"datagrams": 0, "foreign": 0, "echoed": 0, "reply_errors": 0, "tcp_connections": 0,
-                         "tcp_refused": 0}
+        self.counters = {
+            "datagrams": 0,
+            "foreign": 0,
+            "echoed": 0,
+            "reply_errors": 0,
+            "tcp_connections": 0,
+            "tcp_refused": 0,
+        }
         self._buf = bytearray(65536)
         self._view = memoryview(self._buf)
 
     # -- setup -------------------------------------------------------------------------
     def open(self) -> Responder:
-        family, _, _, _, addr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM,
-                                                   flags=socket.AI_PASSIVE)[0]
+        family, _, _, _, addr = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        )[0]
         # with port 0, the TCP port must match the UDP one: retry if another program holds it
         for _attempt in range(20):
             udp = socket.socket(family, socket.SOCK_DGRAM)
@@ -233,8 +241,11 @@ class Responder:
         return entry
 
     def _socket_info(self) -> dict:
-        return {"rcvbuf": self.udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), "mode": self.mode,
-                "tcp": self.listener is not None}
+        return {
+            "rcvbuf": self.udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            "mode": self.mode,
+            "tcp": self.listener is not None,
+        }
 
     def _answer_hello(self, addr, run: int, seq: int) -> None:
         # a repeated HELLO (the answer was lost) must not wipe DATA already counted
@@ -253,8 +264,9 @@ class Responder:
             stats, drops_at_start = entry
             drops_now = udp_socket_drops(self.udp)
             answer = stats.summary(sent)
-            answer["socket_drops"] = (drops_now - drops_at_start
-                                      if drops_now is not None and drops_at_start is not None else None)
+            answer["socket_drops"] = (
+                drops_now - drops_at_start if drops_now is not None and drops_at_start is not None else None
+            )
             answer.update(self._socket_info())
         self._reply(wire.make_json(wire.ANSWER, run, seq, time.monotonic_ns(), answer), addr)
 

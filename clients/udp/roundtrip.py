@@ -13,8 +13,8 @@ import time
 from . import wire
 from .control import UdpTestError, check_size, connect_udp, exchange, new_run_id
 
-UDP_TIMEOUT_S = 1.0     # an unanswered UDP request counts as lost after this
-TCP_TIMEOUT_S = 5.0     # SYN loss costs 1 s, data loss at least 200 ms: leave room for both
+UDP_TIMEOUT_S = 1.0  # an unanswered UDP request counts as lost after this
+TCP_TIMEOUT_S = 5.0  # SYN loss costs 1 s, data loss at least 200 ms: leave room for both
 PERCENTILES = (50, 90, 99, 99.9)
 
 
@@ -181,8 +181,10 @@ def run_roundtrip(host: str, port: int, size: int, count: int, duration: float, 
             probe.close()
         except OSError as exc:
             clients[0].close()
-            raise UdpTestError(f"no TCP listener at {host}:{port} ({exc.strerror or exc}): start the responder "
-                               "without --no-tcp, or pass --udp-only") from None
+            raise UdpTestError(
+                f"no TCP listener at {host}:{port} ({exc.strerror or exc}): start the responder "
+                "without --no-tcp, or pass --udp-only"
+            ) from None
         clients += [_TcpKeepAlive(host, port, size), _TcpFresh(host, port, size)]
     deadline = time.monotonic() + duration
     done = 0
@@ -196,8 +198,14 @@ def run_roundtrip(host: str, port: int, size: int, count: int, duration: float, 
             client.close()
     results = []
     for client in clients:
-        entry = {"proto": client.proto, "connection": client.connection, "size": size,
-                 "requests": done, "failed": client.failures, "rtt_ms": percentiles(client.times)}
+        entry = {
+            "proto": client.proto,
+            "connection": client.connection,
+            "size": size,
+            "requests": done,
+            "failed": client.failures,
+            "rtt_ms": percentiles(client.times),
+        }
         if isinstance(client, _TcpFresh):
             entry["connect_ms"] = percentiles(client.connect_times)
         if isinstance(client, _TcpKeepAlive):

@@ -10,10 +10,10 @@ from . import wire
 from .control import UdpTestError, check_size, connect_udp, cpu_seconds, exchange, new_run_id, size_warnings
 from .receiver_stats import MAX_SEQ
 
-DRAIN_S = 0.5             # after the last datagram: time for the queues of a slow link to empty
-SLEEP_MIN_NS = 20_000     # ahead of schedule by less than this: send now rather than sleep
-SENDER_LIMITED = 0.95     # achieved / target below this: the sender did not keep to the schedule
-BLOCKED_CPU_SHARE = 0.6   # ... and used less CPU than this share of the time: it was blocked, not busy
+DRAIN_S = 0.5  # after the last datagram: time for the queues of a slow link to empty
+SLEEP_MIN_NS = 20_000  # ahead of schedule by less than this: send now rather than sleep
+SENDER_LIMITED = 0.95  # achieved / target below this: the sender did not keep to the schedule
+BLOCKED_CPU_SHARE = 0.6  # ... and used less CPU than this share of the time: it was blocked, not busy
 TCP_CHUNK = 64 * 1024
 TCP_ANSWER_TIMEOUT_S = 30.0
 
@@ -25,8 +25,9 @@ def run_udp_stream(host: str, port: int, rate_bps: float, size: int, duration: f
         raise UdpTestError("rate and duration must be positive")
     planned = rate_bps * duration / (8 * size)
     if planned >= MAX_SEQ:
-        raise UdpTestError(f"{planned:.0f} datagrams planned; the receiver tracks at most {MAX_SEQ}: "
-                           "shorten --time or enlarge --size")
+        raise UdpTestError(
+            f"{planned:.0f} datagrams planned; the receiver tracks at most {MAX_SEQ}: shorten --time or enlarge --size"
+        )
     run = new_run_id()
     with connect_udp(host, port) as sock:
         hello = exchange(sock, wire.HELLO, run, 0, {"size": size})
@@ -39,17 +40,30 @@ def run_udp_stream(host: str, port: int, rate_bps: float, size: int, duration: f
     if sender["sender_limited"]:
         reached = f"it reached {sender['achieved_bps'] / 1e6:.1f} of {rate_bps / 1e6:.1f} Mbit/s"
         if sender["cpu_s"] < BLOCKED_CPU_SHARE * sender["elapsed_s"]:
-            warnings.append(f"sender held back: {reached} while mostly idle, blocked in send() on a full socket "
-                            "buffer: a queue on this host pushed back (an emulated link's rate limiter, or a "
-                            "slow NIC); a bottleneck further away would drop instead")
+            warnings.append(
+                f"sender held back: {reached} while mostly idle, blocked in send() on a full socket "
+                "buffer: a queue on this host pushed back (an emulated link's rate limiter, or a "
+                "slow NIC); a bottleneck further away would drop instead"
+            )
         else:
-            warnings.append(f"sender-limited: {reached} with its CPU busy (one Python thread): the sender, "
-                            "not the path, set this rate")
+            warnings.append(
+                f"sender-limited: {reached} with its CPU busy (one Python thread): the sender, "
+                "not the path, set this rate"
+            )
     if receiver.get("socket_drops"):
-        warnings.append(f"the responder's socket dropped {receiver['socket_drops']} datagrams (receive buffer "
-                        "full): the receiving process, not the path, lost those")
-    return {"proto": "udp", "target_bps": rate_bps, "size": size, "duration_s": duration,
-            "sender": sender, "receiver": receiver, "warnings": warnings}
+        warnings.append(
+            f"the responder's socket dropped {receiver['socket_drops']} datagrams (receive buffer "
+            "full): the receiving process, not the path, lost those"
+        )
+    return {
+        "proto": "udp",
+        "target_bps": rate_bps,
+        "size": size,
+        "duration_s": duration,
+        "sender": sender,
+        "receiver": receiver,
+        "warnings": warnings,
+    }
 
 
 def _send_paced(sock: socket.socket, run: int, rate_bps: float, size: int, duration: float) -> dict:
@@ -80,18 +94,26 @@ def _send_paced(sock: socket.socket, run: int, rate_bps: float, size: int, durat
             name = type(exc).__name__ if exc.errno is None else _errno_name(exc.errno)
             errors[name] = errors.get(name, 0) + 1
             if isinstance(exc, ConnectionRefusedError) and errors[name] > 100:
-                raise UdpTestError("the target refuses datagrams (ICMP port unreachable): the responder "
-                                   "went away") from None
+                raise UdpTestError(
+                    "the target refuses datagrams (ICMP port unreachable): the responder went away"
+                ) from None
         seq += 1
         scheduled += interval_ns
     elapsed = (clock() - start) / 1e9
     failed = sum(errors.values())
     sent = seq - failed
     achieved = sent * size * 8 / elapsed
-    return {"attempted": seq, "sent": sent, "bytes": sent * size, "elapsed_s": elapsed, "achieved_bps": achieved,
-            "send_errors": errors, "max_behind_ms": max_behind_ns / 1e6,
-            "sender_limited": achieved < SENDER_LIMITED * rate_bps,
-            "cpu_s": cpu_seconds() - cpu0}
+    return {
+        "attempted": seq,
+        "sent": sent,
+        "bytes": sent * size,
+        "elapsed_s": elapsed,
+        "achieved_bps": achieved,
+        "send_errors": errors,
+        "max_behind_ms": max_behind_ns / 1e6,
+        "sender_limited": achieved < SENDER_LIMITED * rate_bps,
+        "cpu_s": cpu_seconds() - cpu0,
+    }
 
 
 def _errno_name(code: int) -> str:
@@ -114,8 +136,9 @@ def run_tcp_stream(host: str, port: int, duration: float) -> dict:
         try:
             sock.connect(addr)
         except OSError as exc:
-            raise UdpTestError(f"TCP connect to {host}:{port} failed: {exc.strerror or exc} "
-                               "(`udp serve --no-tcp`, or not serverzoo?)") from None
+            raise UdpTestError(
+                f"TCP connect to {host}:{port} failed: {exc.strerror or exc} (`udp serve --no-tcp`, or not serverzoo?)"
+            ) from None
         connected = time.monotonic()
         end = connected + duration
         try:
@@ -137,12 +160,23 @@ def run_tcp_stream(host: str, port: int, duration: float) -> dict:
         received, span_ns = (int(x) for x in answer.split())
     except ValueError:
         raise UdpTestError(f"the responder's TCP sink answered {answer[:60]!r}, not 'BYTES SPAN_NS'") from None
-    return {"proto": "tcp", "duration_s": duration,
-            "sender": {"bytes": sent, "connect_ms": (connected - start) * 1e3, "elapsed_s": done - connected,
-                       "goodput_bps": received * 8 / (done - connected), "cpu_s": cpu_seconds() - cpu0},
-            "receiver": {"bytes": received, "span_s": span_ns / 1e9,
-                         "throughput_bps": received * 8e9 / span_ns if span_ns else None,
-                         "complete": received == sent}}
+    return {
+        "proto": "tcp",
+        "duration_s": duration,
+        "sender": {
+            "bytes": sent,
+            "connect_ms": (connected - start) * 1e3,
+            "elapsed_s": done - connected,
+            "goodput_bps": received * 8 / (done - connected),
+            "cpu_s": cpu_seconds() - cpu0,
+        },
+        "receiver": {
+            "bytes": received,
+            "span_s": span_ns / 1e9,
+            "throughput_bps": received * 8e9 / span_ns if span_ns else None,
+            "complete": received == sent,
+        },
+    }
 
 
 def rate_steps(start_bps: float, max_bps: float) -> list[float]:
@@ -154,8 +188,16 @@ def rate_steps(start_bps: float, max_bps: float) -> list[float]:
     return steps
 
 
-def run_sweep(host: str, port: int, size: int, step_s: float, start_bps: float, max_bps: float,
-              loss_threshold: float = 0.1, refine: int = 3) -> dict:
+def run_sweep(
+    host: str,
+    port: int,
+    size: int,
+    step_s: float,
+    start_bps: float,
+    max_bps: float,
+    loss_threshold: float = 0.1,
+    refine: int = 3,
+) -> dict:
     """Double the rate until loss exceeds loss_threshold percent (or the sender tops out), then
     bisect between the last clean rate and the first lossy one `refine` times."""
     if not 0 < start_bps <= max_bps:
@@ -185,10 +227,13 @@ def run_sweep(host: str, port: int, size: int, step_s: float, start_bps: float, 
                 clean = mid
             else:
                 lossy = mid
-    summary = {"loss_threshold_percent": loss_threshold,
-               "max_clean_bps": clean,
-               "loss_begins_bps": lossy,
-               "loss_begins_achieved_bps": next((s["sender"]["achieved_bps"] for s in steps
-                                                 if s["target_bps"] == lossy), None),
-               "sender_limit_bps": sender_limit}
+    summary = {
+        "loss_threshold_percent": loss_threshold,
+        "max_clean_bps": clean,
+        "loss_begins_bps": lossy,
+        "loss_begins_achieved_bps": next(
+            (s["sender"]["achieved_bps"] for s in steps if s["target_bps"] == lossy), None
+        ),
+        "sender_limit_bps": sender_limit,
+    }
     return {"steps": steps, "summary": summary}

@@ -42,8 +42,10 @@ class AcceptBackoff:
         """Seconds to stop accepting after exc (0.0: skip it and carry on); re-raises anything else."""
         if exc.errno in ACCEPT_BACKOFF:
             self.delay = min(max(self.delay * 2, BACKOFF_FIRST), BACKOFF_MAX)
-            report("accept: out of descriptors or memory",
-                   f"serverzoo: accept: {exc.strerror or exc}; pausing accepts (up to {BACKOFF_MAX:g} s at a time)")
+            report(
+                "accept: out of descriptors or memory",
+                f"serverzoo: accept: {exc.strerror or exc}; pausing accepts (up to {BACKOFF_MAX:g} s at a time)",
+            )
             return self.delay
         if exc.errno in ACCEPT_SKIP or isinstance(exc, BlockingIOError):
             return 0.0

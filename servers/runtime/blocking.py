@@ -19,9 +19,14 @@ from .io_sizes import RECV_BYTES
 from .sendfile import open_slice, stream_file
 
 
-def serve_connection(sock: socket.socket, ctx: ServerContext, sleep: Callable[[float], None] = time.sleep,
-                     use_sendfile: bool = True, conn: HttpConnection | None = None,
-                     plans: list[ResponsePlan] | None = None) -> None:
+def serve_connection(
+    sock: socket.socket,
+    ctx: ServerContext,
+    sleep: Callable[[float], None] = time.sleep,
+    use_sendfile: bool = True,
+    conn: HttpConnection | None = None,
+    plans: list[ResponsePlan] | None = None,
+) -> None:
     """Answer requests on sock until the client leaves, a timeout fires, or shutdown; then close it.
 
     conn and plans: a conversation the caller began (its core, and the plans of the first

@@ -38,8 +38,14 @@ class ServerConfig:
 class ServerContext:
     """Shared state of one server process. Models read it; the runtime drives shutdown."""
 
-    def __init__(self, config: ServerConfig, listener: socket.socket, docroot: Docroot | None = None, *,
-                 shares_listener: bool = False):
+    def __init__(
+        self,
+        config: ServerConfig,
+        listener: socket.socket,
+        docroot: Docroot | None = None,
+        *,
+        shares_listener: bool = False,
+    ):
         self.config = config
         self.listener = listener
         # True in a worker process: sibling processes accept on this same socket
@@ -50,16 +56,26 @@ class ServerContext:
         # --file-send, else the model's own default (the registry's trait)
         self.use_sendfile = config.options.get("file_send", get_model(config.model).file_send) == "sendfile"
         self.server_name = f"serverzoo-{config.model}"
-        self.app = FileApp(docroot or Docroot(config.root, small_file_bytes=config.limits.small_file_bytes,
-                                              cache_bytes=config.limits.cache_bytes))
+        self.app = FileApp(
+            docroot
+            or Docroot(
+                config.root, small_file_bytes=config.limits.small_file_bytes, cache_bytes=config.limits.cache_bytes
+            )
+        )
         self.stopping = False
         self.connections = ConnectionTracker()
         self._writer = HeadWriter(self.server_name, http_date)  # shared: it holds no per-connection state
 
     def new_connection(self) -> HttpConnection:
         """A fresh sans-IO connection for one accepted socket."""
-        return HttpConnection(self.app, self.server_name, http_date, max_head=self.limits.max_head_bytes,
-                              parse_cache=self.config.parse_cache, writer=self._writer)
+        return HttpConnection(
+            self.app,
+            self.server_name,
+            http_date,
+            max_head=self.limits.max_head_bytes,
+            parse_cache=self.config.parse_cache,
+            writer=self._writer,
+        )
 
     # -- shutdown ------------------------------------------------------------------------
     def request_shutdown(self) -> None:

@@ -40,8 +40,9 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def deadline_after_read(http: HttpConnection, was_partial: bool, had_plans: bool, current: float, now: float,
-                        limits: Limits) -> float:
+def deadline_after_read(
+    http: HttpConnection, was_partial: bool, had_plans: bool, current: float, now: float, limits: Limits
+) -> float:
     """The connection's next deadline once the core has seen some bytes.
 
     A request head has header_timeout from its first byte (a dribbling client cannot
@@ -77,8 +78,9 @@ def send_final_response(sock: _socket.socket, plans: list[ResponsePlan]) -> byte
     return memoryview(out)[sent:] if sent < len(out) else b""
 
 
-def first_exchange(ctx: ServerContext, sock: _socket.socket
-                   ) -> tuple[HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]:
+def first_exchange(
+    ctx: ServerContext, sock: _socket.socket
+) -> tuple[HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]:
     """A new connection's first read, right after accept, and its answer if that ends it.
 
     A busy server accepts connections that waited in its listen queue, so their first
@@ -96,8 +98,9 @@ def first_exchange(ctx: ServerContext, sock: _socket.socket
     return http, plans, send_final_response(sock, plans)
 
 
-def accepted_conversations(acceptor: Acceptor, ctx: ServerContext) -> Iterator[
-        tuple[_socket.socket, HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]]:
+def accepted_conversations(
+    acceptor: Acceptor, ctx: ServerContext
+) -> Iterator[tuple[_socket.socket, HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]]:
     """One burst of accepts with each connection's first exchange done: connections it
     answered for good, or found reset, are closed here; the others are yielded with
     what first_exchange returned, for the model to carry on."""

@@ -25,7 +25,12 @@ class Poller:
         if kind == "epoll" and hasattr(select, "epoll"):
             ep = select.epoll()
             self.register, self.modify, self.unregister, self.poll, self.close = (
-                ep.register, ep.modify, ep.unregister, ep.poll, ep.close)
+                ep.register,
+                ep.modify,
+                ep.unregister,
+                ep.poll,
+                ep.close,
+            )
             self.READ, self.WRITE = select.EPOLLIN, select.EPOLLOUT
             self.fd_ceiling = float("inf")
             return

@@ -21,8 +21,13 @@ def install_shutdown_signals(ctx: ServerContext) -> None:
         signal.signal(sig, lambda _s, _f: ctx.request_shutdown())
 
 
-def serve_in_this_process(config: ServerConfig, listener: socket.socket, on_ready: Callable[[], None] | None = None, *,
-                          shares_listener: bool = False) -> None:
+def serve_in_this_process(
+    config: ServerConfig,
+    listener: socket.socket,
+    on_ready: Callable[[], None] | None = None,
+    *,
+    shares_listener: bool = False,
+) -> None:
     model = get_model(config.model).load()
     ctx = ServerContext(config, listener, shares_listener=shares_listener)
     install_shutdown_signals(ctx)
@@ -45,6 +50,7 @@ def run_server(config: ServerConfig) -> int:
     listener = make_listener(config.host, config.port, backlog=config.backlog)
     try:
         if config.workers > 1 or info.supervised:
+
             def worker(_index: int) -> None:
                 serve_in_this_process(config, listener, shares_listener=True)
 

@@ -157,6 +157,7 @@ def _nonblocking_writer(fd: int) -> Callable[[bytes], bool]:
                 return sock.send(data, socket.MSG_DONTWAIT) == len(data)
             except OSError:
                 return False
+
         return send
     out = fd
     if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
@@ -170,6 +171,7 @@ def _nonblocking_writer(fd: int) -> Callable[[bytes], bool]:
             return os.write(out, data) == len(data)
         except OSError:  # BlockingIOError: full; EPIPE: nobody reads it at all
             return False
+
     return write
 
 

@@ -18,8 +18,7 @@ from typing import Any
 SHUTDOWN_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def start_thread(target: Callable[..., object], *args: Any, name: str | None = None,
-                 **kwargs: Any) -> threading.Thread:
+def start_thread(target: Callable[..., object], *args: Any, name: str | None = None, **kwargs: Any) -> threading.Thread:
     """Start a daemon thread running target(*args, **kwargs) that never receives a shutdown signal.
 
     Daemon: one still busy after the grace period must not keep the process from exiting.

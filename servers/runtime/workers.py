@@ -237,11 +237,17 @@ class Supervisor:
         exits, self._exits = self._exits, []
         for pid, index, status in exits:
             if killed is None:
-                print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)}; starting a new one",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)}; starting a new one",
+                    file=sys.stderr,
+                    flush=True,
+                )
             elif not _stopped_cleanly(status, killed):
-                print(f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)} while stopping",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"serverzoo: worker {index} (pid {pid}) {describe_exit(status)} while stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _pace_restarts(self, children: ChildProcesses) -> None:
         now = time.monotonic()

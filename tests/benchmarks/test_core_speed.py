@@ -18,8 +18,7 @@ from serverzoo.protocol import Docroot, FileApp, HttpConnection
 from ..support import make_corpus
 
 WRK_REQUEST = b"GET /page.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
-CURL_REQUEST = (b"GET /page.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\n"
-                b"Accept: */*\r\n\r\n")
+CURL_REQUEST = b"GET /page.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n"
 DATE = b"Sun, 22 Nov 2026 01:02:03 GMT"
 
 
@@ -43,10 +42,17 @@ def test_parse_httptools(benchmark):
         def __init__(self) -> None:
             self.url, self.headers, self.heads = b"", 0, []
 
-        def on_message_begin(self): self.url, self.headers = b"", 0
-        def on_url(self, url): self.url += url
-        def on_header(self, name, value): self.headers += 1
-        def on_headers_complete(self): self.heads.append((self.url, self.headers))
+        def on_message_begin(self):
+            self.url, self.headers = b"", 0
+
+        def on_url(self, url):
+            self.url += url
+
+        def on_header(self, name, value):
+            self.headers += 1
+
+        def on_headers_complete(self):
+            self.heads.append((self.url, self.headers))
 
     sink = Sink()
     parser = httptools.HttpRequestParser(sink)
