@@ -27,7 +27,7 @@ import _socket  # the C socket type: socket.socket's Python-level __init__ and c
 import select
 from time import monotonic_ns
 
-from .connection import CONNECT_TIMEOUT, READ_TIMEOUT, ClientConnection, whole_body_error
+from .connection import READ_TIMEOUT, ClientConnection, whole_body_error
 from .ports import LoopbackSources
 from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
 from .response_reader import ResponseReader
@@ -196,13 +196,9 @@ class Slot(SocketSlot):
 
     # -- the driver interface -------------------------------------------------------------------
     def check_timeouts(self, now: int, read_timeout_ns: int, connect_timeout_ns: int) -> None:
-        if self.sock is None:
+        if self.sock is None or self.connect_given_up(self.start_ns, now, connect_timeout_ns):
             return
-        if not self.connected:
-            if now - self.start_ns > connect_timeout_ns:
-                self.pool.release(self)
-                self.connect_failed(CONNECT_TIMEOUT)
-        elif now - self.sent_ns > read_timeout_ns:
+        if self.connected and now - self.sent_ns > read_timeout_ns:
             conn = self.conn or self.adopt()
             conn.fail(READ_TIMEOUT)
 

@@ -33,7 +33,7 @@ import _socket  # the C socket type: socket.socket's Python-level __init__ and c
 import select
 from time import monotonic_ns
 
-from .connection import CONNECT_TIMEOUT, LARGE_BODY, READ_TIMEOUT, ClientConnection
+from .connection import LARGE_BODY, READ_TIMEOUT, ClientConnection
 from .options import LoadOptions
 from .ports import LoopbackSources
 from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
@@ -271,13 +271,9 @@ class KeepAliveSlot(SocketSlot):
 
     # -- the driver interface -------------------------------------------------------------------
     def check_timeouts(self, now: int, read_timeout_ns: int, connect_timeout_ns: int) -> None:
-        if self.sock is None:
+        if self.sock is None or self.connect_given_up(self.connect_ns, now, connect_timeout_ns):
             return
-        if not self.connected:
-            if now - self.connect_ns > connect_timeout_ns:
-                self.pool.release(self)
-                self.connect_failed(CONNECT_TIMEOUT)
-        elif self.conn.inflight and now - self.conn.sent_ns > read_timeout_ns:
+        if self.connected and self.conn.inflight and now - self.conn.sent_ns > read_timeout_ns:
             self.conn.fail(READ_TIMEOUT)
 
     def owed_since(self) -> list[int]:

@@ -158,6 +158,15 @@ class SocketSlot:
         else:
             self.pool.open(self)
 
+    def connect_given_up(self, begun_ns: int, now: int, connect_timeout_ns: int) -> bool:
+        """Whether a connect still in progress, begun at begun_ns, has outlived the connect timeout;
+        then it is given up here: the socket released and the request counted (connect_failed)."""
+        if self.connected or now - begun_ns <= connect_timeout_ns:
+            return False
+        self.pool.release(self)
+        self.connect_failed(CONNECT_TIMEOUT)
+        return True
+
     def _again(self) -> None:
         self.handle = None
         self.pool.open(self)
