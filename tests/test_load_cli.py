@@ -207,17 +207,17 @@ def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(
         assert cgroup.remove() is None
     assert not os.path.exists(cgroup.path)
     validator.validate(doc)
-    # Slices close on timers scheduled every 0.1 s from the window's start: a timer may fire late on a
-    # busy machine (then that slice is longer and the next shorter), never early, and a slice's rate is
-    # its own requests over its own measured length. So: at most one slice per boundary plus the last,
-    # each boundary at or after its scheduled time, slices end to end, and every request in one slice.
+    # Slices close on timers scheduled every 0.1 s on the window's clock; a timer may fire late on a
+    # busy machine (that slice is longer, the next shorter), and each slice's rate is its own requests
+    # over its own measured length. Two workers' slices merge into one: it ends at the later end and
+    # begins at the earlier start. So: one slice per boundary that fired in the window plus the last,
+    # in order, each reaching back at least to the previous end, the last at the window's end, and
+    # every request in exactly one slice.
     timeline = doc["timeline"]
-    assert 1 <= len(timeline) <= 7
-    for k, (prev_end, t) in enumerate(zip([0.0] + [x["t"] for x in timeline], timeline), start=1):
-        assert t["t"] - t["dt"] == pytest.approx(prev_end, abs=0.002), timeline  # contiguous
-        if k < len(timeline):
-            assert t["t"] >= round(0.1 * k, 3) - 0.001, timeline  # a timer never fires early
-    assert timeline[-1]["t"] == pytest.approx(doc["elapsed_s"], abs=0.002)
+    assert 2 <= len(timeline) <= 7, timeline
+    for prev_end, t in zip([0.0] + [x["t"] for x in timeline], timeline):
+        assert t["t"] > prev_end and t["dt"] >= t["t"] - prev_end - 0.002, timeline
+    assert timeline[-1]["t"] == pytest.approx(doc["elapsed_s"], abs=0.01), (timeline, doc["elapsed_s"])
     assert sum(t["requests"] for t in timeline) == doc["requests"]
     assert doc["server"]["cpu_source"] == "cgroup" and doc["server"]["cpu_s"] > 0
 
