@@ -45,7 +45,9 @@ def test_timeline_as_csv_and_hdr_log(url: str, tmp_path) -> None:
     with open(json_path) as f:
         doc = json.load(f)
     timeline = doc["timeline"]
-    assert len(timeline) == 6 and doc["requests"] > 0
+    # six 200 ms boundaries in 1.2 s, give or take one: the window's end and the last slice timer
+    # race, and a late timer can fold two slices together or leave a short one at the end
+    assert 5 <= len(timeline) <= 7 and doc["requests"] > 0
 
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -53,7 +55,8 @@ def test_timeline_as_csv_and_hdr_log(url: str, tmp_path) -> None:
         assert f.readline().strip() == ",".join(CSV_COLUMNS)
     assert len(rows) == len(timeline)
     assert sum(int(r["requests"]) for r in rows) == doc["requests"]
-    assert [int(r["p99_us"]) for r in rows] == [s["p99_us"] for s in timeline]
+    # a slice with no response (a short one at the end) has no p99: an empty field
+    assert [int(r["p99_us"]) if r["p99_us"] else None for r in rows] == [s["p99_us"] for s in timeline]
     assert float(rows[-1]["end_s"]) == timeline[-1]["t"]
 
     reader = HistogramLogReader(log_path, latency.new_histogram())
@@ -62,7 +65,9 @@ def test_timeline_as_csv_and_hdr_log(url: str, tmp_path) -> None:
         intervals.append(hist)
     assert len(intervals) == len(timeline)
     assert sum(h.get_total_count() for h in intervals) == doc["requests"]
-    assert [h.get_value_at_percentile(99) for h in intervals] == [s["p99_us"] for s in timeline]
+    assert [h.get_value_at_percentile(99) if h.get_total_count() else None for h in intervals] == [
+        s["p99_us"] for s in timeline
+    ]
     # absolute time stamps: the window's start on the wall clock, plus each slice's offset
     assert reader.get_start_time_sec() == pytest.approx(doc["started_unix_s"], abs=0.001)
     assert intervals[1].get_start_time_stamp() / 1000 == pytest.approx(
