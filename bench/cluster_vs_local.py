@@ -25,6 +25,11 @@ process tree spent outside the generator processes within the measured window is
 too (Dask's cost measured directly). The server's CPU over each window says whether the
 server was the limit (near 100%) or the generators were.
 
+The machine may be shared: for every run the CPU that processes other than the server, the
+load's tree and this script took is measured (the machine's busy time minus theirs); a
+repetition in which it passed DISTURBED_PERCENT of a core in some run is shown but left out
+of the summary.
+
 --floor F makes it a check: the exit status is 1 when the median cluster-2 / local-1 ratio of
 any server and connection mode is below F (otherwise, and without --floor, 0).
 """
@@ -65,6 +70,8 @@ WARMUP_S = 1.0
 GENERATOR = "serverzoo.clients.loadgen.worker"  # the generator processes' command line
 TREE_SAMPLE_S = 0.25
 PAUSE_S = 0.5  # between runs: the server's closed connections drain
+# other processes took more than this share of a core during some run of a repetition: it is left out
+DISTURBED_PERCENT = 10.0
 
 
 class TreeSampler:
@@ -216,9 +223,20 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "low": min(values), "high": max(values)}
 
 
+def disturbed(runs: dict[str, list[dict]]) -> list[int]:
+    """The repetitions in which some side's run shared the machine with other work (DISTURBED_PERCENT)."""
+    repeat = len(runs[YARDSTICK])
+    return [i for i in range(repeat) if any(rs[i]["foreign_cpu_percent"] > DISTURBED_PERCENT for rs in runs.values())]
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Per side: its rates' spread, and its paired ratios to the yardstick (run i over the yardstick's run i)."""
-    out = {}
+    """Per side: its rates' spread, and its paired ratios to the yardstick (run i over the yardstick's run i),
+    over the undisturbed repetitions (over all of them when every one was disturbed: then it says so)."""
+    left_out = disturbed(runs)
+    repeat = len(runs[YARDSTICK])
+    kept = [i for i in range(repeat) if i not in left_out] or list(range(repeat))
+    runs = {side: [rs[i] for i in kept] for side, rs in runs.items()}
+    out: dict = {"left_out": left_out, "all_disturbed": len(left_out) == repeat}
     for side, rs in runs.items():
         ratios = [r["rps"] / y["rps"] for r, y in zip(rs, runs[YARDSTICK], strict=True) if y["rps"] > 0]
         server = [r["server_cpu_percent"] for r in rs if r["server_cpu_percent"] is not None]
@@ -306,7 +324,11 @@ def format_comparison(title: str, c: dict) -> str:
         "  " + f"{'':<8}" + "".join(f"{side:>12}" for side in sides),
     ]
     for i in range(c["repeat"]):
-        lines.append(f"  run {i + 1:<4}" + "".join(f"{c['runs'][side][i]['rps']:>12.0f}" for side in sides))
+        lines.append(
+            f"  run {i + 1:<4}"
+            + "".join(f"{c['runs'][side][i]['rps']:>12.0f}" for side in sides)
+            + ("  (disturbed: left out)" if i in s["left_out"] and not s["all_disturbed"] else "")
+        )
     lines.append(f"  {'median':<8}" + "".join(f"{s[side]['rps']['median']:>12.0f}" for side in sides))
     lines.append(
         f"  {'':<10}{'ratio to ' + YARDSTICK + ' [low-high]':<32}{'generators CPU':>15}{'us/request':>11}{'server CPU':>11}"
@@ -327,8 +349,13 @@ def format_comparison(title: str, c: dict) -> str:
             f"{_range(other['coordinator'], '.1f')}, the Dask workers {_range(other['dask_workers'], '.1f')}"
         )
     lines.append(
-        "  other processes of the machine during the runs (of 100% per core): "
+        "  other processes of the machine during the runs kept (of 100% per core): "
         + _range(s["foreign_cpu_percent"], ".0f", "%")
+        + (
+            f"; every repetition had one run above {DISTURBED_PERCENT:g}%: figures unreliable"
+            if s["all_disturbed"]
+            else ""
+        )
     )
     return "\n".join(lines)
 
