@@ -3,6 +3,7 @@
     python -m serverzoo.bench.cluster_vs_local                                 # nginx, keep-alive, 5 x 5 s
     python -m serverzoo.bench.cluster_vs_local --server select --conn-mode new  # a serverzoo model
     python -m serverzoo.bench.cluster_vs_local --server asyncio-uvloop --floor 0.97
+    python -m serverzoo.bench.cluster_vs_local --sched                         # why the split costs
     python -m serverzoo.bench.cluster_vs_local -r 1 -d 1                       # a smoke test
 
 The server (nginx with one worker, `sendfile off; open_file_cache ...`, or a serverzoo model
@@ -24,6 +25,11 @@ local-2 / local-1 what splitting the load over two processes costs. For cluster-
 process tree spent outside the generator processes within the measured window is sampled
 too (Dask's cost measured directly). The server's CPU over each window says whether the
 server was the limit (near 100%) or the generators were.
+
+--sched adds, per side, how its generators share the core over the middle of each measured
+window (generator_sched.py): time slices and involuntary context switches a second, and
+with perf the epoll waits per request (two per readiness batch on the raw-socket paths: fewer
+per request, bigger batches).
 
 The machine may be shared: for every run the CPU that processes other than the server, the
 load's tree and this script took is measured (the machine's busy time minus theirs); a
@@ -54,6 +60,7 @@ import psutil
 
 from ..servers import resolve, server_names
 from ..servers.launch import ServerProcess
+from .generator_sched import GENERATOR, GeneratorWatch
 from .loadgen_vs_wrk import make_root, write_result
 from .nginx import NginxServer
 
@@ -62,13 +69,14 @@ SIDES = {
     "local-2": ["-w", "2"],
     "cluster-2": ["--cluster", "local:2"],
 }
+GENERATORS = {"local-1": 1, "local-2": 2, "cluster-2": 2}  # generator processes of each side
 YARDSTICK = "local-1"
 CHECKED = "cluster-2"  # the side --floor applies to
 CONN_MODES = ("keepalive", "new")
 FILE = "1KiB.bin"
 WARMUP_S = 1.0
-GENERATOR = "serverzoo.clients.loadgen.worker"  # the generator processes' command line
 TREE_SAMPLE_S = 0.25
+TREE_RESCAN_SAMPLES = 4  # this script shares the generators' core: it looks for new processes once a second
 PAUSE_S = 0.5  # between runs: the server's closed connections drain
 # other processes took more than this share of a core during some run of a repetition: it is left out
 DISTURBED_PERCENT = 10.0
@@ -89,12 +97,14 @@ class TreeSampler:
         self.thread.start()
 
     def _run(self) -> None:
+        procs: list[psutil.Process] = []
         while not self.done.wait(TREE_SAMPLE_S):
             now = time.time_ns()
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                return
+            if len(self.samples) % TREE_RESCAN_SAMPLES == 0:
+                try:  # finding the descendants reads every process of the machine: not at every sample
+                    procs = [self.root, *self.root.children(recursive=True)]
+                except psutil.Error:
+                    return
             cpu = {}
             for p in procs:
                 try:
@@ -155,9 +165,19 @@ def _ours_s(server_pid: int) -> float:
 
 
 def run_side(
-    url: str, side: str, *, conn_mode: str, connections: int, duration: float, cpu: int, corpus: str, server_pid: int
+    url: str,
+    side: str,
+    *,
+    conn_mode: str,
+    connections: int,
+    duration: float,
+    cpu: int,
+    corpus: str,
+    server_pid: int,
+    sched: bool = False,
 ) -> dict:
-    """One `serverzoo load` run of a side, its whole process tree pinned to cpu."""
+    """One `serverzoo load` run of a side, its whole process tree pinned to cpu; with sched, the generators'
+    time slices, context switches and epoll waits over the middle of the measured window too."""
     with tempfile.TemporaryDirectory(prefix="serverzoo-cluster-vs-local-") as tmp:
         out = os.path.join(tmp, "out.json")
         argv = [
@@ -188,6 +208,11 @@ def run_side(
                 argv, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lambda: os.sched_setaffinity(0, {cpu})
             )
             tree = TreeSampler(proc.pid) if side == CHECKED else None
+            watch = (
+                GeneratorWatch(proc.pid, GENERATORS[side], connections, WARMUP_S, max(duration - 1.5, 0.5))
+                if sched
+                else None
+            )
             try:
                 code = proc.wait(duration + 120)
             finally:
@@ -215,12 +240,24 @@ def run_side(
         "other_cpu_percent": tree.other_percent(window["scheduler_start_ns"], window["scheduler_end_ns"])
         if tree and window
         else None,
+        "sched": watch.figures(doc["rps"]) if watch else None,
     }
 
 
 def spread(values: list[float]) -> dict:
     """The median, lowest and highest of a few figures."""
     return {"median": statistics.median(values), "low": min(values), "high": max(values)}
+
+
+def _sched_medians(figures: list[dict]) -> dict | None:
+    """The median of each generator_sched figure over the runs that have it."""
+    if not figures:
+        return None
+    out = {}
+    for key in figures[0]:
+        values = [f[key] for f in figures if f[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
 
 
 def disturbed(runs: dict[str, list[dict]]) -> list[int]:
@@ -246,6 +283,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             "generator_cpu_percent": statistics.median(r["generator_cpu_percent"] for r in rs),
             "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in rs),
             "server_cpu_percent": statistics.median(server) if server else None,
+            "sched": _sched_medians([r["sched"] for r in rs if r.get("sched")]),
         }
     if "local-2" in runs and CHECKED in runs:
         pairs = [c["rps"] / t["rps"] for c, t in zip(runs[CHECKED], runs["local-2"], strict=True) if t["rps"] > 0]
@@ -269,6 +307,7 @@ def compare(
     cpu: int,
     corpus: str,
     server_pid: int,
+    sched: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Each repetition runs every side once, the order rotated by one each time; every run and the summary."""
@@ -284,6 +323,7 @@ def compare(
                 cpu=cpu,
                 corpus=corpus,
                 server_pid=server_pid,
+                sched=sched,
             )
             runs[side].append(r)
             if progress:
@@ -306,6 +346,10 @@ def compare(
         "runs": runs,
         "summary": summarize(runs),
     }
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def _range(s: dict | None, fmt: str, unit: str = "") -> str:
@@ -339,6 +383,16 @@ def format_comparison(title: str, c: dict) -> str:
             f"  {side:<10}{_range(s[side]['ratio'], '.3f', 'x'):<32}{s[side]['generator_cpu_percent']:>14.0f}%"
             f"{s[side]['cpu_us_per_request']:>11.1f}" + (f"{server:>10.0f}%" if server is not None else f"{'-':>11}")
         )
+    if any(s[side]["sched"] for side in sides):
+        lines.append(
+            f"  {'':<10}{'epoll waits/request':>20}{'slices/s':>10}{'requests/slice':>16}{'involuntary switches/s':>24}"
+        )
+        for side in sides:
+            f = s[side]["sched"] or {}
+            lines.append(
+                f"  {side:<10}{_num(f.get('epoll_waits_per_request'), '.3f'):>20}{_num(f.get('slices_per_s'), '.0f'):>10}"
+                f"{_num(f.get('requests_per_slice'), '.0f'):>16}{_num(f.get('involuntary_switches_per_s'), '.0f'):>24}"
+            )
     if s.get("dask"):
         lines.append(f"  cluster-2 / local-2 (what Dask costs): {_range(s['dask'], '.3f', 'x')}")
     other = s["cluster_other_cpu_percent"]
@@ -400,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conn-mode", action="append", choices=CONN_MODES, help="repeatable [keepalive]")
     ap.add_argument("--side", action="append", choices=list(SIDES), help=f"repeatable [all; {YARDSTICK} always]")
     ap.add_argument("--floor", type=float, help=f"exit 1 when a median {CHECKED} / {YARDSTICK} ratio is below this")
+    ap.add_argument(
+        "--sched",
+        action="store_true",
+        help="also read the generators' time slices, context switches and (with perf) epoll waits per request",
+    )
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--json", help="write every run and the summaries here")
@@ -431,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                         cpu=args.client_cpu,
                         corpus=root,
                         server_pid=pid,
+                        sched=args.sched,
                         progress=say,
                     )
                     c["server"] = server
