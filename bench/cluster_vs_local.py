@@ -100,7 +100,8 @@ class TreeSampler:
         procs: list[psutil.Process] = []
         while not self.done.wait(TREE_SAMPLE_S):
             now = time.time_ns()
-            if len(self.samples) % TREE_RESCAN_SAMPLES == 0:
+            rescan = len(self.samples) % TREE_RESCAN_SAMPLES == 0
+            if rescan:
                 try:  # finding the descendants reads every process of the machine: not at every sample
                     procs = [self.root, *self.root.children(recursive=True)]
                 except psutil.Error:
@@ -108,7 +109,9 @@ class TreeSampler:
             cpu = {}
             for p in procs:
                 try:
-                    if p.pid not in self.roles:
+                    # looked at again on each rescan until it is a generator: a child caught between its
+                    # fork and its exec still shows its parent's command line
+                    if p.pid not in self.roles or (rescan and self.roles[p.pid] == "dask_workers"):
                         self.roles[p.pid] = "generator" if GENERATOR in " ".join(p.cmdline()) else "dask_workers"
                     t = p.cpu_times()
                     cpu[p.pid] = (self.roles[p.pid], t.user + t.system)
