@@ -37,7 +37,7 @@ from .connection import LARGE_BODY, READ_TIMEOUT, ClientConnection
 from .options import LoadOptions
 from .ports import LoopbackSources
 from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
-from .targets import LoadPlan, Target
+from .targets import LoadPlan
 
 RECV_SIZE = 256 * 1024  # larger than any response this path expects whole (bodies below LARGE_BODY)
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
@@ -61,8 +61,6 @@ class KeepAliveClients(SocketPool):
         super().__init__(run, sources)
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
-        # id(target) -> (the last whole response proven good, its length, its body's length)
-        self.known: dict[int, tuple[bytes, int, int]] = {}
         self.slots = [KeepAliveSlot(self, i) for i in range(count)]
 
     # -- connections ----------------------------------------------------------------------------
@@ -181,32 +179,12 @@ class KeepAliveClients(SocketPool):
         target = conn.inflight[0] if conn.inflight else None
         conn.data_received(data)  # counts, verifies, and through on_response sends the next request
         if target is not None:
-            self._learn(target, data, conn.reader)
+            self.learn(target, data, conn.reader)
         # the fast path again only between responses, with nothing buffered (slot.conn may be a new one)
         conn = slot.conn
         slot.known = (
             self.known.get(id(conn.inflight[0])) if conn is not None and conn.inflight and conn.reader.idle else None
         )
-
-    def _learn(self, target: Target, data: bytes, reader) -> None:
-        """Keep data as the target's known response if it is one whole keep-alive response (the reader's
-        fast path accepted this head) and its body is proven good: equal to the target's proven
-        reference, or no check is asked for (no expected digest, or verification off)."""
-        head = reader.known_head
-        if head is None or len(data) != reader.known_stop or not data.startswith(head):
-            return
-        length = reader.known_length
-        expected = target.expect_length
-        if expected is not None and length != expected:
-            return
-        ref = target.reference
-        proven = (
-            target.expect_sha256 is None
-            or not self.run.verify_every
-            or (ref is not None and len(ref) == length and data.startswith(ref, len(head)))
-        )
-        if proven:
-            self.known[id(target)] = (data, len(data), length)
 
 
 class KeepAliveSlot(SocketSlot):
