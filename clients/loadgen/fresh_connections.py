@@ -29,11 +29,12 @@ from time import monotonic_ns
 
 from .connection import READ_TIMEOUT, ClientConnection, whole_body_error
 from .ports import LoopbackSources
-from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
+from .raw_sockets import LINGER_RESET, NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
 from .response_reader import ResponseReader
 
 RECV_SIZE = 256 * 1024  # a response that fits arrives whole in one read on loopback (and is judged in place)
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+MSG_PEEK = _socket.MSG_PEEK
 
 
 class FreshConnectionClients(SocketPool):
@@ -61,7 +62,7 @@ class FreshConnectionClients(SocketPool):
         slot.phase = run.phase
         slot.start_ns = slot.sent_ns = monotonic_ns()
         try:
-            sock = start_connect(self.family, self.address, self.sources, linger_reset=True)
+            sock = start_connect(self.family, self.address, self.sources)
         except OSError as exc:
             slot.connect_failed(connect_error_class(exc.errno))
             return
@@ -98,14 +99,15 @@ class FreshConnectionClients(SocketPool):
                 self._writable(slot)
                 continue
             sock = slot.sock
+            conn = slot.conn
             try:
-                n = sock.recv_into(buffer)
+                # the first read only peeks: a response left unread makes close() reset the connection
+                n = sock.recv_into(buffer, 0, MSG_PEEK) if conn is None else sock.recv_into(buffer)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 self._read_error(slot, exc)
                 continue
-            conn = slot.conn
             if conn is None:
                 same = known.get(id(slot.target))
                 if same is not None and n == same[1] and buffer.startswith(same[0]):
@@ -119,7 +121,7 @@ class FreshConnectionClients(SocketPool):
                     slot.sock = None
                     sock.close()
                     answered.append(slot)
-                elif self._first_read(slot, bytes(self.view[:n])):
+                elif self._first_read(slot, n):
                     answered.append(slot)
             elif n:
                 conn.data_received(bytes(self.view[:n]))
@@ -128,18 +130,20 @@ class FreshConnectionClients(SocketPool):
         for slot in answered:
             self.open(slot)
 
-    def _first_read(self, slot: Slot, data: bytes) -> bool:
-        """The first read of a response that is not the target's known one: judged in place when it holds
-        the whole response (True: the socket is released, the caller opens the next connection), else
-        handed to the general path (False)."""
+    def _first_read(self, slot: Slot, n: int) -> bool:
+        """The first n bytes of a response that is not the target's known one, peeked into the buffer:
+        judged in place when they are the whole response (True: the socket is released, the caller
+        opens the next connection), else read for real and handed to the general path (False)."""
         run = self.run
-        run.bytes_in += len(data)
+        run.bytes_in += n
+        data = bytes(self.view[:n])
         reader = self.reader
         stop = reader.whole_response(data)
-        if stop < 0 or stop != len(data):
+        if stop < 0 or stop != n:
             # in pieces, or not the response expected (or more than it): the general path
             conn = slot.adopt()
-            if data:
+            if n:
+                slot.sock.recv_into(self.buffer, n)  # take the peeked bytes off the socket
                 conn._receive(data)
             else:
                 conn.connection_lost(None)
@@ -199,6 +203,8 @@ class Slot(SocketSlot):
 
     def adopt(self) -> ClientConnection:
         """Hand the connection to a ClientConnection (the general path) from here on."""
+        # its reads consume the response, so close() would no longer reset the connection: SO_LINGER 0 does
+        self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
         conn = ClientConnection(self)
         conn.transport = SocketShim(self)
         conn.inflight.append(self.target)

@@ -77,7 +77,7 @@ class KeepAliveClients(SocketPool):
         slot.phase = run.phase
         slot.connect_ns = now
         try:
-            sock = start_connect(self.family, self.address, self.sources, linger_reset=False)
+            sock = start_connect(self.family, self.address, self.sources)
         except OSError as exc:
             slot.connect_failed(connect_error_class(exc.errno))
             return

@@ -36,13 +36,11 @@ def connect_error_class(code: int) -> str:
     return CONNECT_ERROR
 
 
-def start_connect(family: int, address: tuple, sources: LoopbackSources | None, linger_reset: bool) -> _socket.socket:
+def start_connect(family: int, address: tuple, sources: LoopbackSources | None) -> _socket.socket:
     """A non-blocking socket with its connect under way (or done: on loopback the handshake often
     completes within the call). Raises OSError with the errno of a failed socket, bind or connect."""
     sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
     try:
-        if linger_reset:
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
         if sources is not None:
             sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((sources.next(), 0))
