@@ -129,6 +129,7 @@ class KeepAliveClients(SocketPool):
         by_send = run.by_send
         # a timed run of one target sends it again and again (the budget only changes in a timer callback)
         single = run.single if run.budget is None else None
+        answered = []  # fast-path slots of a timed single-target run: their next requests go out after the batch
         for fd, _events in self.epoll.poll(0, 512):
             slot = by_fd.get(fd)
             if slot is None or run.stopping:
@@ -136,9 +137,8 @@ class KeepAliveClients(SocketPool):
             if slot.unsent is not None:
                 self._send_rest(slot)
                 continue
-            sock = slot.sock
             try:
-                n = sock.recv_into(buffer)
+                n = slot.sock.recv_into(buffer)
             except BlockingIOError:
                 continue
             except OSError as exc:
@@ -157,12 +157,21 @@ class KeepAliveClients(SocketPool):
             phase.body_bytes += same[2]
             if single is None:
                 slot.send_next(conn, now)
-                continue
-            conn.start_ns = conn.sent_ns = now
+            else:
+                answered.append(slot)
+        if answered and not run.stopping:
+            self._send_together(answered, single.request, run.phase)
+
+    @staticmethod
+    def _send_together(slots: list[KeepAliveSlot], request: bytes, phase) -> None:
+        """The next request on each of these connections, back to back: the server, woken by the first,
+        finds the rest waiting instead of being woken for each one."""
+        for slot in slots:
+            conn = slot.conn
+            conn.start_ns = conn.sent_ns = monotonic_ns()
             conn.phase = phase
-            request = single.request
             try:
-                sent = sock.send(request)
+                sent = slot.sock.send(request)
             except OSError as exc:  # EAGAIN cannot happen with the previous response read; a reset can
                 conn.connection_lost(exc)
                 continue
