@@ -224,6 +224,11 @@ class Slot(SocketSlot):
         self.pool.open(self)
 
     # -- the driver interface -------------------------------------------------------------------
+    def stop(self) -> None:
+        if self.sock is not None:  # a connection the run's end cuts short is reset too: no TIME_WAIT left
+            self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
+        super().stop()
+
     def check_timeouts(self, now: int, read_timeout_ns: int, connect_timeout_ns: int) -> None:
         if self.sock is None or self.connect_given_up(self.start_ns, now, connect_timeout_ns):
             return
