@@ -8,12 +8,19 @@ when it has not, the send waits for the socket to become writable), and reads th
 the sockets live on one epoll set of their own, whose descriptor the event loop watches, so
 timers, ticks and the stop message work as in every other mode.
 
-A read that holds the whole expected response (the usual case) is judged in place: one
-ResponseReader.whole_response call, the body compared with the reference, the socket closed
-with SO_LINGER 0 (a reset: no TIME_WAIT left behind on either side), and the next
-connection opened. Anything else (a response in pieces, another status, other framing, an
-error) is handed to a ClientConnection over a small socket shim, which frames, verifies and
-classifies it exactly as on the other paths.
+The connections answered in one readiness batch are judged first and their next ones opened
+together after it: back to back, the connects cost the server one wake-up instead of one
+each. The first read only peeks (MSG_PEEK) into one reused buffer. When it is byte for byte
+the target's known response (the last one proven good; see SocketPool.learn) it is counted
+without a parser; else, when it holds the whole expected response, it is judged in place
+(one ResponseReader.whole_response call, the body compared with the reference). Either way
+the socket is then closed with the response still unread, which makes the kernel reset the
+connection: no TIME_WAIT on either side (the server closes first, so an orderly close would
+leave its side there), no SO_LINGER call per connection, and no window-update ACK from a
+consuming read. Anything else (a response in pieces, another status, other framing, an
+error) is taken off the socket and handed to a ClientConnection over a small socket shim,
+which frames, verifies and classifies it exactly as on the other paths; the slot sets
+SO_LINGER 0 then, so that connection ends in a reset too.
 
 Source addresses: with `sources`, each connect binds the next loopback address with
 IP_BIND_ADDRESS_NO_PORT, so the kernel picks the port at connect time from the whole

@@ -10,7 +10,9 @@ One readiness batch (many events per poll) is handled in one loop:
 - each socket is read with recv_into into one reused buffer;
 - the fast path: the read is exactly as long as the last whole response proven good for
   that target, and byte for byte the same (one memcmp). It is that response again, head
-  and body, so it is counted without a parser, and the next request goes out at once;
+  and body, so it is counted without a parser. In a timed run of one target the next
+  requests of the batch go out together after its reads (the server, woken by the first,
+  finds the rest waiting); otherwise the next request goes out at once;
 - anything else (a new Date header, a response in pieces, another status, other framing,
   the server closing) is copied out and handed to the slot's ClientConnection, which
   frames it through the sans-IO response reader, verifies and classifies it exactly as on
