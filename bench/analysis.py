@@ -14,9 +14,10 @@ throughout:
   p99.9 needs 1,000), and always with that count.
 - ratios are taken at the level that matters (see basis_level) against a healthy baseline:
   nginx when it ran unflagged in the scenario, else the scenario's median unflagged model.
-- a change between two runs is real when the two cells' intervals say so (clearly_ahead)
-  and it exceeds a floor; a cell measured once has no noise between server starts, so the
-  change is "unmeasured" and claims nothing.
+- a change between two runs is real when it exceeds a floor and stands out from the noise
+  between server starts once every cell compared is taken into account (judge_changes: Welch
+  p-values adjusted for the false discovery rate); a cell measured once has no noise between
+  server starts, so the change is "unmeasured" and claims nothing.
 - the network a run measured over (loopback, or an emulated link such as wan) is part of
   what a cell means: two runs over different links are never paired as before/after
   (deltas() refuses); a report puts them side by side instead.
@@ -542,6 +543,7 @@ class Delta:
     change: float  # fraction; positive = better on this metric
     verdict: str  # REGRESSION, IMPROVEMENT, WITHIN_NOISE or UNMEASURED
     why: str  # what the verdict rests on, in a few words
+    adjusted_p: float | None = None  # the change's p-value adjusted for every cell compared (None: unmeasured)
 
     @property
     def regression(self) -> bool:
@@ -563,22 +565,72 @@ def _between_starts(e: Estimate) -> bool:
     return e.method in ("repetitions", "pooled") and e.measured
 
 
-def judge_change(before: Estimate, after: Estimate, higher_is_better: bool, floor: float) -> tuple[str, str]:
-    """(verdict, why) for one cell measured in two runs.
+FALSE_DISCOVERY_RATE = 0.05  # of the changes a comparison reports, the share allowed to be luck
+
+
+def judge_changes(
+    cells: Sequence[tuple[Estimate, Estimate, bool]], floor: float
+) -> list[tuple[str, str, float | None]]:
+    """(verdict, why, adjusted p-value) for each cell (before, after, higher is better) of two runs, judged together.
 
     Two runs are two server starts, so only noise measured across server starts (repetitions)
-    can tell a change from luck; a timeline's batches within one repetition cannot.
+    can tell a change from luck; a timeline's batches within one repetition cannot. Each cell's
+    change gets Welch's two-sided p-value, and the p-values of all the cells so measured are
+    adjusted together (Benjamini-Hochberg): one test at 5% per cell would call a few of 30 or 70
+    unchanged cells changed by luck alone, and fail a regression gate on two runs of the same
+    code. With the false discovery rate held at 5%, two runs of the same code fail the gate in
+    at most 5% of comparisons, however many cells they share; a real change shows up as long as
+    it stands out from the noise by more than the number of cells demands. A change must also
+    exceed the floor, so a tiny but steady change is not called a regression.
     """
-    change = uncertainty.lead(after, before, higher_is_better)
-    if not (_between_starts(before) and _between_starts(after)):
-        return UNMEASURED, "one repetition: the noise between server starts was not measured"
-    if abs(change) <= floor:
-        return WITHIN_NOISE, f"within the {floor:.0%} floor"
-    if uncertainty.clearly_ahead(before, after, higher_is_better):
-        return REGRESSION, "beyond the 95% interval of the difference"
-    if uncertainty.clearly_ahead(after, before, higher_is_better):
-        return IMPROVEMENT, "beyond the 95% interval of the difference"
-    return WITHIN_NOISE, "inside the cells' 95% intervals"
+    tested = [i for i, (a, b, _) in enumerate(cells) if _between_starts(a) and _between_starts(b)]
+    p_values = [uncertainty.difference_p_value(cells[i][0], cells[i][1]) for i in tested]
+    adjusted = dict(zip(tested, _benjamini_hochberg(p_values)))
+    family = len(tested)
+    out: list[tuple[str, str, float | None]] = []
+    for i, (before, after, higher_is_better) in enumerate(cells):
+        q = adjusted.get(i)
+        if q is None:
+            out.append((UNMEASURED, "one repetition: the noise between server starts was not measured", None))
+            continue
+        change = uncertainty.lead(after, before, higher_is_better)
+        p = p_values[tested.index(i)]
+        beyond_alone = p < 1 - uncertainty.CONFIDENCE
+        if abs(change) <= floor:
+            out.append((WITHIN_NOISE, f"within the {floor:.0%} floor", q))
+        elif q <= FALSE_DISCOVERY_RATE:
+            why = (
+                f"beyond the noise (p = {p:.2g}; {q:.2g} adjusted for {family} cells)"
+                if family > 1
+                else f"beyond the 95% interval of the difference (p = {p:.2g})"
+            )
+            out.append((REGRESSION if change < 0 else IMPROVEMENT, why, q))
+        elif beyond_alone:
+            out.append(
+                (
+                    WITHIN_NOISE,
+                    f"alone beyond its 95% interval (p = {p:.2g}), not among {family} cells (adjusted {q:.2g})",
+                    q,
+                )
+            )
+        else:
+            out.append((WITHIN_NOISE, "inside the cells' 95% intervals", q))
+    return out
+
+
+def _benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (scipy's false_discovery_control); none for no tests."""
+    if not p_values:
+        return []
+    from scipy.stats import false_discovery_control  # slow to import; only comparisons need it
+
+    return [float(q) for q in false_discovery_control(list(p_values), method="bh")]
+
+
+def judge_change(before: Estimate, after: Estimate, higher_is_better: bool, floor: float) -> tuple[str, str]:
+    """(verdict, why) for one cell measured in two runs, judged alone (a family of one)."""
+    verdict, why, _ = judge_changes([(before, after, higher_is_better)], floor)[0]
+    return verdict, why
 
 
 def check_same_link(before: RunView, after: RunView) -> None:
@@ -594,25 +646,28 @@ def deltas(before: RunView, after: RunView, floor: float = 0.05) -> list[Delta]:
     """Cell-by-cell changes for what both runs measured (failed cells are left out).
     DifferentLinks if the runs went over different networks: a link's effect is no regression."""
     check_same_link(before, after)
-    out = []
+    pairs = []
     for key, b in after.points.items():
         a = before.points.get(key)
         if a is None or a.failed or b.failed or a.estimate is None or b.estimate is None or a.metric != b.metric:
             continue
-        verdict, why = judge_change(a.estimate, b.estimate, a.higher_is_better, floor)
-        out.append(
-            Delta(
-                key[0],
-                key[1],
-                key[2],
-                a.metric,
-                a.estimate,
-                b.estimate,
-                uncertainty.lead(b.estimate, a.estimate, a.higher_is_better),
-                verdict,
-                why,
-            )
+        pairs.append((key, a, b))
+    judged = judge_changes([(a.estimate, b.estimate, a.higher_is_better) for _, a, b in pairs], floor)
+    out = [
+        Delta(
+            key[0],
+            key[1],
+            key[2],
+            a.metric,
+            a.estimate,
+            b.estimate,
+            uncertainty.lead(b.estimate, a.estimate, a.higher_is_better),
+            verdict,
+            why,
+            q,
         )
+        for (key, a, b), (verdict, why, q) in zip(pairs, judged)
+    ]
     scen_order = {s: i for i, s in enumerate(after.scenarios)}
     serv_order = {s: i for i, s in enumerate(after.servers)}
     out.sort(key=lambda d: (scen_order.get(d.scenario, 99), serv_order.get(d.server, 99), d.level))

@@ -493,11 +493,14 @@ EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 def compare_command(before: str, after: str, threshold: float, show_all: bool) -> None:
     """Compare two runs cell by cell; the exit code is a CI regression gate.
 
-    A change counts only when it is larger than the measured noise of both cells (the 95%
-    interval of their difference) and than --threshold. Two runs are two server starts, so the noise
-    that counts is the one between server starts: a cell measured once (one repetition)
-    has none measured, is reported "unmeasured", and never fails the gate. Run both sides
-    with `--repeat 3` for a gate that can catch a regression. Exit codes: 0 no regression;
+    A change counts only when it is larger than --threshold and stands out from the measured
+    noise of both cells. Two runs are two server starts, so the noise that counts is the one
+    between server starts: a cell measured once (one repetition) has none measured, is
+    reported "unmeasured", and never fails the gate. The cells are judged together: each
+    change's p-value is adjusted for the number of cells compared (false discovery rate 5%),
+    so two runs of the same code fail the gate by luck in at most 5% of comparisons, however
+    many cells they share. Run both sides with `--repeat 3` for a gate that can catch a
+    regression. Exit codes: 0 no regression;
     1 at least one cell regressed beyond noise or newly fails; 2 the runs cannot be read,
     have no cell in common, or went over different networks (loopback and an emulated link,
     or two links): `serverzoo report` puts those side by side.
@@ -525,7 +528,8 @@ def compare_command(before: str, after: str, threshold: float, show_all: bool) -
         _fail("compare", "the two runs have no successfully measured cell in common", EXIT_BAD_INPUT)
     click.echo(
         f"{a.run.run_id} -> {b.run.run_id} (both over {b.link}): {len(rows)} cells compared "
-        f"(a change must exceed the 95% interval of the difference and {threshold:.0%})"
+        f"(a change must exceed {threshold:.0%} and the noise, judged over all the cells measured "
+        f"more than once at a 5% false discovery rate)"
     )
     ma, mb = a.run.machine, b.run.machine
     if (ma.get("hostname"), ma.get("cpu_model")) != (mb.get("hostname"), mb.get("cpu_model")):

@@ -18,6 +18,8 @@ the one reading they support. The readings, in the order they are tried:
   request (or per MB) is ahead, and when the two costs' ratio covers most of the lead, it
   says so.
 
+A capacity verdict (the highest rate each model held at a latency goal) says whether the
+runner-up ran out of CPU at the rate it failed at, or failed with CPU to spare (waiting).
 Ties get the range of their members' CPU cost; generator-limited verdicts say how much of
 their CPU the servers used at the generator's ceiling (their headroom); latency verdicts
 say whether the runner-up's CPU was busy enough for requests to queue for it.
@@ -78,12 +80,7 @@ def spend(view: RunView, point: Point) -> Spend | None:
             per_mb.append(load.server_cpu_percent / 100 / load.mb_per_s)
     if not cores:
         return None
-    given = [
-        len(c.server_cpus)
-        for c in view.run.cells
-        if (c.server, c.scenario, c.level) == (point.server, point.scenario, point.level) and c.server_cpus
-    ]
-    cpus = max(given, default=0) or int(view.run.machine.get("cpus") or 0)
+    cpus = _cpus_given(view, point)
     if not cpus:
         return None
     return Spend(
@@ -96,16 +93,89 @@ def spend(view: RunView, point: Point) -> Spend | None:
     )
 
 
+def _cpus_given(view: RunView, point: Point) -> int:
+    """How many CPUs the point's server was placed on (the machine's, when the cells do not say; 0: unknown)."""
+    given = [
+        len(c.server_cpus)
+        for c in view.run.cells
+        if (c.server, c.scenario, c.level) == (point.server, point.scenario, point.level) and c.server_cpus
+    ]
+    return max(given, default=0) or int(view.run.machine.get("cpus") or 0)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Where one model's capacity search ended: the rates around its capacity and what its CPU did there."""
+
+    server: str
+    held: float | None  # the highest rate that held
+    failed: float | None  # the lowest rate that failed the goal
+    busy_at_failure: float | None  # utilisation (0-1) of its CPUs in the step that failed
+    busy_at: Mapping[float, float]  # utilisation by rate, for the steps that held
+
+
+def limit(view: RunView, point: Point) -> Limit | None:
+    """The point's capacity search (its median one over repetitions), or None when it has none."""
+    searches = sorted((load.capacity for load in point.loads if load.capacity is not None), key=lambda c: c.rate or 0.0)
+    cpus = _cpus_given(view, point)
+    if not searches or not cpus:
+        return None
+    search = searches[len(searches) // 2]
+    busy = {s.target_rate: s.server_cpu_percent / 100 / cpus for s in search.steps if s.server_cpu_percent is not None}
+    return Limit(
+        point.server,
+        search.held,
+        search.failed,
+        busy.get(search.failed) if search.failed is not None else None,
+        {rate: u for rate, u in busy.items() if any(s.held and s.target_rate == rate for s in search.steps)},
+    )
+
+
+def capacity_reading(winner: Limit, runner_up: Limit) -> str | None:
+    """Why the winner held a rate the runner-up failed at: whether the runner-up ran out of CPU there
+    or failed with CPU to spare (pure: tested with made-up searches)."""
+    failed, busy = runner_up.failed, runner_up.busy_at_failure
+    if failed is None or busy is None:
+        return None
+    at = f"{runner_up.server} failed the goal at {failed:,.0f} req/s"
+    if busy >= BUSY:
+        there = min((r for r in winner.busy_at if r >= failed), default=None)
+        other = (
+            f", where {winner.server} held {there:,.0f} req/s with its CPU {winner.busy_at[there]:.0%} busy"
+            if there is not None
+            else ""
+        )
+        return f"{at} with its CPU {busy:.0%} busy: it ran out of CPU{other}."
+    return (
+        f"{at} with {1 - busy:.0%} of its CPU idle: its requests waited for something other than CPU (a free "
+        f"thread or process, a lock, a blocking call), not for the cost of their work."
+    )
+
+
 def explain(verdict: Verdict, view: RunView) -> str | None:
     """One or two sentences on why the verdict came out so, or None when the figures cannot say."""
     if verdict.level is None:
         return None
+    if verdict.metric == "capacity_rps":
+        return _explain_capacity(verdict, view)
     spends = {}
     for r in verdict.ranking:
         p = view.point(r.server, verdict.scenario, verdict.level)
         if p is not None and (s := spend(view, p)) is not None:
             spends[r.server] = s
     return reading(verdict, spends, view.scenarios[verdict.scenario].higher_is_better)
+
+
+def _explain_capacity(verdict: Verdict, view: RunView) -> str | None:
+    """A capacity verdict's winner held a rate the runner-up failed at: say what failed the runner-up."""
+    if verdict.kind != "winner" or verdict.level is None or len(verdict.ranking) < 2:
+        return None
+    found = []
+    for r in verdict.ranking[:2]:
+        p = view.point(r.server, verdict.scenario, verdict.level)
+        found.append(limit(view, p) if p is not None else None)
+    lead, other = found
+    return capacity_reading(lead, other) if lead is not None and other is not None else None
 
 
 def reading(verdict: Verdict, spends: Mapping[str, Spend], higher_is_better: bool) -> str | None:

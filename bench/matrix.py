@@ -104,6 +104,7 @@ class _Loop:
 
     def run(self, cell: Cell) -> bool:
         """Measure one cell; False (nothing run) when --max-cells is used up."""
+        interrupts.check()
         if self.left is not None:
             if self.left <= 0:
                 return False
@@ -148,6 +149,7 @@ def run_matrix(
     write_atomic(path, doc)
     # Ctrl-C and SIGTERM (a CI timeout, `kill PID`) stop the run and keep everything measured; they wait
     # while a server starts or stops, or while the file is written, so nothing is left running or torn
+    interrupts.reset()
     previous = {sig: signal.signal(sig, interrupts.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     columns = [
         TextColumn("{task.description}"),

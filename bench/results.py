@@ -110,6 +110,7 @@ class CapacityStep:
     achieved_rate: float
     latency_us: Mapping[str, float]  # p50, p90, p99, ..., and the goal's measure under the goal's text
     held: bool
+    server_cpu_percent: float | None = None  # of one CPU, over the step (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,11 @@ class Capacity:
         steps = sorted(
             (
                 CapacityStep(
-                    float(s["target_rate"]), float(s["achieved_rate"]), _numbers(s["latency_us"]), bool(s["held"])
+                    float(s["target_rate"]),
+                    float(s["achieved_rate"]),
+                    _numbers(s["latency_us"]),
+                    bool(s["held"]),
+                    _num(s.get("server_cpu_percent")),
                 )
                 for s in d["steps"]
             ),
@@ -211,7 +216,7 @@ class Load:
             if bound and limit
             else (),
             server_cpu_s=None,
-            server_cpu_percent=None,
+            server_cpu_percent=_num(best.get("server_cpu_percent")) if best else None,
             peak_rss_bytes=None,
             target_rate=float(best["target_rate"]) if best else None,
             achieved_rate=_num(best["achieved_rate"]) if best else None,

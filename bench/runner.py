@@ -51,16 +51,31 @@ class Interrupts:
     server nobody knows the PID of; inside a stop, one nobody waits for. Within
     critical() the signal is remembered and raised when the section ends, so every
     server started is also stopped. The measured run itself stays interruptible.
+
+    A KeyboardInterrupt raised from a signal handler can also be lost: when the signal
+    lands while Python runs a hook whose exceptions it only prints (an at-fork hook of the
+    logging module, a finalizer), the run goes on as if nothing had happened. So every
+    signal is also recorded, and check(), called before each cell, raises it again.
     """
 
     def __init__(self) -> None:
         self.depth = 0
         self.pending = False
+        self.requested = False
+
+    def reset(self) -> None:
+        self.depth, self.pending, self.requested = 0, False, False
 
     def handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
         if self.depth:
             self.pending = True
         else:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a signal asked to stop, even if the one raised then was lost."""
+        if self.requested:
             raise KeyboardInterrupt
 
     @contextmanager

@@ -291,6 +291,32 @@ def combined_half_width(a: Estimate, b: Estimate) -> float:
     return _t95(max(1, math.floor(min(df, 1e9)))) * se
 
 
+def difference_p_value(a: Estimate, b: Estimate) -> float:
+    """The two-sided p-value of Welch's test that a and b measure the same thing (1.0 when either
+    noise is unmeasured).
+
+    It agrees with combined_half_width: p < 0.05 exactly when |a - b| exceeds the 95% half-width
+    (both use the Welch-Satterthwaite degrees of freedom rounded down). A search's bracket has no
+    distribution: 0.0 when the two intervals are disjoint (one held a rate the other failed at),
+    else 1.0.
+    """
+    if not (a.measured and b.measured):
+        return 1.0
+    if "bracket" in (a.method, b.method):
+        return 0.0 if a.low >= b.high or b.low >= a.high else 1.0
+    if a.degrees_of_freedom < 1 or b.degrees_of_freedom < 1:
+        return 1.0
+    se_a, se_b = a.standard_error, b.standard_error
+    se = math.hypot(se_a, se_b)
+    diff = abs(a.value - b.value)
+    if se == 0:
+        return 0.0 if diff else 1.0
+    from scipy.stats import t  # imported here: only comparisons of two runs need it, and it is slow to load
+
+    df = max(1, math.floor(min(_welch_df([se_a, se_b], [a.degrees_of_freedom, b.degrees_of_freedom]), 1e9)))
+    return float(2 * t.sf(diff / se, df))
+
+
 def clearly_ahead(a: Estimate, b: Estimate, higher_is_better: bool = True) -> bool:
     """Whether a's lead over b is larger than the uncertainty of their difference.
 

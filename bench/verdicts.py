@@ -12,10 +12,12 @@ with). The rules, in order:
    reached N (or whose interval reaches it) is tied at >= N ("generator-limited"); if only
    one did and it is clearly ahead of the rest, it wins, by at least its margin. For a
    latency metric a client-bound cell is excluded.
-3. Otherwise the leader wins only when clearly ahead of the runner-up: its lead beyond the
-   95% interval of the difference of the two figures (bench.uncertainty.clearly_ahead). If not, the verdict is a
-   tie of the leader and every model it is not clearly ahead of, with the margin that
-   spans them. A cell whose noise was not measured separates nothing.
+3. Otherwise the leader wins only when clearly ahead of every other model: its lead over
+   each beyond the 95% interval of their difference (bench.uncertainty.clearly_ahead), and
+   its margin is its lead over the runner-up. Being ahead of the runner-up is not enough: a
+   noisier cell further down may still be level with the leader. If not, the verdict is a
+   tie of the leader and every model it is not clearly ahead of, with the margin that spans
+   them. A cell whose noise was not measured separates nothing.
 
 `margin` and `noise` are fractions (0.031 = 3.1%). Verdicts are stored in the run's JSON
 (`verdicts`) and the report renders them from there.
@@ -250,7 +252,7 @@ def decide(
         reached = [r for r in clean if r.client_bound or r.estimate.high >= ceiling]
         rest = [r for r in clean if r not in reached]
         ranking = reached + rest
-        if len(reached) == 1 and rest and uncertainty.clearly_ahead(reached[0].estimate, rest[0].estimate):
+        if len(reached) == 1 and rest and all(uncertainty.clearly_ahead(reached[0].estimate, r.estimate) for r in rest):
             margin = uncertainty.lead(reached[0].estimate, rest[0].estimate)
             return verdict(
                 "generator-limited",
@@ -279,7 +281,12 @@ def decide(
             )
         clean = ranking
     leader, runner_up = clean[0], clean[1]
-    if uncertainty.clearly_ahead(leader.estimate, runner_up.estimate, higher_is_better):
+    # a winner is clearly ahead of every other model, not just the next by value: a noisy cell further
+    # down may still be level with it
+    level_with_leader = [
+        r for r in clean[1:] if not uncertainty.clearly_ahead(leader.estimate, r.estimate, higher_is_better)
+    ]
+    if not level_with_leader:
         margin = uncertainty.lead(leader.estimate, runner_up.estimate, higher_is_better)
         if "bracket" in (leader.estimate.method, runner_up.estimate.method):
             return verdict(
@@ -304,9 +311,7 @@ def decide(
             f"{leader.server}, {margin:.1%} ahead of {runner_up.server} (noise ±{noise:.1%}){at}",
             clean,
         )
-    tie = [leader] + [
-        r for r in clean[1:] if not uncertainty.clearly_ahead(leader.estimate, r.estimate, higher_is_better)
-    ]
+    tie = [leader, *level_with_leader]
     margin = uncertainty.lead(leader.estimate, tie[-1].estimate, higher_is_better)
     within = f"within {margin:.0%}" if math.isfinite(margin) else "noise unmeasured"
     return verdict(

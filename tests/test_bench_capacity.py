@@ -160,6 +160,10 @@ def test_tiny_capacity_run_ranks_models_and_draws_their_curves(out_dir: str) -> 
     with open(glob.glob(os.path.join(out_dir, "results", "*.md"))[0]) as f:
         md = f.read()
     assert "capacity search at p90<300ms" in md and f"Verdict: {verdict['text']}" in md
+    for server, load in loads.items():  # the generator knew the server's PID: every step says what it spent
+        assert all(step["server_cpu_percent"] is not None for step in load["steps"]), server
+    if verdict["winner"] == "asyncio":  # iterative sleeps through its requests: it fails with its CPU idle
+        assert "iterative failed the goal at" in md and "of its CPU idle" in md
     with open(glob.glob(os.path.join(out_dir, "results", "*.html"))[0]) as f:
         html = f.read()
     assert "latency against load, as each search walked it" in html

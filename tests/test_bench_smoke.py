@@ -274,3 +274,19 @@ def test_ctrl_c_waits_while_a_server_starts_or_stops():
     assert reached and not guard.pending
     with pytest.raises(KeyboardInterrupt):
         guard.handler(signal.SIGINT, None)  # outside a critical section it interrupts at once
+
+
+def test_an_interrupt_lost_in_a_hook_stops_the_run_before_the_next_cell():
+    """A signal that lands in an at-fork hook or a finalizer has its KeyboardInterrupt printed and dropped."""
+    from serverzoo.bench.runner import Interrupts
+
+    guard = Interrupts()
+    guard.check()  # nothing asked: the run goes on
+    try:
+        guard.handler(signal.SIGINT, None)
+    except KeyboardInterrupt:
+        pass  # what Python does with an exception raised in such a hook
+    with pytest.raises(KeyboardInterrupt):
+        guard.check()
+    guard.reset()
+    guard.check()

@@ -10,7 +10,7 @@ from markupsafe import escape as html_escape
 
 from serverzoo.bench import uncertainty as u
 from serverzoo.bench.analysis import RunView
-from serverzoo.bench.explanations import Spend, explain, reading
+from serverzoo.bench.explanations import Limit, Spend, capacity_reading, explain, reading
 from serverzoo.bench.results import Load, Run
 from serverzoo.bench.verdicts import Contender, decide
 
@@ -181,3 +181,44 @@ def test_the_report_gives_each_verdict_its_reading():
         assert f"Why: {why}" in md
         assert html_escape(why) in html
         assert any(line.endswith(why) for line in report.summary)
+
+
+# -- capacity verdicts -----------------------------------------------------------------------
+
+
+def searched(server: str, held: float, failed: float, busy_at_failure: float | None, **busy_held: float) -> Limit:
+    return Limit(server, held, failed, busy_at_failure, {float(r[1:]): u for r, u in busy_held.items()})
+
+
+CAPACITY = [
+    (
+        "the runner-up ran out of CPU where the winner held",
+        searched("asyncio", 3000, 3150, 0.97, r1000=0.2, r2000=0.41, r3000=0.62),
+        searched("threading", 1800, 2000, 0.96),
+        ["threading failed the goal at 2,000 req/s with its CPU 96% busy", "asyncio held 2,000 req/s", "41% busy"],
+    ),
+    (
+        "the runner-up failed with its CPU idle",
+        searched("asyncio", 1600, 1700, 0.5),
+        searched("iterative", 45, 50, 0.04),
+        ["iterative failed the goal at 50 req/s with 96% of its CPU idle", "waited for something other than CPU"],
+    ),
+    (
+        "the winner's figure at that rate unknown",
+        searched("asyncio", 3000, 3150, 0.97),
+        searched("threading", 1800, 2000, 0.9),
+        ["ran out of CPU.", "!asyncio held"],
+    ),
+]
+
+
+@pytest.mark.parametrize("name, winner, runner_up, words", CAPACITY, ids=[c[0] for c in CAPACITY])
+def test_capacity_reading_table(name, winner, runner_up, words):
+    text = capacity_reading(winner, runner_up)
+    for w in words:
+        assert (w[1:] not in text) if w.startswith("!") else (w in text), text
+
+
+def test_no_capacity_reading_without_the_failed_steps_cpu():
+    assert capacity_reading(searched("asyncio", 3000, 3150, 0.9), searched("threading", 1800, 2000, None)) is None
+    assert capacity_reading(searched("asyncio", 3000, 3150, 0.9), Limit("threading", 1800, None, None, {})) is None

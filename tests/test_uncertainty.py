@@ -156,3 +156,25 @@ def test_scaled_keeps_the_relative_noise():
     e = u.scaled(u.Estimate(100.0, 5.0, 5, "batch-means"), 200.0)
     assert (e.value, e.half_width, e.n, e.method) == (200.0, 10.0, 5, "batch-means")
     assert not u.scaled(u.single(100.0), 50.0).measured
+
+
+@pytest.mark.parametrize("a, b, higher, expected", AHEAD)
+def test_the_p_value_agrees_with_the_interval(a, b, higher, expected):
+    """p < 0.05 exactly when the difference lies outside its 95% interval (the one clearly_ahead uses)."""
+    p = u.difference_p_value(a, b)
+    beyond = abs(a.value - b.value) > u.combined_half_width(a, b)
+    assert (p < 0.05) is beyond
+    assert u.difference_p_value(b, a) == p
+
+
+def test_the_p_value_at_the_edge_of_the_interval_is_five_percent():
+    a, b = u.Estimate(100.0, 3.0, 5, "x"), u.Estimate(100.0, 3.0, 5, "x")
+    edge = u.combined_half_width(a, b)
+    p = u.difference_p_value(u.Estimate(100.0 + edge, 3.0, 5, "x"), b)
+    assert p == pytest.approx(0.05, abs=5e-4)  # the table's t quantiles carry three decimals
+
+
+def test_p_values_of_brackets_and_unmeasured_figures():
+    assert u.difference_p_value(u.bracket(110, 120), u.bracket(100, 105)) == 0.0  # one held what the other failed
+    assert u.difference_p_value(u.bracket(105, 115), u.bracket(100, 110)) == 1.0
+    assert u.difference_p_value(u.single(200), u.Estimate(100, 1, 5, "x")) == 1.0

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from serverzoo.bench import uncertainty as u
-from serverzoo.bench.analysis import RunView, judge_change, repetition_estimate
+from serverzoo.bench.analysis import RunView, judge_change, judge_changes, repetition_estimate
 from serverzoo.bench.results import Load, Run, RunFormatError, Slice, check_run
 from serverzoo.bench.verdicts import Contender, Verdict, decide, run_verdicts
 
@@ -107,6 +107,15 @@ CASES = [
         "generator-limited",
         "prefork",
         (),
+    ),
+    (
+        "ahead of the runner-up but level with a noisier model below it",
+        [c("select", 120), c("asyncio", 100), c("gevent", 99, 0.3)],
+        "rps",
+        True,
+        "tie",
+        None,
+        ("select", "gevent"),
     ),
     ("lower latency wins", [c("asyncio", 11_000), c("threading", 13_000)], "p99_us", False, "winner", "asyncio", ()),
     (
@@ -235,6 +244,38 @@ GATE = [
 @pytest.mark.parametrize("before, after, higher, verdict", GATE)
 def test_gate_table(before, after, higher, verdict):
     assert judge_change(before, after, higher, floor=0.05)[0] == verdict
+
+
+def _cells(changes: list[float], noise: float = 0.06) -> list[tuple[u.Estimate, u.Estimate, bool]]:
+    """Cells of three repetitions each, before 100 and after 100 * (1 + change), each +-noise."""
+    return [
+        (u.Estimate(100.0, 100.0 * noise, 3, REPS), u.Estimate(100.0 * (1 + x), 100.0 * noise, 3, REPS), True)
+        for x in changes
+    ]
+
+
+def test_a_change_that_stands_out_alone_is_luck_among_many_cells():
+    # -9% against +-6% noise: p about 0.04 alone; with 25 unchanged cells beside it, about 1 in 20 such
+    # cells would look that far off by luck, so the family does not call it a regression
+    alone = judge_changes(_cells([-0.09]), floor=0.05)
+    assert alone[0][0] == "regression"
+    among = judge_changes(_cells([-0.09] + [0.0] * 25), floor=0.05)
+    assert among[0][0] == "within noise" and "not among 26 cells" in among[0][1]
+    assert all(v == "within noise" for v, _, _ in among)
+
+
+def test_a_real_change_still_fails_the_gate_among_many_cells():
+    judged = judge_changes(_cells([-0.30, +0.30] + [0.0] * 70), floor=0.05)
+    assert [v for v, _, _ in judged[:2]] == ["regression", "improvement"]
+    assert "adjusted for 72 cells" in judged[0][1] and judged[0][2] <= 0.05
+    assert {v for v, _, _ in judged[2:]} == {"within noise"}
+
+
+def test_unmeasured_cells_are_not_part_of_the_family():
+    once = (u.Estimate(100.0, 1.0, 5, "batch-means"), u.Estimate(50.0, 1.0, 5, "batch-means"), True)
+    judged = judge_changes([once, *_cells([-0.09])], floor=0.05)
+    assert judged[0] == ("unmeasured", "one repetition: the noise between server starts was not measured", None)
+    assert judged[1][0] == "regression"  # a family of one: the unmeasured cell took no share of the 5%
 
 
 # -- typed results -----------------------------------------------------------------------------

@@ -166,6 +166,9 @@ def judge_step(goals: list[Goal], doc: dict, target: float) -> dict:
         "goals": section["goals"],
         "stopped_early": section["aborted"],
         "client_bound": doc["client"]["client_bound"],
+        # what the server spent at this rate (known when the generator was given its PID): a step that failed
+        # with the server's CPU busy ran out of CPU; one that failed with it idle waited for something else
+        "server_cpu_percent": (doc.get("server") or {}).get("cpu_percent"),
         "held": not reasons,
         "reasons": reasons,
     }
