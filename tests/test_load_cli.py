@@ -234,3 +234,33 @@ def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(
 def test_bad_slice_reconnect_and_cgroup_options_are_one_line_errors(args, fragment) -> None:
     result = run_cli("load", "http://127.0.0.1:9/x", "-d", "1", *args)
     assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "kind, text, value",
+    [
+        ("DURATION", "500ms", 0.5),
+        ("DURATION", 3, 3.0),  # a default, already a number
+        ("CPUS", "2-3", [2, 3]),
+        ("CPUS", [1], [1]),
+        ("SIZE", "1KiB", 1024.0),
+        ("SIZE", "2048", 2048.0),  # a plain number of bytes, as the benchmark runner writes it
+    ],
+)
+def test_option_types_read_text_and_pass_parsed_values(kind: str, text, value) -> None:
+    from serverzoo.clients.loadgen import load_cli
+
+    assert getattr(load_cli, kind).convert(text, None, None) == value
+
+
+@pytest.mark.parametrize(
+    "kind, text, message",
+    [("DURATION", "3x", "not a duration"), ("CPUS", "a-b", "not a CPU list"), ("SIZE", "12Q", "not a size")],
+)
+def test_option_types_reject_bad_text_with_the_parsers_message(kind: str, text: str, message: str) -> None:
+    import click
+
+    from serverzoo.clients.loadgen import load_cli
+
+    with pytest.raises(click.BadParameter, match=message):
+        getattr(load_cli, kind).convert(text, None, None)

@@ -63,13 +63,48 @@ def test_refused_and_timed_out(corpus: str) -> None:
     assert doc["errors"] == {"total": 4, "read_timeout": 4}
 
 
+def time_wait_with(port: int) -> int:
+    """TCP sockets in TIME_WAIT (state 06 of /proc/net/tcp) with this local or remote port."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if state == "06" and port in (int(local.split(":")[1], 16), int(remote.split(":")[1], 16)):
+                count += 1
+    return count
+
+
 def test_timed_run_against_a_real_server(corpus: str) -> None:
+    """The known response is counted byte for byte, and every connection ends in a reset: neither side
+    keeps one in TIME_WAIT (the server closes first, so an orderly close would leave it there)."""
     from serverzoo.servers.launch import ServerProcess
 
     with ServerProcess("select", corpus) as srv:
         doc = load(srv.url + "1KiB.bin", corpus=corpus, connections=4, duration=0.5, verify_every=1)
+        port = srv.port
+        assert time_wait_with(port) == 0
     assert doc["errors"] == {"total": 0} and doc["requests"] > 100
+    assert doc["body_bytes"] == doc["requests"] * 1024 and doc["latency_us"]["count"] == doc["requests"]
     assert doc["client"]["cpu_us_per_request"] > 0 and doc["client"]["cpu_us_per_mb"] > 0
+
+
+@pytest.mark.parametrize("conn_mode", ["new", "keepalive"])
+def test_timed_runs_find_a_bad_body_among_known_responses(corpus: str, conn_mode: str) -> None:
+    """Timed runs of one target take the batched fast paths; one response in ten has a flipped byte."""
+    path = os.path.join(corpus, "1KiB.bin")
+    with MisbehavingServer("corrupt", path, n=10) as srv:
+        doc = run_load(
+            LoadOptions(
+                url=srv.url + "1KiB.bin", corpus=corpus, conn_mode=conn_mode, connections=3, duration=0.4, workers=1
+            )
+        )
+        seen = srv.stop()
+    bad = doc["errors"]["total"]
+    assert doc["errors"] == {"total": bad, "corrupt_body": bad} and doc["requests"] > 0
+    # the server spoiled every tenth response it sent (seen // 10); the measured window holds a run of at
+    # least twenty of them, so some of the bad ones, and no more than were sent
+    assert doc["requests"] + bad >= 20 and 1 <= bad <= seen // 10
+    assert doc["body_bytes"] == doc["requests"] * 1024 and doc["latency_us"]["count"] == doc["requests"]
 
 
 class PeerRecorder:

@@ -125,6 +125,16 @@ class Driver:
         if self.conn is conn:
             self.conn = None
 
+    def on_lost(self, conn) -> None:
+        if conn is not self.conn:
+            return  # not (or no longer) ours: a connection still being set up reports through _connect
+        self.conn = None
+        self._resume()
+
+    def _resume(self) -> None:
+        """Carry on without a connection (after it was lost, or a failed connect's backoff)."""
+        raise NotImplementedError
+
 
 class ClosedLoopDriver(Driver):
     """Send, wait for the whole response (or batch), think, send again."""
@@ -232,10 +242,7 @@ class ClosedLoopDriver(Driver):
             self.next()
         return keep
 
-    def on_lost(self, conn) -> None:
-        if conn is not self.conn:
-            return  # not (or no longer) ours: a connection still being set up reports through _connect
-        self.conn = None
+    def _resume(self) -> None:
         if self.handle is None and not self.run.stopping:
             self.next()  # an idle connection the server closed is simply replaced when needed
 
@@ -368,13 +375,6 @@ class OpenLoopDriver(Driver):
         self.busy = False
         self._drain()
         return keep
-
-    def on_lost(self, conn) -> None:
-        if conn is not self.conn:
-            return  # not (or no longer) ours: a connection still being set up reports through _connect
-        self.conn = None
-        self.busy = False
-        self._drain()
 
     def budget_spent(self) -> None:
         """Nothing more will come due: finish now if idle instead of at the next tick."""

@@ -10,7 +10,9 @@ One readiness batch (many events per poll) is handled in one loop:
 - each socket is read with recv_into into one reused buffer;
 - the fast path: the read is exactly as long as the last whole response proven good for
   that target, and byte for byte the same (one memcmp). It is that response again, head
-  and body, so it is counted without a parser, and the next request goes out at once;
+  and body, so it is counted without a parser. In a timed run of one target the next
+  requests of the batch go out together after its reads (the server, woken by the first,
+  finds the rest waiting); otherwise the next request goes out at once;
 - anything else (a new Date header, a response in pieces, another status, other framing,
   the server closing) is copied out and handed to the slot's ClientConnection, which
   frames it through the sans-IO response reader, verifies and classifies it exactly as on
@@ -37,7 +39,7 @@ from .connection import LARGE_BODY, READ_TIMEOUT, ClientConnection
 from .options import LoadOptions
 from .ports import LoopbackSources
 from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
-from .targets import LoadPlan, Target
+from .targets import LoadPlan
 
 RECV_SIZE = 256 * 1024  # larger than any response this path expects whole (bodies below LARGE_BODY)
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
@@ -61,8 +63,6 @@ class KeepAliveClients(SocketPool):
         super().__init__(run, sources)
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
-        # id(target) -> (the last whole response proven good, its length, its body's length)
-        self.known: dict[int, tuple[bytes, int, int]] = {}
         self.slots = [KeepAliveSlot(self, i) for i in range(count)]
 
     # -- connections ----------------------------------------------------------------------------
@@ -79,7 +79,7 @@ class KeepAliveClients(SocketPool):
         slot.phase = run.phase
         slot.connect_ns = now
         try:
-            sock = start_connect(self.family, self.address, self.sources, linger_reset=False)
+            sock = start_connect(self.family, self.address, self.sources)
         except OSError as exc:
             slot.connect_failed(connect_error_class(exc.errno))
             return
@@ -131,6 +131,7 @@ class KeepAliveClients(SocketPool):
         by_send = run.by_send
         # a timed run of one target sends it again and again (the budget only changes in a timer callback)
         single = run.single if run.budget is None else None
+        answered = []  # fast-path slots of a timed single-target run: their next requests go out after the batch
         for fd, _events in self.epoll.poll(0, 512):
             slot = by_fd.get(fd)
             if slot is None or run.stopping:
@@ -138,9 +139,8 @@ class KeepAliveClients(SocketPool):
             if slot.unsent is not None:
                 self._send_rest(slot)
                 continue
-            sock = slot.sock
             try:
-                n = sock.recv_into(buffer)
+                n = slot.sock.recv_into(buffer)
             except BlockingIOError:
                 continue
             except OSError as exc:
@@ -159,12 +159,21 @@ class KeepAliveClients(SocketPool):
             phase.body_bytes += same[2]
             if single is None:
                 slot.send_next(conn, now)
-                continue
-            conn.start_ns = conn.sent_ns = now
+            else:
+                answered.append(slot)
+        if answered and not run.stopping:
+            self._send_together(answered, single.request, run.phase)
+
+    @staticmethod
+    def _send_together(slots: list[KeepAliveSlot], request: bytes, phase) -> None:
+        """The next request on each of these connections, back to back: the server, woken by the first,
+        finds the rest waiting instead of being woken for each one."""
+        for slot in slots:
+            conn = slot.conn
+            conn.start_ns = conn.sent_ns = monotonic_ns()
             conn.phase = phase
-            request = single.request
             try:
-                sent = sock.send(request)
+                sent = slot.sock.send(request)
             except OSError as exc:  # EAGAIN cannot happen with the previous response read; a reset can
                 conn.connection_lost(exc)
                 continue
@@ -181,32 +190,12 @@ class KeepAliveClients(SocketPool):
         target = conn.inflight[0] if conn.inflight else None
         conn.data_received(data)  # counts, verifies, and through on_response sends the next request
         if target is not None:
-            self._learn(target, data, conn.reader)
+            self.learn(target, data, conn.reader)
         # the fast path again only between responses, with nothing buffered (slot.conn may be a new one)
         conn = slot.conn
         slot.known = (
             self.known.get(id(conn.inflight[0])) if conn is not None and conn.inflight and conn.reader.idle else None
         )
-
-    def _learn(self, target: Target, data: bytes, reader) -> None:
-        """Keep data as the target's known response if it is one whole keep-alive response (the reader's
-        fast path accepted this head) and its body is proven good: equal to the target's proven
-        reference, or no check is asked for (no expected digest, or verification off)."""
-        head = reader.known_head
-        if head is None or len(data) != reader.known_stop or not data.startswith(head):
-            return
-        length = reader.known_length
-        expected = target.expect_length
-        if expected is not None and length != expected:
-            return
-        ref = target.reference
-        proven = (
-            target.expect_sha256 is None
-            or not self.run.verify_every
-            or (ref is not None and len(ref) == length and data.startswith(ref, len(head)))
-        )
-        if proven:
-            self.known[id(target)] = (data, len(data), length)
 
 
 class KeepAliveSlot(SocketSlot):

@@ -21,44 +21,32 @@ if TYPE_CHECKING:
     from .cluster import ClusterOptions
 
 
-class _Duration(click.ParamType):
-    name = "DURATION"
+class _ParsedText(click.ParamType):
+    """An option written as text and read by one of the options' parsers, whose error becomes click's
+    usage message; a value already of a parsed type (a default, or a value the benchmark runner
+    passes on) is only normalised."""
+
+    def __init__(self, name: str, parse, errors: tuple[type[Exception], ...], parsed: tuple[type, ...], normal) -> None:
+        self.name = name
+        self.parse = parse
+        self.errors = errors
+        self.parsed = parsed
+        self.normal = normal
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
+        if isinstance(value, self.parsed):
+            return self.normal(value)
         try:
-            return parse_duration(value)
-        except OptionError as exc:
+            return self.parse(value)
+        except self.errors as exc:
             self.fail(str(exc), param, ctx)
 
 
-class _CpuList(click.ParamType):
-    name = "CPUS"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_cpu_list(value)
-        except OptionError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class _Size(click.ParamType):
-    name = "BYTES"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return float(value)  # a plain number of bytes, as the benchmark runner writes it
-        except ValueError:
-            pass
-        try:
-            return float(parse_size(value))
-        except CorpusError as exc:
-            self.fail(str(exc), param, ctx)
+def _size(text: str) -> float:
+    try:
+        return float(text)  # a plain number of bytes, as the benchmark runner writes it
+    except ValueError:
+        return float(parse_size(text))
 
 
 class _LoopbackCount(click.ParamType):
@@ -89,7 +77,10 @@ class _Goal(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-DURATION, CPUS, SIZE, LOOPBACK_COUNT, GOAL = _Duration(), _CpuList(), _Size(), _LoopbackCount(), _Goal()
+DURATION = _ParsedText("DURATION", parse_duration, (OptionError,), (int, float), float)
+CPUS = _ParsedText("CPUS", parse_cpu_list, (OptionError,), (list,), list)
+SIZE = _ParsedText("BYTES", _size, (CorpusError,), (int, float), float)
+LOOPBACK_COUNT, GOAL = _LoopbackCount(), _Goal()
 EXIT_SLO = 5  # a --slo goal was not met
 
 EPILOG = """\b

@@ -17,6 +17,8 @@ import struct
 
 from .connection import CONNECT_ERROR, CONNECT_REFUSED, CONNECT_TIMEOUT, NO_LOCAL_PORT
 from .ports import LoopbackSources
+from .response_reader import ResponseReader
+from .targets import Target
 
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets instead of lingering in TIME_WAIT
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -34,13 +36,11 @@ def connect_error_class(code: int) -> str:
     return CONNECT_ERROR
 
 
-def start_connect(family: int, address: tuple, sources: LoopbackSources | None, linger_reset: bool) -> _socket.socket:
+def start_connect(family: int, address: tuple, sources: LoopbackSources | None) -> _socket.socket:
     """A non-blocking socket with its connect under way (or done: on loopback the handshake often
     completes within the call). Raises OSError with the errno of a failed socket, bind or connect."""
     sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
     try:
-        if linger_reset:
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_RESET)
         if sources is not None:
             sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((sources.next(), 0))
@@ -65,6 +65,8 @@ class SocketPool:
         self.sources = sources
         self.epoll = select.epoll()
         self.by_fd: dict[int, SocketSlot] = {}
+        # id(target) -> (the last whole response proven good, its length, its body's length)
+        self.known: dict[int, tuple[bytes, int, int]] = {}
         self.loop.add_reader(self.epoll.fileno(), self._ready)
         run.finished.add_done_callback(self._close)
 
@@ -77,6 +79,27 @@ class SocketPool:
 
     def open(self, slot: SocketSlot) -> None:
         raise NotImplementedError
+
+    def learn(self, target: Target, data: bytes, reader: ResponseReader) -> None:
+        """Keep data as the target's known response if it is one whole response (the reader's fast path
+        accepted this head) and its body is proven good: equal to the target's proven reference, or no
+        check is asked for (no expected digest, or verification off). A later read byte for byte the
+        same is that response again, counted without a parser."""
+        head = reader.known_head
+        if head is None or len(data) != reader.known_stop or not data.startswith(head):
+            return
+        length = reader.known_length
+        expected = target.expect_length
+        if expected is not None and length != expected:
+            return
+        ref = target.reference
+        proven = (
+            target.expect_sha256 is None
+            or not self.run.verify_every
+            or (ref is not None and len(ref) == length and data.startswith(ref, len(head)))
+        )
+        if proven:
+            self.known[id(target)] = (data, len(data), length)
 
     def release(self, slot: SocketSlot) -> None:
         """Close the slot's socket (closing also takes it off the epoll set)."""
