@@ -151,8 +151,17 @@ class HttpProtocol(asyncio.Protocol):
             self.first = None
 
     def data_received(self, data: bytes) -> None:
-        was_partial = self.http.has_partial_request
-        self._answer(self.http.receive(data), was_partial)
+        http = self.http
+        out = None if self.busy else http.ready_reply(data)
+        if out is not None:  # the keep-alive fast path: a reply the core has ready
+            self.written += len(out)
+            self.transport.write(out)
+            self.deadline = self.loop.time() + self.limits.keepalive_timeout
+            if self.deadline < self.armed_at:
+                self._arm()
+            return
+        was_partial = http.has_partial_request
+        self._answer(http.receive(data), was_partial)
 
     def begin(self, plans: list[ResponsePlan], rest: bytes | memoryview | None) -> None:
         """Carry on a conversation the accept callback began: the plans of its first read,
