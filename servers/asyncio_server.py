@@ -18,7 +18,14 @@ is sent and the socket closed there, with no transport or protocol at all. Any o
 connection gets its protocol, which handles what was read in connection_made, before
 the transport reads more: on the stdlib loop the loop's socket transport is made at
 once (create_server adds a task, a future and a getpeername() per connection), on
-uvloop connect_accepted_socket makes it. Reads: BufferedProtocol on the
+uvloop connect_accepted_socket makes it. The stdlib loop's transport comes from its
+private ``_make_socket_transport(sock, protocol)``: the public route to a transport
+for an accepted socket, connect_accepted_socket, is a coroutine (a task per
+connection) that does exactly that call inside it. The guard against a Python
+upgrade: the method is looked up once at start and must take (sock, protocol)
+positionally; if it is gone or its signature changed, the server says so on stderr
+and uses connect_accepted_socket instead, as on uvloop (slower per connection,
+the same behaviour). Reads: BufferedProtocol on the
 stdlib loop (its plain Protocol allocates a fresh 256 KiB buffer per read), a plain
 Protocol on uvloop (which reads into a buffer of its own).
 
@@ -37,6 +44,7 @@ loopback, and sendfile'd data costs it more per byte).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import sys
 from collections.abc import Callable
@@ -393,15 +401,32 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         loop.default_exception_handler(context)
 
 
+def _takes_sock_and_protocol(method: object) -> bool:
+    """Whether the stdlib loop's private transport factory still has the shape used here."""
+    if not callable(method):
+        return False
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 and [p.name for p in params[:2]] == ["sock", "protocol"]
+
+
 def _accept_with(
     loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext, protocol_class: type[HttpProtocol]
 ) -> Callable[[], None]:
     """Accept in a reader callback on the listener (see the module docstring); returns the
     call that stops accepting."""
     listener, acceptor = ctx.listener, Acceptor(ctx)
-    if protocol_class is BufferedHttpProtocol:  # the stdlib loop: its socket transport, made at once
-        make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
+    private = getattr(loop, "_make_socket_transport", None)  # see the module docstring
+    if protocol_class is BufferedHttpProtocol and _takes_sock_and_protocol(private):
+        make_transport = private  # the stdlib loop: its socket transport, made at once
     else:  # uvloop: a coroutine makes its transport, a task per connection the first exchange did not end
+        if protocol_class is BufferedHttpProtocol:
+            print(
+                "serverzoo: no loop._make_socket_transport(sock, protocol); using connect_accepted_socket",
+                file=sys.stderr,
+            )
 
         def make_transport(sock: object, protocol: HttpProtocol) -> None:
             loop.create_task(loop.connect_accepted_socket(lambda: protocol, sock))  # type: ignore[arg-type]
