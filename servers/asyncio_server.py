@@ -1,7 +1,8 @@
 """asyncio: asyncio Protocols on the stdlib event loop, or on uvloop with --loop uvloop.
 
 How it works: one Protocol object per connection; data_received feeds the core and
-writes the planned responses to the transport. Nothing on the hot path is a coroutine:
+writes the planned responses to the transport (or, for a head the core answered this
+second, the reply bytes it has ready: ready_reply). Nothing on the hot path is a coroutine:
 callbacks cost less than a task per connection, and the same shape runs on both loops.
 What to send next comes from the shared Outbox (runtime/outbox.py), as in select; once
 the client is gone (a write failed, or connection_lost) no step is taken and the file

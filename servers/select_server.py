@@ -7,7 +7,9 @@ and moves each ready connection a step: recv -> core -> send. A connection is RE
 output only, so a client that does not read is not read either) or WAITING (the work
 endpoint's wait: not watched; a timer resumes it). Every timeout is a deadline on the
 connection, checked in buckets (runtime/deadlines.py), so the keep-alive fast path
-(one recv, one send) touches no timer and no registration. What to send beyond one
+(one recv, one send) touches no timer and no registration; when the read is a head
+the core answered this second, the core hands back the reply's bytes (ready_reply)
+with no parse or plan at all. What to send beyond one
 small response comes from the shared Outbox (runtime/outbox.py).
 Accepts come in bursts of C-level sockets (runtime/accepting.py), each read once at
 once: a connection that waited in a busy server's listen queue has usually sent its
