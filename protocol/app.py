@@ -62,10 +62,12 @@ class FileApp:
                 else:
                     head = writer.head(200, e.fields, close=False)
                     e.hot_head = (date, writer.server_line, head)
+            # reusable for this tick: the entry was confirmed on disk at this tick (lookup)
+            again = None if close or ka else date
             if head_only or e.size == 0:
-                return ResponsePlan(200, head, close=close)
+                return ResponsePlan(200, head, close=close, valid_during=again)
             if e.content is not None:
-                return ResponsePlan(200, head, e.content, close=close)
+                return ResponsePlan(200, head, e.content, close=close, valid_during=again)
             return ResponsePlan(200, head, file=FileSlice(e.real, 0, e.size), close=close)
         if _not_modified(headers, e):
             head = writer.head(304, e.validators, close=close, keep_alive_header=ka)

@@ -10,7 +10,17 @@ Parse cache: a valid request head is a pure function of its bytes, so the parsed
 of recently seen heads is kept in a small process-wide table, and a byte-identical head
 (a load generator's, a health check's, a polling client's) skips the parser and its
 checks. It changes no answer, only the cost; `serverzoo serve --no-parse-cache` turns it
-off, and bench/model_speed.py measures both, so its effect is shown, not hidden.
+off (and the reply cache below with it), and bench/model_speed.py measures both, so
+its effect is shown, not hidden.
+
+Reply cache: a plain keep-alive GET or HEAD of a whole small file gets, for the rest
+of the Date second (the docroot's tick), the very bytes it got before: the entry was
+confirmed on disk at that tick, and nothing else in the reply changes within it. So
+the wire bytes of such a reply are kept with the head, the app (its docroot) and the
+server line that made them, and ``ready_reply`` hands them out when a read is exactly
+that head. The next second misses, goes the long way, and so re-checks the file with
+one stat() (docroot.py): a changed file is never served stale for longer than a tick,
+as without the cache.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ _ALLOW = b"Allow: GET, HEAD\r\n"
 _PARSED: dict[bytes, tuple[bytes, bytes, str, dict[bytes, bytes], bool]] = {}
 _PARSED_MAX_ENTRIES = 1024
 _PARSED_MAX_HEAD = 1024
+# head bytes -> (tick, app, server line, wire bytes) of a reply reusable during that tick
+_READY: dict[bytes, tuple[bytes, FileApp, bytes, bytes]] = {}
 
 
 class HttpConnection:
@@ -91,6 +103,20 @@ class HttpConnection:
         return bool(self._buf)
 
     # -- feeding -----------------------------------------------------------------------
+    def ready_reply(self, data: bytes) -> bytes | None:
+        """The whole reply to data, if data is exactly one request head whose reply is
+        still reusable (see the module docstring); None: call receive(data) instead.
+        A model may send these bytes in place of receive's plans: the connection is as
+        receive would leave it (idle, open)."""
+        hit = _READY.get(data)
+        if hit is None or self._buf or self.draining or self.closed or not self._parse_cache:
+            return None
+        tick, app, server_line, wire = hit
+        writer = self._writer
+        if app is not self._app or server_line is not writer.server_line or tick != writer.date():
+            return None
+        return wire
+
     def receive(self, data: bytes) -> list[ResponsePlan]:
         """Take bytes from the peer (b"" means EOF) and return the plans now due."""
         if self.closed:
@@ -142,7 +168,7 @@ class HttpConnection:
         if self._parse_cache:
             known = _PARSED.get(head)
             if known is not None:
-                return self._respond(*known)
+                return self._respond(head, *known)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._complete = False
@@ -194,16 +220,21 @@ class HttpConnection:
             if len(_PARSED) >= _PARSED_MAX_ENTRIES:
                 _PARSED.clear()  # crude but bounded; the working set of repeated heads refills it
             _PARSED[head] = (method, target, version, headers, self._keep_alive)
-        return self._respond(method, target, version, headers, self._keep_alive)
+        return self._respond(head, method, target, version, headers, self._keep_alive)
 
     def _respond(
-        self, method: bytes, target: bytes, version: str, headers: dict[bytes, bytes], keep_alive: bool
+        self, head: bytes, method: bytes, target: bytes, version: str, headers: dict[bytes, bytes], keep_alive: bool
     ) -> ResponsePlan:
         close = not keep_alive or self.draining
         req = Request(method, target, version, headers)
         plan = self._app.respond(req, self._writer, close)
         if close:
             self.closed = True
+        elif plan.valid_during is not None and self._parse_cache and len(head) <= _PARSED_MAX_HEAD:
+            if len(_READY) >= _PARSED_MAX_ENTRIES:
+                _READY.clear()  # bounded as _PARSED is
+            wire = plan.head + plan.body if plan.body else plan.head
+            _READY[head] = (plan.valid_during, self._app, self._writer.server_line, wire)
         return plan
 
     def _fail(self, status: int, message: str, extra: bytes = b"") -> ResponsePlan:

@@ -42,6 +42,9 @@ class ResponsePlan:
     file: FileSlice | None = None
     work: WorkOrder | None = None
     close: bool = False  # close the connection once this response is sent
+    # the Date (tick) during which a byte-identical request head gets this same response
+    # (a whole small file, keep-alive): HttpConnection may then send it again as is
+    valid_during: bytes | None = None
 
 
 @functools.cache

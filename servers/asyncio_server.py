@@ -1,7 +1,8 @@
 """asyncio: asyncio Protocols on the stdlib event loop, or on uvloop with --loop uvloop.
 
 How it works: one Protocol object per connection; data_received feeds the core and
-writes the planned responses to the transport. Nothing on the hot path is a coroutine:
+writes the planned responses to the transport (or, for a head the core answered this
+second, the reply bytes it has ready: ready_reply). Nothing on the hot path is a coroutine:
 callbacks cost less than a task per connection, and the same shape runs on both loops.
 What to send next comes from the shared Outbox (runtime/outbox.py), as in select; once
 the client is gone (a write failed, or connection_lost) no step is taken and the file
@@ -18,7 +19,14 @@ is sent and the socket closed there, with no transport or protocol at all. Any o
 connection gets its protocol, which handles what was read in connection_made, before
 the transport reads more: on the stdlib loop the loop's socket transport is made at
 once (create_server adds a task, a future and a getpeername() per connection), on
-uvloop connect_accepted_socket makes it. Reads: BufferedProtocol on the
+uvloop connect_accepted_socket makes it. The stdlib loop's transport comes from its
+private ``_make_socket_transport(sock, protocol)``: the public route to a transport
+for an accepted socket, connect_accepted_socket, is a coroutine (a task per
+connection) that does exactly that call inside it. The guard against a Python
+upgrade: the method is looked up once at start and must take (sock, protocol)
+positionally; if it is gone or its signature changed, the server says so on stderr
+and uses connect_accepted_socket instead, as on uvloop (slower per connection,
+the same behaviour). Reads: BufferedProtocol on the
 stdlib loop (its plain Protocol allocates a fresh 256 KiB buffer per read), a plain
 Protocol on uvloop (which reads into a buffer of its own).
 
@@ -37,6 +45,7 @@ loopback, and sendfile'd data costs it more per byte).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import sys
 from collections.abc import Callable
@@ -151,8 +160,17 @@ class HttpProtocol(asyncio.Protocol):
             self.first = None
 
     def data_received(self, data: bytes) -> None:
-        was_partial = self.http.has_partial_request
-        self._answer(self.http.receive(data), was_partial)
+        http = self.http
+        out = None if self.busy else http.ready_reply(data)
+        if out is not None:  # the keep-alive fast path: a reply the core has ready
+            self.written += len(out)
+            self.transport.write(out)
+            self.deadline = self.loop.time() + self.limits.keepalive_timeout
+            if self.deadline < self.armed_at:
+                self._arm()
+            return
+        was_partial = http.has_partial_request
+        self._answer(http.receive(data), was_partial)
 
     def begin(self, plans: list[ResponsePlan], rest: bytes | memoryview | None) -> None:
         """Carry on a conversation the accept callback began: the plans of its first read,
@@ -384,15 +402,32 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         loop.default_exception_handler(context)
 
 
+def _takes_sock_and_protocol(method: object) -> bool:
+    """Whether the stdlib loop's private transport factory still has the shape used here."""
+    if not callable(method):
+        return False
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 and [p.name for p in params[:2]] == ["sock", "protocol"]
+
+
 def _accept_with(
     loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext, protocol_class: type[HttpProtocol]
 ) -> Callable[[], None]:
     """Accept in a reader callback on the listener (see the module docstring); returns the
     call that stops accepting."""
     listener, acceptor = ctx.listener, Acceptor(ctx)
-    if protocol_class is BufferedHttpProtocol:  # the stdlib loop: its socket transport, made at once
-        make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
+    private = getattr(loop, "_make_socket_transport", None)  # see the module docstring
+    if protocol_class is BufferedHttpProtocol and _takes_sock_and_protocol(private):
+        make_transport = private  # the stdlib loop: its socket transport, made at once
     else:  # uvloop: a coroutine makes its transport, a task per connection the first exchange did not end
+        if protocol_class is BufferedHttpProtocol:
+            print(
+                "serverzoo: no loop._make_socket_transport(sock, protocol); using connect_accepted_socket",
+                file=sys.stderr,
+            )
 
         def make_transport(sock: object, protocol: HttpProtocol) -> None:
             loop.create_task(loop.connect_accepted_socket(lambda: protocol, sock))  # type: ignore[arg-type]

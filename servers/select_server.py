@@ -7,7 +7,9 @@ and moves each ready connection a step: recv -> core -> send. A connection is RE
 output only, so a client that does not read is not read either) or WAITING (the work
 endpoint's wait: not watched; a timer resumes it). Every timeout is a deadline on the
 connection, checked in buckets (runtime/deadlines.py), so the keep-alive fast path
-(one recv, one send) touches no timer and no registration. What to send beyond one
+(one recv, one send) touches no timer and no registration; when the read is a head
+the core answered this second, the core hands back the reply's bytes (ready_reply)
+with no parse or plan at all. What to send beyond one
 small response comes from the shared Outbox (runtime/outbox.py).
 Accepts come in bursts of C-level sockets (runtime/accepting.py), each read once at
 once: a connection that waited in a busy server's listen queue has usually sent its
@@ -188,8 +190,12 @@ class SelectLoop:
             return None
         except OSError:
             return self._close(c)
-        was_partial = c.http.has_partial_request
-        self._answer(c, c.http.receive(data), was_partial)
+        http = c.http
+        out = http.ready_reply(data)  # the keep-alive fast path: a reply the core has ready
+        if out is not None:
+            return self._send_one(c, out, False)
+        was_partial = http.has_partial_request
+        self._answer(c, http.receive(data), was_partial)
 
     def _answer(self, c: Client, plans: list, was_partial: bool) -> None:
         http = c.http
@@ -203,31 +209,30 @@ class SelectLoop:
         if len(plans) == 1:
             plan = plans[0]
             if plan.file is None and plan.work is None:
-                # the fast path: one small response in one send, no state change
-                out = plan.head + plan.body if plan.body else plan.head
-                try:
-                    sent = c.sock.send(out)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    return self._close(c)
-                if sent == len(out):
-                    if plan.close:
-                        return self._close(c)
-                    # inline: this runs once per request
-                    c.deadline = self.now + (
-                        self.header_timeout if http.has_partial_request else self.keepalive_timeout
-                    )
-                    if c.deadline < c.armed_at:
-                        self.deadlines.file(c, c.deadline)
-                    return None
-                c.out = memoryview(out)[sent:]
-                c.box = c.box or Outbox(self.use_sendfile)
-                c.box.close_after = plan.close
-                return self._blocked(c)
+                return self._send_one(c, plan.head + plan.body if plan.body else plan.head, plan.close)
         c.box = c.box or Outbox(self.use_sendfile)
         c.box.add(plans)
         self._pump(c)
+
+    def _send_one(self, c: Client, out: bytes, close: bool) -> None:
+        """One small response in one send, and no state change when it fits (nearly always)."""
+        try:
+            sent = c.sock.send(out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return self._close(c)
+        if sent == len(out):
+            if close:
+                return self._close(c)
+            c.deadline = self.now + (self.header_timeout if c.http.has_partial_request else self.keepalive_timeout)
+            if c.deadline < c.armed_at:
+                self.deadlines.file(c, c.deadline)
+            return None
+        c.out = memoryview(out)[sent:]
+        c.box = c.box or Outbox(self.use_sendfile)
+        c.box.close_after = close
+        return self._blocked(c)
 
     # -- writing -------------------------------------------------------------------
     def _pump(self, c: Client) -> None:

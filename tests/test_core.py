@@ -258,3 +258,48 @@ def test_out_of_descriptors_is_503_not_404(tmp_path, monkeypatch):
     with pytest.raises(TargetError) as exc:
         root.lookup(b"/f.txt", 1)
     assert exc.value.status == 503
+
+
+@pytest.mark.parametrize("data,expected,closed", REQUESTS, ids=[repr(r[0][:40]) for r in REQUESTS])
+def test_ready_reply_is_what_receive_sends(app, data, expected, closed):
+    """The reply cache hands out exactly the bytes receive's plan would send, and only for
+    a read that is one keep-alive request whose reply is a whole in-memory file."""
+    for _ in range(2):  # the second time round, reusable replies are ready
+        conn = connect(app)
+        ready = conn.ready_reply(data)
+        plans = connect(app).receive(data)
+        if ready is not None:
+            assert len(plans) == 1 and not plans[0].close and plans[0].file is None and plans[0].status == 200
+            assert ready == plans[0].head + plans[0].body
+            assert not conn.closed and not conn.has_partial_request
+    reusable = b"GET /odd.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+    assert (connect(app).ready_reply(data) is not None) == (data in {reusable, reusable.replace(b"GET", b"HEAD")})
+
+
+def test_ready_reply_follows_the_tick_and_the_file(tmp_path):
+    """A ready reply lasts one Date tick; the next tick re-checks the file, so an edited
+    file is served as it is now, never stale for longer than a tick."""
+    (tmp_path / "f.txt").write_bytes(b"old")
+    app, now = FileApp(Docroot(str(tmp_path))), [DATE]
+    conn = HttpConnection(app, "serverzoo-test", lambda: now[0])
+    req = b"GET /f.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+    assert conn.ready_reply(req) is None
+    assert conn.receive(req)[0].body == b"old"
+    assert conn.ready_reply(req).endswith(b"\r\n\r\nold")  # same tick: ready
+    (tmp_path / "f.txt").write_bytes(b"newer")
+    now[0] = b"Sun, 22 Nov 2026 01:02:04 GMT"
+    assert conn.ready_reply(req) is None  # a new tick: the long way, which re-checks the file
+    assert conn.receive(req)[0].body == b"newer"
+    assert conn.ready_reply(req).endswith(b"\r\n\r\nnewer")
+    other = HttpConnection(FileApp(Docroot(str(tmp_path))), "serverzoo-test", lambda: now[0])
+    assert other.ready_reply(req) is None  # another app (docroot) never gets this app's reply
+    renamed = HttpConnection(app, "serverzoo-other", lambda: now[0])
+    assert renamed.ready_reply(req) is None  # nor a server of another name
+    draining = HttpConnection(app, "serverzoo-test", lambda: now[0])
+    draining.draining = True
+    assert draining.ready_reply(req) is None  # its reply must say Connection: close
+    half = HttpConnection(app, "serverzoo-test", lambda: now[0])
+    half.receive(req[:10])
+    assert half.ready_reply(req) is None  # bytes after a partial head are not a head
+    off = HttpConnection(app, "serverzoo-test", lambda: now[0], parse_cache=False)
+    assert off.ready_reply(req) is None  # --no-parse-cache: no reply cache either
