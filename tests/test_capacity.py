@@ -228,7 +228,12 @@ def test_ctrl_c_ends_the_search(corpus: str) -> None:
         assert proc.stdout is not None
         time.sleep(3)  # inside the first step's 20 s window
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"still running 30 s after Ctrl-C; its output:\n{out[-2000:]}\n{err[-2000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
