@@ -20,7 +20,9 @@ the wire bytes of such a reply are kept with the head, the app (its docroot) and
 server line that made them, and ``ready_reply`` hands them out when a read is exactly
 that head. The next second misses, goes the long way, and so re-checks the file with
 one stat() (docroot.py): a changed file is never served stale for longer than a tick,
-as without the cache.
+as without the cache. receive() answers from it too, so every model gets the same
+reply for the same cost of the core; a model may also ask ready_reply() first and skip
+making a plan.
 """
 
 from __future__ import annotations
@@ -125,6 +127,10 @@ class HttpConnection:
             self.closed = True
             self._buf = b""
             return []
+        if not self._buf and (wire := self.ready_reply(data)) is not None:
+            # every model gets the reply cache through here; select and asyncio also ask for the
+            # bytes directly, before a plan is made
+            return [ResponsePlan(200, wire)]
         buf = self._buf + data if self._buf else data
         plans: list[ResponsePlan] = []
         start = 0
