@@ -105,10 +105,9 @@ def _cpus_given(view: RunView, point: Point) -> int:
 
 @dataclass(frozen=True)
 class Limit:
-    """Where one model's capacity search ended: the rates around its capacity and what its CPU did there."""
+    """Where one model's capacity search ended: the rate it failed at and what its CPU did there and below."""
 
     server: str
-    held: float | None  # the highest rate that held
     failed: float | None  # the lowest rate that failed the goal
     busy_at_failure: float | None  # utilisation (0-1) of its CPUs in the step that failed
     busy_at: Mapping[float, float]  # utilisation by rate, for the steps that held
@@ -122,12 +121,12 @@ def limit(view: RunView, point: Point) -> Limit | None:
         return None
     search = searches[len(searches) // 2]
     busy = {s.target_rate: s.server_cpu_percent / 100 / cpus for s in search.steps if s.server_cpu_percent is not None}
+    held = {s.target_rate for s in search.steps if s.held}
     return Limit(
         point.server,
-        search.held,
         search.failed,
         busy.get(search.failed) if search.failed is not None else None,
-        {rate: u for rate, u in busy.items() if any(s.held and s.target_rate == rate for s in search.steps)},
+        {rate: u for rate, u in busy.items() if rate in held},
     )
 
 
