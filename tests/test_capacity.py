@@ -15,6 +15,7 @@ import sys
 import time
 
 import jsonschema
+import psutil
 import pytest
 
 from serverzoo.clients.loadgen import LoadOptions, schema_path
@@ -198,6 +199,28 @@ def test_a_search_that_cannot_mean_anything_is_refused(goals: list[str], extra: 
         find_capacity(opts, SearchSettings())
 
 
+def _wait_for_load(proc: subprocess.Popen, limit_s: float = 30.0) -> None:
+    """Return once a load worker of proc holds an established connection: the first step's
+    load is running. A fixed sleep would assume how long start-up takes on a busy machine."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"exited ({proc.returncode}) before its load ran:\n{out[-2000:]}\n{err[-2000:]}")
+        try:
+            workers = {
+                child.pid
+                for child in psutil.Process(proc.pid).children(recursive=True)
+                if "serverzoo.clients.loadgen.worker" in " ".join(child.cmdline())
+            }
+        except psutil.NoSuchProcess:
+            continue  # a child ended while it was read; proc.poll() says whether proc did
+        if any(c.pid in workers and c.status == psutil.CONN_ESTABLISHED for c in psutil.net_connections("tcp")):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no load worker connected within {limit_s:g} s")
+
+
 def test_ctrl_c_ends_the_search(corpus: str) -> None:
     proc = subprocess.Popen(
         [
@@ -226,7 +249,7 @@ def test_ctrl_c_ends_the_search(corpus: str) -> None:
     )
     try:
         assert proc.stdout is not None
-        time.sleep(3)  # inside the first step's 20 s window
+        _wait_for_load(proc)  # inside the first step's 20 s window
         proc.send_signal(signal.SIGINT)
         try:
             out, err = proc.communicate(timeout=30)
