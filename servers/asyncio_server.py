@@ -4,15 +4,14 @@ How it works: one Protocol object per connection; data_received feeds the core a
 writes what it plans to the transport. Nothing on the hot path is a coroutine:
 callbacks cost less than a task per connection, and the same shape runs on both
 loops. What happens between a read and a write is ConnectionPolicy's decision
-(runtime/policy.py) and what to send beyond one small response the Outbox's
-(runtime/outbox.py), both shared with select; this file holds the callbacks and the
+(runtime/policy.py), and what to send beyond one small response the Outbox's
+(runtime/outbox.py), both shared with select: this file holds the callbacks and the
 writes. Once the client is gone (a write failed, or connection_lost) no step is taken
-and the file is closed. The work endpoint's wait is a call_later. Timeouts are
-deadlines filed in buckets that one timer sweeps (runtime/deadlines.py): no timer
-handle per connection, no timer moved per request. Flow control is the transport's:
-past its high-water mark it calls pause_writing, and the protocol stops reading that
-client and feeding it file chunks until resume_writing. Shutdown: close the listener,
-close idle connections, give busy ones the grace period.
+and the file is closed. The work endpoint's wait is a call_later; timeouts are
+deadlines in buckets that one timer sweeps (runtime/deadlines.py). Flow control is
+the transport's: past its high-water mark it calls pause_writing, and the protocol
+stops reading that client and feeding it file chunks until resume_writing.
+Shutdown: close the listener, close idle connections, give busy ones the grace period.
 The server accepts in a reader callback on the listener and reads each new connection
 once at once: a small response that ends it is sent and the socket closed with no
 transport or protocol at all (docs/event-loops.md). Any other connection gets its

@@ -1,18 +1,18 @@
 """select: one thread, non-blocking sockets, an epoll (or poll, or select) loop.
 
-How it works: one thread asks the kernel which sockets are ready (epoll used directly,
-the descriptor as key; --selector poll|select: runtime/pollers.py) and moves each
-ready connection a step: recv -> core -> send. A connection is READING (watched for
-input), WRITING (a response did not fit in the socket buffer: watched for output only,
-so a client that does not read is not read either) or WAITING (the work endpoint's
-wait: unwatched, a timer resumes it). What happens between a read and a write is
-ConnectionPolicy's decision (runtime/policy.py) and what to send beyond one small
-response the Outbox's (runtime/outbox.py), both shared with asyncio; this file holds
-the waiting and the sending. Every timeout is a deadline on the connection, checked
-in buckets (runtime/deadlines.py), so the keep-alive fast path (one recv, the reply
-the core has ready, one send) touches no timer and no registration. A connection is
-read once right after accept and, when its small response ends it, answered and
-closed before it is ever registered (docs/event-loops.md).
+How it works: one thread asks the kernel which sockets are ready (runtime/pollers.py;
+epoll by default, --selector poll|select) and moves each ready connection a step:
+recv -> core -> send. A connection is READING (watched for input), WRITING (a response
+did not fit in the socket buffer: watched for output only, so a client that does not
+read is not read either) or WAITING (the work endpoint's wait: unwatched, a timer
+resumes it). What happens between a read and a write is ConnectionPolicy's decision
+(runtime/policy.py), and what to send beyond one small response the Outbox's
+(runtime/outbox.py), both shared with asyncio: this file holds the waiting and the
+sending. Deadlines sit in buckets (runtime/deadlines.py), so the keep-alive fast path
+(one recv, the reply the core has ready, one send) touches no timer and no
+registration. A new connection is read once right after accept and, when its small
+response ends it, answered and closed before it is ever registered
+(docs/event-loops.md).
 
 Good at: many idle or slow connections for the price of a socket each ("idle
 connections", "slow readers"), and small keep-alive requests, with no thread switch
@@ -24,7 +24,7 @@ a connection is answered 503 and closed; select and poll also rescan every watch
 descriptor on each call, which "idle connections" shows against epoll.
 File bodies: a read-and-send loop by default (READ_CHUNK pread + send, resumed where a
 partial send stopped); --file-send sendfile uses os.sendfile on the non-blocking
-socket, resumed at the file offset it reached. sendfile halves this server's CPU per
+socket, resumed at the file offset it reached. sendfile costs this server less CPU per
 byte, but on loopback the receiving client then spends more CPU per byte, and the
 client's core is what limits the large-file scenario, so copying is the default.
 """
