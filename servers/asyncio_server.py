@@ -1,34 +1,24 @@
 """asyncio: asyncio Protocols on the stdlib event loop, or on uvloop with --loop uvloop.
 
 How it works: one Protocol object per connection; data_received feeds the core and
-writes the planned responses to the transport (or, for a head the core answered this
-second, the reply bytes it has ready: ready_reply). Nothing on the hot path is a coroutine:
-callbacks cost less than a task per connection, and the same shape runs on both loops.
-What to send next comes from the shared Outbox (runtime/outbox.py), as in select; once
-the client is gone (a write failed, or connection_lost) no step is taken and the file
-is closed. The work endpoint's wait is a call_later. Timeouts are deadlines on the
-protocol, filed in buckets that one timer sweeps (runtime/deadlines.py): no timer
-handle per connection, no timer moved per request. Flow control is the transport's:
-past its high-water mark it calls pause_writing, and the protocol stops reading that
-client and feeding it file chunks until resume_writing. Shutdown: close the listener,
-close idle connections, give busy ones the grace period.
-The server accepts in a reader callback on the listener. Right after accept comes one
-non-blocking read: a connection that waited in a busy server's listen queue has
-usually sent its request, and when the response is small and ends the connection it
-is sent and the socket closed there, with no transport or protocol at all. Any other
-connection gets its protocol, which handles what was read in connection_made, before
-the transport reads more: on the stdlib loop the loop's socket transport is made at
-once (create_server adds a task, a future and a getpeername() per connection), on
-uvloop connect_accepted_socket makes it. The stdlib loop's transport comes from its
-private ``_make_socket_transport(sock, protocol)``: the public route to a transport
-for an accepted socket, connect_accepted_socket, is a coroutine (a task per
-connection) that does exactly that call inside it. The guard against a Python
-upgrade: the method is looked up once at start and must take (sock, protocol)
-positionally; if it is gone or its signature changed, the server says so on stderr
-and uses connect_accepted_socket instead, as on uvloop (slower per connection,
-the same behaviour). Reads: BufferedProtocol on the
-stdlib loop (its plain Protocol allocates a fresh 256 KiB buffer per read), a plain
-Protocol on uvloop (which reads into a buffer of its own).
+writes what it plans to the transport. Nothing on the hot path is a coroutine:
+callbacks cost less than a task per connection, and the same shape runs on both
+loops. What happens between a read and a write is ConnectionPolicy's decision
+(runtime/policy.py), and what to send beyond one small response the Outbox's
+(runtime/outbox.py), both shared with select: this file holds the callbacks and the
+writes. Once the client is gone (a write failed, or connection_lost) no step is taken
+and the file is closed. The work endpoint's wait is a call_later; timeouts are
+deadlines in buckets that one timer sweeps (runtime/deadlines.py). Flow control is
+the transport's: past its high-water mark it calls pause_writing, and the protocol
+stops reading that client and feeding it file chunks until resume_writing.
+Shutdown: close the listener, close idle connections, give busy ones the grace period.
+The server accepts in a reader callback on the listener and reads each new connection
+once at once: a small response that ends it is sent and the socket closed with no
+transport or protocol at all (docs/event-loops.md). Any other connection gets its
+protocol, which handles what was read in connection_made, and its transport from
+runtime/asyncio_transport.py (on the stdlib loop at once, with no task). Reads:
+BufferedProtocol on the stdlib loop (its plain Protocol allocates a fresh 256 KiB
+buffer per read), a plain Protocol on uvloop (which reads into a buffer of its own).
 
 Good at: the same as select (many idle or slow clients, small keep-alive requests);
 uvloop's C loop and transports cost less per request than select's Python loop.
@@ -45,18 +35,19 @@ loopback, and sendfile'd data costs it more per byte).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import sys
 from collections.abc import Callable
 
 from ..protocol import HttpConnection, ResponsePlan
 from .runtime.accepting import Acceptor
+from .runtime.asyncio_transport import transport_maker
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, SweptDeadlines
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import FileSource, accepted_conversations, deadline_after_read, raise_open_files_limit
+from .runtime.nonblocking import FileSource, accepted_conversations, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
+from .runtime.policy import AT_EOF, QUEUED, ConnectionPolicy
 from .runtime.stderr_log import report
 
 SENDFILE_SEGMENT = 1024 * 1024  # loop.sendfile reports no progress until it returns
@@ -78,6 +69,7 @@ class Server:
         self.read_view = memoryview(self.read_buffer)
         self.all_closed: asyncio.Future | None = None
         self.deadlines = SweptDeadlines(loop.call_at, loop.time)
+        self.policy = ConnectionPolicy(ctx.limits, use_sendfile, self.deadlines)
 
     def forget(self, proto: HttpProtocol) -> None:
         self.protocols.discard(proto)
@@ -89,8 +81,7 @@ class Server:
         self.stopping = True
         self.all_closed = self.loop.create_future()
         for proto in list(self.protocols):
-            proto.http.draining = True  # responses from now on say Connection: close
-            if proto.idle():
+            if self.policy.drain(proto) and not proto.busy and not proto.transport.get_write_buffer_size():
                 proto.transport.close()
         if self.protocols:
             try:
@@ -110,7 +101,7 @@ class HttpProtocol(asyncio.Protocol):
         "eof",
         "first",
         "http",
-        "limits",
+        "keepalive_timeout",
         "loop",
         "pending",
         "progress",
@@ -129,10 +120,10 @@ class HttpProtocol(asyncio.Protocol):
     ) -> None:
         self.srv = srv
         self.loop = srv.loop
-        self.limits = srv.limits
+        self.keepalive_timeout = srv.limits.keepalive_timeout
         self.transport: asyncio.Transport | None = None
         self.http = http or srv.ctx.new_connection()
-        self.box: Outbox | None = None  # made when a response needs more than one write
+        self.box: Outbox | None = None
         self.busy = False  # a response is in progress beyond one plain write
         self.reading = True
         self.eof = False  # the client half-closed while a response was in progress
@@ -147,14 +138,14 @@ class HttpProtocol(asyncio.Protocol):
     # -- the transport's callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        if self.srv.stopping:
+        srv = self.srv
+        if srv.stopping:
             transport.abort()
             return
-        if self.srv.use_sendfile:
+        if srv.use_sendfile:
             transport.set_write_buffer_limits(high=0)  # see _send_file
-        self.srv.protocols.add(self)
-        self.deadline = self.loop.time() + self.limits.header_timeout
-        self._arm()
+        srv.protocols.add(self)
+        srv.deadlines.move(self, self.loop.time() + srv.limits.header_timeout)
         if self.first is not None:  # before any read: no later request may overtake it
             self.begin(*self.first)
             self.first = None
@@ -165,9 +156,10 @@ class HttpProtocol(asyncio.Protocol):
         if out is not None:  # the keep-alive fast path: a reply the core has ready
             self.written += len(out)
             self.transport.write(out)
-            self.deadline = self.loop.time() + self.limits.keepalive_timeout
+            # policy.after_reply, inline
+            self.deadline = self.loop.time() + self.keepalive_timeout
             if self.deadline < self.armed_at:
-                self._arm()
+                self.srv.deadlines.file(self, self.deadline)
             return
         was_partial = http.has_partial_request
         self._answer(http.receive(data), was_partial)
@@ -183,36 +175,20 @@ class HttpProtocol(asyncio.Protocol):
         self._close_when_flushed()
 
     def _answer(self, plans: list[ResponsePlan], was_partial: bool) -> None:
-        http = self.http
-        if not plans:
-            if http.closed:
-                self.transport.close()
-                return
-            self.deadline = deadline_after_read(http, was_partial, False, self.deadline, self.loop.time(), self.limits)
-            if self.deadline < self.armed_at:
-                self._arm()
-            return
-        if len(plans) == 1 and not self.busy:
-            plan = plans[0]
-            if plan.file is None and plan.work is None:
-                # the fast path: one small response, one write
-                out = plan.head + plan.body if plan.body else plan.head
-                self.written += len(out)
-                self.transport.write(out)
-                if plan.close:
-                    self._close_when_flushed()
-                    return
-                self.deadline = deadline_after_read(
-                    http, was_partial, True, self.deadline, self.loop.time(), self.limits
-                )
-                if self.deadline < self.armed_at:
-                    self._arm()
-                return
-        if self.box is None:
-            self.box = Outbox(self.srv.use_sendfile)
-        self.box.add(plans)
-        if not self.busy:
-            self._pump()
+        now = self.loop.time()
+        todo = self.srv.policy.after_read(self, plans, was_partial, now)
+        if todo.__class__ is not int:  # one small response, one write
+            self.written += len(todo)
+            self.transport.write(todo)
+            if self.http.closed:
+                self._close_when_flushed()
+            else:
+                self.srv.policy.after_reply(self, now, False)  # a draining core's replies close
+        elif todo == QUEUED:
+            if not self.busy:
+                self._pump()
+        elif todo == AT_EOF:
+            self.transport.close()
 
     def eof_received(self) -> bool:
         if self.busy:
@@ -245,9 +221,7 @@ class HttpProtocol(asyncio.Protocol):
     def _pump(self) -> None:
         """Write the outbox's steps in order until done, the transport pushes back, or a wait starts."""
         t = self.transport
-        box = self.box
-        if box is None:
-            box = self.box = Outbox(self.srv.use_sendfile)
+        box = self.srv.policy.outbox(self)
         while not self.write_paused:
             if t.is_closing():  # a write failed (the client is gone), or we closed: not one more step
                 return
@@ -279,19 +253,11 @@ class HttpProtocol(asyncio.Protocol):
             return
         # everything is written (perhaps still in the transport's buffer)
         self.busy = False
-        http = self.http
-        if self.eof or (self.srv.stopping and not http.has_partial_request):
+        if self.eof or not self.srv.policy.after_reply(self, self.loop.time(), self.srv.stopping):
             self._close_when_flushed()
-            return
-        if not self.reading:
+        elif not self.reading:
             self.reading = True
             t.resume_reading()
-        now = self.loop.time()
-        self.deadline = now + (
-            self.limits.header_timeout if http.has_partial_request else self.limits.keepalive_timeout
-        )
-        if self.deadline < self.armed_at:
-            self._arm()
 
     def _resume(self) -> None:
         """The work endpoint's wait is over: send its response and carry on."""
@@ -342,39 +308,24 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.transport.abort()
 
-    def idle(self) -> bool:
-        return not self.busy and not self.http.has_partial_request and not self.transport.get_write_buffer_size()
-
     # -- deadlines ------------------------------------------------------------------------
     def _expect_progress(self) -> None:
         """Sending is under way: the client must take some bytes within write_timeout."""
         self.progress = self.written - self.transport.get_write_buffer_size()
-        self.deadline = self.loop.time() + self.limits.write_timeout
-        if self.deadline < self.armed_at:
-            self._arm()
-
-    def _arm(self) -> None:
-        self.srv.deadlines.arm(self, self.deadline)
+        self.srv.policy.expect_progress(self, self.loop.time())
 
     def on_deadline(self) -> None:
-        now = self.loop.time()
-        if self.deadline > now:
-            if self.deadline < INF:
-                self._arm()  # the deadline moved on since this timer was set
-            return
         t = self.transport
         buffered = t.get_write_buffer_size()
         if buffered or self.write_paused or (self.box is not None and self.box.file is not None) or t.is_closing():
             if self.written - buffered != self.progress:  # the client took some bytes: carry on
                 self._expect_progress()
-                return
-            self.abort()  # no progress sending for write_timeout
-            return
-        late = self.http.error_for_timeout()  # 408 if a head was half sent, else a quiet close
-        if late is not None:
-            self.written += len(late.head) + len(late.body)
-            t.write(late.head + late.body)
-        self._close_when_flushed()
+            else:
+                self.abort()  # no progress sending for write_timeout
+        elif self.srv.policy.read_timeout(self):
+            self._pump()  # a 408, then close
+        else:
+            t.close()
 
 
 class BufferedHttpProtocol(HttpProtocol, asyncio.BufferedProtocol):
@@ -402,35 +353,13 @@ def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         loop.default_exception_handler(context)
 
 
-def _takes_sock_and_protocol(method: object) -> bool:
-    """Whether the stdlib loop's private transport factory still has the shape used here."""
-    if not callable(method):
-        return False
-    try:
-        params = list(inspect.signature(method).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return len(params) >= 2 and [p.name for p in params[:2]] == ["sock", "protocol"]
-
-
 def _accept_with(
     loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext, protocol_class: type[HttpProtocol]
 ) -> Callable[[], None]:
     """Accept in a reader callback on the listener (see the module docstring); returns the
     call that stops accepting."""
     listener, acceptor = ctx.listener, Acceptor(ctx)
-    private = getattr(loop, "_make_socket_transport", None)  # see the module docstring
-    if protocol_class is BufferedHttpProtocol and _takes_sock_and_protocol(private):
-        make_transport = private  # the stdlib loop: its socket transport, made at once
-    else:  # uvloop: a coroutine makes its transport, a task per connection the first exchange did not end
-        if protocol_class is BufferedHttpProtocol:
-            print(
-                "serverzoo: no loop._make_socket_transport(sock, protocol); using connect_accepted_socket",
-                file=sys.stderr,
-            )
-
-        def make_transport(sock: object, protocol: HttpProtocol) -> None:
-            loop.create_task(loop.connect_accepted_socket(lambda: protocol, sock))  # type: ignore[arg-type]
+    make_transport = transport_maker(loop, stdlib=protocol_class is BufferedHttpProtocol)
 
     def on_readable() -> None:
         for sock, http, plans, rest in accepted_conversations(acceptor, ctx):

@@ -1,20 +1,18 @@
-"""select: one thread, non-blocking sockets, an epoll (or poll, or select) loop with timers.
+"""select: one thread, non-blocking sockets, an epoll (or poll, or select) loop.
 
-How it works: one thread asks the kernel which sockets are ready (epoll by default,
-used directly with the descriptor as key; --selector poll|select, runtime/pollers.py)
-and moves each ready connection a step: recv -> core -> send. A connection is READING
-(watched for input), WRITING (a response did not fit in the socket buffer: watched for
-output only, so a client that does not read is not read either) or WAITING (the work
-endpoint's wait: not watched; a timer resumes it). Every timeout is a deadline on the
-connection, checked in buckets (runtime/deadlines.py), so the keep-alive fast path
-(one recv, one send) touches no timer and no registration; when the read is a head
-the core answered this second, the core hands back the reply's bytes (ready_reply)
-with no parse or plan at all. What to send beyond one
-small response comes from the shared Outbox (runtime/outbox.py).
-Accepts come in bursts of C-level sockets (runtime/accepting.py), each read once at
-once: a connection that waited in a busy server's listen queue has usually sent its
-request, and when the small response ends the connection it is sent and the socket
-closed before it is ever registered.
+How it works: one thread asks the kernel which sockets are ready (runtime/pollers.py;
+epoll by default, --selector poll|select) and moves each ready connection a step:
+recv -> core -> send. A connection is READING (watched for input), WRITING (a response
+did not fit in the socket buffer: watched for output only, so a client that does not
+read is not read either) or WAITING (the work endpoint's wait: unwatched, a timer
+resumes it). What happens between a read and a write is ConnectionPolicy's decision
+(runtime/policy.py), and what to send beyond one small response the Outbox's
+(runtime/outbox.py), both shared with asyncio: this file holds the waiting and the
+sending. Deadlines sit in buckets (runtime/deadlines.py), so the keep-alive fast path
+(one recv, the reply the core has ready, one send) touches no timer and no
+registration. A new connection is read once right after accept and, when its small
+response ends it, answered and closed before it is ever registered
+(docs/event-loops.md).
 
 Good at: many idle or slow connections for the price of a socket each ("idle
 connections", "slow readers"), and small keep-alive requests, with no thread switch
@@ -26,7 +24,7 @@ a connection is answered 503 and closed; select and poll also rescan every watch
 descriptor on each call, which "idle connections" shows against epoll.
 File bodies: a read-and-send loop by default (READ_CHUNK pread + send, resumed where a
 partial send stopped); --file-send sendfile uses os.sendfile on the non-blocking
-socket, resumed at the file offset it reached. sendfile halves this server's CPU per
+socket, resumed at the file offset it reached. sendfile costs this server less CPU per
 byte, but on loopback the receiving client then spends more CPU per byte, and the
 client's core is what limits the large-file scenario, so copying is the default.
 """
@@ -45,13 +43,9 @@ from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, DeadlineBuckets
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import (
-    accepted_conversations,
-    deadline_after_read,
-    raise_open_files_limit,
-    refuse,
-)
+from .runtime.nonblocking import accepted_conversations, raise_open_files_limit, refuse
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
+from .runtime.policy import AT_EOF, QUEUED, ConnectionPolicy
 from .runtime.pollers import Poller
 from .runtime.wakeup import drain_fd, signal_wakeup
 
@@ -69,24 +63,23 @@ class Client:
         self.fd = fd
         self.http = http
         self.state = READING
-        self.box: Outbox | None = None  # made when a response needs more than one send
+        self.box: Outbox | None = None
         self.out: bytes | memoryview = b""  # unsent bytes of the current step
         self.flags = 0  # MSG_MORE while a file body follows them
-        self.deadline: float | None = deadline  # None while a work wait runs
+        self.deadline = deadline  # INF while a work wait runs
         self.armed_at = INF  # the deadline bucket it is filed in
 
 
 class SelectLoop:
     def __init__(self, ctx: ServerContext, poller: Poller, use_sendfile: bool) -> None:
         self.ctx = ctx
-        self.limits = ctx.limits
         self.header_timeout = ctx.limits.header_timeout
         self.keepalive_timeout = ctx.limits.keepalive_timeout
         self.poller = poller
-        self.use_sendfile = use_sendfile
         self.watched: dict[int, Client | Callable[[], None]] = {}  # fd -> its client, or the listener's callback
         self.clients: set[Client] = set()
         self.deadlines = DeadlineBuckets()
+        self.policy = ConnectionPolicy(ctx.limits, use_sendfile, self.deadlines)
         self.timers: list[tuple[float, int, Callable, Client | None]] = []  # waits and wake-ups
         self._seq = itertools.count()
         self.now = monotonic()
@@ -173,8 +166,8 @@ class SelectLoop:
             self.clients.add(c)
             self.deadlines.file(c, c.deadline)
             if rest:  # the last response did not fit in one send
-                c.out, c.box = rest, Outbox(self.use_sendfile)
-                c.box.close_after = True
+                c.out = rest
+                self.policy.outbox(c).close_after = True
                 self._blocked(c)
             elif plans is not None:
                 self._answer(c, plans, False)
@@ -193,28 +186,20 @@ class SelectLoop:
         http = c.http
         out = http.ready_reply(data)  # the keep-alive fast path: a reply the core has ready
         if out is not None:
-            return self._send_one(c, out, False)
+            return self._send_one(c, out)
         was_partial = http.has_partial_request
         self._answer(c, http.receive(data), was_partial)
 
     def _answer(self, c: Client, plans: list, was_partial: bool) -> None:
-        http = c.http
-        if not plans:
-            if http.closed:  # EOF
-                return self._close(c)
-            c.deadline = deadline_after_read(http, was_partial, False, c.deadline, self.now, self.limits)
-            if c.deadline < c.armed_at:
-                self.deadlines.file(c, c.deadline)
-            return None
-        if len(plans) == 1:
-            plan = plans[0]
-            if plan.file is None and plan.work is None:
-                return self._send_one(c, plan.head + plan.body if plan.body else plan.head, plan.close)
-        c.box = c.box or Outbox(self.use_sendfile)
-        c.box.add(plans)
-        self._pump(c)
+        todo = self.policy.after_read(c, plans, was_partial, self.now)
+        if todo.__class__ is not int:
+            self._send_one(c, todo)
+        elif todo == QUEUED:
+            self._pump(c)
+        elif todo == AT_EOF:
+            self._close(c)
 
-    def _send_one(self, c: Client, out: bytes, close: bool) -> None:
+    def _send_one(self, c: Client, out: bytes) -> None:
         """One small response in one send, and no state change when it fits (nearly always)."""
         try:
             sent = c.sock.send(out)
@@ -222,16 +207,17 @@ class SelectLoop:
             sent = 0
         except OSError:
             return self._close(c)
+        http = c.http
         if sent == len(out):
-            if close:
+            if http.closed:
                 return self._close(c)
-            c.deadline = self.now + (self.header_timeout if c.http.has_partial_request else self.keepalive_timeout)
+            # policy.after_reply, inline; a draining core's replies close, so no stopping check
+            c.deadline = self.now + (self.header_timeout if http.has_partial_request else self.keepalive_timeout)
             if c.deadline < c.armed_at:
                 self.deadlines.file(c, c.deadline)
             return None
         c.out = memoryview(out)[sent:]
-        c.box = c.box or Outbox(self.use_sendfile)
-        c.box.close_after = close
+        self.policy.outbox(c).close_after = http.closed
         return self._blocked(c)
 
     # -- writing -------------------------------------------------------------------
@@ -276,29 +262,21 @@ class SelectLoop:
                 return self._wait(c, box.data)
             else:  # CLOSE, ABORT
                 return self._close(c)
-        # all sent: back to reading, or done if the server is stopping
         self.now = monotonic()
-        http = c.http
-        if self.stop_at is not None and not http.has_partial_request:
+        if not self.policy.after_reply(c, self.now, self.stop_at is not None):
             return self._close(c)
-        c.deadline = self.now + (self.header_timeout if http.has_partial_request else self.keepalive_timeout)
         if c.state != READING:
             self._set_state(c, READING)
-        if c.deadline < c.armed_at:
-            self.deadlines.file(c, c.deadline)
 
     def _blocked(self, c: Client) -> None:
         """The socket is full: watch it for output only until the client reads."""
-        c.deadline = self.now + self.limits.write_timeout
+        self.policy.expect_progress(c, self.now)
         if c.state != WRITING:
             self._set_state(c, WRITING)
-        if c.deadline < c.armed_at:
-            self.deadlines.file(c, c.deadline)
 
     def _wait(self, c: Client, seconds: float) -> None:
         """The work endpoint's wait: unwatched, no deadline, a timer resumes the response."""
-        c.deadline = None
-        self.deadlines.remove(c)
+        c.deadline = INF
         if c.state != WAITING:
             self._set_state(c, WAITING)
         self._call_at(self.now + seconds, self._pump, c)
@@ -313,32 +291,23 @@ class SelectLoop:
             poller.modify(c.fd, poller.READ if state == READING else poller.WRITE)
         c.state = state
 
-    # -- deadlines -----------------------------------------------------------------
     def _on_deadline(self, c: Client) -> None:
-        if c.sock is None or c.deadline is None:
-            return None  # closed, or waiting: _pump sets a deadline when the response resumes
-        if c.deadline > self.now:
-            return self.deadlines.file(c, c.deadline)  # the deadline moved on since it was filed
-        if c.state == READING:
-            late = c.http.error_for_timeout()  # 408 if a head was half sent, else a quiet close
-            if late is None:
-                return self._close(c)
-            c.box = c.box or Outbox(self.use_sendfile)
-            c.box.add((late,))
-            return self._pump(c)
-        self._close(c)  # no progress sending for write_timeout
+        if c.sock is None:
+            return None
+        if c.state == READING and self.policy.read_timeout(c):
+            return self._pump(c)  # a 408, then close
+        self._close(c)  # idle too long, or no progress sending for write_timeout
 
     # -- shutting down ---------------------------------------------------------------
     def _begin_shutdown(self) -> None:
         """Stop accepting, close idle connections, let the others finish within the grace period."""
-        self.stop_at = self.now + self.limits.grace
+        self.stop_at = self.now + self.ctx.limits.grace
         self._call_at(self.stop_at, lambda _c: None, None)  # wake the loop at the deadline
         if self.accepting:
             self._unwatch_listener()
         self.ctx.listener.close()
         for c in list(self.clients):
-            c.http.draining = True  # responses from now on say Connection: close
-            if c.state == READING and not c.http.has_partial_request:
+            if self.policy.drain(c) and c.state == READING:
                 self._close(c)
 
     def _unwatch_listener(self) -> None:

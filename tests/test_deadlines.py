@@ -1,4 +1,4 @@
-"""Deadline buckets of the select loop (servers/runtime/deadlines.py)."""
+"""Deadline buckets of the event loops (servers/runtime/deadlines.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from serverzoo.servers.runtime.deadlines import DEADLINE_STEP, INF, DeadlineBuck
 class Conn:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.deadline = INF
         self.armed_at = INF
 
     def __repr__(self) -> str:
@@ -28,9 +29,9 @@ def test_rounding_is_up_to_a_step_never_down(when):
 def test_due_in_order_of_buckets_never_early():
     b = DeadlineBuckets()
     a, c, d = Conn("a"), Conn("c"), Conn("d")
-    b.file(a, 10.1)
-    b.file(c, 5.0)
-    b.file(d, 10.2)
+    b.move(a, 10.1)
+    b.move(c, 5.0)
+    b.move(d, 10.2)
     assert b.next_time() == rounded_up(5.0)
     assert b.pop_due(4.99) == []
     assert b.pop_due(5.0) == [c] and c.armed_at == INF
@@ -42,9 +43,9 @@ def test_due_in_order_of_buckets_never_early():
 def test_moving_earlier_refiles_and_removing_forgets():
     b = DeadlineBuckets()
     a, c = Conn("a"), Conn("c")
-    b.file(a, 30.0)
-    b.file(a, 5.0)  # earlier: leaves the 30 s bucket
-    b.file(c, 7.0)
+    b.move(a, 30.0)
+    b.move(a, 5.0)  # earlier: leaves the 30 s bucket
+    b.move(c, 7.0)
     b.remove(c)
     b.remove(c)  # twice is harmless
     assert len(b) == 1
@@ -54,7 +55,26 @@ def test_moving_earlier_refiles_and_removing_forgets():
 def test_a_connection_refiled_while_its_bucket_is_due_is_not_lost():
     b = DeadlineBuckets()
     a = Conn("a")
-    b.file(a, 1.0)
+    b.move(a, 1.0)
     for item in b.pop_due(1.0):
-        b.file(item, 3.0)  # its deadline moved on meanwhile
+        b.move(item, 3.0)  # its deadline moved on meanwhile
     assert b.pop_due(2.0) == [] and b.pop_due(3.0) == [a]
+
+
+def test_a_deadline_moved_later_stays_in_its_bucket_and_is_refiled_when_that_comes_due():
+    b = DeadlineBuckets()
+    a = Conn("a")
+    b.move(a, 1.0)
+    b.move(a, 2.6)  # later: no re-file now
+    assert a.armed_at == rounded_up(1.0)
+    assert b.pop_due(1.0) == []  # not due yet: filed again at its deadline
+    assert a.armed_at == rounded_up(2.6) and b.next_time() == rounded_up(2.6)
+    assert b.pop_due(2.5) == [] and b.pop_due(rounded_up(2.6)) == [a]
+
+
+def test_no_deadline_leaves_the_buckets_when_its_bucket_comes_due():
+    b = DeadlineBuckets()
+    a = Conn("a")
+    b.move(a, 1.0)
+    a.deadline = INF  # the work endpoint's wait: no timeout meanwhile
+    assert b.pop_due(5.0) == [] and len(b) == 0 and a.armed_at == INF

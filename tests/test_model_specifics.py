@@ -464,19 +464,3 @@ def test_the_test_process_is_unpatched_after_using_the_gevent_model(start):
     assert time.sleep.__module__ == "time"
     if "gevent.monkey" in sys.modules:  # imported by some other test: still nothing patched
         assert not sys.modules["gevent.monkey"].is_anything_patched()
-
-
-def test_asyncio_private_transport_factory_is_checked():
-    """asyncio uses the stdlib loop's _make_socket_transport only while it has the
-    (sock, protocol) shape; anything else falls back to connect_accepted_socket."""
-    import asyncio
-
-    from serverzoo.servers.asyncio_server import _takes_sock_and_protocol
-
-    loop = asyncio.new_event_loop()
-    try:
-        assert _takes_sock_and_protocol(loop._make_socket_transport)
-    finally:
-        loop.close()
-    assert not _takes_sock_and_protocol(None)
-    assert not _takes_sock_and_protocol(lambda protocol, sock: None)

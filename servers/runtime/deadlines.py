@@ -5,8 +5,9 @@ passed, but nearly every deadline is moved before it fires (each request pushes 
 keep-alive deadline on), and nearly every connection closes before its deadline. So a
 deadline is only a number on the connection, and the loop checks it when the
 connection's bucket comes due: buckets are DEADLINE_STEP apart, a connection sits in
-the bucket at or after its deadline, and moves only when its deadline moves earlier.
-A bucket that comes due early for a connection (its deadline moved on) re-files it.
+the bucket at or after its deadline, and moves only when its deadline moves earlier
+(move). A bucket that comes due early for a connection (its deadline moved on) re-files
+it, so pop_due hands back only connections whose deadline has passed.
 
 What this saves over a timer entry per deadline: no heap entry per connection or per
 request (the heap holds bucket times, plain floats the garbage collector never
@@ -32,6 +33,7 @@ def rounded_up(when: float) -> float:
 
 
 class Filed(Protocol):
+    deadline: float  # when it times out (INF: no timeout now)
     armed_at: float  # the bucket it is in (INF: none)
 
 
@@ -61,6 +63,13 @@ class DeadlineBuckets(Generic[F]):
             heapq.heappush(self._times, key)
         bucket.add(item)
 
+    def move(self, item: F, deadline: float) -> None:
+        """Set item's deadline; re-file it only if that is before its bucket (a later one
+        is seen when the bucket comes due)."""
+        item.deadline = deadline
+        if deadline < item.armed_at:
+            self.file(item, deadline)
+
     def remove(self, item: F) -> None:
         if item.armed_at != INF:
             bucket = self._due.get(item.armed_at)
@@ -73,14 +82,17 @@ class DeadlineBuckets(Generic[F]):
         return self._times[0] if self._times else INF
 
     def pop_due(self, now: float) -> list[F]:
-        """Every item whose bucket time has come, taken out of its bucket (armed_at INF)."""
+        """Every item whose deadline has passed, taken out of its bucket (armed_at INF); the
+        others in a bucket that came due are filed again at their deadline, if any."""
         out: list[F] = []
         times, due = self._times, self._due
         while times and times[0] <= now:
-            bucket = due.pop(heapq.heappop(times))
-            for item in bucket:
+            for item in due.pop(heapq.heappop(times)):
                 item.armed_at = INF
-            out.extend(bucket)
+                if item.deadline <= now:
+                    out.append(item)
+                elif item.deadline != INF:  # moved on since it was filed: a later bucket
+                    self.file(item, item.deadline)
         return out
 
     def __len__(self) -> int:
@@ -109,9 +121,9 @@ class SweptDeadlines(DeadlineBuckets[Swept]):
         self._timer: Cancellable | None = None
         self._timer_at = INF
 
-    def arm(self, item: Swept, deadline: float) -> None:
+    def file(self, item: Swept, deadline: float) -> None:
         """File item at deadline, and make sure the timer comes by then."""
-        self.file(item, deadline)
+        super().file(item, deadline)
         if item.armed_at < self._timer_at:
             self._set_timer(item.armed_at)
 
