@@ -237,6 +237,9 @@ class Point:
     rps: float | None = None
     mb_per_s: float | None = None
     p99_uncorrected_us: float | None = None
+    # idle connections: the active clients' p99 (median over repetitions) in the run without the idle set and with it
+    p99_without_idle_us: float | None = None
+    p99_with_idle_us: float | None = None
     loads: list[Load] = field(default_factory=list, repr=False)  # of the measured repetitions
     requests: int = 0
     errors: int = 0
@@ -386,6 +389,19 @@ def build_point(cells: Sequence[CellRecord], scenario: Scenario, run: Run) -> Po
     p.mb_per_s = _median([x.mb_per_s or 0.0 for x in loads])
     unc = [x.latency_uncorrected_us.get("p99") for x in loads]
     p.p99_uncorrected_us = _median(unc) if unc and None not in unc else None
+    if scenario.idle:
+        pairs = [
+            (c.load_without_idle.latency_us["p99"], c.load.latency_us["p99"])
+            for c in measured
+            if c.load is not None
+            and c.load_without_idle is not None
+            and c.load_without_idle.requests
+            and "p99" in c.load_without_idle.latency_us
+            and "p99" in c.load.latency_us
+        ]
+        if pairs:  # the same repetitions on both sides
+            p.p99_without_idle_us = _median([a for a, _ in pairs])
+            p.p99_with_idle_us = _median([b for _, b in pairs])
     cpu = [x.server_cpu_s for x in loads if x.server_cpu_s]
     p.cpu_s = _median(cpu)
     # the CPU rate over the request rate; runs from before the rate was stored: CPU over the window's requests

@@ -92,6 +92,7 @@ class ScenarioSection:
     spectrum: str | None = None
     spectrum_level: str = ""
     over_time: list[tuple[str, str]] = field(default_factory=list)  # (level label, chart) of cells long enough
+    idle_rows: list[dict[str, Any]] = field(default_factory=list)  # idle connections: active p99 without and with them
 
 
 @dataclass
@@ -331,7 +332,32 @@ def _section(
         baseline,
         level_label(info, basis) if basis is not None else "-",
         placement(view, name),
+        idle_rows=idle_cost_rows(view, name, levels) if info.idle else [],
     )
+
+
+def idle_cost_rows(view: RunView, scenario: str, levels: list[int]) -> list[dict[str, Any]]:
+    """Per server, per level: the active clients' p99 without the idle set, with it, and how many times
+    higher it was with it (empty if no cell ran both)."""
+    rows = []
+    for server in view.servers_in(scenario):
+        cells = []
+        for lv in levels:
+            p = view.point(server, scenario, lv)
+            if p is None or p.p99_without_idle_us is None or p.p99_with_idle_us is None:
+                cells.append(None)
+                continue
+            without, with_ = p.p99_without_idle_us, p.p99_with_idle_us
+            cells.append(
+                {
+                    "without": format_value("p99_us", without),
+                    "with": format_value("p99_us", with_),
+                    "times": f"{with_ / without:.2f}x" if without > 0 else "-",
+                }
+            )
+        if any(cells):
+            rows.append({"server": server, "cells": cells})
+    return rows
 
 
 def build_report(runs: list[Run], baseline: str | None = None, plots: bool = True, noise_floor: float = 0.05) -> Report:

@@ -279,6 +279,7 @@ class CellRecord:
     placement: str | None  # the scenario's CPU placement in words, when the runner recorded it
     server_host: str | None = None  # bench --cluster: the host of the server's Dask worker
     client_hosts: tuple[str, ...] = ()  # bench --cluster: the hosts of the generators' Dask workers
+    load_without_idle: Load | None = None  # with idle connections: the same active load without them, run first
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> CellRecord:
@@ -302,6 +303,7 @@ class CellRecord:
             placement=(d.get("placement") or {}).get("text") if isinstance(d.get("placement"), dict) else None,
             server_host=proc.get("host"),
             client_hosts=_generator_hosts(d.get("load")),
+            load_without_idle=Load.from_doc(d["load_without_idle"]) if d.get("load_without_idle") else None,
         )
 
 

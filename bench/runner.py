@@ -152,7 +152,11 @@ class CellRunner:
             sc = self.plan.scenarios[cell.scenario]
             args = () if spec.model == REFERENCE else (*self.plan.run.server_args, *sc.server_args, *spec.args)
             return self.placement.server(
-                spec.model, self.corpus_root, args, cpus, sc.generator_seconds + 2 * GENERATOR_SLACK_S
+                spec.model,
+                self.corpus_root,
+                args,
+                cpus,
+                (sc.generator_seconds + 2 * GENERATOR_SLACK_S) * sc.generator_runs,
             )
         if spec.model == REFERENCE:
             if hosts is None:
@@ -257,6 +261,13 @@ class CellRunner:
                 opts = self.placement.load_options(opts)
             t1 = time.monotonic()
             placement = record["placement"]
+            if sc.idle:  # the same active load first, without the idle set: what the idle set costs
+                without = {k: v for k, v in opts.items() if k != "idle"}
+                record["load_without_idle"], error, _ = self._generate(
+                    without, sc.generator_seconds, placement["client_cpus"], GENERATOR_NICE
+                )
+                if error is not None:
+                    record["without_idle_error"] = error
             record["load"], record["error"], record["generator"] = self._generate(
                 opts, sc.generator_seconds, placement["client_cpus"], GENERATOR_NICE
             )

@@ -87,9 +87,15 @@ class Scenario:
         return min(10.0, max(0.25, self.duration / 2))
 
     @property
+    def generator_runs(self) -> int:
+        """Load runs per cell: with idle connections, first the same active load without them, so the
+        cell says what the idle set cost the active clients (their p99 with and without it)."""
+        return 2 if self.idle else 1
+
+    @property
     def load_seconds(self) -> float:
-        """The load of one cell: warm-up and measured time, or a capacity search's time cap."""
-        return self.search_time if self.mode == "capacity" else self.warmup + self.duration
+        """The load of one cell: warm-up and measured time of each run, or a capacity search's time cap."""
+        return self.search_time if self.mode == "capacity" else (self.warmup + self.duration) * self.generator_runs
 
     @property
     def generator_seconds(self) -> float:

@@ -290,3 +290,38 @@ def test_an_interrupt_lost_in_a_hook_stops_the_run_before_the_next_cell():
         guard.check()
     guard.reset()
     guard.check()
+
+
+def test_an_idle_cell_measures_the_same_load_without_the_idle_set_first(out_dir):
+    """A cell of a scenario with idle connections runs its active load twice on one server:
+    without the idle set, then with it; both documents are kept and the run validates."""
+    from serverzoo.bench.corpus import ensure_corpus
+    from serverzoo.bench.plan import BenchPlan
+    from serverzoo.bench.results import CellRecord
+    from serverzoo.bench.runner import CellRunner
+    from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec
+
+    sc = Scenario(
+        "idle", "idle", "", "closed", ("/1KiB.bin",), None, "keep-alive", "rps", False, (), (2,), 0, 0.5, 0.2, idle=20
+    )
+    plan = BenchPlan(
+        preset="t",
+        servers={"select": ServerSpec("select", "select")},
+        scenarios={"idle": sc},
+        repeat=1,
+        run=RunSettings(0.1, 0.01, ()),
+        corpus=CorpusSpec(seed=1, files=("1KiB",)),
+        server_cpus=[0],
+        client_cpus=[0],
+    )
+    root = ensure_corpus(os.path.join(out_dir, "corpus"), plan.corpus)
+    (cell,) = plan.cells()
+    record = CellRunner(plan, root).run(cell)
+    assert record["status"] == "ok", record["error"]
+    without, with_idle = record["load_without_idle"], record["load"]
+    assert without["requests"] > 0 and with_idle["requests"] > 0
+    assert "p99" in without["latency_us"] and "p99" in with_idle["latency_us"]
+    assert without["adversaries"] is None or without["adversaries"]["idle"]["connections"] == 0
+    assert with_idle["adversaries"]["idle"]["connections"] == 20
+    assert CellRecord.from_doc(record).load_without_idle is not None
+    assert leftover_processes(out_dir) == []

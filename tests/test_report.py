@@ -60,11 +60,12 @@ def median_metric(run: dict, server: str, scenario: str, level: int) -> float:
     return statistics.median(values)
 
 
-def md_section_rows(md: str, title: str) -> dict[str, list[str]]:
-    """server -> cells of its row in the Markdown table under '## title'."""
+def md_section_rows(md: str, title: str, table: int = 0) -> dict[str, list[str]]:
+    """server -> cells of its row in the first Markdown table under '## title' (or the table-th one)."""
     part = md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    tables = re.findall(r"(?:^\|.*\n?)+", part, flags=re.MULTILINE)
     rows = {}
-    for line in part.splitlines():
+    for line in tables[table].splitlines():
         if line.startswith("| ") and not line.startswith("| server") and not line.startswith("|---"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             rows[cells[0]] = cells[1:]
@@ -359,3 +360,34 @@ def test_model_cards_are_markdown_without_figures_or_outside_references():
     assert "<code>threading</code>" in cards["threadpool"].html  # Markdown, rendered
     assert "standard library's asyncio event loop" in cards["asyncio"].ran_on
     assert cards["asyncio-uvloop"].ran_on.startswith("uvloop") and not cards["threading"].ran_on
+
+
+def test_idle_cost_pairs_each_repetition_with_its_run_without_idle(run, tmp_path):
+    """A cell of the idle scenario carries the same active load run first without the idle set;
+    the report shows both p99s (medians over the same repetitions) and their ratio."""
+    doc = copy.deepcopy(run)
+    made_up = {1: [400.0, 500.0, 450.0], 16: [900.0, 800.0, 1000.0]}  # asyncio's p99 without idle, by repetition
+    for c in doc["cells"]:
+        if (c["server"], c["scenario"]) == ("asyncio", "idle-connections"):
+            without = copy.deepcopy(c["load"])
+            without["latency_us"]["p99"] = made_up[c["level"]][c["repetition"] - 1]
+            c["load_without_idle"] = without
+    validate(doc)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    md_path = tmp_path / "r.md"
+    result = CliRunner().invoke(main, ["report", str(path), "--md", str(md_path), "--html", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    costs = md_section_rows(md_path.read_text(), "Many idle connections held open", table=1)
+    assert set(costs) == {"asyncio"}  # only cells that ran both are shown
+    for i, level in enumerate((1, 16)):
+        with_idle = statistics.median(
+            c["load"]["latency_us"]["p99"] for c in cells_of(doc, "asyncio", "idle-connections", level)
+        )
+        without = statistics.median(made_up[level])
+        assert costs["asyncio"][3 * i : 3 * i + 3] == [
+            format_value("p99_us", without),
+            format_value("p99_us", with_idle),
+            f"{with_idle / without:.2f}x",
+        ]
+    assert "p99 without idle" in (tmp_path / "r.html").read_text()
