@@ -33,12 +33,15 @@ import psutil
 
 STOCK = "sendfile on; tcp_nopush on;"
 TUNED = "sendfile off; open_file_cache max=1000 inactive=60s; open_file_cache_valid 60s;"
+CONNECTIONS = 8192  # worker_connections at least
+FILES_BESIDE_CONNECTIONS = 2048  # the open file cache's descriptors, logs, the listener
 
 CONFIG = """\
 worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile {open_files};
+events {{ worker_connections {connections}; }}
 http {{
     default_type application/octet-stream;
     access_log off;
@@ -104,7 +107,11 @@ class NginxServer:
         start_timeout: float = 10.0,
         wrap: Callable[[list[str]], list[str]] | None = None,
         namespace: Callable[[], AbstractContextManager] | None = None,
+        connections: int = CONNECTIONS,
     ) -> None:
+        """connections: how many it must hold at once (thousands of idle clients, say). nginx starts
+        closing idle keep-alive connections to reuse them once fewer than a sixteenth of its
+        worker_connections are free, so that is set to twice this, and never below CONNECTIONS."""
         binary = nginx_binary()
         if binary is None:
             raise NginxError("nginx is not installed (Debian: apt-get install nginx-light)")
@@ -118,6 +125,7 @@ class NginxServer:
         self.start_timeout = start_timeout
         self.wrap = wrap or (lambda argv: argv)
         self.namespace = namespace or nullcontext
+        self.connections = max(2 * connections, CONNECTIONS)  # worker_connections
         self.port = 0
         self.prefix = ""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -145,6 +153,8 @@ class NginxServer:
             port=self.port,
             root=self.root,
             file_settings=TUNED if self.tuned else STOCK,
+            connections=self.connections,
+            open_files=self.connections + FILES_BESIDE_CONNECTIONS,
         )
 
     def error_log(self) -> str:
