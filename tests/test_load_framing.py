@@ -11,11 +11,18 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 
 import pytest
 
 from serverzoo.clients.loadgen import verification
-from serverzoo.clients.loadgen.connection import BufferedClientConnection, ClientConnection
+from serverzoo.clients.loadgen.connection import (
+    RECEIVE_CHUNK,
+    SO_RCVLOWAT,
+    BufferedClientConnection,
+    ClientConnection,
+    receive_low_water,
+)
 from serverzoo.clients.loadgen.drivers import ClosedLoopDriver
 from serverzoo.clients.loadgen.options import LoadOptions
 from serverzoo.clients.loadgen.state import Run, WorkerShare
@@ -24,10 +31,25 @@ from serverzoo.clients.loadgen.targets import build_plan
 BODY = hashlib.shake_256(b"framing").digest(300_000)
 
 
+class FakeSocket:
+    """Records the receive low-water marks a connection sets."""
+
+    def __init__(self) -> None:
+        self.low_water: list[int] = []
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        assert (level, option) == (socket.SOL_SOCKET, SO_RCVLOWAT)
+        self.low_water.append(value)
+
+
 class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.closed = False
+        self.socket = FakeSocket()
+
+    def get_extra_info(self, name: str, default=None):
+        return self.socket if name == "socket" else default
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -133,6 +155,60 @@ def test_bodies_are_checked_however_they_arrive(
         assert phase.body_bytes == 3 * len(BODY)
         assert (conn.inflight[0].reference is not None) == (budget > 0)
         assert len(conn.transport.written) == 6  # the first request and one after each response
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    "body_left, current, expected",
+    [
+        (0, 1, 1),  # between responses, or in a head: any byte
+        (RECEIVE_CHUNK - 1, 1, 1),  # a body shorter than a chunk: reads as it comes
+        (RECEIVE_CHUNK, 1, RECEIVE_CHUNK),  # a chunk or more owed: wait for a whole chunk
+        (10 * RECEIVE_CHUNK, RECEIVE_CHUNK, RECEIVE_CHUNK),
+        (RECEIVE_CHUNK - 1, RECEIVE_CHUNK, RECEIVE_CHUNK - 1),  # the tail: exactly what is left
+        (5, 7, 5),
+        (1, RECEIVE_CHUNK, 1),
+        (0, RECEIVE_CHUNK, 1),  # the body ended: any byte again
+        (0, 5, 1),
+    ],
+)
+def test_receive_low_water(body_left: int, current: int, expected: int) -> None:
+    assert receive_low_water(body_left, current) == expected
+
+
+@pytest.mark.parametrize("sizes", [[RECEIVE_CHUNK], [7, 1000, 65536], [99_999]], ids=["chunks", "odd", "uneven"])
+def test_large_bodies_wait_for_whole_chunks_and_their_ends_are_never_held_back(tmp_path, sizes) -> None:
+    """After every read of a response: while a chunk or more of the body is owed the mark is a chunk, it
+    never exceeds what is owed (the server owes at least that much, so the socket becomes readable), and it
+    is 1 once the response is complete (the next head, of any size, must wake the client). Bodies are
+    checked as without the marks."""
+    big = hashlib.shake_256(b"low water").digest(3 * RECEIVE_CHUNK + 12_345)
+    with open(tmp_path / "manifest.json", "w") as f:
+        json.dump(
+            {
+                "schema": "serverzoo.corpus/1",
+                "seed": 0,
+                "files": [{"name": "b.bin", "size": len(big), "sha256": hashlib.sha256(big).hexdigest()}],
+            },
+            f,
+        )
+    loop, run, conn = make_connection(str(tmp_path), BufferedClientConnection)
+    marks = conn.transport.socket.low_water
+    try:
+        for body in (big, corrupt(big, len(big) - 1), big):
+            data, i, k = response(body), 0, 0
+            while i < len(data):
+                piece = data[i : i + sizes[k % len(sizes)]]
+                conn.get_buffer(-1)[: len(piece)] = piece
+                conn.buffer_updated(len(piece))
+                i, k = i + len(piece), k + 1
+                mark, owed = (marks[-1] if marks else 1), conn.reader.body_left
+                assert mark == RECEIVE_CHUNK if owed >= RECEIVE_CHUNK else 1 <= mark <= max(owed, 1)
+            assert (marks[-1] if marks else 1) == 1
+        phase = run.phases["measure"]
+        assert len(phase.lat) == 2 and dict(phase.errors) == {"corrupt_body": 1}
+        assert RECEIVE_CHUNK in marks
     finally:
         loop.close()
 

@@ -15,6 +15,7 @@ from serverzoo.clients.loadgen import LoadOptions, run_load
 from serverzoo.clients.loadgen.corpus import write_corpus
 from serverzoo.clients.loadgen.options import OptionError
 from serverzoo.clients.loadgen.ports import LoopbackSources, explain_no_local_port
+from serverzoo.clients.loadgen.raw_sockets import start_connect
 
 from .load_helpers import MisbehavingServer, refused_port
 
@@ -204,3 +205,24 @@ def test_running_out_of_local_ports_is_explained(corpus: str) -> None:
     explained = [line for line in (proc.stdout + proc.stderr).splitlines() if "no free local port" in line]
     assert len(explained) == 1, proc.stdout + proc.stderr
     assert "ports 40000-40003 (4 per source address)" in explained[0]
+
+
+@pytest.mark.parametrize("ack_with_request", [True, False])
+def test_the_handshake_ack_waits_for_the_request_only_when_asked(ack_with_request: bool) -> None:
+    """Asked to, the connecting socket holds its last handshake ACK back for the request (TCP_DEFER_ACCEPT on
+    the connecting side); either way the server gets the connection and the request whole."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        sock = start_connect(socket.AF_INET, listener.getsockname(), None, ack_with_request)
+        try:
+            held = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+            sock.setblocking(True)
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            conn, _peer = listener.accept()
+            with conn:
+                assert conn.recv(100) == b"GET / HTTP/1.1\r\n\r\n"
+        finally:
+            sock.close()
+    finally:
+        listener.close()
+    assert bool(held) is ack_with_request

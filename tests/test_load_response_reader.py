@@ -219,3 +219,29 @@ def test_a_close_delimited_body_is_never_taken() -> None:
     reader.feed(b"HTTP/1.0 200 OK\r\n\r\n")
     assert type(reader.next_event()) is Head and reader.next_event() is NEED_DATA
     assert not reader.take_body(1)
+
+
+@pytest.mark.parametrize(
+    "data, owed",
+    [
+        (OK_HEAD + b"hello", 5),  # a Content-Length body: what is still to come of it
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 0),  # no length
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil the close", 0),  # no length
+        (b"HTTP/1.1 204 No Content\r\n\r\n", 0),  # no body
+    ],
+)
+def test_body_left_is_what_is_owed_of_a_content_length_body(data: bytes, owed: int) -> None:
+    """Split at every point: after the first part is framed, body_left is the Content-Length body's bytes
+    not yet fed (0 outside such a body, or while bytes are buffered), and 0 once the response ended."""
+    head_end = data.index(b"\r\n\r\n") + 4
+    for cut in range(1, len(data) + 1):
+        reader = ResponseReader()
+        reader.feed(data[:cut])
+        while reader.next_event() is not NEED_DATA:
+            pass
+        in_body = head_end <= cut < head_end + owed
+        assert reader.body_left == (head_end + owed - cut if in_body else 0), cut
+        reader.feed(data[cut:])
+        while reader.next_event() is not NEED_DATA:
+            pass
+        assert reader.body_left == 0

@@ -18,6 +18,7 @@ told when a response completes or the connection is lost.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from time import monotonic_ns
 
@@ -48,6 +49,8 @@ ERROR_CLASSES = (
     BAD_RESPONSE,
 )
 LARGE_BODY = 64 * 1024  # from this expected size up, bodies are received into a reused buffer
+RECEIVE_CHUNK = 256 * 1024  # the reused receive buffer: one read takes up to this much
+SO_RCVLOWAT = getattr(socket, "SO_RCVLOWAT", 18)
 
 
 def whole_body_error(run, target, data: bytes, stop: int, length: int) -> str | None:
@@ -62,6 +65,22 @@ def whole_body_error(run, target, data: bytes, stop: int, length: int) -> str | 
     if ref is not None and len(ref) == length and data.startswith(ref, start):
         return None  # the same bytes as a body already proven good (compared in place)
     return run.references.verify(target, data[start:stop])
+
+
+def receive_low_water(body_left: int, current: int, chunk: int = RECEIVE_CHUNK) -> int:
+    """The socket's receive low-water mark (SO_RCVLOWAT) for the next read of a response's body.
+
+    While at least a whole chunk of a Content-Length body is still owed, the socket is not reported
+    readable before a chunk has arrived: one wake-up and one read per chunk, instead of one per few
+    segments (each wake-up of an idle generator also costs the sending server's CPU an interrupt to
+    this one). The body's last bytes lower it to exactly what is left, so the response's end is never
+    held back, and between bodies it is 1 again (any byte: a head, an error, the server closing; a
+    close or reset makes the socket readable whatever the mark)."""
+    if body_left >= chunk:
+        return chunk
+    if body_left and current > 1:
+        return body_left
+    return 1
 
 
 class _Connection:
@@ -290,14 +309,16 @@ class ClientConnection(_Connection, asyncio.Protocol):
 class BufferedClientConnection(_Connection, asyncio.BufferedProtocol):
     """Receives into one reused buffer. Body bytes are checked where they landed (memoryviews,
     no copy); only heads are copied out. Used for large bodies, and on the stdlib loop, whose
-    plain Protocol path allocates a large buffer per read."""
+    plain Protocol path allocates a large buffer per read. In a body of a chunk or more the
+    socket's low-water mark makes each read a whole chunk (receive_low_water)."""
 
-    __slots__ = ("_buffer", "_view")
+    __slots__ = ("_buffer", "_low_water", "_view")
 
     def __init__(self, driver) -> None:
         super().__init__(driver)
-        self._buffer = bytearray(256 * 1024)
+        self._buffer = bytearray(RECEIVE_CHUNK)
         self._view = memoryview(self._buffer)
+        self._low_water = 1  # the socket's SO_RCVLOWAT (receive_low_water)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -312,3 +333,9 @@ class BufferedClientConnection(_Connection, asyncio.BufferedProtocol):
                 self._receive(self._view[:nbytes])
         else:
             self.data_received(bytes(self._view[:nbytes]))
+        want = receive_low_water(reader.body_left, self._low_water)
+        if want != self._low_water and not self.ended:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                self._low_water = want
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVLOWAT, want)

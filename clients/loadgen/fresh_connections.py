@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import _socket  # the C socket type: socket.socket's Python-level __init__ and close cost per connection
 import select
+from collections.abc import Iterable
 from time import monotonic_ns
 
 from .connection import READ_TIMEOUT, ClientConnection, whole_body_error
@@ -56,41 +57,53 @@ class FreshConnectionClients(SocketPool):
 
     # -- one request on a new connection ------------------------------------------------------
     def open(self, slot: Slot) -> None:
+        self.open_each((slot,))
+
+    def open_each(self, slots: Iterable[Slot]) -> None:
+        """A new connection for each slot, its request sent at once: back to back, with the names they
+        share looked up once."""
         run = self.run
-        if run.stopping or slot.done:
-            return
-        target = run.single if run.budget is None else None
-        if target is None:
-            target = run.take()
+        by_fd, register = self.by_fd, self.epoll.register
+        family, address, sources = self.family, self.address, self.sources
+        fixed = run.single if run.budget is None else None  # a timed run of one target sends only it
+        phase = run.phase
+        for slot in slots:
+            if run.stopping:
+                return
+            if slot.done:
+                continue
+            target = fixed
             if target is None:
-                slot.finish()
-                return
-        slot.target = target
-        slot.phase = run.phase
-        slot.start_ns = slot.sent_ns = monotonic_ns()
-        try:
-            sock = start_connect(self.family, self.address, self.sources)
-        except OSError as exc:
-            slot.connect_failed(connect_error_class(exc.errno))
-            return
-        fd = sock.fileno()
-        slot.sock = sock
-        slot.fd = fd
-        self.by_fd[fd] = slot
-        request = target.request_close
-        try:
-            sent = sock.send(request)
-        except OSError as exc:
-            if exc.errno not in NOT_YET:
-                self.lost_connect(slot, exc.errno)
-                return
-            sent = 0
-        if sent == len(request):
-            slot.connected = True
-            self.epoll.register(fd, EPOLLIN)
-        else:  # wait for the handshake (or for room) to send the rest
-            slot.unsent = request[sent:]
-            self.epoll.register(fd, EPOLLOUT)
+                target = run.take()
+                if target is None:
+                    slot.finish()
+                    continue
+            slot.target = target
+            slot.phase = phase
+            slot.start_ns = slot.sent_ns = monotonic_ns()
+            try:
+                sock = start_connect(family, address, sources, True)
+            except OSError as exc:
+                slot.connect_failed(connect_error_class(exc.errno))
+                continue
+            fd = sock.fileno()
+            slot.sock = sock
+            slot.fd = fd
+            by_fd[fd] = slot
+            request = target.request_close
+            try:
+                sent = sock.send(request)
+            except OSError as exc:
+                if exc.errno not in NOT_YET:
+                    self.lost_connect(slot, exc.errno)
+                    continue
+                sent = 0
+            if sent == len(request):
+                slot.connected = True
+                register(fd, EPOLLIN)
+            else:  # wait for the handshake (or for room) to send the rest
+                slot.unsent = request[sent:]
+                register(fd, EPOLLOUT)
 
     # -- readiness --------------------------------------------------------------------------------
     def _ready(self) -> None:
@@ -134,8 +147,7 @@ class FreshConnectionClients(SocketPool):
                 conn.data_received(bytes(self.view[:n]))
             else:
                 conn.connection_lost(None)
-        for slot in answered:
-            self.open(slot)
+        self.open_each(answered)
 
     def _first_read(self, slot: Slot, n: int) -> bool:
         """The first n bytes of a response that is not the target's known one, peeked into the buffer:

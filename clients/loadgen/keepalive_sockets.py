@@ -131,6 +131,12 @@ class KeepAliveClients(SocketPool):
         by_send = run.by_send
         # a timed run of one target sends it again and again (the budget only changes in a timer callback)
         single = run.single if run.budget is None else None
+        # a timed run counts its fast-path responses in the phase of the batch (phases change only in timer
+        # callbacks), and adds their bytes once after the batch; a request-count run, whose budget may end the
+        # window within a batch, counts each in the phase its request was sent in, at once
+        phase = run.phase
+        lat_append = phase.lat.append
+        received = bodies = 0
         answered = []  # fast-path slots of a timed single-target run: their next requests go out after the batch
         for fd, _events in self.epoll.poll(0, 512):
             slot = by_fd.get(fd)
@@ -152,22 +158,29 @@ class KeepAliveClients(SocketPool):
                 continue
             # the fast path: the known response again, byte for byte
             now = monotonic_ns()
-            run.bytes_in += n
             conn = slot.conn
-            phase = conn.phase if by_send else run.phase
-            phase.lat.append((now - conn.start_ns) // 1000)
-            phase.body_bytes += same[2]
+            if by_send:
+                run.bytes_in += n
+                conn.phase.lat.append((now - conn.start_ns) // 1000)
+                conn.phase.body_bytes += same[2]
+            else:
+                received += n
+                lat_append((now - conn.start_ns) // 1000)
+                bodies += same[2]
             if single is None:
                 slot.send_next(conn, now)
             else:
                 answered.append(slot)
+        run.bytes_in += received
+        phase.body_bytes += bodies
         if answered and not run.stopping:
-            self._send_together(answered, single.request, run.phase)
+            self._send_together(answered, single.request, phase)
 
     @staticmethod
     def _send_together(slots: list[KeepAliveSlot], request: bytes, phase) -> None:
         """The next request on each of these connections, back to back: the server, woken by the first,
         finds the rest waiting instead of being woken for each one."""
+        size = len(request)
         for slot in slots:
             conn = slot.conn
             conn.start_ns = conn.sent_ns = monotonic_ns()
@@ -177,7 +190,7 @@ class KeepAliveClients(SocketPool):
             except OSError as exc:  # EAGAIN cannot happen with the previous response read; a reset can
                 conn.connection_lost(exc)
                 continue
-            if sent != len(request):
+            if sent != size:
                 slot.send_later(request[sent:])
 
     def _general(self, slot: KeepAliveSlot, n: int) -> None:

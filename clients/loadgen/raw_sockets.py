@@ -36,11 +36,20 @@ def connect_error_class(code: int) -> str:
     return CONNECT_ERROR
 
 
-def start_connect(family: int, address: tuple, sources: LoopbackSources | None) -> _socket.socket:
+def start_connect(
+    family: int, address: tuple, sources: LoopbackSources | None, ack_with_request: bool = False
+) -> _socket.socket:
     """A non-blocking socket with its connect under way (or done: on loopback the handshake often
-    completes within the call). Raises OSError with the errno of a failed socket, bind or connect."""
+    completes within the call). Raises OSError with the errno of a failed socket, bind or connect.
+
+    ack_with_request: the handshake's last ACK is not sent alone but with the first data sent (TCP_DEFER_ACCEPT
+    on a connecting socket makes Linux hold it back, up to its delayed-ACK time). The request is sent right
+    after, so the server's kernel gets the connection and its request in one segment: one packet fewer to
+    build and to process, on loopback both on the client's CPU."""
     sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
     try:
+        if ack_with_request:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_DEFER_ACCEPT, 1)
         if sources is not None:
             sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((sources.next(), 0))

@@ -161,6 +161,12 @@ class ResponseReader:
         bytes (or begins with them), so a reused receive buffer can be fed as a memoryview."""
         return (self.state in (_BODY, _UNTIL_CLOSE)) and self.pos >= len(self.data)
 
+    @property
+    def body_left(self) -> int:
+        """In a Content-Length body with nothing buffered: how many of its bytes are still to come (the
+        server owes at least these before anything else); else 0."""
+        return self.need if self.state == _BODY and self.pos >= len(self.data) else 0
+
     def take_body(self, n: int) -> bool:
         """The middle of a Content-Length body without events: when the next n bytes would be body
         bytes short of its end, count them as read and return True (the caller checks them
