@@ -217,7 +217,8 @@ def test_timeline_slices_follow_the_interval_and_the_cgroup_counts_the_server(
     assert 2 <= len(timeline) <= 7, timeline
     for prev_end, t in zip([0.0] + [x["t"] for x in timeline], timeline):
         assert t["t"] > prev_end and t["dt"] >= t["t"] - prev_end - 0.002, timeline
-    assert timeline[-1]["t"] == pytest.approx(doc["elapsed_s"], abs=0.01), (timeline, doc["elapsed_s"])
+    # one instant ends a worker's window and its last slice: equal up to the slice's rounding to 1 ms
+    assert timeline[-1]["t"] == pytest.approx(doc["elapsed_s"], abs=0.0005), (timeline, doc["elapsed_s"])
     assert sum(t["requests"] for t in timeline) == doc["requests"]
     assert doc["server"]["cpu_source"] == "cgroup" and doc["server"]["cpu_s"] > 0
 

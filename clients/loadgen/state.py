@@ -178,8 +178,9 @@ class Run:
             self.end_measure()
 
     # -- phases --------------------------------------------------------------------------
-    def enter(self, name: str) -> None:
-        now = monotonic_ns()
+    def enter(self, name: str, now: int | None = None) -> None:
+        if now is None:
+            now = monotonic_ns()
         if name == "measure" or self.phase.name == "measure":  # the measured window opens or closes
             self.sent_window.append(list(self.sent))
             self.cpu_window.append(time.process_time())
@@ -188,27 +189,34 @@ class Run:
         self.phase = self.phases[name]
         self.phase.start_ns, self.phase.bytes_start = now, self.bytes_in
 
-    def mark(self) -> None:
+    def mark(self, now: int | None = None) -> None:
         p = self.phases["measure"]
-        self.marks.append((monotonic_ns(), len(p.lat), len(p.lat_uncorrected), p.error_count, self.bytes_in))
+        self.marks.append(
+            (monotonic_ns() if now is None else now, len(p.lat), len(p.lat_uncorrected), p.error_count, self.bytes_in)
+        )
 
-    def stage_mark(self) -> StageMark:
+    def stage_mark(self, now: int | None = None) -> StageMark:
         p = self.phases["measure"]
         return StageMark(
-            monotonic_ns(), len(p.lat), len(p.lat_uncorrected), dict(p.errors), self.bytes_in, self.scheduled
+            monotonic_ns() if now is None else now,
+            len(p.lat),
+            len(p.lat_uncorrected),
+            dict(p.errors),
+            self.bytes_in,
+            self.scheduled,
         )
 
     def end_measure(self) -> None:
         if self.phase.name != "measure":
             return
-        self.mark()
+        now = monotonic_ns()  # one instant ends the window: its last slice and the phase end together
+        self.mark(now)
         if self.opts.rate_schedule is not None:
-            self.stage_marks.append(self.stage_mark())
+            self.stage_marks.append(self.stage_mark(now))
         # requests still owed now are in no latency figure: their ages are reported instead,
         # so a server that leaves some clients waiting cannot look faster for it
-        now = monotonic_ns()
         self.unfinished_us = [(now - since) // 1000 for d in self.drivers for since in d.owed_since()]
-        self.enter("after")
+        self.enter("after", now)
         self.stop()
 
     def stop(self) -> None:
