@@ -54,6 +54,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 class Worker:
     def __init__(self, opts: LoadOptions, plan: LoadPlan, share: WorkerShare, out_fd: int | None) -> None:
         self.opts, self.plan, self.share, self.out_fd = opts, plan, share, out_fd
+        self._window_end_ns: int | None = None  # a timed window's end on the shared clock, once it opens
         info = socket.getaddrinfo(plan.server.host, plan.server.port, type=socket.SOCK_STREAM)[0]
         self.family, self.address = info[0], info[4][0]
         self.loop = new_event_loop(opts.loop)
@@ -186,9 +187,10 @@ class Worker:
         if self.share.requests is not None:
             run.budget = self.share.requests  # from now on each request sent counts against it
         else:
-            self._at(measure_ns + int(self.opts.measured_duration * 1e9), run.end_measure)
+            self._window_end_ns = measure_ns + int(self.opts.measured_duration * 1e9)
+            self._at(self._window_end_ns, run.end_measure)
         step = int(self.opts.timeline_interval_s * 1e9)
-        self._at(measure_ns + step, self._slice_end, measure_ns + step, step)
+        self._slice_after(measure_ns, step)
         schedule = self.opts.rate_schedule
         if schedule is not None:
             run.stage_marks.append(run.stage_mark())
@@ -213,7 +215,15 @@ class Worker:
         if run.phase.name != "measure":
             return
         run.mark()
-        self._at(when_ns + step, self._slice_end, when_ns + step, step)
+        self._slice_after(when_ns, step)
+
+    def _slice_after(self, when_ns: int, step: int) -> None:
+        """Schedule the next slice boundary, unless the window ends there or before: its end closes the
+        last slice. A boundary timed with the end could fire first or second, and one worker would then
+        have a sliver of a slice more than another, whose slices are merged by their index."""
+        end = self._window_end_ns
+        if end is None or when_ns + step < end:
+            self._at(when_ns + step, self._slice_end, when_ns + step, step)
 
     def _sweep(self) -> None:
         run = self.run
