@@ -10,8 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -31,6 +35,17 @@ FILES = {  # name -> size; contents are deterministic pseudo-random bytes
     "ünïcode.txt": 13,
 }
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT\n"
+
+
+@contextmanager
+def world_readable_dir(prefix: str) -> Iterator[str]:
+    """A temporary folder nginx's workers (which run as nobody) can read, removed afterwards."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def content_for(name: str, size: int) -> bytes:

@@ -10,10 +10,8 @@ import glob
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -22,6 +20,7 @@ from serverzoo.bench.report import build_report, render
 from serverzoo.bench.results import Run
 
 from .load_helpers import local_cluster
+from .support import world_readable_dir
 from .test_bench_smoke import SCENARIOS
 
 distributed = pytest.importorskip("distributed")
@@ -58,10 +57,8 @@ def cluster():
 
 @pytest.fixture
 def out_dir():
-    path = tempfile.mkdtemp(prefix="serverzoo-bench-cluster-")
-    os.chmod(path, 0o755)  # nginx's workers run as nobody
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with world_readable_dir("serverzoo-bench-cluster-") as path:
+        yield path
 
 
 def test_bench_places_server_and_load_by_resource(cluster, out_dir: str) -> None:

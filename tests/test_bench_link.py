@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import psutil
@@ -28,6 +27,7 @@ from serverzoo.bench.nginx import nginx_binary
 from serverzoo.clients.links.namespaces import list_namespaces
 
 from .links_helpers import needs_root_and_iproute2
+from .support import world_readable_dir
 
 PY = [sys.executable, "-m", "serverzoo"]
 needs_links = needs_root_and_iproute2
@@ -59,13 +59,11 @@ rate_mbit = 50
 
 @pytest.fixture
 def out_dir():
-    """A world-readable folder (nginx's workers run as nobody) holding the scenarios file, removed afterwards."""
-    path = tempfile.mkdtemp(prefix="serverzoo-bench-link-")
-    os.chmod(path, 0o755)
-    with open(os.path.join(path, "scenarios.toml"), "w") as f:
-        f.write(SCENARIOS)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """A world-readable folder holding the scenarios file (world_readable_dir)."""
+    with world_readable_dir("serverzoo-bench-link-") as path:
+        with open(os.path.join(path, "scenarios.toml"), "w") as f:
+            f.write(SCENARIOS)
+        yield path
 
 
 def bench(out: str, *args: str) -> subprocess.Popen:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import psutil
@@ -23,6 +21,8 @@ import pytest
 from serverzoo.bench.nginx import nginx_binary
 from serverzoo.bench.report import format_value
 from serverzoo.bench.store import SCHEMA
+
+from .support import world_readable_dir
 
 SCENARIOS = """
 [run]
@@ -57,11 +57,8 @@ MODELS = ("iterative", "threading")
 
 @pytest.fixture
 def out_dir():
-    """A world-readable folder (nginx's workers run as nobody), removed afterwards."""
-    path = tempfile.mkdtemp(prefix="serverzoo-bench-smoke-")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with world_readable_dir("serverzoo-bench-smoke-") as path:
+        yield path
 
 
 def bench(out: str, *args: str) -> subprocess.Popen:

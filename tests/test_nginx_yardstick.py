@@ -8,17 +8,16 @@ that nginx then really holds more than its default, on a real nginx.
 
 from __future__ import annotations
 
-import os
 import resource
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from serverzoo.bench.nginx import CONNECTIONS, NginxServer, nginx_binary
 from serverzoo.clients.loadgen.corpus import write_corpus
+
+from .support import world_readable_dir
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
 
@@ -27,12 +26,9 @@ HELD = CONNECTIONS + 500  # past the default, which this nginx must not close
 
 @pytest.fixture(scope="module")
 def root() -> Iterator[str]:
-    """A world-readable corpus (nginx's workers run as nobody), removed afterwards."""
-    path = tempfile.mkdtemp(prefix="serverzoo-nginx-yardstick-")
-    os.chmod(path, 0o755)
-    write_corpus(path, ["1KiB"])
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with world_readable_dir("serverzoo-nginx-yardstick-") as path:
+        write_corpus(path, ["1KiB"])
+        yield path
 
 
 def test_worker_connections_leave_room_and_never_fall_below_the_default(root: str) -> None:
