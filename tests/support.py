@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
@@ -35,6 +36,24 @@ FILES = {  # name -> size; contents are deterministic pseudo-random bytes
     "ünïcode.txt": 13,
 }
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT\n"
+
+
+def one_scenario_plan(scenario: Any, servers: dict[str, Any]) -> Any:
+    """A BenchPlan of one scenario: one repetition, server and generator both on CPU 0, a 1 KiB
+    corpus, for tests that run its cells with CellRunner."""
+    from serverzoo.bench.plan import BenchPlan
+    from serverzoo.bench.scenarios import CorpusSpec, RunSettings
+
+    return BenchPlan(
+        preset="t",
+        servers=servers,
+        scenarios={scenario.name: scenario},
+        repeat=1,
+        run=RunSettings(0.1, 0.01, ()),
+        corpus=CorpusSpec(seed=1, files=("1KiB",)),
+        server_cpus=[0],
+        client_cpus=[0],
+    )
 
 
 @contextmanager

@@ -8,9 +8,10 @@ import pytest
 
 from serverzoo.bench.corpus import ensure_corpus
 from serverzoo.bench.matrix import live_text
-from serverzoo.bench.plan import BenchPlan
 from serverzoo.bench.runner import CellRunner
-from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec
+from serverzoo.bench.scenarios import Scenario, ServerSpec
+
+from .support import one_scenario_plan
 
 
 @pytest.mark.timeout(60)
@@ -18,16 +19,7 @@ def test_a_running_cell_reports_its_live_figures(tmp_path) -> None:
     sc = Scenario(
         "small", "small", "", "closed", ("/1KiB.bin",), None, "keep-alive", "rps", False, (), (2,), 0, 2.2, 0.3
     )
-    plan = BenchPlan(
-        preset="t",
-        servers={"asyncio": ServerSpec("asyncio", "asyncio")},
-        scenarios={"small": sc},
-        repeat=1,
-        run=RunSettings(0.1, 0.01, ()),
-        corpus=CorpusSpec(seed=1, files=("1KiB",)),
-        server_cpus=[0],
-        client_cpus=[0],
-    )
+    plan = one_scenario_plan(sc, {"asyncio": ServerSpec("asyncio", "asyncio")})
     root = ensure_corpus(os.path.join(str(tmp_path), "corpus"), plan.corpus)
     runner = CellRunner(plan, root)
     seen: list[dict] = []

@@ -22,7 +22,7 @@ from serverzoo.bench.nginx import nginx_binary
 from serverzoo.bench.report import format_value
 from serverzoo.bench.store import SCHEMA
 
-from .support import world_readable_dir
+from .support import one_scenario_plan, world_readable_dir
 
 SCENARIOS = """
 [run]
@@ -229,25 +229,18 @@ def test_tiny_matrix_interrupted_resumed_and_reported(out_dir):
 
 def test_a_cell_that_cannot_start_or_load_is_recorded_as_failed(out_dir):
     from serverzoo.bench.corpus import ensure_corpus
-    from serverzoo.bench.plan import BenchPlan
     from serverzoo.bench.runner import CellRunner
-    from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec, ZipfMix
+    from serverzoo.bench.scenarios import Scenario, ServerSpec, ZipfMix
 
     sc = Scenario(
         "small", "small", "", "closed", (), ZipfMix("nomix", 1.0), "keep-alive", "rps", True, (), (1,), 0, 0.3, 0.0
     )
-    plan = BenchPlan(
-        preset="t",
-        servers={
+    plan = one_scenario_plan(
+        sc,
+        {
             "bad": ServerSpec("bad", "threading", ("--no-such-option",)),
             "threading": ServerSpec("threading", "threading"),
         },
-        scenarios={"small": sc},
-        repeat=1,
-        run=RunSettings(0.1, 0.01, ()),
-        corpus=CorpusSpec(seed=1, files=("1KiB",)),
-        server_cpus=[0],
-        client_cpus=[0],
     )
     root = ensure_corpus(os.path.join(out_dir, "corpus"), plan.corpus)
     bad, good = plan.cells()
@@ -293,24 +286,14 @@ def test_an_idle_cell_measures_the_same_load_without_the_idle_set_first(out_dir)
     """A cell of a scenario with idle connections runs its active load twice on one server:
     without the idle set, then with it; both documents are kept and the run validates."""
     from serverzoo.bench.corpus import ensure_corpus
-    from serverzoo.bench.plan import BenchPlan
     from serverzoo.bench.results import CellRecord
     from serverzoo.bench.runner import CellRunner
-    from serverzoo.bench.scenarios import CorpusSpec, RunSettings, Scenario, ServerSpec
+    from serverzoo.bench.scenarios import Scenario, ServerSpec
 
     sc = Scenario(
         "idle", "idle", "", "closed", ("/1KiB.bin",), None, "keep-alive", "rps", False, (), (2,), 0, 0.5, 0.2, idle=20
     )
-    plan = BenchPlan(
-        preset="t",
-        servers={"select": ServerSpec("select", "select")},
-        scenarios={"idle": sc},
-        repeat=1,
-        run=RunSettings(0.1, 0.01, ()),
-        corpus=CorpusSpec(seed=1, files=("1KiB",)),
-        server_cpus=[0],
-        client_cpus=[0],
-    )
+    plan = one_scenario_plan(sc, {"select": ServerSpec("select", "select")})
     root = ensure_corpus(os.path.join(out_dir, "corpus"), plan.corpus)
     (cell,) = plan.cells()
     record = CellRunner(plan, root).run(cell)
