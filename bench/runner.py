@@ -36,7 +36,7 @@ from serverzoo.servers.launch import ServerProcess, ServerStartError
 from .cgroups import CellCgroup, CgroupPlacer
 from .loadargs import load_argv, load_options
 from .nginx import NginxError, NginxServer
-from .plan import FD_MARGIN, REFERENCE, BenchPlan, Cell, connections_needed
+from .plan import REFERENCE, BenchPlan, Cell, connections_needed
 
 if TYPE_CHECKING:
     from serverzoo.clients.links import LinkedHosts
@@ -159,7 +159,7 @@ class CellRunner:
                 (sc.generator_seconds + 2 * GENERATOR_SLACK_S) * sc.generator_runs,
             )
         if spec.model == REFERENCE:
-            connections = connections_needed(self.plan.scenarios[cell.scenario]) + FD_MARGIN
+            connections = connections_needed(self.plan.scenarios[cell.scenario])  # NginxServer adds the headroom
             if hosts is None:
                 return NginxServer(self.corpus_root, tuned=True, cpus=cpus, connections=connections)
             return NginxServer(
