@@ -214,7 +214,7 @@ def _wait_for_load(proc: subprocess.Popen, limit_s: float = 30.0) -> None:
                 if "serverzoo.clients.loadgen.worker" in " ".join(child.cmdline())
             }
         except psutil.NoSuchProcess:
-            continue  # a child ended while it was read; proc.poll() says whether proc did
+            workers = set()  # a child ended while it was read; the next round (or proc.poll()) says more
         if any(c.pid in workers and c.status == psutil.CONN_ESTABLISHED for c in psutil.net_connections("tcp")):
             return
         time.sleep(0.05)
