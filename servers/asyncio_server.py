@@ -3,22 +3,17 @@
 How it works: one Protocol object per connection; data_received feeds the core and
 writes what it plans to the transport. Nothing on the hot path is a coroutine:
 callbacks cost less than a task per connection, and the same shape runs on both
-loops. What happens between a read and a write is ConnectionPolicy's decision
-(runtime/policy.py), and what to send beyond one small response the Outbox's
-(runtime/outbox.py), both shared with select: this file holds the callbacks and the
-writes. Once the client is gone (a write failed, or connection_lost) no step is taken
-and the file is closed. The work endpoint's wait is a call_later; timeouts are
-deadlines in buckets that one timer sweeps (runtime/deadlines.py). Flow control is
-the transport's: past its high-water mark it calls pause_writing, and the protocol
-stops reading that client and feeding it file chunks until resume_writing.
-Shutdown: close the listener, close idle connections, give busy ones the grace period.
-The server accepts in a reader callback on the listener and reads each new connection
-once at once: a small response that ends it is sent and the socket closed with no
-transport or protocol at all (docs/event-loops.md). Any other connection gets its
-protocol, which handles what was read in connection_made, and its transport from
-runtime/asyncio_transport.py (on the stdlib loop at once, with no task). Reads:
-BufferedProtocol on the stdlib loop (its plain Protocol allocates a fresh 256 KiB
-buffer per read), a plain Protocol on uvloop (which reads into a buffer of its own).
+loops. What to do between a read and a write, what to write beyond one small
+response, the accepting and the deadlines are shared with select (runtime/, see
+docs/event-loops.md): this file holds the callbacks and the writes. Once the client is
+gone (a write failed, or connection_lost) no step is taken and the file is closed.
+Flow control is the transport's: past its high-water mark it calls pause_writing, and
+the protocol stops reading that client and feeding it file chunks until
+resume_writing. The work endpoint's wait is a call_later; timeouts are deadlines in
+buckets that one timer sweeps. A connection that one small response ends gets no
+transport and no protocol at all. Reads: BufferedProtocol on the stdlib loop (its
+plain Protocol allocates a fresh 256 KiB buffer per read), a plain Protocol on uvloop
+(which reads into a buffer of its own).
 
 Good at: the same as select (many idle or slow clients, small keep-alive requests);
 uvloop's C loop and transports cost less per request than select's Python loop.
@@ -26,31 +21,26 @@ Breaks down: CPU-bound work blocks the loop and every client on it ("cpu work");
 one process uses one core (--workers N runs N loops on the listener).
 File bodies: a read-and-write loop by default (READ_CHUNK chunks written under the
 transport's flow control, so memory stays bounded); --file-send sendfile uses
-loop.sendfile in SENDFILE_SEGMENT steps, so the write timeout sees progress. uvloop
-has no loop.sendfile: with --loop uvloop files are always read and written. Copying is
-the default for the reason select gives (the receiving client's core is the limit on
+loop.sendfile in segments, so the write timeout sees progress. uvloop has no
+loop.sendfile: with --loop uvloop files are always read and written. Copying is the
+default for the reason select gives (the receiving client's core is the limit on
 loopback, and sendfile'd data costs it more per byte).
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
-from collections.abc import Callable
 
 from ..protocol import HttpConnection, ResponsePlan
-from .runtime.accepting import Acceptor
+from .runtime.asyncio_support import LiveConnections, report_loop_error, send_file, until_stop_signal
 from .runtime.asyncio_transport import transport_maker
 from .runtime.context import ServerContext
 from .runtime.deadlines import INF, SweptDeadlines
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import FileSource, accepted_conversations, raise_open_files_limit
+from .runtime.nonblocking import Conversations, FileSource, ListenerWatch, raise_open_files_limit
 from .runtime.outbox import CLOSE, DONE, SEND, SENDFILE, WAIT, Outbox
-from .runtime.policy import AT_EOF, QUEUED, ConnectionPolicy
-from .runtime.stderr_log import report
-
-SENDFILE_SEGMENT = 1024 * 1024  # loop.sendfile reports no progress until it returns
+from .runtime.policy import AT_EOF, DROP, KEEP_SENDING, QUEUED, SEND_408, ConnectionPolicy
 
 
 class Server:
@@ -61,35 +51,14 @@ class Server:
         self.loop = loop
         self.limits = ctx.limits
         self.use_sendfile = use_sendfile
-        self.protocols: set[HttpProtocol] = set()
+        self.live: LiveConnections[HttpProtocol] = LiveConnections()
         self.stopping = False
         # BufferedProtocol reads land here: the loop runs one callback at a time, and
         # each read is copied out before the next, so one buffer serves every connection
         self.read_buffer = bytearray(RECV_BYTES)
         self.read_view = memoryview(self.read_buffer)
-        self.all_closed: asyncio.Future | None = None
         self.deadlines = SweptDeadlines(loop.call_at, loop.time)
         self.policy = ConnectionPolicy(ctx.limits, use_sendfile, self.deadlines)
-
-    def forget(self, proto: HttpProtocol) -> None:
-        self.protocols.discard(proto)
-        if not self.protocols and self.all_closed is not None and not self.all_closed.done():
-            self.all_closed.set_result(None)
-
-    async def drain(self) -> None:
-        """Close idle connections now; give the others the grace period, then abort them."""
-        self.stopping = True
-        self.all_closed = self.loop.create_future()
-        for proto in list(self.protocols):
-            if self.policy.drain(proto) and not proto.busy and not proto.transport.get_write_buffer_size():
-                proto.transport.close()
-        if self.protocols:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.all_closed), self.limits.grace)
-            except TimeoutError:
-                for proto in list(self.protocols):
-                    proto.abort()
-                await asyncio.sleep(0)  # let connection_lost run
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -116,7 +85,7 @@ class HttpProtocol(asyncio.Protocol):
         self,
         srv: Server,
         http: HttpConnection | None = None,
-        first: tuple[list[ResponsePlan], bytes | memoryview | None] | None = None,
+        first: list[ResponsePlan] | None = None,
     ) -> None:
         self.srv = srv
         self.loop = srv.loop
@@ -133,7 +102,7 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = INF
         self.armed_at = INF
         self.pending: asyncio.Handle | asyncio.Task | None = None  # a work wait or a sendfile task
-        self.first = first  # what the accept callback's first exchange left to do (see begin)
+        self.first = first  # the plans of the accept callback's first read, answered in connection_made
 
     # -- the transport's callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -144,10 +113,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         if srv.use_sendfile:
             transport.set_write_buffer_limits(high=0)  # see _send_file
-        srv.protocols.add(self)
+        srv.live.add(self)
         srv.deadlines.move(self, self.loop.time() + srv.limits.header_timeout)
         if self.first is not None:  # before any read: no later request may overtake it
-            self.begin(*self.first)
+            self._answer(self.first, False)
             self.first = None
 
     def data_received(self, data: bytes) -> None:
@@ -163,16 +132,6 @@ class HttpProtocol(asyncio.Protocol):
             return
         was_partial = http.has_partial_request
         self._answer(http.receive(data), was_partial)
-
-    def begin(self, plans: list[ResponsePlan], rest: bytes | memoryview | None) -> None:
-        """Carry on a conversation the accept callback began: the plans of its first read,
-        or the rest of a last response that did not fit in one send."""
-        if rest is None:
-            self._answer(plans, False)
-            return
-        self.written += len(rest)
-        self.transport.write(rest)
-        self._close_when_flushed()
 
     def _answer(self, plans: list[ResponsePlan], was_partial: bool) -> None:
         now = self.loop.time()
@@ -209,13 +168,11 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_soon(self._pump)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.srv.deadlines.remove(self)
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        if self.box is not None:
-            self.box.discard()  # the response ends here: its file is closed, nothing more is written
-        self.srv.forget(self)
+        self.srv.policy.closed(self)  # the response ends here: its file is closed, nothing more is written
+        self.srv.live.discard(self)
 
     # -- sending responses --------------------------------------------------------------
     def _pump(self) -> None:
@@ -266,28 +223,11 @@ class HttpProtocol(asyncio.Protocol):
         self._pump()
 
     async def _send_file(self, f: FileSource) -> None:
-        """--file-send sendfile: loop.sendfile in segments. The buffer is empty when this
-        starts (a zero high-water mark in this mode), and the transport is aborted only
-        here, after loop.sendfile has unwound: aborting it mid-call breaks the 3.11
-        selector transport (its empty-waiter future is already done)."""
-        t = self.transport
-        try:
-            with open(f.fd, "rb", buffering=0, closefd=False) as fileobj:
-                while f.left:
-                    segment = min(f.left, SENDFILE_SEGMENT)
-                    # fallback=False: a reset client must not send the rest through executor threads
-                    sent = await self.loop.sendfile(t, fileobj, f.offset, segment, fallback=False)
-                    self.written += sent
-                    f.offset += sent
-                    f.left -= sent
-                    if sent < segment:  # the file shrank: a short body, then drop
-                        t.abort()
-                        return
-        except (OSError, RuntimeError, asyncio.CancelledError):  # client gone, or we gave up on it
-            t.abort()
-            return
-        self.pending = None
-        self._pump()
+        """--file-send sendfile (runtime/asyncio_support.py); the buffer is empty when it
+        starts: a zero high-water mark in this mode."""
+        if await send_file(self.loop, self.transport, f, self):
+            self.pending = None
+            self._pump()
 
     def _hold(self) -> None:
         """A response is in progress: stop reading this client until it is done (back-pressure)."""
@@ -301,6 +241,11 @@ class HttpProtocol(asyncio.Protocol):
         if t.get_write_buffer_size():
             self._expect_progress()
         t.close()  # sends what is buffered first; the timer still watches progress
+
+    def drain(self) -> None:
+        """Shutdown: close now if waiting for a request that has not begun, with nothing left to write."""
+        if self.srv.policy.drain(self) and not self.busy and not self.transport.get_write_buffer_size():
+            self.transport.close()
 
     def abort(self) -> None:
         if isinstance(self.pending, asyncio.Task):
@@ -317,13 +262,14 @@ class HttpProtocol(asyncio.Protocol):
     def on_deadline(self) -> None:
         t = self.transport
         buffered = t.get_write_buffer_size()
-        if buffered or self.write_paused or (self.box is not None and self.box.file is not None) or t.is_closing():
-            if self.written - buffered != self.progress:  # the client took some bytes: carry on
-                self._expect_progress()
-            else:
-                self.abort()  # no progress sending for write_timeout
-        elif self.srv.policy.read_timeout(self):
-            self._pump()  # a 408, then close
+        sending = bool(buffered or self.write_paused or t.is_closing() or (self.box and self.box.file))
+        todo = self.srv.policy.on_deadline(self, sending, self.written - buffered != self.progress)
+        if todo == KEEP_SENDING:
+            self._expect_progress()
+        elif todo == SEND_408:
+            self._pump()  # then close
+        elif todo == DROP:
+            self.abort()  # no progress sending for write_timeout
         else:
             t.close()
 
@@ -342,63 +288,23 @@ class BufferedHttpProtocol(HttpProtocol, asyncio.BufferedProtocol):
         self.data_received(self.srv.read_view[:nbytes].tobytes())
 
 
-def _report(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-    """One line for the loop's OS-level troubles (out of descriptors on accept, a reset
-    peer); the full default report, traceback included, for anything else (a bug)."""
-    exc = context.get("exception")
-    if isinstance(exc, OSError):
-        message = context.get("message", "event loop error")
-        report(message, f"serverzoo: {message}: {exc}")
-    else:
-        loop.default_exception_handler(context)
-
-
-def _accept_with(
-    loop: asyncio.AbstractEventLoop, srv: Server, ctx: ServerContext, protocol_class: type[HttpProtocol]
-) -> Callable[[], None]:
-    """Accept in a reader callback on the listener (see the module docstring); returns the
-    call that stops accepting."""
-    listener, acceptor = ctx.listener, Acceptor(ctx)
-    make_transport = transport_maker(loop, stdlib=protocol_class is BufferedHttpProtocol)
-
-    def on_readable() -> None:
-        for sock, http, plans, rest in accepted_conversations(acceptor, ctx):
-            make_transport(sock, protocol_class(srv, http, None if plans is None else (plans, rest)))
-        if acceptor.pause:  # out of fds or memory: stop watching the listener a while
-            loop.remove_reader(listener.fileno())
-            loop.call_later(acceptor.pause, watch)
-
-    def watch() -> None:
-        if listener.fileno() >= 0:  # not closed by stop() meanwhile
-            loop.add_reader(listener.fileno(), on_readable)
-
-    def stop() -> None:
-        loop.remove_reader(listener.fileno())
-        listener.close()
-
-    watch()
-    return stop
-
-
 async def _serve(ctx: ServerContext, use_sendfile: bool, protocol: type[HttpProtocol]) -> None:
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_report)
+    loop.set_exception_handler(report_loop_error)
     srv = Server(ctx, loop, use_sendfile)
-    stop = loop.create_future()
+    make_transport = transport_maker(loop, stdlib=protocol is BufferedHttpProtocol)
 
-    def on_signal() -> None:
-        if not stop.done():
-            stop.set_result(None)
+    def accept(conversations: Conversations) -> None:
+        for sock, http, plans in conversations:
+            make_transport(sock, protocol(srv, http, plans))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    if ctx.stopping:  # a signal came before our handlers were in place
-        on_signal()
-    close_listener = _accept_with(loop, srv, ctx, protocol)
-    await stop
-    close_listener()
+    listening = ListenerWatch(ctx, accept, loop.add_reader, loop.remove_reader, loop.call_later)
+    listening.start()
+    await until_stop_signal(loop, ctx)
+    listening.close()
     ctx.request_shutdown()
-    await srv.drain()
+    srv.stopping = True
+    await srv.live.drain_all(ctx.limits.grace)
 
 
 def serve(ctx: ServerContext) -> None:

@@ -5,14 +5,11 @@ epoll by default, --selector poll|select) and moves each ready connection a step
 recv -> core -> send. A connection is READING (watched for input), WRITING (a response
 did not fit in the socket buffer: watched for output only, so a client that does not
 read is not read either) or WAITING (the work endpoint's wait: unwatched, a timer
-resumes it). What happens between a read and a write is ConnectionPolicy's decision
-(runtime/policy.py), and what to send beyond one small response the Outbox's
-(runtime/outbox.py), both shared with asyncio: this file holds the waiting and the
-sending. Deadlines sit in buckets (runtime/deadlines.py), so the keep-alive fast path
-(one recv, the reply the core has ready, one send) touches no timer and no
-registration. A new connection is read once right after accept and, when its small
-response ends it, answered and closed before it is ever registered
-(docs/event-loops.md).
+resumes it). What to do between a recv and a send, what to send beyond one small
+response, the accepting and the deadlines are shared with asyncio (runtime/, see
+docs/event-loops.md): this file holds the waiting and the sending. The keep-alive
+fast path (one recv, the reply the core has ready, one send) touches no timer and no
+registration, and a connection that one small response ends is never registered.
 
 Good at: many idle or slow connections for the price of a socket each ("idle
 connections", "slow readers"), and small keep-alive requests, with no thread switch
@@ -32,20 +29,17 @@ client's core is what limits the large-file scenario, so copying is the default.
 from __future__ import annotations
 
 import _socket
-import heapq
-import itertools
 import socket
 import traceback
 from collections.abc import Callable
 from time import monotonic
 
-from .runtime.accepting import Acceptor
 from .runtime.context import ServerContext
-from .runtime.deadlines import INF, DeadlineBuckets
+from .runtime.deadlines import INF, DeadlineBuckets, Timers
 from .runtime.io_sizes import RECV_BYTES
-from .runtime.nonblocking import accepted_conversations, raise_open_files_limit, refuse
+from .runtime.nonblocking import Conversations, ListenerWatch, raise_open_files_limit, refuse
 from .runtime.outbox import DONE, SEND, SENDFILE, WAIT, Outbox
-from .runtime.policy import AT_EOF, QUEUED, ConnectionPolicy
+from .runtime.policy import AT_EOF, QUEUED, SEND_408, ConnectionPolicy
 from .runtime.pollers import Poller
 from .runtime.wakeup import drain_fd, signal_wakeup
 
@@ -80,21 +74,20 @@ class SelectLoop:
         self.clients: set[Client] = set()
         self.deadlines = DeadlineBuckets()
         self.policy = ConnectionPolicy(ctx.limits, use_sendfile, self.deadlines)
-        self.timers: list[tuple[float, int, Callable, Client | None]] = []  # waits and wake-ups
-        self._seq = itertools.count()
+        self.timers = Timers()  # work waits, accept pauses, the end of the grace period
         self.now = monotonic()
         self.stop_at: float | None = None  # the grace deadline, once shutdown began
-        self.accepting = False
-        self.acceptor = Acceptor(ctx)
+        self.listening = ListenerWatch(ctx, self._accept, self._watch, self._unwatch, self._call_later)
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
         poll, watched, timers, deadlines, ctx = self.poller.poll, self.watched, self.timers, self.deadlines, self.ctx
         if ctx.stopping:  # a signal during start-up, before the wake-up fd existed: nothing would wake poll()
             return
-        self._listen()
+        self.listening.start()
         while True:
-            first = min(timers[0][0] if timers else INF, deadlines.next_time())
+            timer_due = timers.next_time()
+            first = min(timer_due, deadlines.next_time())
             events = poll(max(first - monotonic(), 0.0) if first < INF else None)
             self.now = now = monotonic()
             for fd, _ in events:
@@ -109,12 +102,12 @@ class SelectLoop:
                         c()  # the listener or the signal wake-up
                 except Exception:
                     self._fault(c)
-            while timers and timers[0][0] <= now:
-                _, _, callback, c = heapq.heappop(timers)
-                try:
-                    callback(c)
-                except Exception:
-                    self._fault(c)
+            if timer_due <= now:  # one set meanwhile is later, or is taken by the next poll(0)
+                for callback, c in timers.pop_due(now):
+                    try:
+                        callback(c)
+                    except Exception:
+                        self._fault(c)
             if deadlines.next_time() <= now:
                 for c in deadlines.pop_due(now):
                     try:
@@ -141,18 +134,20 @@ class SelectLoop:
                     c.sock = None
                 self.clients.discard(c)
 
-    def _call_at(self, when: float, callback: Callable, c: Client | None) -> None:
-        heapq.heappush(self.timers, (when, next(self._seq), callback, c))
-
-    # -- accepting -----------------------------------------------------------------
-    def _listen(self) -> None:
-        fd = self.ctx.listener.fileno()
+    # -- watching and accepting ------------------------------------------------------
+    def _watch(self, fd: int, callback: Callable[[], None]) -> None:
         self.poller.register(fd, self.poller.READ)
-        self.watched[fd] = self._accept
-        self.accepting = True
+        self.watched[fd] = callback
 
-    def _accept(self) -> None:
-        for sock, http, plans, rest in accepted_conversations(self.acceptor, self.ctx):
+    def _unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        del self.watched[fd]
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.timers.call_at(self.now + delay, lambda _c: callback())
+
+    def _accept(self, conversations: Conversations) -> None:
+        for sock, http, plans in conversations:
             fd = sock.fileno()
             c = Client(sock, fd, http, self.now + self.header_timeout)
             try:
@@ -165,15 +160,8 @@ class SelectLoop:
             self.watched[fd] = c
             self.clients.add(c)
             self.deadlines.file(c, c.deadline)
-            if rest:  # the last response did not fit in one send
-                c.out = rest
-                self.policy.outbox(c).close_after = True
-                self._blocked(c)
-            elif plans is not None:
+            if plans is not None:
                 self._answer(c, plans, False)
-        if self.acceptor.pause and not self.ctx.stopping:  # out of fds or memory: stop watching for a while
-            self._unwatch_listener()
-            self._call_at(self.now + self.acceptor.pause, lambda _c: self.stop_at or self._listen(), None)
 
     # -- reading -------------------------------------------------------------------
     def _readable(self, c: Client) -> None:
@@ -279,7 +267,7 @@ class SelectLoop:
         c.deadline = INF
         if c.state != WAITING:
             self._set_state(c, WAITING)
-        self._call_at(self.now + seconds, self._pump, c)
+        self.timers.call_at(self.now + seconds, self._pump, c)
 
     def _set_state(self, c: Client, state: int) -> None:
         poller = self.poller
@@ -294,7 +282,8 @@ class SelectLoop:
     def _on_deadline(self, c: Client) -> None:
         if c.sock is None:
             return None
-        if c.state == READING and self.policy.read_timeout(c):
+        # a WRITING connection's deadline moves on with every send that fits: due, it made no progress
+        if self.policy.on_deadline(c, c.state != READING, False) == SEND_408:
             return self._pump(c)  # a 408, then close
         self._close(c)  # idle too long, or no progress sending for write_timeout
 
@@ -302,19 +291,11 @@ class SelectLoop:
     def _begin_shutdown(self) -> None:
         """Stop accepting, close idle connections, let the others finish within the grace period."""
         self.stop_at = self.now + self.ctx.limits.grace
-        self._call_at(self.stop_at, lambda _c: None, None)  # wake the loop at the deadline
-        if self.accepting:
-            self._unwatch_listener()
-        self.ctx.listener.close()
+        self.timers.call_at(self.stop_at, lambda _c: None)  # wake the loop at the deadline
+        self.listening.close()
         for c in list(self.clients):
             if self.policy.drain(c) and c.state == READING:
                 self._close(c)
-
-    def _unwatch_listener(self) -> None:
-        fd = self.ctx.listener.fileno()
-        self.poller.unregister(fd)
-        del self.watched[fd]
-        self.accepting = False
 
     def _close(self, c: Client) -> None:
         sock = c.sock
@@ -325,9 +306,7 @@ class SelectLoop:
         del self.watched[c.fd]
         sock.close()
         c.sock = None
-        if c.box is not None:
-            c.box.discard()
-        self.deadlines.remove(c)
+        self.policy.closed(c)
         self.clients.discard(c)
 
 
@@ -338,8 +317,7 @@ def serve(ctx: ServerContext) -> None:
     try:
         with signal_wakeup() as wake:
             loop = SelectLoop(ctx, poller, ctx.use_sendfile)
-            poller.register(wake.fileno(), poller.READ)
-            loop.watched[wake.fileno()] = lambda: drain_fd(wake.fileno())
+            loop._watch(wake.fileno(), lambda: drain_fd(wake.fileno()))
             loop.run()
     finally:
         poller.close()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from serverzoo.servers.runtime.deadlines import DEADLINE_STEP, INF, DeadlineBuckets, rounded_up
+from serverzoo.servers.runtime.deadlines import DEADLINE_STEP, INF, DeadlineBuckets, Timers, rounded_up
 
 
 class Conn:
@@ -78,3 +78,26 @@ def test_no_deadline_leaves_the_buckets_when_its_bucket_comes_due():
     b.move(a, 1.0)
     a.deadline = INF  # the work endpoint's wait: no timeout meanwhile
     assert b.pop_due(5.0) == [] and len(b) == 0 and a.armed_at == INF
+
+
+def test_timers_come_due_in_time_order_with_their_argument():
+    t = Timers()
+    calls = []
+    assert t.next_time() == INF
+    t.call_at(2.0, calls.append, "b")
+    t.call_at(1.0, calls.append, "a")
+    t.call_at(2.0, calls.append, "c")  # the same time as b: after it
+    assert t.next_time() == 1.0
+    assert list(t.pop_due(0.5)) == []
+    for callback, arg in t.pop_due(2.0):
+        callback(arg)
+    assert calls == ["a", "b", "c"] and t.next_time() == INF
+
+
+def test_a_timer_set_for_now_by_a_due_one_runs_in_the_same_pass():
+    t = Timers()
+    seen = []
+    t.call_at(1.0, lambda arg: t.call_at(1.0, seen.append, "again"))
+    for callback, arg in t.pop_due(1.0):
+        callback(arg)
+    assert seen == ["again"]

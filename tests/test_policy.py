@@ -7,7 +7,16 @@ import pytest
 from serverzoo.protocol import Docroot, FileApp, FileSlice, HttpConnection, Limits, ResponsePlan, WorkOrder
 from serverzoo.servers.runtime.deadlines import INF, DeadlineBuckets, rounded_up
 from serverzoo.servers.runtime.outbox import STEP_NAMES, Outbox
-from serverzoo.servers.runtime.policy import AT_EOF, QUEUED, READ_MORE, ConnectionPolicy
+from serverzoo.servers.runtime.policy import (
+    AT_EOF,
+    CLOSE_IDLE,
+    DROP,
+    KEEP_SENDING,
+    QUEUED,
+    READ_MORE,
+    SEND_408,
+    ConnectionPolicy,
+)
 
 LIMITS = Limits(header_timeout=10.0, keepalive_timeout=30.0, write_timeout=20.0)
 NOW = 100.0
@@ -151,3 +160,33 @@ def test_drain(conn, name):
         policy.outbox(conn).add([small()])
     assert policy.drain(conn) is closes
     assert conn.http.draining  # every later response says Connection: close
+
+
+# on_deadline: (what the core holds, sending, progressed) -> (decision, a 408 queued)
+ON_DEADLINE = {
+    "sending, the client took bytes: wait on": (b"", True, True, KEEP_SENDING, False),
+    "sending, no progress: drop": (b"", True, False, DROP, False),
+    "sending with a head cut off behind: still drop": (b"GET /f HT", True, False, DROP, False),
+    "reading, idle: close quietly": (b"", False, False, CLOSE_IDLE, False),
+    "reading, a head cut off: 408": (b"GET /f HTTP/1.1\r\nHo", False, False, SEND_408, True),
+}
+
+
+@pytest.mark.parametrize("name", list(ON_DEADLINE))
+def test_on_deadline(conn, name):
+    fed, sending, progressed, expected, queued = ON_DEADLINE[name]
+    if fed:
+        conn.http.receive(fed)
+    assert make_policy().on_deadline(conn, sending, progressed) == expected
+    assert (conn.box is not None and conn.box.busy) is queued
+
+
+def test_closed_closes_the_file_and_forgets_the_deadline(conn, tmp_path):
+    policy = make_policy()
+    policy.outbox(conn).add([ResponsePlan(200, b"H", file=FileSlice(str(tmp_path / "f"), 0, 10))])
+    policy.expect_progress(conn, NOW)
+    assert conn.box.step() is not None and conn.box.file is not None
+    policy.closed(conn)
+    assert conn.box.file is None and not conn.box.busy
+    assert conn.armed_at == INF and len(policy.deadlines) == 0
+    policy.closed(conn)  # twice is harmless

@@ -19,9 +19,10 @@ timeout fires up to DEADLINE_STEP late, never early.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 DEADLINE_STEP = 0.25  # seconds between buckets: how late a timeout may fire
 INF = math.inf
@@ -139,3 +140,31 @@ class SweptDeadlines(DeadlineBuckets[Swept]):
             item.on_deadline()
         if self.next_time() < self._timer_at:
             self._set_timer(self.next_time())
+
+
+class Timers:
+    """The few exact timers a loop that waits in poll() needs besides the buckets (select:
+    the work endpoint's waits, the end of an accept pause, the end of the grace period):
+    a heap of (when, sequence, callback, argument). The sequence keeps timers due at the
+    same time in order and spares comparing callbacks; the argument spares a closure."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[Any], object], Any]] = []
+        self._seq = itertools.count()
+
+    def call_at(self, when: float, callback: Callable[[Any], object], arg: Any = None) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), callback, arg))
+
+    def next_time(self) -> float:
+        """When the earliest timer is due (INF if none)."""
+        return self._heap[0][0] if self._heap else INF
+
+    def pop_due(self, now: float) -> Iterator[tuple[Callable[[Any], object], Any]]:
+        """(callback, argument) of each timer due by now, earliest first, taken out as the
+        caller goes (a timer a callback sets for now is due in the same pass)."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, callback, arg = heapq.heappop(heap)
+            yield callback, arg

@@ -12,7 +12,8 @@ import _socket  # accepted sockets are the C-level type (runtime/accepting.py)
 import os
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from ...protocol import FileSlice, HttpConnection, Limits, ResponsePlan
 from ...protocol.responses import HeadWriter
@@ -98,22 +99,76 @@ def first_exchange(
     return http, plans, send_final_response(sock, plans)
 
 
-def accepted_conversations(
-    acceptor: Acceptor, ctx: ServerContext
-) -> Iterator[tuple[_socket.socket, HttpConnection, list[ResponsePlan] | None, bytes | memoryview | None]]:
+# each accepted connection that goes on: its socket, its core, the plans of its first read (None: nothing yet)
+Conversations = Iterator[tuple[_socket.socket, HttpConnection, list[ResponsePlan] | None]]
+
+
+def accepted_conversations(acceptor: Acceptor, ctx: ServerContext) -> Conversations:
     """One burst of accepts with each connection's first exchange done: connections it
-    answered for good, or found reset, are closed here; the others are yielded with
-    what first_exchange returned, for the model to carry on."""
+    answered for good, or found reset, are closed here; the others are yielded with the
+    core and the plans of the first read (None: nothing read yet), for the model to carry
+    on. A last response that did not fit in one send comes back as a plan of its own
+    holding the unsent rest (it closes the connection), so the model sends it as it
+    sends any small response."""
     for sock in acceptor.burst():
         try:
             http, plans, rest = first_exchange(ctx, sock)
         except OSError:  # reset already
             sock.close()
             continue
-        if rest is not None and not rest:  # answered, and that was its end
-            sock.close()
-            continue
-        yield sock, http, plans, rest
+        if rest is not None and plans:  # the response that ends it is sent, or begun
+            if not rest:  # answered, and that was its end
+                sock.close()
+                continue
+            plans = [replace(plans[0], head=bytes(rest), body=b"")]
+        yield sock, http, plans
+
+
+class ListenerWatch:
+    """An event loop's listener: watched for readiness, each readiness one burst of
+    accepted conversations (accepted_conversations) handed to the model's take(); an
+    accept back-off (out of descriptors or memory) unwatches it for the pause, and close()
+    ends it for good. watch, unwatch and call_later are the loop's own calls (select's
+    poller, asyncio's add_reader)."""
+
+    __slots__ = ("_acceptor", "_call_later", "_ctx", "_fd", "_take", "_unwatch", "_watch", "closed", "watching")
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        take: Callable[[Conversations], None],
+        watch: Callable[[int, Callable[[], None]], object],
+        unwatch: Callable[[int], object],
+        call_later: Callable[[float, Callable[[], None]], object],
+    ) -> None:
+        self._ctx = ctx
+        self._acceptor = Acceptor(ctx)
+        self._fd = ctx.listener.fileno()
+        self._take, self._watch, self._unwatch, self._call_later = take, watch, unwatch, call_later
+        self.watching = False
+        self.closed = False
+
+    def start(self) -> None:
+        """Watch the listener (again, after a pause; not once it is closed)."""
+        if not self.closed and not self.watching:
+            self._watch(self._fd, self._readable)
+            self.watching = True
+
+    def _readable(self) -> None:
+        acceptor = self._acceptor
+        self._take(accepted_conversations(acceptor, self._ctx))
+        if acceptor.pause and not self._ctx.stopping:
+            self._unwatch(self._fd)
+            self.watching = False
+            self._call_later(acceptor.pause, self.start)
+
+    def close(self) -> None:
+        """Stop accepting: unwatch the listener and close it."""
+        if self.watching:
+            self._unwatch(self._fd)
+            self.watching = False
+        self.closed = True
+        self._ctx.listener.close()
 
 
 def refuse(sock: socket.socket, server_name: str, reason: str) -> None:

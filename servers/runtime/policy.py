@@ -18,6 +18,9 @@ says what the loop must do next.
   write_timeout.
 - read_timeout, a read deadline passed: a 408 queued if a head was cut off, else a
   quiet close.
+- on_deadline, any deadline passed: a send that made progress since its deadline was
+  set goes on, one that made none is dropped; a read deadline is read_timeout's.
+- closed, the connection is gone: its outbox discarded, its deadline forgotten.
 - drain, shutdown: every later response says Connection: close, and a connection
   waiting for a request that has not begun closes now.
 
@@ -37,6 +40,8 @@ from .outbox import Outbox
 
 # after_read's answers, besides bytes to write in one send: read on; take the outbox's steps; the client closed
 READ_MORE, QUEUED, AT_EOF = range(3)
+# on_deadline's answers: the client took bytes, wait on; drop it now; a 408 is queued; close quietly
+KEEP_SENDING, DROP, SEND_408, CLOSE_IDLE = range(4)
 
 
 class LoopConnection(Protocol):
@@ -98,6 +103,21 @@ class ConnectionPolicy:
             return False
         self.outbox(c).add((late,))
         return True
+
+    def on_deadline(self, c: LoopConnection, sending: bool, progressed: bool) -> int:
+        """What a due deadline means. sending: a response is being written (bytes wait in a
+        buffer, or a file body is under way); progressed: the client took some of them since
+        the write deadline was set (KEEP_SENDING: the loop sets it again, expect_progress)."""
+        if sending:
+            return KEEP_SENDING if progressed else DROP
+        return SEND_408 if self.read_timeout(c) else CLOSE_IDLE
+
+    def closed(self, c: LoopConnection) -> None:
+        """c is gone: the response ends here (its file is closed, nothing more is sent) and
+        its deadline is forgotten. Safe to call twice."""
+        if c.box is not None:
+            c.box.discard()
+        self.deadlines.remove(c)
 
     def drain(self, c: LoopConnection) -> bool:
         """Shutdown: True if c waits for a request that has not begun and should close now."""
