@@ -2,8 +2,9 @@
 
 A blocking model waits in recv() with a timeout and lets sendall()/sendfile() finish;
 an event loop instead keeps deadlines itself, sends what fits and resumes later, and
-must turn away a connection it cannot watch. These helpers hold those pieces once, so
-the loop files (select, asyncio) show only how they wait.
+must turn away a connection it cannot watch; and it accepts when its listener is
+ready, a burst at a time, through its own calls (ListenerWatch). These helpers hold
+those pieces once, so the loop files (select, asyncio) show only how they wait.
 """
 
 from __future__ import annotations
