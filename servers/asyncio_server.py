@@ -262,7 +262,9 @@ class HttpProtocol(asyncio.Protocol):
     def on_deadline(self) -> None:
         t = self.transport
         buffered = t.get_write_buffer_size()
-        sending = bool(buffered or self.write_paused or t.is_closing() or (self.box and self.box.file))
+        sending = bool(
+            buffered or self.write_paused or t.is_closing() or (self.box is not None and self.box.file is not None)
+        )
         todo = self.srv.policy.on_deadline(self, sending, self.written - buffered != self.progress)
         if todo == KEEP_SENDING:
             self._expect_progress()
