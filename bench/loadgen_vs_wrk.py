@@ -14,7 +14,10 @@ Section 1: nginx (1 worker, `sendfile off; open_file_cache ...`) pinned to CPU 0
 
 Within each repetition every mode runs wrk then ours, so drift on a shared machine hits
 both tools alike; the medians and their ratio are printed, and each side's CPU time per
-request and per MB received (on a busy machine steadier than the rates). Our generator
+request and per MB received (on a busy machine steadier than the rates). The server's
+process tree is sampled in every run of both tools: when it used at least 90% of its CPU
+with both, the server was the limit, and the ratio says how close each tool came to what it
+can give; the client CPU per request is then what compares the generators. Our generator
 verifies every body against the corpus in every mode. Section 2 runs the keep-alive mode
 against one serverzoo model. Figures are only meaningful on a quiet machine.
 """
@@ -35,7 +38,9 @@ import time
 from dataclasses import dataclass
 
 from serverzoo.clients.loadgen import LoadOptions, run_load
+from serverzoo.clients.loadgen.client_bound import CPU_BOUND_PERCENT
 from serverzoo.clients.loadgen.corpus import write_corpus
+from serverzoo.clients.loadgen.server_sampler import ServerSampler
 
 from .nginx import NginxServer
 
@@ -63,8 +68,11 @@ _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 _BINARY = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}  # wrk prints powers of 1024
 
 
-def run_wrk(url: str, *, connections: int, duration: float, cpu: int | None, close: bool = False) -> dict:
-    """One wrk -t1 run: requests/s, MB/s received, p99, and the CPU time wrk used (its resource usage)."""
+def run_wrk(
+    url: str, *, connections: int, duration: float, cpu: int | None, close: bool = False, server_pid: int | None = None
+) -> dict:
+    """One wrk -t1 run: requests/s, MB/s received, p99, the CPU time wrk used (its resource usage), and
+    with server_pid the server tree's CPU over the run."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
@@ -77,6 +85,7 @@ def run_wrk(url: str, *, connections: int, duration: float, cpu: int | None, clo
         *(["-H", "Connection: close"] if close else []),
         url,
     ]
+    server = _ServerCpu(server_pid)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         argv,
@@ -86,6 +95,7 @@ def run_wrk(url: str, *, connections: int, duration: float, cpu: int | None, clo
         preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu_percent = server.percent()
     m = _RPS.search(proc.stdout)
     done = _READ.search(proc.stdout)
     if proc.returncode != 0 or not m or not done:
@@ -105,13 +115,38 @@ def run_wrk(url: str, *, connections: int, duration: float, cpu: int | None, clo
         "errors": errors.group(0) if errors else None,
         "cpu_us_per_request": cpu_s * 1e6 / requests if requests else None,
         "cpu_us_per_mb": cpu_s * 1e6 / (received / 1e6) if received else None,
+        "server_cpu_percent": server_cpu_percent,
     }
 
 
+class _ServerCpu:
+    """The CPU a server's process tree used from construction to percent() (100 = one CPU); wrk cannot
+    sample it, so the comparison does, around each wrk run."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.sampler = ServerSampler(pid) if pid is not None else None
+        self.first = self.sampler.sample() if self.sampler else None
+
+    def percent(self) -> float | None:
+        last = self.sampler.sample() if self.sampler else None
+        if self.first is None or last is None or last["t_ns"] <= self.first["t_ns"]:
+            return None
+        return round((last["cpu_s"] - self.first["cpu_s"]) / ((last["t_ns"] - self.first["t_ns"]) / 1e9) * 100, 1)
+
+
 def run_ours(
-    url: str, *, connections: int, duration: float, cpu: int | None, corpus: str | None, close: bool = False
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    cpu: int | None,
+    corpus: str | None,
+    close: bool = False,
+    server_pid: int | None = None,
+    server_cpu: int | None = None,
 ) -> dict:
-    """One `serverzoo load` run with one worker process, every body verified."""
+    """One `serverzoo load` run with one worker process, every body verified; with server_pid the server
+    tree is sampled, so the run's client-bound judgement knows whether the server was saturated too."""
     doc = run_load(
         LoadOptions(
             url=url,
@@ -121,6 +156,8 @@ def run_ours(
             cpus=[cpu] if cpu is not None else None,
             corpus=corpus,
             conn_mode="new" if close else "keepalive",
+            server_pid=server_pid,
+            server_cpus=[server_cpu] if server_pid is not None and server_cpu is not None else None,
         )
     )
     cpu_s = doc["client"]["cpu_percent"] / 100 * doc["elapsed_s"]
@@ -134,6 +171,8 @@ def run_ours(
         "cpu_us_per_request": cpu_s * 1e6 / doc["requests"] if doc["requests"] else None,
         "cpu_us_per_mb": cpu_s * 1e6 / (doc["bytes"] / 1e6) if doc["bytes"] else None,
         "client_bound": doc["client"]["client_bound"],
+        "both_saturated": doc["client"]["both_saturated"],
+        "server_cpu_percent": (doc.get("server") or {}).get("cpu_percent"),
     }
 
 
@@ -147,15 +186,28 @@ def compare_with_wrk(
     corpus: str | None = None,
     pause_s: float = 0.5,
     progress=None,
+    server_pid: int | None = None,
+    server_cpu: int | None = None,
 ) -> dict:
-    """For each repetition, each mode: wrk then ours. Per mode: every run, the medians and the ratio."""
+    """For each repetition, each mode: wrk then ours. Per mode: every run, the medians and the ratio.
+
+    server_pid: the server's process tree is sampled in every run of both tools. When the server used
+    CPU_BOUND_PERCENT of its CPU with both, the server was the limit: the ratio then says how close each
+    tool came to what the server can give, and only the client CPU per request compares the generators."""
     runs: dict[str, dict[str, list[dict]]] = {m.name: {"wrk": [], "ours": []} for m in modes}
     for i in range(repeat):
         for mode in modes:
             url = base_url + mode.file
             for tool in ("wrk", "ours"):
                 if tool == "wrk":
-                    r = run_wrk(url, connections=mode.connections, duration=duration, cpu=client_cpu, close=mode.close)
+                    r = run_wrk(
+                        url,
+                        connections=mode.connections,
+                        duration=duration,
+                        cpu=client_cpu,
+                        close=mode.close,
+                        server_pid=server_pid,
+                    )
                 else:
                     r = run_ours(
                         url,
@@ -164,12 +216,19 @@ def compare_with_wrk(
                         cpu=client_cpu,
                         corpus=corpus,
                         close=mode.close,
+                        server_pid=server_pid,
+                        server_cpu=server_cpu,
                     )
                 runs[mode.name][tool].append(r)
                 if progress:
                     progress(
                         f"  run {i + 1}/{repeat} {mode.name:<9} {tool:<5} {r['rps']:>10.0f} req/s "
                         f"{r['mbps']:>10.1f} MB/s"
+                        + (
+                            f", server {r['server_cpu_percent']:.0f}% CPU"
+                            if r["server_cpu_percent"] is not None
+                            else ""
+                        )
                     )
                 time.sleep(pause_s)  # let the server settle between runs
     out = {}
@@ -187,6 +246,7 @@ def compare_with_wrk(
             "ratio": med["ours"] / med["wrk"] if med["wrk"] else None,
             "median_cpu_us_per_request": {t: _median(r["cpu_us_per_request"] for r in rs[t]) for t in rs},
             "median_cpu_us_per_mb": {t: _median(r["cpu_us_per_mb"] for r in rs[t]) for t in rs},
+            "median_server_cpu_percent": {t: _median(r["server_cpu_percent"] for r in rs[t]) for t in rs},
         }
     return {"url": base_url, "repeat": repeat, "duration_s": duration, "client_cpu": client_cpu, "modes": out}
 
@@ -219,10 +279,19 @@ def format_comparison(title: str, c: dict) -> str:
         )
         ours = m["runs"]["ours"]
         lines.append(
-            f"  serverzoo runs marked client-bound: {sum(r['client_bound'] for r in ours)} of {len(ours)}; "
+            f"  serverzoo runs marked client-bound: {sum(r['client_bound'] for r in ours)} of {len(ours)}, "
+            f"both saturated: {sum(r['both_saturated'] for r in ours)}; "
             f"with errors: {sum(r['errors'] > 0 for r in ours)}; wrk runs with errors: "
             f"{sum(bool(r['errors']) for r in m['runs']['wrk'])}"
         )
+        sc = m["median_server_cpu_percent"]
+        if sc["wrk"] is not None and sc["ours"] is not None:
+            lines.append(f"  server CPU (of one CPU): with wrk {sc['wrk']:.0f}%, with serverzoo {sc['ours']:.0f}%")
+            if min(sc.values()) >= CPU_BOUND_PERCENT:
+                lines.append(
+                    "  the server was the limit with both tools: the ratio compares what each got out of a "
+                    "saturated server; the client CPU per request compares the generators"
+                )
     return "\n".join(lines)
 
 
@@ -267,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                     client_cpu=args.client_cpu,
                     corpus=root,
                     progress=say,
+                    server_pid=ngx.pid,
+                    server_cpu=args.server_cpu,
                 )
             out["nginx"] = c
             say(
@@ -289,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                         client_cpu=args.client_cpu,
                         corpus=root,
                         progress=say,
+                        server_pid=srv.pid,
+                        server_cpu=args.server_cpu,
                     )
                 out["model"] = {"model": args.model, "args": args.model_args, **c}
                 say(
