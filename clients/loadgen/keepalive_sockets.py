@@ -22,7 +22,9 @@ One readiness batch (many events per poll) is handled in one loop:
 The slot's ClientConnection holds the request in flight (inflight, start_ns, sent_ns,
 phase) at all times, so timeouts, errors and the general path see the same state as over
 asyncio. Latency is timed from the send, or from the connect's start for the first
-request on a connection, as drivers.py does.
+request on a connection, as drivers.py does, to the poll that reported the response: every
+response of a batch was in its socket by then, and one clock reading for the batch leaves
+out the time spent reading the responses ahead of it.
 
 Only the closed loop at depth 1, without think time or reconnect-after and with bodies
 below LARGE_BODY, takes this path (`suits`); the worker gives every other keep-alive run
@@ -138,10 +140,15 @@ class KeepAliveClients(SocketPool):
         lat_append = phase.lat.append
         received = bodies = 0
         answered = []  # fast-path slots of a timed single-target run: their next requests go out after the batch
-        for fd, _events in self.epoll.poll(0, 512):
-            slot = by_fd.get(fd)
-            if slot is None or run.stopping:
-                continue  # closed by an earlier event of this batch, or the run is over
+        events = self.epoll.poll(0, 512)
+        now = monotonic_ns()  # the arrival of every response of the batch (see the module's docstring)
+        for fd, _events in events:
+            try:
+                slot = by_fd[fd]
+            except KeyError:
+                continue  # closed by an earlier event of this batch
+            if run.stopping:
+                break
             if slot.unsent is not None:
                 self._send_rest(slot)
                 continue
@@ -157,7 +164,6 @@ class KeepAliveClients(SocketPool):
                 self._general(slot, n)
                 continue
             # the fast path: the known response again, byte for byte
-            now = monotonic_ns()
             conn = slot.conn
             if by_send:
                 run.bytes_in += n
@@ -168,7 +174,7 @@ class KeepAliveClients(SocketPool):
                 lat_append((now - conn.start_ns) // 1000)
                 bodies += same[2]
             if single is None:
-                slot.send_next(conn, now)
+                slot.send_next(conn, monotonic_ns())
             else:
                 answered.append(slot)
         run.bytes_in += received
