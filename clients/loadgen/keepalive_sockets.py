@@ -5,7 +5,10 @@ into the protocol, the reader's fast path and a transport write: several Python 
 in the keep-alive mode they are most of the generator's time. Here each virtual client (a
 KeepAliveSlot) owns one socket on an epoll set of the worker's own, whose descriptor the
 event loop watches, so timers, ticks and the stop message work as in every other mode.
-One readiness batch (many events per poll) is handled in one loop:
+Once woken, it reads batch after batch while responses keep coming, for up to DRAIN_NS:
+the loop's own wait and callback would cost about as much as reading a few responses, and
+its timers are late by about that much at most. One readiness batch (many events per poll) is
+handled in one loop:
 
 - each socket is read with recv_into into one reused buffer;
 - the fast path: the read is exactly as long as the last whole response proven good for
@@ -44,6 +47,7 @@ from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_er
 from .targets import LoadPlan
 
 RECV_SIZE = 256 * 1024  # larger than any response this path expects whole (bodies below LARGE_BODY)
+DRAIN_NS = 200_000  # how long one readiness callback may go on reading batches (the loop's timers wait)
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 
 
@@ -128,59 +132,68 @@ class KeepAliveClients(SocketPool):
 
     # -- readiness --------------------------------------------------------------------------------
     def _ready(self) -> None:
+        """Readiness batches one after another while responses keep coming, for up to DRAIN_NS: the event
+        loop is woken for the first only (its own wait and callback cost about as much as reading a few
+        responses), and its timers wait at most that long."""
         run = self.run
-        by_fd, buffer = self.by_fd, self.buffer
+        by_fd, buffer, poll = self.by_fd, self.buffer, self.epoll.poll
         by_send = run.by_send
-        # a timed run of one target sends it again and again (the budget only changes in a timer callback)
+        # phases, and a timed run's single target, change only in timer callbacks: not while in here
         single = run.single if run.budget is None else None
-        # a timed run counts its fast-path responses in the phase of the batch (phases change only in timer
-        # callbacks), and adds their bytes once after the batch; a request-count run, whose budget may end the
-        # window within a batch, counts each in the phase its request was sent in, at once
+        # a timed run counts its fast-path responses in the phase of the batch, and adds their bytes once
+        # after the batch; a request-count run, whose budget may end the window within a batch, counts each
+        # in the phase its request was sent in, at once
         phase = run.phase
         lat_append = phase.lat.append
-        received = bodies = 0
-        answered = []  # fast-path slots of a timed single-target run: their next requests go out after the batch
-        events = self.epoll.poll(0, 512)
-        now = monotonic_ns()  # the arrival of every response of the batch (see the module's docstring)
-        for fd, _events in events:
-            try:
-                slot = by_fd[fd]
-            except KeyError:
-                continue  # closed by an earlier event of this batch
+        drain_until = monotonic_ns() + DRAIN_NS
+        while True:
+            events = poll(0, 512)
+            now = monotonic_ns()  # the arrival of every response of the batch (see the module's docstring)
+            received = bodies = 0
+            answered = []  # fast-path slots of a timed single-target run: their next requests go after the batch
+            for fd, _events in events:
+                try:
+                    slot = by_fd[fd]
+                except KeyError:
+                    continue  # closed by an earlier event of this batch
+                if run.stopping:
+                    break
+                if slot.unsent is not None:
+                    self._send_rest(slot)
+                    continue
+                try:
+                    n = slot.sock.recv_into(buffer)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    slot.conn.connection_lost(exc)
+                    continue
+                same = slot.known
+                if same is None or n != same[1] or not buffer.startswith(same[0]):
+                    self._general(slot, n)
+                    continue
+                # the fast path: the known response again, byte for byte
+                conn = slot.conn
+                if by_send:
+                    run.bytes_in += n
+                    conn.phase.lat.append((now - conn.start_ns) // 1000)
+                    conn.phase.body_bytes += same[2]
+                else:
+                    received += n
+                    lat_append((now - conn.start_ns) // 1000)
+                    bodies += same[2]
+                if single is None:
+                    slot.send_next(conn, monotonic_ns())
+                else:
+                    answered.append(slot)
+            run.bytes_in += received
+            phase.body_bytes += bodies
             if run.stopping:
-                break
-            if slot.unsent is not None:
-                self._send_rest(slot)
-                continue
-            try:
-                n = slot.sock.recv_into(buffer)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                slot.conn.connection_lost(exc)
-                continue
-            same = slot.known
-            if same is None or n != same[1] or not buffer.startswith(same[0]):
-                self._general(slot, n)
-                continue
-            # the fast path: the known response again, byte for byte
-            conn = slot.conn
-            if by_send:
-                run.bytes_in += n
-                conn.phase.lat.append((now - conn.start_ns) // 1000)
-                conn.phase.body_bytes += same[2]
-            else:
-                received += n
-                lat_append((now - conn.start_ns) // 1000)
-                bodies += same[2]
-            if single is None:
-                slot.send_next(conn, monotonic_ns())
-            else:
-                answered.append(slot)
-        run.bytes_in += received
-        phase.body_bytes += bodies
-        if answered and not run.stopping:
-            self._send_together(answered, single.request, phase)
+                return
+            if answered:
+                self._send_together(answered, single.request, phase)
+            if not events or now >= drain_until:
+                return  # nothing more yet, or the loop's turn (it calls again while a socket is ready)
 
     @staticmethod
     def _send_together(slots: list[KeepAliveSlot], request: bytes, phase) -> None:
