@@ -1,5 +1,6 @@
 """Keep-alive on raw sockets (keepalive_sockets.py): exact counts, verified bodies and errors by class,
-as on the asyncio path; a head that changes is framed afresh; the runs it does not carry go to drivers.py."""
+as on the asyncio path, small bodies and large; a head that changes is framed afresh; the runs it does
+not carry go to drivers.py."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ REQUESTS = 60
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = str(tmp_path_factory.mktemp("keepalive-corpus"))
     write_corpus(root, ["1KiB", "16KiB", "64KiB"], seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def large_corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = str(tmp_path_factory.mktemp("keepalive-large-corpus"))
+    write_corpus(root, ["1KiB", "64KiB", "1MiB"], seed=6)
     return root
 
 
@@ -58,6 +66,38 @@ def test_keepalive_frames_verifies_and_classifies(corpus: str, behaviour: str, f
     assert seen == REQUESTS, "every request sent once, and only the requests asked for"
 
 
+@pytest.mark.parametrize(
+    "behaviour, n, errors",
+    [
+        ("ok", 10, {"total": 0}),
+        # the flipped byte is in the middle of the body: past the first read, in a connection's own buffer
+        ("corrupt", 10, {"total": 6, "corrupt_body": 6}),
+        ("chunked", 10, {"total": 0}),
+        ("short", 10, {"total": REQUESTS, "short_body": REQUESTS}),
+        ("http10", 10, {"total": 0}),
+    ],
+)
+def test_large_bodies_are_verified_where_they_land(large_corpus: str, behaviour: str, n: int, errors: dict) -> None:
+    path = os.path.join(large_corpus, "1MiB.bin")
+    with MisbehavingServer(behaviour, path, n=n) as srv:
+        doc = load(srv.url + "1MiB.bin", corpus=large_corpus, connections=3, requests=REQUESTS)
+        seen = srv.stop()
+    assert doc["errors"] == errors
+    assert doc["requests"] == REQUESTS - errors["total"]
+    assert doc["body_bytes"] == doc["requests"] * os.path.getsize(path)
+    assert seen == REQUESTS
+
+
+def test_a_mix_of_small_and_large_bodies(large_corpus: str) -> None:
+    """Small responses take the fast path, large ones their connection's buffer, on the same connections."""
+    with ServerProcess("select", large_corpus) as srv:
+        doc = load(srv.url, corpus=large_corpus, zipf=1.5, connections=4, requests=600)
+    assert doc["errors"] == {"total": 0} and doc["requests"] == 600
+    sent = {t["path"]: t["sent"] for t in doc["targets"]}
+    assert sum(sent.values()) == 600 and min(sent.values()) > 0
+    assert doc["body_bytes"] == sum(t["sent"] * t["expect_length"] for t in doc["targets"])
+
+
 def test_a_mix_switches_known_responses_per_target(corpus: str) -> None:
     """Each target has its own known response; a slot whose next target differs uses that one's."""
     with ServerProcess("select", corpus) as srv:
@@ -78,7 +118,7 @@ def test_a_mix_switches_known_responses_per_target(corpus: str) -> None:
         ({"conn_mode": "pipeline"}, False),
         ({"conn_mode": "new"}, False),  # fresh_connections.py
         ({"reconnect_after": 10}, False),
-        ({"url": "http://127.0.0.1:1/64KiB.bin"}, False),  # large bodies go to the buffered protocol
+        ({"url": "http://127.0.0.1:1/64KiB.bin"}, True),  # read into each connection's own buffer
     ],
 )
 def test_which_runs_take_the_raw_socket_path(corpus: str, changes: dict, carried: bool) -> None:

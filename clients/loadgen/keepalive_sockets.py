@@ -21,6 +21,11 @@ handled in one loop:
   frames it through the sans-IO response reader, verifies and classifies it exactly as on
   the asyncio path. A whole keep-alive response it accepts, whose body equals the target's
   proven reference, becomes that target's known response.
+- with a body of LARGE_BODY or more among the targets, each slot's connection is a
+  BufferedClientConnection: once a response's head is framed, the rest of its body is read
+  into that connection's own buffer and checked where it landed, as asyncio's buffered
+  protocol does (the receive low-water mark included), so a mix of small and large files
+  keeps the fast path for its small responses.
 
 The slot's ClientConnection holds the request in flight (inflight, start_ns, sent_ns,
 phase) at all times, so timeouts, errors and the general path see the same state as over
@@ -29,9 +34,9 @@ request on a connection, as drivers.py does, to the poll that reported the respo
 response of a batch was in its socket by then, and one clock reading for the batch leaves
 out the time spent reading the responses ahead of it.
 
-Only the closed loop at depth 1, without think time or reconnect-after and with bodies
-below LARGE_BODY, takes this path (`suits`); the worker gives every other keep-alive run
-(open loop, pipelining, think time, large bodies) to drivers.py over asyncio.
+Only the closed loop at depth 1, without think time or reconnect-after, takes this path
+(`suits`); the worker gives every other keep-alive run (open loop, pipelining, think time)
+to drivers.py over asyncio.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import _socket  # the C socket type: socket.socket's Python-level __init__ and c
 import select
 from time import monotonic_ns
 
-from .connection import LARGE_BODY, READ_TIMEOUT, ClientConnection
+from .connection import LARGE_BODY, READ_TIMEOUT, BufferedClientConnection, ClientConnection
 from .options import LoadOptions
 from .ports import LoopbackSources
 from .raw_sockets import NOT_YET, SocketPool, SocketShim, SocketSlot, connect_error_class, start_connect
@@ -52,14 +57,8 @@ EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 
 
 def suits(opts: LoadOptions, plan: LoadPlan) -> bool:
-    """Whether a run is one this path carries: keep-alive, closed loop, depth 1, small bodies."""
-    return (
-        opts.conn_mode == "keepalive"
-        and not opts.open_loop
-        and not opts.think_s
-        and opts.reconnect_after is None
-        and all((t.expect_length or 0) < LARGE_BODY for t in plan.targets)
-    )
+    """Whether a run is one this path carries: keep-alive, closed loop, depth 1."""
+    return opts.conn_mode == "keepalive" and not opts.open_loop and not opts.think_s and opts.reconnect_after is None
 
 
 class KeepAliveClients(SocketPool):
@@ -69,6 +68,9 @@ class KeepAliveClients(SocketPool):
         super().__init__(run, sources)
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
+        # with a large body among the targets, each connection gets a buffer of its own for bodies under way
+        large = any((t.expect_length or 0) >= LARGE_BODY for t in run.targets)
+        self.conn_class = BufferedClientConnection if large else ClientConnection
         self.slots = [KeepAliveSlot(self, i) for i in range(count)]
 
     # -- connections ----------------------------------------------------------------------------
@@ -93,7 +95,7 @@ class KeepAliveClients(SocketPool):
         fd = sock.fileno()
         slot.sock, slot.fd, slot.connected = sock, fd, False
         self.by_fd[fd] = slot
-        conn = slot.conn = ClientConnection(slot)
+        conn = slot.conn = self.conn_class(slot)
         conn.transport = SocketShim(slot)
         conn.inflight.append(target)
         conn.start_ns = conn.sent_ns = now
@@ -161,6 +163,10 @@ class KeepAliveClients(SocketPool):
                 if slot.unsent is not None:
                     self._send_rest(slot)
                     continue
+                same = slot.known
+                if same is None and slot.conn.__class__ is BufferedClientConnection and slot.conn.reader.in_body:
+                    self._body_read(slot)
+                    continue
                 try:
                     n = slot.sock.recv_into(buffer)
                 except BlockingIOError:
@@ -168,7 +174,6 @@ class KeepAliveClients(SocketPool):
                 except OSError as exc:
                     slot.conn.connection_lost(exc)
                     continue
-                same = slot.known
                 if same is None or n != same[1] or not buffer.startswith(same[0]):
                     self._general(slot, n)
                     continue
@@ -223,7 +228,27 @@ class KeepAliveClients(SocketPool):
         conn.data_received(data)  # counts, verifies, and through on_response sends the next request
         if target is not None:
             self.learn(target, data, conn.reader)
-        # the fast path again only between responses, with nothing buffered (slot.conn may be a new one)
+        self._known_next(slot)
+
+    def _body_read(self, slot: KeepAliveSlot) -> None:
+        """The rest of a large body, read into its connection's own buffer and checked where it landed
+        (as a BufferedProtocol's reads are over asyncio)."""
+        conn = slot.conn
+        try:
+            n = slot.sock.recv_into(conn.get_buffer(-1))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            conn.connection_lost(exc)
+            return
+        if not n:
+            conn.connection_lost(None)  # the server closed the connection
+            return
+        conn.buffer_updated(n)  # counts, verifies, and at the body's end sends the next request
+        self._known_next(slot)
+
+    def _known_next(self, slot: KeepAliveSlot) -> None:
+        """The fast path again only between responses, with nothing buffered (slot.conn may be a new one)."""
         conn = slot.conn
         slot.known = (
             self.known.get(id(conn.inflight[0])) if conn is not None and conn.inflight and conn.reader.idle else None

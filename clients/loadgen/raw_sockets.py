@@ -135,6 +135,10 @@ class SocketShim:
         self.slot = slot
         self.sock = slot.sock
 
+    def get_extra_info(self, name: str, default=None):
+        """The socket, as a transport gives it (a buffered connection sets its receive low-water mark)."""
+        return self.sock if name == "socket" else default
+
     def write(self, data: bytes) -> None:  # the slot sends requests on its socket itself
         raise RuntimeError("requests go out through the slot, not the connection")
 
