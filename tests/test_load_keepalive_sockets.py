@@ -88,23 +88,24 @@ def test_large_bodies_are_verified_where_they_land(large_corpus: str, behaviour:
     assert seen == REQUESTS
 
 
-def test_a_mix_of_small_and_large_bodies(large_corpus: str) -> None:
-    """Small responses take the fast path, large ones their connection's buffer, on the same connections."""
-    with ServerProcess("select", large_corpus) as srv:
-        doc = load(srv.url, corpus=large_corpus, zipf=1.5, connections=4, requests=600)
-    assert doc["errors"] == {"total": 0} and doc["requests"] == 600
+@pytest.mark.parametrize(
+    "corpus_fixture, zipf, requests",
+    [
+        # each target has its own known response; a slot whose next target differs uses that one's
+        ("corpus", 0.5, 2000),
+        # small responses on the fast path, large ones in their connection's buffer, on the same connections
+        ("large_corpus", 1.5, 600),
+    ],
+)
+def test_a_mix_is_counted_and_verified_per_target(
+    request: pytest.FixtureRequest, corpus_fixture: str, zipf: float, requests: int
+) -> None:
+    root = request.getfixturevalue(corpus_fixture)
+    with ServerProcess("select", root) as srv:
+        doc = load(srv.url, corpus=root, zipf=zipf, connections=4, requests=requests)
+    assert doc["errors"] == {"total": 0} and doc["requests"] == requests
     sent = {t["path"]: t["sent"] for t in doc["targets"]}
-    assert sum(sent.values()) == 600 and min(sent.values()) > 0
-    assert doc["body_bytes"] == sum(t["sent"] * t["expect_length"] for t in doc["targets"])
-
-
-def test_a_mix_switches_known_responses_per_target(corpus: str) -> None:
-    """Each target has its own known response; a slot whose next target differs uses that one's."""
-    with ServerProcess("select", corpus) as srv:
-        doc = load(srv.url, corpus=corpus, zipf=0.5, connections=4, requests=2000)
-    assert doc["errors"] == {"total": 0} and doc["requests"] == 2000
-    sent = {t["path"]: t["sent"] for t in doc["targets"]}
-    assert sum(sent.values()) == 2000 and min(sent.values()) > 0
+    assert sum(sent.values()) == requests and min(sent.values()) > 0
     assert doc["body_bytes"] == sum(t["sent"] * t["expect_length"] for t in doc["targets"])
 
 
