@@ -333,7 +333,11 @@ class BufferedClientConnection(_Connection, asyncio.BufferedProtocol):
                 self._receive(self._view[:nbytes])
         else:
             self.data_received(bytes(self._view[:nbytes]))
-        want = receive_low_water(reader.body_left, self._low_water)
+        self.follow_low_water()
+
+    def follow_low_water(self) -> None:
+        """Set the socket's receive low-water mark to what the body under way still owes (receive_low_water)."""
+        want = receive_low_water(self.reader.body_left, self._low_water)
         if want != self._low_water and not self.ended:
             sock = self.transport.get_extra_info("socket")
             if sock is not None:

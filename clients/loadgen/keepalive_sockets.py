@@ -228,6 +228,8 @@ class KeepAliveClients(SocketPool):
         conn.data_received(data)  # counts, verifies, and through on_response sends the next request
         if target is not None:
             self.learn(target, data, conn.reader)
+        if conn.__class__ is BufferedClientConnection:
+            conn.follow_low_water()  # a large body under way: its next read a whole buffer
         self._known_next(slot)
 
     def _body_read(self, slot: KeepAliveSlot) -> None:
