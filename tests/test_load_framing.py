@@ -177,12 +177,8 @@ def test_receive_low_water(body_left: int, current: int, expected: int) -> None:
     assert receive_low_water(body_left, current) == expected
 
 
-@pytest.mark.parametrize("sizes", [[RECEIVE_CHUNK], [7, 1000, 65536], [99_999]], ids=["chunks", "odd", "uneven"])
-def test_large_bodies_wait_for_whole_chunks_and_their_ends_are_never_held_back(tmp_path, sizes) -> None:
-    """After every read of a response: while a chunk or more of the body is owed the mark is a chunk, it
-    never exceeds what is owed (the server owes at least that much, so the socket becomes readable), and it
-    is 1 once the response is complete (the next head, of any size, must wake the client). Bodies are
-    checked as without the marks."""
+def _large_body_manifest(tmp_path) -> bytes:
+    """A body of a few chunks, and a manifest naming it beside no file (checked by hashing)."""
     big = hashlib.shake_256(b"low water").digest(3 * RECEIVE_CHUNK + 12_345)
     with open(tmp_path / "manifest.json", "w") as f:
         json.dump(
@@ -193,6 +189,29 @@ def test_large_bodies_wait_for_whole_chunks_and_their_ends_are_never_held_back(t
             },
             f,
         )
+    return big
+
+
+def test_a_head_handed_over_whole_then_the_mark_follows_its_body(tmp_path) -> None:
+    """The keep-alive raw path reads a response's head into its own buffer and hands it over with
+    data_received; follow_low_water then sets the mark for the body under way, as buffer_updated does."""
+    big = _large_body_manifest(tmp_path)
+    loop, _run, conn = make_connection(str(tmp_path), BufferedClientConnection)
+    try:
+        conn.data_received(response(big)[:4096])
+        conn.follow_low_water()
+        assert conn.transport.socket.low_water == [RECEIVE_CHUNK]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("sizes", [[RECEIVE_CHUNK], [7, 1000, 65536], [99_999]], ids=["chunks", "odd", "uneven"])
+def test_large_bodies_wait_for_whole_chunks_and_their_ends_are_never_held_back(tmp_path, sizes) -> None:
+    """After every read of a response: while a chunk or more of the body is owed the mark is a chunk, it
+    never exceeds what is owed (the server owes at least that much, so the socket becomes readable), and it
+    is 1 once the response is complete (the next head, of any size, must wake the client). Bodies are
+    checked as without the marks."""
+    big = _large_body_manifest(tmp_path)
     loop, run, conn = make_connection(str(tmp_path), BufferedClientConnection)
     marks = conn.transport.socket.low_water
     try:
