@@ -125,13 +125,13 @@ class _ServerCpu:
 
     def __init__(self, pid: int | None) -> None:
         self.sampler = ServerSampler(pid) if pid is not None else None
-        self.first = self.sampler.sample() if self.sampler else None
+        self.start = self.sampler.sample() if self.sampler else None
 
     def percent(self) -> float | None:
-        last = self.sampler.sample() if self.sampler else None
-        if self.first is None or last is None or last["t_ns"] <= self.first["t_ns"]:
+        if self.sampler is None or self.start is None:
             return None
-        return round((last["cpu_s"] - self.first["cpu_s"]) / ((last["t_ns"] - self.first["t_ns"]) / 1e9) * 100, 1)
+        end = self.sampler.sample()
+        return self.sampler.report(self.start["t_ns"], end["t_ns"])["cpu_percent"] if end else None
 
 
 def run_ours(
